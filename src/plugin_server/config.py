@@ -1,0 +1,209 @@
+"""Settings, read from environment variables with the original server's names and defaults.
+
+Booleans follow the original: y, yes, t, true, on and 1 are true (any case). Unlike the original,
+a value that is neither a known true nor a known false word, or a number that does not parse, stops
+startup with a message naming the variable (see :func:`load_settings`).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TRUE_WORDS = frozenset({"y", "yes", "t", "true", "on", "1"})
+FALSE_WORDS = frozenset({"n", "no", "f", "false", "off", "0", ""})
+JOB_QUEUE_TYPES = ("graphile", "fs")
+LOG_LEVELS = ("none", "debug", "info", "log", "warn", "error")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected one of {sorted(TRUE_WORDS)} or {sorted(FALSE_WORDS - {''})}")
+
+
+class Settings(BaseModel):
+    """Every setting of the server. The field description is what `plugin-server --help` shows."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    # --- storage
+    DATABASE_URL: str | None = Field(
+        None, description="Postgres URL; unset (with no POSTHOG_DB_NAME) runs an embedded Postgres"
+    )
+    POSTHOG_DB_NAME: str | None = Field(None, description="database name, used when DATABASE_URL is unset")
+    POSTHOG_DB_USER: str = Field("postgres", description="database user, used when DATABASE_URL is unset")
+    POSTHOG_DB_PASSWORD: str = Field("", description="database password, used when DATABASE_URL is unset")
+    POSTHOG_POSTGRES_HOST: str = Field("localhost", description="database host, used when DATABASE_URL is unset")
+    POSTHOG_POSTGRES_PORT: int = Field(5432, description="database port, used when DATABASE_URL is unset")
+    REDIS_URL: str | None = Field(None, description="Redis URL; unset (with no POSTHOG_REDIS_HOST) runs an embedded Valkey")
+    POSTHOG_REDIS_HOST: str = Field("", description="Redis host; when set it overrides REDIS_URL")
+    POSTHOG_REDIS_PORT: int = Field(6379, description="Redis port, with POSTHOG_REDIS_HOST")
+    POSTHOG_REDIS_PASSWORD: str = Field("", description="Redis password, with POSTHOG_REDIS_HOST")
+    PLUGIN_SERVER_DATA_DIR: Path = Field(
+        Path(".plugin-server"), description="folder for the embedded Postgres and Valkey data"
+    )
+    AUTO_MIGRATE: bool = Field(True, description="apply pending database migrations when the server starts")
+    BASE_DIR: Path = Field(Path("."), description="base path for resolving local plugins")
+
+    # --- processes
+    WORKER_CONCURRENCY: int = Field(0, ge=0, description="number of worker processes; 0 means one per CPU core")
+    TASKS_PER_WORKER: int = Field(10, ge=1, description="micro-batches each worker keeps in flight at once")
+    INGESTION_BATCH_SIZE: int = Field(500, ge=1, description="most events a worker takes from the queue at once")
+    TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
+    REDIS_POOL_MIN_SIZE: int = Field(1, ge=0, description="minimum Redis connections per worker")
+    REDIS_POOL_MAX_SIZE: int = Field(3, ge=1, description="maximum Redis connections per worker")
+    QUEUE_VISIBILITY_TIMEOUT: float = Field(
+        30, gt=0, description="seconds without a heartbeat after which a consumer's unfinished events are redelivered"
+    )
+    SCHEDULE_LOCK_TTL: float = Field(60, gt=0, description="how many seconds to hold the lock for the schedule")
+    STALENESS_RESTART_SECONDS: float = Field(
+        0, ge=0, description="restart a worker that ingested nothing for this long while events wait; 0 disables"
+    )
+    PLUGIN_SERVER_IDLE: bool = Field(False, description="whether to disengage the plugin server, e.g. for development")
+
+    # --- queues
+    CELERY_DEFAULT_QUEUE: str = Field("celery", description="Celery outgoing queue")
+    PLUGINS_CELERY_QUEUE: str = Field("posthog-plugins", description="Celery incoming queue")
+    PLUGINS_RELOAD_PUBSUB_CHANNEL: str = Field("reload-plugins", description="Redis channel for reload events")
+    JOB_QUEUES: str = Field("graphile", description="comma-separated job queues, first that accepts a job wins")
+
+    # --- ClickHouse and Kafka
+    CLICKHOUSE_HOST: str = Field("localhost", description="ClickHouse host")
+    CLICKHOUSE_DATABASE: str = Field("default", description="ClickHouse database")
+    CLICKHOUSE_USER: str = Field("default", description="ClickHouse username")
+    CLICKHOUSE_PASSWORD: str | None = Field(None, description="ClickHouse password")
+    CLICKHOUSE_CA: str | None = Field(None, description="ClickHouse CA certs")
+    CLICKHOUSE_SECURE: bool = Field(False, description="whether to secure ClickHouse connection")
+    KAFKA_ENABLED: bool = Field(False, description="use Kafka instead of Celery to ingest events")
+    KAFKA_HOSTS: str | None = Field(None, description="comma-delimited Kafka hosts")
+    KAFKA_CONSUMPTION_TOPIC: str = Field("events_plugin_ingestion", description="Kafka incoming events topic")
+    KAFKA_CLIENT_CERT_B64: str | None = Field(None, description="Kafka certificate in Base64")
+    KAFKA_CLIENT_CERT_KEY_B64: str | None = Field(None, description="Kafka certificate key in Base64")
+    KAFKA_TRUSTED_CERT_B64: str | None = Field(None, description="Kafka trusted CA in Base64")
+    KAFKA_PRODUCER_MAX_QUEUE_SIZE: int = Field(
+        1000, ge=0, description="Kafka producer batch max size before flushing"
+    )
+    KAFKA_FLUSH_FREQUENCY_MS: int = Field(500, ge=0, description="Kafka producer batch max duration before flushing")
+    KAFKA_MAX_MESSAGE_BATCH_SIZE: int = Field(
+        900000, ge=1, description="Kafka producer batch max size in bytes before flushing"
+    )
+
+    # --- web, logs, metrics
+    DISABLE_WEB: bool = Field(False, description="whether to disable web server")
+    WEB_PORT: int = Field(3008, ge=0, le=65535, description="port for web server to listen on")
+    WEB_HOSTNAME: str = Field("0.0.0.0", description="hostname for web server to listen on")
+    LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field("info", description="minimum log level")
+    SENTRY_DSN: str | None = Field(None, description="Sentry ingestion URL")
+    STATSD_HOST: str | None = Field(None, description="StatsD host - integration disabled if this is not provided")
+    STATSD_PORT: int = Field(8125, ge=1, le=65535, description="StatsD port")
+    STATSD_PREFIX: str = Field("plugin-server.", description="StatsD prefix")
+
+    # --- GeoIP and persons
+    DISABLE_MMDB: bool = Field(False, description="whether to disable MMDB IP location capabilities")
+    INTERNAL_MMDB_SERVER_PORT: int = Field(
+        0, ge=0, le=65535, description="port of the internal server used for IP location (0 means random)"
+    )
+    DISTINCT_ID_LRU_SIZE: int = Field(10000, ge=0, description="size of persons distinct ID LRU cache")
+
+    @field_validator(
+        "AUTO_MIGRATE",
+        "PLUGIN_SERVER_IDLE",
+        "CLICKHOUSE_SECURE",
+        "KAFKA_ENABLED",
+        "DISABLE_WEB",
+        "DISABLE_MMDB",
+        mode="before",
+    )
+    @classmethod
+    def _boolean(cls, value: Any) -> bool:
+        return parse_bool(value)
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> str:
+        return str(value).strip().lower()
+
+    @field_validator("JOB_QUEUES")
+    @classmethod
+    def _job_queues(cls, value: str) -> str:
+        for name in (part.strip() for part in value.split(",") if part.strip()):
+            if name not in JOB_QUEUE_TYPES:
+                raise ValueError(f"unknown job queue {name!r}; known: {', '.join(JOB_QUEUE_TYPES)}")
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        return self.WORKER_CONCURRENCY or os.cpu_count() or 1
+
+    @cached_property
+    def database_url(self) -> str | None:
+        """The Postgres URL to use, or None when the embedded Postgres should be started."""
+        if self.DATABASE_URL:
+            return self.DATABASE_URL
+        if self.POSTHOG_DB_NAME:
+            auth = quote(self.POSTHOG_DB_USER)
+            if self.POSTHOG_DB_PASSWORD:
+                auth += ":" + quote(self.POSTHOG_DB_PASSWORD)
+            host = f"{self.POSTHOG_POSTGRES_HOST}:{self.POSTHOG_POSTGRES_PORT}"
+            return f"postgres://{auth}@{host}/{quote(self.POSTHOG_DB_NAME)}"
+        return None
+
+    @cached_property
+    def redis_url(self) -> str | None:
+        """The Redis URL to use, or None when the embedded Valkey should be started."""
+        if self.POSTHOG_REDIS_HOST:
+            auth = f":{quote(self.POSTHOG_REDIS_PASSWORD)}@" if self.POSTHOG_REDIS_PASSWORD else ""
+            return f"redis://{auth}{self.POSTHOG_REDIS_HOST}:{self.POSTHOG_REDIS_PORT}"
+        return self.REDIS_URL or None
+
+    @property
+    def dead_letter_queue(self) -> str:
+        """Redis list holding messages that could not be ingested, with the reason."""
+        return f"{self.PLUGINS_CELERY_QUEUE}:dead-letter"
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read the settings from `environ` (default: the process environment) plus explicit overrides.
+
+    Raises SettingsError with one line per bad variable, e.g.
+    ``WORKER_CONCURRENCY='abc': Input should be a valid integer``.
+    """
+    source = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {name: source[name] for name in Settings.model_fields if name in source}
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            name = str(problem["loc"][0]) if problem["loc"] else "?"
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}={source.get(name, overrides.get(name))!r}: {message}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+def settings_help() -> list[tuple[str, str, str]]:
+    """(name, default, description) for every setting, in declaration order."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else str(default)
+        if isinstance(default, bool):
+            shown = str(default).lower()
+        rows.append((name, shown, field.description or ""))
+    return rows

@@ -1,0 +1,1 @@
+"""Database access: Postgres pools, migrations, Redis clients."""

@@ -1,0 +1,34 @@
+"""Postgres connections: one async pool per process, JSON encoded with orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import set_json_dumps, set_json_loads
+from psycopg_pool import AsyncConnectionPool
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+set_json_dumps(_dumps)
+set_json_loads(orjson.loads)
+
+AsyncConnection = psycopg.AsyncConnection[dict[str, Any]]
+
+
+async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> AsyncConnectionPool[Any]:
+    """An open pool whose connections return rows as dicts and autocommit outside transactions."""
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": None},
+        open=False,
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool

@@ -1,0 +1,1 @@
+"""Event ingestion: queue consumers, the per-batch pipeline and PostHog's ingestion rules."""

@@ -1,0 +1,114 @@
+"""Real services for the whole suite: a Postgres and a Valkey started once per test session.
+
+When DATABASE_URL / REDIS_URL are set, those servers are used instead (a fresh database
+`plugin_server_test` is created on the given Postgres, and Redis db 15 is used).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.db.migrate import migrate
+from plugin_server.db.postgres import open_pool
+from plugin_server.db.teams import CreatedTeam, create_organization_and_team
+from plugin_server.services.embedded import start_embedded
+
+TEST_DATABASE = "plugin_server_test"
+TEAM_ID = 2
+
+# Tables emptied before each test that asks for a clean database, children first.
+TABLES = [
+    "posthog_action_events", "posthog_actionstep", "posthog_action", "posthog_element", "posthog_elementgroup",
+    "posthog_event", "posthog_sessionrecordingevent", "posthog_cohortpeople", "posthog_cohort",
+    "posthog_persondistinctid", "posthog_person", "posthog_pluginlogentry", "posthog_pluginstorage",
+    "posthog_pluginattachment", "posthog_pluginconfig", "posthog_plugin", "posthog_eventdefinition",
+    "posthog_propertydefinition", "posthog_grouptypemapping", "posthog_featureflag", "posthog_annotation",
+    "posthog_dashboarditem", "posthog_dashboard", "ee_hook", "posthog_personalapikey",
+    "posthog_organizationmembership", "posthog_team", "posthog_user", "posthog_organization",
+]
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[tuple[str, str]]:
+    given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    embedded = None
+    with tempfile.TemporaryDirectory(prefix="plugin-server-tests-") as folder:
+        os.chmod(folder, 0o755)  # the embedded Postgres runs as an unprivileged user when we are root
+        if not (given_db and given_redis):
+            embedded = start_embedded(Path(folder), postgres=not given_db, redis=not given_redis)
+        base_db = given_db or embedded.database_url  # type: ignore[union-attr]
+        redis_url = given_redis or embedded.redis_url  # type: ignore[union-attr]
+        assert base_db and redis_url
+        database_url = _fresh_database(base_db)
+        migrate(database_url)
+        if given_redis:
+            redis_url = redis_url.rstrip("/") + "/15"
+        try:
+            yield database_url, redis_url
+        finally:
+            if embedded:
+                embedded.stop()
+
+
+def _fresh_database(base_url: str) -> str:
+    with psycopg.connect(base_url, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {TEST_DATABASE}")
+    info = psycopg.conninfo.conninfo_to_dict(base_url)
+    info["dbname"] = TEST_DATABASE
+    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def database_url(services: tuple[str, str]) -> str:
+    return services[0]
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: tuple[str, str]) -> str:
+    return services[1]
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An empty database with team 2 in an organization, like the original's resetTestDatabase."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        yield connection
+
+
+@pytest.fixture
+def team(clean_db: psycopg.Connection[Any]) -> CreatedTeam:
+    return create_organization_and_team(clean_db, team_id=TEAM_ID, team_name="TEST PROJECT")
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    pool = await open_pool(database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def aredis(redis_client: redis.Redis, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
