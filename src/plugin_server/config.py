@@ -156,18 +156,18 @@ class Settings(BaseModel):
         if self.DATABASE_URL:
             return self.DATABASE_URL
         if self.POSTHOG_DB_NAME:
-            auth = quote(self.POSTHOG_DB_USER)
+            auth = quote(self.POSTHOG_DB_USER, safe="")
             if self.POSTHOG_DB_PASSWORD:
-                auth += ":" + quote(self.POSTHOG_DB_PASSWORD)
+                auth += ":" + quote(self.POSTHOG_DB_PASSWORD, safe="")
             host = f"{self.POSTHOG_POSTGRES_HOST}:{self.POSTHOG_POSTGRES_PORT}"
-            return f"postgres://{auth}@{host}/{quote(self.POSTHOG_DB_NAME)}"
+            return f"postgres://{auth}@{host}/{quote(self.POSTHOG_DB_NAME, safe='')}"
         return None
 
     @cached_property
     def redis_url(self) -> str | None:
         """The Redis URL to use, or None when the embedded Valkey should be started."""
         if self.POSTHOG_REDIS_HOST:
-            auth = f":{quote(self.POSTHOG_REDIS_PASSWORD)}@" if self.POSTHOG_REDIS_PASSWORD else ""
+            auth = f":{quote(self.POSTHOG_REDIS_PASSWORD, safe='')}@" if self.POSTHOG_REDIS_PASSWORD else ""
             return f"redis://{auth}{self.POSTHOG_REDIS_HOST}:{self.POSTHOG_REDIS_PORT}"
         return self.REDIS_URL or None
 

@@ -1,0 +1,143 @@
+"""End-to-end benchmark: Celery messages in Redis -> the real server -> rows in posthog_event.
+
+10,000 `process_event_with_plugins` messages (100 distinct persons, team 2, ~10 properties each) are
+pushed to the Celery list of a running server; the clock runs from the first push until all 10,000
+rows are in posthog_event. Uses DATABASE_URL / REDIS_URL when set, otherwise starts embedded servers.
+
+    .venv/bin/python benchmarks/celery_to_postgres.py [--events 10000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import redis
+
+from plugin_server.db.migrate import migrate
+from plugin_server.db.teams import create_organization_and_team
+from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
+from plugin_server.services.embedded import start_embedded
+
+QUEUE = "posthog-plugins"
+TEAM_ID = 2
+BENCH_DATABASE = "plugin_server_bench"
+
+
+def make_messages(count: int) -> list[bytes]:
+    now = datetime.now(UTC).isoformat()
+    messages = []
+    for index in range(count):
+        person = index % 100
+        data = {
+            "event": "$pageview" if index % 3 else "clicked button",
+            "timestamp": now,
+            "properties": {
+                "$current_url": f"https://example.com/page/{index % 17}",
+                "$browser": "Chrome",
+                "$browser_version": 120,
+                "$os": "Linux",
+                "$lib": "web",
+                "$device_id": f"device-{person}",
+                "$session_id": f"session-{person}-{index // 500}",
+                "plan": "pro" if person % 2 else "free",
+                "price": index % 100,
+                "$set": {"email": f"person{person}@example.com"},
+            },
+        }
+        args = [f"person-{person}", "127.0.0.1", "https://example.com", data, TEAM_ID, now, now]
+        messages.append(encode_task(PROCESS_EVENT_TASK, args, queue=QUEUE))
+    return messages
+
+
+def reset_database(base_url: str) -> str:
+    with psycopg.connect(base_url, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+    info = psycopg.conninfo.conninfo_to_dict(base_url)
+    info["dbname"] = BENCH_DATABASE
+    url = psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+    migrate(url)
+    with psycopg.connect(url, autocommit=True) as connection:
+        create_organization_and_team(connection, team_id=TEAM_ID)
+    return url
+
+
+def run_once(database_url: str, redis_url: str, messages: list[bytes], extra_env: dict[str, str]) -> float:
+    database_url = reset_database(database_url)
+    client = redis.Redis.from_url(redis_url)
+    client.delete(QUEUE)
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "warn", **extra_env}
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen([sys.executable, "-m", "plugin_server.cli", "start"], env=env, stdout=log, stderr=log)
+        try:
+            _wait_for_ping(client)
+            started = time.perf_counter()
+            for offset in range(0, len(messages), 1000):
+                client.lpush(QUEUE, *messages[offset : offset + 1000])
+            _wait_for_rows(database_url, len(messages))
+            elapsed = time.perf_counter() - started
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+    return len(messages) / elapsed
+
+
+def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:
+    client.delete("@posthog-plugin-server/ping")
+    deadline = time.monotonic() + timeout
+    while client.get("@posthog-plugin-server/ping") is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    time.sleep(1.0)  # workers connect after the first ping
+
+
+def _wait_for_rows(database_url: str, expected: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while True:
+            row = connection.execute("SELECT COUNT(*) FROM posthog_event").fetchone()
+            if row and row[0] >= expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {row} of {expected} events stored")
+            time.sleep(0.02)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=3)
+    options = parser.parse_args()
+    messages = make_messages(options.events)
+    with tempfile.TemporaryDirectory(prefix="plugin-server-bench-") as folder:
+        os.chmod(folder, 0o755)
+        embedded = None
+        database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+        if not (database_url and redis_url):
+            embedded = start_embedded(Path(folder), postgres=not database_url, redis=not redis_url)
+            database_url = database_url or embedded.database_url
+            redis_url = redis_url or embedded.redis_url
+        assert database_url and redis_url
+        try:
+            rates = [run_once(database_url, redis_url, messages, {}) for _ in range(options.runs)]
+        finally:
+            if embedded:
+                embedded.stop()
+    print(f"celery -> postgres, {options.events} events, default settings, {os.cpu_count()} cores")
+    print("runs (events/s): " + ", ".join(f"{rate:,.0f}" for rate in rates))
+    print(f"median: {statistics.median(rates):,.0f} events/s")
+
+
+if __name__ == "__main__":
+    main()

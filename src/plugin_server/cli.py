@@ -1,0 +1,189 @@
+"""The `plugin-server` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, TypeVar
+
+import psycopg
+import redis
+import redis.asyncio as aioredis
+import typer
+
+from plugin_server import __version__
+from plugin_server.config import Settings, SettingsError, load_settings, settings_help
+from plugin_server.db.migrate import migrate as apply_migrations
+from plugin_server.db.teams import create_organization_and_team
+from plugin_server.logs import setup_logging
+from plugin_server.services.embedded import read_embedded_urls, start_embedded
+
+T = TypeVar("T")
+
+
+def _settings_epilog() -> str:
+    width = max(len(name) for name, _, _ in settings_help())
+    lines = ["Settings (environment variables, default in brackets):"]
+    lines += [f"  {name.ljust(width)}  {description} [{default}]" for name, default, description in settings_help()]
+    # Typer/click rewraps paragraphs; \b keeps this block as written.
+    return "\b\n" + "\n".join(lines)
+
+
+app = typer.Typer(
+    help="plugin-server: ingests PostHog events from queues, runs plugins, stores them in Postgres.",
+    epilog=_settings_epilog(),
+    invoke_without_command=True,
+    no_args_is_help=False,
+    add_completion=False,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 200},
+)
+teams_app = typer.Typer(help="Manage teams (projects) without the PostHog web app.", no_args_is_help=True)
+dead_letters_app = typer.Typer(help="Inspect and replay messages that could not be ingested.", no_args_is_help=True)
+app.add_typer(teams_app, name="teams")
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+def _load() -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        typer.echo(f"plugin-server: {error}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging(settings.LOG_LEVEL, "main")
+    return settings
+
+
+@app.callback()
+def main_callback(
+    context: typer.Context,
+    version: Annotated[bool, typer.Option("--version", "-v", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    if context.invoked_subcommand is None:
+        start(no_migrate=False)
+
+
+@app.command()
+def start(
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not apply pending migrations.")] = False,
+) -> None:
+    """Start the server (the default command)."""
+    from plugin_server.supervisor import Supervisor
+
+    settings = _load()
+    if no_migrate:
+        settings = settings.model_copy(update={"AUTO_MIGRATE": False})
+    raise typer.Exit(Supervisor(settings).run())
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations and exit."""
+    settings = _load()
+    with _database_url(settings) as url:
+        applied = apply_migrations(url)
+    typer.echo("\n".join(f"applied {m.version:04d}_{m.name}" for m in applied) or "nothing to migrate")
+
+
+@app.command()
+def healthcheck() -> None:
+    """Exit 0 when a server wrote its ping key to Redis in the last minute, 1 otherwise."""
+    from plugin_server.supervisor import PING_KEY
+
+    settings = _load()
+    url = settings.redis_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[1]
+    if url is None:
+        typer.echo("no Redis configured and no embedded server running", err=True)
+        raise typer.Exit(1)
+    try:
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            ping = client.get(PING_KEY)
+    except redis.RedisError as error:
+        typer.echo(f"cannot reach Redis: {error}", err=True)
+        raise typer.Exit(1) from None
+    if ping is None:
+        typer.echo("no recent ping from a plugin server", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: last ping {ping.decode()}")
+
+
+@teams_app.command("create")
+def teams_create(
+    name: Annotated[str, typer.Option(help="Team (project) name.")] = "Default Project",
+    organization: Annotated[str, typer.Option(help="Organization name.")] = "Default Organization",
+) -> None:
+    """Create an organization and a team in it; print the team id and API token."""
+    settings = _load()
+    with _database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        if settings.AUTO_MIGRATE:
+            apply_migrations(url)
+        team = create_organization_and_team(connection, organization_name=organization, team_name=name)
+    typer.echo(f"team id:   {team.team_id}\napi token: {team.api_token}")
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(limit: Annotated[int, typer.Option(help="How many to show.")] = 20) -> None:
+    """Print the newest dead letters as JSON lines (reason, time, message)."""
+    from plugin_server.ingestion.redis_queue import read_dead_letters
+
+    settings = _load()
+    entries = _run_async_redis(settings, lambda client: read_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit))
+    for entry in entries:
+        typer.echo(json.dumps(entry))
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(limit: Annotated[int, typer.Option(help="Replay at most this many (0 = all).")] = 0) -> None:
+    """Put dead letters back on the ingestion queue, oldest first."""
+    from plugin_server.ingestion.redis_queue import replay_dead_letters
+
+    settings = _load()
+    count = _run_async_redis(
+        settings, lambda client: replay_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit or None)
+    )
+    typer.echo(f"replayed {count} messages")
+
+
+def _run_async_redis(settings: Settings, action: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    url = settings.redis_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[1]
+    if url is None:
+        typer.echo("no Redis configured and no embedded server running", err=True)
+        raise typer.Exit(1)
+
+    async def run() -> T:
+        client = aioredis.Redis.from_url(url)
+        try:
+            return await action(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+@contextlib.contextmanager
+def _database_url(settings: Settings) -> Iterator[str]:
+    """The configured database, the running embedded one, or an embedded one started for this command."""
+    url = settings.database_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[0]
+    if url is not None:
+        yield url
+        return
+    services = start_embedded(settings.PLUGIN_SERVER_DATA_DIR, postgres=True, redis=False)
+    try:
+        assert services.database_url
+        yield services.database_url
+    finally:
+        services.stop()
+
+
+def main() -> None:
+    app(prog_name="plugin-server")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

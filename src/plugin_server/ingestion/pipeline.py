@@ -1,0 +1,146 @@
+"""The ingestion pipeline for one micro-batch of queue messages.
+
+decode -> prepare (timestamps, name, $set, elements) -> team -> $ip -> definitions -> campaign and
+initial properties -> groups -> persons (in claim order) -> store -> first-event flag.
+
+A message that cannot be ingested (malformed, unknown task, invalid event, unknown team) becomes a
+dead letter with its reason; the rest of the batch goes on. Errors of the database itself propagate,
+so the caller can retry the batch or split it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, MalformedMessage, decode_message, event_from_task
+from plugin_server.ingestion.definitions import DefinitionsManager
+from plugin_server.ingestion.groups import GroupTypeManager, add_group_properties, group_pairs, groupidentify_pair
+from plugin_server.ingestion.persons import PersonManager, PersonUpdate
+from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
+from plugin_server.ingestion.teams import TeamManager
+from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
+from plugin_server.sinks.postgres import PostgresEventSink
+
+log = logging.getLogger(__name__)
+
+PLUGIN_METRICS_EVENT = "$$plugin_metrics"
+DeadLetter = tuple[bytes, str]
+
+
+@dataclass
+class BatchOutcome:
+    """What became of a batch: events stored and messages sent to the dead letter store."""
+
+    stored: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    message: bytes
+    event: PreparedEvent
+    team: Team
+
+
+class EventPipeline:
+    """Runs every ingestion step over a micro-batch; the managers hold the per-worker caches."""
+
+    def __init__(
+        self,
+        *,
+        teams: TeamManager,
+        definitions: DefinitionsManager,
+        groups: GroupTypeManager,
+        persons: PersonManager,
+        sink: PostgresEventSink,
+    ) -> None:
+        self.teams = teams
+        self.definitions = definitions
+        self.groups = groups
+        self.persons = persons
+        self.sink = sink
+
+    async def run(
+        self, messages: Sequence[bytes], wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
+    ) -> BatchOutcome:
+        outcome = BatchOutcome()
+        raw_events = self._decode(messages, outcome)
+        items = await self._prepare(raw_events, outcome)
+        await self._enrich(items)
+        if wait_for_person_turn is not None:
+            await wait_for_person_turn()
+        await self.persons.process_batch([_person_update(item.event) for item in items])
+        await self.sink.write([item.event for item in items])
+        outcome.stored = len(items)
+        await self._mark_first_events(items)
+        return outcome
+
+    def _decode(self, messages: Sequence[bytes], outcome: BatchOutcome) -> list[tuple[bytes, RawEvent]]:
+        decoded = []
+        for message in messages:
+            try:
+                task = decode_message(message)
+                if task.name != PROCESS_EVENT_TASK:
+                    raise MalformedMessage(f"no handler for Celery task {task.name!r}")
+                decoded.append((message, event_from_task(task)))
+            except MalformedMessage as error:
+                outcome.dead_letters.append((message, f"malformed message: {error}"))
+        return decoded
+
+    async def _prepare(self, raw_events: list[tuple[bytes, RawEvent]], outcome: BatchOutcome) -> list[_Item]:
+        prepared = []
+        for message, raw in raw_events:
+            try:
+                prepared.append((message, prepare_event(raw)))
+            except InvalidEvent as error:
+                outcome.dead_letters.append((message, f"invalid event: {error}"))
+        teams = await self.teams.get_teams({event.team_id for _, event in prepared})
+        items = []
+        for message, event in prepared:
+            team = teams.get(event.team_id)
+            if team is None:
+                reason = f"No team found with ID {event.team_id}. Can't ingest event."
+                outcome.dead_letters.append((message, reason))
+            else:
+                items.append(_Item(message, event, team))
+        return items
+
+    async def _enrich(self, items: list[_Item]) -> None:
+        """$ip, definitions, campaign/initial properties and groups, in the original's order."""
+        captures = [item for item in items if not item.event.is_snapshot]
+        for item in captures:
+            apply_ip(item.event.properties, item.event.ip, item.team.anonymize_ips)
+        await self.definitions.record(
+            (item.event.team_id, item.event.event, item.event.properties)
+            for item in captures
+            if item.event.event != PLUGIN_METRICS_EVENT
+        )
+        wanted: set[tuple[int, str]] = set()
+        for item in captures:
+            add_campaign_and_initial_properties(item.event.properties)
+            wanted.update((item.event.team_id, group_type) for group_type, _ in group_pairs(item.event.properties))
+            identified = groupidentify_pair(item.event.event, item.event.properties)
+            if identified is not None:
+                wanted.add((item.event.team_id, identified[0]))
+        if not wanted:
+            return
+        indexes = await self.groups.resolve(wanted)
+        for item in captures:
+            add_group_properties(item.event.properties, item.event.team_id, indexes)
+
+    async def _mark_first_events(self, items: list[_Item]) -> None:
+        first = {item.team.id: item.team for item in items if not item.team.ingested_event and not item.event.is_snapshot}
+        for team in first.values():
+            await self.teams.mark_ingested_event(team)
+
+
+def _person_update(event: PreparedEvent) -> PersonUpdate:
+    return PersonUpdate(
+        team_id=event.team_id,
+        distinct_id=event.distinct_id,
+        event=event.event,
+        properties=event.properties,
+        created_at=event.sent_at or event.now,
+    )

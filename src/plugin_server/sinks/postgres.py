@@ -1,0 +1,139 @@
+"""Writes a micro-batch of processed events to Postgres: events, element groups, session recordings.
+
+Each table gets one statement per batch (`INSERT ... SELECT FROM unnest(...)`). Events and recordings
+carry their uuid, and a unique (team_id, uuid) index turns a second write of the same event into a
+no-op, so redelivered messages store nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.ingestion.elements import elements_hash
+from plugin_server.ingestion.types import Element, PreparedEvent
+
+_INSERT_EVENTS = """
+INSERT INTO posthog_event
+    (uuid, event, distinct_id, properties, team_id, timestamp, created_at, elements, elements_hash, site_url)
+SELECT u, e, d, p::jsonb, t, ts, c, el::jsonb, h, s
+FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::int[], %s::timestamptz[],
+            %s::timestamptz[], %s::text[], %s::text[], %s::text[]) AS x(u, e, d, p, t, ts, c, el, h, s)
+ON CONFLICT (team_id, uuid) DO NOTHING
+"""
+
+_INSERT_GROUPS = """
+INSERT INTO posthog_elementgroup (hash, team_id)
+SELECT DISTINCT h, t FROM unnest(%s::text[], %s::int[]) AS x(h, t)
+ON CONFLICT DO NOTHING
+RETURNING id, hash, team_id
+"""
+
+_INSERT_ELEMENTS = """
+INSERT INTO posthog_element
+    (text, tag_name, href, attr_id, nth_child, nth_of_type, attributes, "order", attr_class, group_id)
+SELECT tx, tn, hr, ai, nc, nt, at::jsonb, o,
+       CASE WHEN ac IS NULL THEN NULL ELSE ARRAY(SELECT jsonb_array_elements_text(ac::jsonb)) END, g
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::int[], %s::text[], %s::int[],
+            %s::text[], %s::int[]) AS x(tx, tn, hr, ai, nc, nt, at, o, ac, g)
+"""
+
+_INSERT_RECORDINGS = """
+INSERT INTO posthog_sessionrecordingevent
+    (uuid, created_at, team_id, distinct_id, session_id, timestamp, snapshot_data)
+SELECT u, ts, t, d, s, ts, sd::jsonb
+FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+    AS x(u, t, d, s, ts, sd)
+ON CONFLICT (team_id, uuid) DO NOTHING
+"""
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _element_dict(element: Element) -> dict[str, Any]:
+    return asdict(element)
+
+
+class PostgresEventSink:
+    """Stores processed events in posthog_event (with their element groups) and recordings."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def write(self, events: Sequence[PreparedEvent]) -> None:
+        """Store the batch; recordings ($snapshot) go to their own table, as in the original."""
+        recordings = [event for event in events if event.is_snapshot]
+        regular = [event for event in events if not event.is_snapshot]
+        async with self._pool.connection() as connection, connection.transaction():
+            hashes = await self._write_element_groups(connection, regular)
+            if regular:
+                await self._write_events(connection, regular, hashes)
+            if recordings:
+                await self._write_recordings(connection, recordings)
+
+    async def _write_element_groups(self, connection: Any, events: Sequence[PreparedEvent]) -> list[str]:
+        """Create the element group of every event with elements; return each event's hash ('' if none)."""
+        hashes = [elements_hash(event.elements) if event.elements else "" for event in events]
+        wanted = {(digest, event.team_id): event.elements for digest, event in zip(hashes, events, strict=True) if digest}
+        if not wanted:
+            return hashes
+        keys = list(wanted)
+        cursor = await connection.execute(_INSERT_GROUPS, ([h for h, _ in keys], [t for _, t in keys]))
+        columns: list[list[Any]] = [[] for _ in range(10)]
+        for row in await cursor.fetchall():
+            for order, element in enumerate(wanted[(row["hash"], row["team_id"])]):
+                values = (
+                    element.text,
+                    element.tag_name,
+                    element.href,
+                    element.attr_id,
+                    element.nth_child,
+                    element.nth_of_type,
+                    _json(element.attributes or {}),
+                    order,
+                    None if element.attr_class is None else _json(element.attr_class),
+                    row["id"],
+                )
+                for column, value in zip(columns, values, strict=True):
+                    column.append(value)
+        if columns[0]:
+            await connection.execute(_INSERT_ELEMENTS, columns)
+        return hashes
+
+    async def _write_events(self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]) -> None:
+        created_at = datetime.now(UTC)
+        await connection.execute(
+            _INSERT_EVENTS,
+            (
+                [event.uuid for event in events],
+                [event.event for event in events],
+                [event.distinct_id for event in events],
+                [_json(event.properties) for event in events],
+                [event.team_id for event in events],
+                [event.timestamp for event in events],
+                [created_at] * len(events),
+                [_json([_element_dict(element) for element in event.elements]) for event in events],
+                hashes,
+                [event.site_url for event in events],
+            ),
+        )
+
+    async def _write_recordings(self, connection: Any, events: Sequence[PreparedEvent]) -> None:
+        await connection.execute(
+            _INSERT_RECORDINGS,
+            (
+                [event.uuid for event in events],
+                [event.team_id for event in events],
+                [event.distinct_id for event in events],
+                [str(event.properties.get("$session_id") or "") for event in events],
+                [event.timestamp for event in events],
+                [_json(event.properties.get("$snapshot_data")) for event in events],
+            ),
+        )

@@ -1,0 +1,233 @@
+"""One worker process: claims micro-batches from the Celery queue, runs the pipeline, acknowledges.
+
+A message leaves Redis only when its batch is acknowledged, after its events are stored or it was
+recorded as a dead letter. Up to TASKS_PER_WORKER batches are in flight at once; their person steps
+run in claim order. A batch that fails on a database outage is retried as it is; a batch that fails
+for any other reason is split into single messages, and a message that fails alone becomes a dead
+letter with the error, so one bad event never stops the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from multiprocessing.sharedctypes import Synchronized
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+import redis.exceptions
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from plugin_server.config import Settings, load_settings
+from plugin_server.db.postgres import open_pool
+from plugin_server.ingestion.definitions import DefinitionsManager
+from plugin_server.ingestion.groups import GroupTypeManager
+from plugin_server.ingestion.ordering import Turn, Turnstile
+from plugin_server.ingestion.persons import PersonManager
+from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline
+from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
+from plugin_server.ingestion.teams import TeamManager
+from plugin_server.logs import setup_logging
+from plugin_server.sinks.postgres import PostgresEventSink
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+    PoolTimeout,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+CLAIM_BLOCK_SECONDS = 1.0
+STATS_INTERVAL_SECONDS = 10.0
+MAX_RETRY_DELAY_SECONDS = 30.0
+
+
+class WorkerStats:
+    """Counters a worker logs every few seconds; also what the supervisor reads to detect a stall."""
+
+    def __init__(self, last_activity: Synchronized[float] | None) -> None:
+        self.ingested = 0
+        self.dead_letters = 0
+        self.batches = 0
+        self._last_activity = last_activity
+
+    def record(self, outcome: BatchOutcome) -> None:
+        self.ingested += outcome.stored
+        self.dead_letters += len(outcome.dead_letters)
+        self.batches += 1
+        if self._last_activity is not None:
+            self._last_activity.value = time.time()
+
+
+class Worker:
+    def __init__(self, settings: Settings, consumer_id: str, stats: WorkerStats) -> None:
+        self.settings = settings
+        self.consumer_id = consumer_id
+        self.stats = stats
+        self._stopping = asyncio.Event()
+        self._turnstile = Turnstile()
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        assert settings.database_url and settings.redis_url, "the supervisor resolves both URLs"
+        pool = await open_pool(settings.database_url, min_size=1, max_size=4)
+        redis_client = aioredis.Redis.from_url(settings.redis_url, max_connections=settings.REDIS_POOL_MAX_SIZE + 2)
+        try:
+            queue = ReliableQueue(
+                redis_client,
+                settings.PLUGINS_CELERY_QUEUE,
+                self.consumer_id,
+                visibility_timeout=settings.QUEUE_VISIBILITY_TIMEOUT,
+            )
+            pipeline = _build_pipeline(pool, settings)
+            await queue.heartbeat()
+            recovered = await queue.recover_abandoned()
+            if recovered:
+                log.warning("requeued %d unacknowledged messages of stopped consumers", recovered)
+            housekeeping = asyncio.create_task(self._housekeeping(queue))
+            try:
+                await self._consume(queue, pipeline)
+            finally:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+            await queue.close()
+        finally:
+            await redis_client.aclose()
+            await pool.close()
+
+    async def _consume(self, queue: ReliableQueue, pipeline: EventPipeline) -> None:
+        slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
+        while not self._stopping.is_set():
+            await slots.acquire()
+            try:
+                batch = await queue.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
+            except TRANSIENT_ERRORS as error:
+                slots.release()
+                log.error("cannot read the queue: %s; retrying", error)
+                await self._sleep(1.0)
+                continue
+            if batch is None:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._handle(queue, pipeline, batch, self._turnstile.ticket()))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(lambda _: slots.release())
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight)
+
+    async def _handle(self, queue: ReliableQueue, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn) -> None:
+        try:
+            outcome = await self._process_until_done(pipeline, batch, turn)
+            await self._ack_until_done(queue, batch, outcome)
+            self.stats.record(outcome)
+            for message, reason in outcome.dead_letters:
+                log.warning("dead letter: %s (%d bytes)", reason, len(message))
+        except Exception:
+            log.exception("handling a batch failed; its messages stay in Redis and will be redelivered")
+        finally:
+            await turn.finish()
+
+    async def _process_until_done(self, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn) -> BatchOutcome:
+        delay = 0.5
+        while True:
+            try:
+                try:
+                    return await pipeline.run(batch.messages, turn.wait)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception:
+                    log.exception("batch of %d failed; processing its messages one by one", len(batch.messages))
+                    await turn.wait()
+                    return await self._process_singly(pipeline, batch.messages)
+            except TRANSIENT_ERRORS as error:
+                log.error("database or Redis unavailable (%s); retrying the batch in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+
+    async def _process_singly(self, pipeline: EventPipeline, messages: list[bytes]) -> BatchOutcome:
+        total = BatchOutcome()
+        for message in messages:
+            try:
+                outcome = await pipeline.run([message])
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as error:
+                log.exception("message failed alone; sending it to the dead letter store")
+                outcome = BatchOutcome(dead_letters=[(message, f"ingestion failed: {type(error).__name__}: {error}")])
+            total.stored += outcome.stored
+            total.dead_letters.extend(outcome.dead_letters)
+        return total
+
+    async def _ack_until_done(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await queue.ack(batch, outcome.dead_letters)
+                return
+            except TRANSIENT_ERRORS as error:
+                log.error("cannot acknowledge a batch (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+
+    async def _housekeeping(self, queue: ReliableQueue) -> None:
+        """Heartbeat, redelivery of messages of dead consumers, and the periodic progress line."""
+        interval = min(self.settings.QUEUE_VISIBILITY_TIMEOUT / 3, 5.0)
+        last_stats, last_count = time.monotonic(), 0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await queue.heartbeat()
+                recovered = await queue.recover_abandoned()
+                if recovered:
+                    log.warning("requeued %d unacknowledged messages of stopped consumers", recovered)
+            except TRANSIENT_ERRORS as error:
+                log.error("queue housekeeping failed: %s", error)
+            now = time.monotonic()
+            if now - last_stats >= STATS_INTERVAL_SECONDS and self.stats.ingested != last_count:
+                log.info("processed %d events in %.0fs", self.stats.ingested - last_count, now - last_stats)
+                last_stats, last_count = now, self.stats.ingested
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+def _build_pipeline(pool: AsyncConnectionPool[Any], settings: Settings) -> EventPipeline:
+    return EventPipeline(
+        teams=TeamManager(pool),
+        definitions=DefinitionsManager(pool),
+        groups=GroupTypeManager(pool),
+        persons=PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE),
+        sink=PostgresEventSink(pool),
+    )
+
+
+def worker_main(index: int, consumer_id: str, last_activity: Synchronized[float] | None = None) -> None:
+    """Entry point of a worker process (started by the supervisor with the resolved URLs in its env)."""
+    settings = load_settings()
+    setup_logging(settings.LOG_LEVEL, f"worker-{index}")
+    import uvloop
+
+    async def main() -> None:
+        worker = Worker(settings, consumer_id, WorkerStats(last_activity))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        await worker.run()
+
+    uvloop.run(main())
+    log.info("worker stopped")

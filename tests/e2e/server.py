@@ -1,0 +1,99 @@
+"""Starting the real `plugin-server` process for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+from celery import Celery
+
+PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log()}")
+
+    def worker_pids(self) -> list[int]:
+        output = subprocess.run(
+            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
+        ).stdout
+        return [int(pid) for pid in output.split()]
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+@contextlib.contextmanager
+def running_server(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[RunningServer]:
+    log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
+    full_env = {**os.environ, "LOG_LEVEL": "info", **env}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "plugin_server.cli", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=tmp_path,
+        )
+    server = RunningServer(process, log_path)
+    try:
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def celery_app(redis_url: str, protocol: int = 2) -> Celery:
+    app = Celery(broker=redis_url)
+    app.conf.task_protocol = protocol
+    return app
+
+
+def send_event(
+    app: Celery, *, team_id: int, distinct_id: str, event: str, properties: dict[str, object] | None = None,
+    now: str = "2021-11-28T10:00:00.000000+00:00", ip: str | None = "127.0.0.1", queue: str = "posthog-plugins",
+) -> None:
+    data = {"event": event, "properties": properties or {}, "timestamp": now}
+    app.send_task(PROCESS_EVENT_TASK, args=[distinct_id, ip, "http://localhost", data, team_id, now, now], queue=queue)
+
+
+def wait_for_count(database_url: str, sql: str, expected: int, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    count = -1
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while time.monotonic() < deadline:
+            row = connection.execute(sql).fetchone()
+            count = int(row[0]) if row else 0
+            if count >= expected:
+                return count
+            time.sleep(0.1)
+    return count
