@@ -16,6 +16,7 @@ import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.migrate import migrate
@@ -112,3 +113,33 @@ async def aredis(redis_client: redis.Redis, redis_url: str) -> AsyncIterator[aio
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (`clock.now += 31`)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Counted = tuple[AsyncConnectionPool[Any], list[str]]
+
+
+@pytest.fixture
+async def counted(database_url: str) -> AsyncIterator[Counted]:
+    """A pool that records every statement its connections run, to count round trips."""
+    statements: list[str] = []
+
+    class CountingCursor(psycopg.AsyncCursor[Any]):
+        async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> CountingCursor:
+            statements.append(str(query))
+            return await super().execute(query, params, **kwargs)
+
+    kwargs = {"autocommit": True, "row_factory": dict_row, "cursor_factory": CountingCursor}
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, kwargs=kwargs, min_size=2, open=False)
+    await pool.open(wait=True)
+    yield pool, statements
+    await pool.close()

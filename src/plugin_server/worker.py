@@ -63,6 +63,10 @@ class WorkerStats:
         self.ingested += outcome.stored
         self.dead_letters += len(outcome.dead_letters)
         self.batches += 1
+        self.touch()
+
+    def touch(self) -> None:
+        """Mark the worker as making progress: it finished a batch or is free to take the next one."""
         if self._last_activity is not None:
             self._last_activity.value = time.time()
 
@@ -112,6 +116,7 @@ class Worker:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
             await slots.acquire()
+            self.stats.touch()
             try:
                 batch = await queue.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
             except TRANSIENT_ERRORS as error:

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import psycopg
 import redis
 
@@ -138,3 +137,22 @@ def test_an_invalid_setting_stops_startup_naming_the_variable(tmp_path: Path) ->
     assert "WORKER_CONCURRENCY='lots'" in result.stderr
 
 
+
+
+def test_a_stalled_worker_is_restarted_and_its_batch_redelivered(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, redis_client: redis.Redis
+) -> None:
+    """SIGSTOP freezes the only worker while it holds a batch; the staleness check replaces it."""
+    app = celery_app(redis_url)
+    env = _env(database_url, redis_url, WORKER_CONCURRENCY="1", STALENESS_RESTART_SECONDS="2")
+    with running_server(tmp_path, env) as server:
+        server.wait_for_log("All systems go")
+        send_event(app, team_id=team.team_id, distinct_id="a", event="before")
+        assert wait_for_count(database_url, COUNT_EVENTS, 1) == 1
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGSTOP)
+        for index in range(10):
+            send_event(app, team_id=team.team_id, distinct_id="a", event="after", properties={"i": index})
+        server.wait_for_log("ingested nothing", timeout=30)
+        assert wait_for_count(database_url, COUNT_EVENTS, 11) == 11
+        assert worker not in server.worker_pids()

@@ -53,3 +53,22 @@ def test_migrations_apply_on_top_of_an_existing_posthog_database(database_url: s
         connection.execute("DROP SCHEMA posthog_made CASCADE")
     assert ("uuid",) in columns
 
+
+
+def test_columns_and_types_match_the_posthog_schema(database_url: str) -> None:
+    """Every column of the reference PostHog schema exists in ours with the same type and nullability."""
+    schema = (Path(__file__).parents[1] / "assets" / "posthog-schema.sql").read_text()
+    query = """SELECT table_name, column_name, data_type, character_maximum_length, is_nullable
+               FROM information_schema.columns WHERE table_schema = %s"""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("DROP SCHEMA IF EXISTS posthog_reference CASCADE")
+        connection.execute("CREATE SCHEMA posthog_reference")
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    info["options"] = "-c search_path=posthog_reference"
+    with psycopg.connect(psycopg.conninfo.make_conninfo(**info), autocommit=True) as connection:  # type: ignore[arg-type]
+        connection.execute(schema.encode())
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        reference = set(connection.execute(query, ("posthog_reference",)).fetchall())
+        ours = set(connection.execute(query, ("public",)).fetchall())
+        connection.execute("DROP SCHEMA posthog_reference CASCADE")
+    assert reference - ours == set()

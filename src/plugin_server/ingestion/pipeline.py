@@ -117,13 +117,15 @@ class EventPipeline:
             for item in captures
             if item.event.event != PLUGIN_METRICS_EVENT
         )
-        wanted: set[tuple[int, str]] = set()
+        # Ordered, so that the first group type seen gets the lowest index, as in the original.
+        wanted: dict[tuple[int, str], None] = {}
         for item in captures:
             add_campaign_and_initial_properties(item.event.properties)
-            wanted.update((item.event.team_id, group_type) for group_type, _ in group_pairs(item.event.properties))
+            for group_type, _ in group_pairs(item.event.properties):
+                wanted[(item.event.team_id, group_type)] = None
             identified = groupidentify_pair(item.event.event, item.event.properties)
             if identified is not None:
-                wanted.add((item.event.team_id, identified[0]))
+                wanted[(item.event.team_id, identified[0])] = None
         if not wanted:
             return
         indexes = await self.groups.resolve(wanted)
