@@ -36,10 +36,16 @@ class RunningServer:
         raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log()}")
 
     def worker_pids(self) -> list[int]:
+        """Worker processes only (multiprocessing also starts a resource tracker child)."""
         output = subprocess.run(
             ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
         ).stdout
-        return [int(pid) for pid in output.split()]
+        pids = []
+        for pid in output.split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.append(int(pid))
+        return pids
 
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:

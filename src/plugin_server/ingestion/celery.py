@@ -1,0 +1,223 @@
+"""The Celery task protocol as kombu's Redis transport stores it, both ways.
+
+A message on the list is a JSON envelope whose `body` is base64 of the JSON task body: protocol v2
+(`headers.task` set, body `[args, kwargs, embed]`) or v1 (body `{task, id, args, kwargs, ...}`).
+Only what the original accepted is accepted (JSON, utf-8, base64); anything else is a
+`MalformedMessage` whose text says why, so the consumer can dead-letter it and go on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from plugin_server.ingestion.types import RawEvent
+from plugin_server.ingestion.uuidt import uuidt, uuidt_for_message
+
+PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
+PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
+
+_EVENT_ARGUMENTS = ("distinct_id", "ip", "site_url", "data", "team_id", "now", "sent_at")
+_REQUIRED_EVENT_ARGUMENTS = _EVENT_ARGUMENTS[:-1]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+class MalformedMessage(ValueError):
+    """A queue message that can never be processed; the text is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class CeleryTask:
+    name: str
+    id: str | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+
+def decode_message(raw: bytes | str) -> CeleryTask:
+    """The task carried by one kombu Redis envelope (Celery task protocol 1 or 2)."""
+    envelope = _loads(raw, "message")
+    if not isinstance(envelope, dict):
+        raise MalformedMessage(f"message is a JSON {type(envelope).__name__}, not an object")
+    content_type = envelope.get("content-type")
+    if content_type != "application/json":
+        raise MalformedMessage(f"unsupported content type {content_type!r} (only 'application/json')")
+    content_encoding = envelope.get("content-encoding")
+    if content_encoding != "utf-8":
+        raise MalformedMessage(f"unsupported content encoding {content_encoding!r} (only 'utf-8')")
+    properties = envelope.get("properties")
+    if not isinstance(properties, dict):
+        raise MalformedMessage("message has no 'properties' object")
+    body_encoding = properties.get("body_encoding")
+    if body_encoding != "base64":
+        raise MalformedMessage(f"unsupported body encoding {body_encoding!r} (only 'base64')")
+    headers = envelope.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise MalformedMessage("message 'headers' is not an object")
+    if headers.get("compression"):
+        raise MalformedMessage(f"compressed bodies ({headers['compression']!r}) are not supported")
+    encoded_body = envelope.get("body")
+    if not isinstance(encoded_body, str):
+        raise MalformedMessage("message 'body' is not a string")
+    try:
+        body = _loads(base64.b64decode(encoded_body, validate=True), "body")
+    except binascii.Error as error:
+        raise MalformedMessage(f"body is not valid base64 ({error})") from None
+
+    task_name = headers.get("task")
+    if task_name:  # protocol v2; the original too falls back to v1 when headers.task is empty
+        if not isinstance(body, list) or len(body) != 3:
+            raise MalformedMessage("protocol 2 body is not [args, kwargs, embed]")
+        args, kwargs = body[0], body[1]
+        task_id = headers.get("id")
+    else:
+        if not isinstance(body, dict):
+            raise MalformedMessage("no task name: neither headers.task (protocol 2) nor a protocol 1 body")
+        task_name = body.get("task")
+        if not task_name:
+            raise MalformedMessage("protocol 1 body has no 'task'")
+        args, kwargs = body.get("args"), body.get("kwargs")
+        task_id = body.get("id")
+    if not isinstance(task_name, str):
+        raise MalformedMessage(f"task name is a {type(task_name).__name__}, not a string")
+    args = [] if args is None else args
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(args, list):
+        raise MalformedMessage(f"task args is a {type(args).__name__}, not a list")
+    if not isinstance(kwargs, dict):
+        raise MalformedMessage(f"task kwargs is a {type(kwargs).__name__}, not an object")
+    return CeleryTask(task_name, None if task_id is None else str(task_id), args, kwargs)
+
+
+def event_from_task(task: CeleryTask) -> RawEvent:
+    """The raw event of a `process_event_with_plugins` task, as the original built it.
+
+    `{distinct_id, ip, site_url, team_id, now, sent_at, uuid, **data}`: keys of `data` win. An event
+    without a uuid gets one derived from the task id and `now`, so a redelivered message keeps its uuid.
+    """
+    if task.name != PROCESS_EVENT_TASK:
+        raise MalformedMessage(f"task {task.name!r} does not carry an event")
+    arguments = _event_arguments(task)
+    data = arguments["data"]
+    if isinstance(data, str):
+        data = _loads(data, "event data")
+    if not isinstance(data, dict):
+        raise MalformedMessage(f"event data is a {type(data).__name__}, not an object")
+    event: RawEvent = {
+        "distinct_id": arguments["distinct_id"],
+        "ip": arguments["ip"],
+        "site_url": arguments["site_url"],
+        "team_id": arguments["team_id"],
+        "now": arguments["now"],
+        "sent_at": arguments["sent_at"],
+        "uuid": None,
+        **data,
+    }
+    event["distinct_id"] = _distinct_id_text(event["distinct_id"])
+    team_id = event["team_id"]
+    if not isinstance(team_id, int) or isinstance(team_id, bool):
+        raise MalformedMessage(f"team_id {team_id!r} is not an integer")
+    if not event["uuid"]:  # a null or empty uuid in data is no uuid
+        if task.id is None:
+            event["uuid"] = uuidt()
+        else:
+            event["uuid"] = uuidt_for_message(_unix_ms(arguments["now"]), task.id)
+    return event
+
+
+def encode_task(
+    name: str,
+    args: list[Any],
+    kwargs: dict[str, Any] | None = None,
+    *,
+    queue: str,
+    task_id: str | None = None,
+) -> bytes:
+    """A protocol 2 envelope to LPUSH on `queue`, shaped like the original's Celery client sent it."""
+    task_id = task_id or str(uuid.uuid4())
+    return orjson.dumps(
+        {
+            "body": base64.b64encode(orjson.dumps([args, kwargs or {}, {}])).decode("ascii"),
+            "content-type": "application/json",
+            "content-encoding": "utf-8",
+            "headers": {"lang": "py", "task": name, "id": task_id},
+            "properties": {
+                "body_encoding": "base64",
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "delivery_mode": 2,
+                "delivery_tag": str(uuid.uuid4()),
+                "correlationId": task_id,
+                "replyTo": "",
+            },
+        }
+    )
+
+
+def _loads(text: bytes | str, what: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    # Python producers may write NaN/Infinity, which orjson rejects; the standard parser reads them.
+    try:
+        return json.loads(text)
+    except ValueError as error:  # also UnicodeDecodeError
+        raise MalformedMessage(f"{what} is not valid JSON ({error})") from None
+
+
+def _event_arguments(task: CeleryTask) -> dict[str, Any]:
+    """The task's arguments by name, from positions and/or keywords (unknown keywords are ignored).
+
+    The original appended the kwargs dict as one more positional argument, so without `sent_at` the
+    kwargs landed in the sent_at slot; here a missing `sent_at` is None.
+    """
+    if len(task.args) > len(_EVENT_ARGUMENTS):
+        raise MalformedMessage(
+            f"{PROCESS_EVENT_TASK} takes at most {len(_EVENT_ARGUMENTS)} arguments, got {len(task.args)}"
+        )
+    arguments = dict(zip(_EVENT_ARGUMENTS, task.args, strict=False))
+    if task.kwargs:
+        for name in _EVENT_ARGUMENTS:
+            if name in task.kwargs:
+                if name in arguments:
+                    raise MalformedMessage(f"argument {name!r} given both by position and by name")
+                arguments[name] = task.kwargs[name]
+    missing = [name for name in _REQUIRED_EVENT_ARGUMENTS if name not in arguments]
+    if missing:
+        raise MalformedMessage(f"{PROCESS_EVENT_TASK} is missing {', '.join(missing)}")
+    arguments.setdefault("sent_at", None)
+    return arguments
+
+
+def _distinct_id_text(value: Any) -> str:
+    """The distinct id as text, the way the original's `toString()` printed JSON scalars."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    raise MalformedMessage(f"distinct_id {value!r} is not a string or a number")
+
+
+def _unix_ms(now: Any) -> int:
+    """`now` (ISO 8601, naive means UTC) in unix milliseconds, 0 when it cannot be read."""
+    if not isinstance(now, str):
+        return 0
+    try:
+        moment = datetime.fromisoformat(now)
+    except ValueError:
+        return 0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MILLISECOND
