@@ -76,9 +76,17 @@ def run_once(database_url: str, redis_url: str, messages: list[bytes], extra_env
     database_url = reset_database(database_url)
     client = redis.Redis.from_url(redis_url)
     client.delete(QUEUE)
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_LEVEL": "warn", **extra_env}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "LOG_LEVEL": "warn",
+        **extra_env,
+    }
     with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen([sys.executable, "-m", "plugin_server.cli", "start"], env=env, stdout=log, stderr=log)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "plugin_server.cli", "start"], env=env, stdout=log, stderr=log
+        )
         try:
             _wait_for_ping(client)
             started = time.perf_counter()
@@ -115,7 +123,9 @@ def _wait_for_rows(database_url: str, expected: int, timeout: float = 300) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     options = parser.parse_args()

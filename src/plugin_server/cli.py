@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, TypeVar
 
@@ -27,7 +26,9 @@ T = TypeVar("T")
 def _settings_epilog() -> str:
     width = max(len(name) for name, _, _ in settings_help())
     lines = ["Settings (environment variables, default in brackets):"]
-    lines += [f"  {name.ljust(width)}  {description} [{default}]" for name, default, description in settings_help()]
+    lines += [
+        f"  {name.ljust(width)}  {description} [{default}]" for name, default, description in settings_help()
+    ]
     # Typer/click rewraps paragraphs; \b keeps this block as written.
     return "\b\n" + "\n".join(lines)
 
@@ -42,7 +43,9 @@ app = typer.Typer(
     context_settings={"max_content_width": 200},
 )
 teams_app = typer.Typer(help="Manage teams (projects) without the PostHog web app.", no_args_is_help=True)
-dead_letters_app = typer.Typer(help="Inspect and replay messages that could not be ingested.", no_args_is_help=True)
+dead_letters_app = typer.Typer(
+    help="Inspect and replay messages that could not be ingested.", no_args_is_help=True
+)
 app.add_typer(teams_app, name="teams")
 app.add_typer(dead_letters_app, name="dead-letters")
 
@@ -71,7 +74,9 @@ def main_callback(
 
 @app.command()
 def start(
-    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not apply pending migrations.")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not apply pending migrations.")
+    ] = False,
 ) -> None:
     """Start the server (the default command)."""
     from plugin_server.supervisor import Supervisor
@@ -133,13 +138,17 @@ def dead_letters_list(limit: Annotated[int, typer.Option(help="How many to show.
     from plugin_server.ingestion.redis_queue import read_dead_letters
 
     settings = _load()
-    entries = _run_async_redis(settings, lambda client: read_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit))
+    entries = _run_async_redis(
+        settings, lambda client: read_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit)
+    )
     for entry in entries:
         typer.echo(json.dumps(entry))
 
 
 @dead_letters_app.command("replay")
-def dead_letters_replay(limit: Annotated[int, typer.Option(help="Replay at most this many (0 = all).")] = 0) -> None:
+def dead_letters_replay(
+    limit: Annotated[int, typer.Option(help="Replay at most this many (0 = all).")] = 0,
+) -> None:
     """Put dead letters back on the ingestion queue, oldest first."""
     from plugin_server.ingestion.redis_queue import replay_dead_letters
 
@@ -186,4 +195,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

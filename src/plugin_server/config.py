@@ -48,9 +48,13 @@ class Settings(BaseModel):
     POSTHOG_DB_NAME: str | None = Field(None, description="database name, used when DATABASE_URL is unset")
     POSTHOG_DB_USER: str = Field("postgres", description="database user, used when DATABASE_URL is unset")
     POSTHOG_DB_PASSWORD: str = Field("", description="database password, used when DATABASE_URL is unset")
-    POSTHOG_POSTGRES_HOST: str = Field("localhost", description="database host, used when DATABASE_URL is unset")
+    POSTHOG_POSTGRES_HOST: str = Field(
+        "localhost", description="database host, used when DATABASE_URL is unset"
+    )
     POSTHOG_POSTGRES_PORT: int = Field(5432, description="database port, used when DATABASE_URL is unset")
-    REDIS_URL: str | None = Field(None, description="Redis URL; unset (with no POSTHOG_REDIS_HOST) runs an embedded Valkey")
+    REDIS_URL: str | None = Field(
+        None, description="Redis URL; unset (with no POSTHOG_REDIS_HOST) runs an embedded Valkey"
+    )
     POSTHOG_REDIS_HOST: str = Field("", description="Redis host; when set it overrides REDIS_URL")
     POSTHOG_REDIS_PORT: int = Field(6379, description="Redis port, with POSTHOG_REDIS_HOST")
     POSTHOG_REDIS_PASSWORD: str = Field("", description="Redis password, with POSTHOG_REDIS_HOST")
@@ -61,26 +65,42 @@ class Settings(BaseModel):
     BASE_DIR: Path = Field(Path("."), description="base path for resolving local plugins")
 
     # --- processes
-    WORKER_CONCURRENCY: int = Field(0, ge=0, description="number of worker processes; 0 means one per CPU core")
+    WORKER_CONCURRENCY: int = Field(
+        0, ge=0, description="number of worker processes; 0 means one per CPU core"
+    )
     TASKS_PER_WORKER: int = Field(10, ge=1, description="micro-batches each worker keeps in flight at once")
-    INGESTION_BATCH_SIZE: int = Field(500, ge=1, description="most events a worker takes from the queue at once")
+    INGESTION_BATCH_SIZE: int = Field(
+        500, ge=1, description="most events a worker takes from the queue at once"
+    )
     TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
     REDIS_POOL_MIN_SIZE: int = Field(1, ge=0, description="minimum Redis connections per worker")
     REDIS_POOL_MAX_SIZE: int = Field(3, ge=1, description="maximum Redis connections per worker")
     QUEUE_VISIBILITY_TIMEOUT: float = Field(
-        30, gt=0, description="seconds without a heartbeat after which a consumer's unfinished events are redelivered"
+        30,
+        gt=0,
+        description="seconds without a heartbeat after which a consumer's unfinished events are redelivered",
     )
-    SCHEDULE_LOCK_TTL: float = Field(60, gt=0, description="how many seconds to hold the lock for the schedule")
+    SCHEDULE_LOCK_TTL: float = Field(
+        60, gt=0, description="how many seconds to hold the lock for the schedule"
+    )
     STALENESS_RESTART_SECONDS: float = Field(
-        0, ge=0, description="restart a worker that ingested nothing for this long while events wait; 0 disables"
+        0,
+        ge=0,
+        description="restart a worker that ingested nothing for this long while events wait; 0 disables",
     )
-    PLUGIN_SERVER_IDLE: bool = Field(False, description="whether to disengage the plugin server, e.g. for development")
+    PLUGIN_SERVER_IDLE: bool = Field(
+        False, description="whether to disengage the plugin server, e.g. for development"
+    )
 
     # --- queues
     CELERY_DEFAULT_QUEUE: str = Field("celery", description="Celery outgoing queue")
     PLUGINS_CELERY_QUEUE: str = Field("posthog-plugins", description="Celery incoming queue")
-    PLUGINS_RELOAD_PUBSUB_CHANNEL: str = Field("reload-plugins", description="Redis channel for reload events")
-    JOB_QUEUES: str = Field("graphile", description="comma-separated job queues, first that accepts a job wins")
+    PLUGINS_RELOAD_PUBSUB_CHANNEL: str = Field(
+        "reload-plugins", description="Redis channel for reload events"
+    )
+    JOB_QUEUES: str = Field(
+        "graphile", description="comma-separated job queues, first that accepts a job wins"
+    )
 
     # --- ClickHouse and Kafka
     CLICKHOUSE_HOST: str = Field("localhost", description="ClickHouse host")
@@ -98,7 +118,9 @@ class Settings(BaseModel):
     KAFKA_PRODUCER_MAX_QUEUE_SIZE: int = Field(
         1000, ge=0, description="Kafka producer batch max size before flushing"
     )
-    KAFKA_FLUSH_FREQUENCY_MS: int = Field(500, ge=0, description="Kafka producer batch max duration before flushing")
+    KAFKA_FLUSH_FREQUENCY_MS: int = Field(
+        500, ge=0, description="Kafka producer batch max duration before flushing"
+    )
     KAFKA_MAX_MESSAGE_BATCH_SIZE: int = Field(
         900000, ge=1, description="Kafka producer batch max size in bytes before flushing"
     )
@@ -107,9 +129,13 @@ class Settings(BaseModel):
     DISABLE_WEB: bool = Field(False, description="whether to disable web server")
     WEB_PORT: int = Field(3008, ge=0, le=65535, description="port for web server to listen on")
     WEB_HOSTNAME: str = Field("0.0.0.0", description="hostname for web server to listen on")
-    LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field("info", description="minimum log level")
+    LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field(
+        "info", description="minimum log level"
+    )
     SENTRY_DSN: str | None = Field(None, description="Sentry ingestion URL")
-    STATSD_HOST: str | None = Field(None, description="StatsD host - integration disabled if this is not provided")
+    STATSD_HOST: str | None = Field(
+        None, description="StatsD host - integration disabled if this is not provided"
+    )
     STATSD_PORT: int = Field(8125, ge=1, le=65535, description="StatsD port")
     STATSD_PREFIX: str = Field("plugin-server.", description="StatsD prefix")
 

@@ -67,7 +67,9 @@ class Supervisor:
             if self.settings.AUTO_MIGRATE:
                 applied = migrate(database_url)
                 if applied:
-                    log.info("applied migrations: %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied))
+                    log.info(
+                        "applied migrations: %s", ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+                    )
             if self._embedded is not None:
                 self._ensure_a_team(database_url)
             if self._stop_requested:
@@ -75,7 +77,12 @@ class Supervisor:
             redis_client = redis.Redis.from_url(redis_url)
             self._forget_dead_local_consumers(redis_client)
             self._start_workers()
-            log.info("%s: %d workers consuming %r", READY_MESSAGE, len(self._slots), self.settings.PLUGINS_CELERY_QUEUE)
+            log.info(
+                "%s: %d workers consuming %r",
+                READY_MESSAGE,
+                len(self._slots),
+                self.settings.PLUGINS_CELERY_QUEUE,
+            )
             self._watch(redis_client)
             return 0
         finally:
@@ -89,7 +96,11 @@ class Supervisor:
         """Use DATABASE_URL / REDIS_URL, or start the embedded servers for whichever is unset."""
         database_url, redis_url = self.settings.database_url, self.settings.redis_url
         if database_url is None or redis_url is None:
-            log.info("starting embedded %s under %s", _missing(database_url, redis_url), self.settings.PLUGIN_SERVER_DATA_DIR)
+            log.info(
+                "starting embedded %s under %s",
+                _missing(database_url, redis_url),
+                self.settings.PLUGIN_SERVER_DATA_DIR,
+            )
             self._embedded = start_embedded(
                 self.settings.PLUGIN_SERVER_DATA_DIR, postgres=database_url is None, redis=redis_url is None
             )
@@ -118,7 +129,8 @@ class Supervisor:
         so their unacknowledged messages are redelivered now instead of after the visibility timeout."""
         key = f"{self.settings.PLUGINS_CELERY_QUEUE}:consumers"
         host = socket.gethostname()
-        for member in client.zrange(key, 0, -1):
+        members: list[bytes] = client.zrange(key, 0, -1)  # type: ignore[assignment]
+        for member in members:
             parts = member.decode().split(":")
             if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
                 client.zadd(key, {member: 0})
@@ -137,7 +149,9 @@ class Supervisor:
         context = multiprocessing.get_context("spawn")
         slot.last_activity.value = time.time()
         slot.process = context.Process(
-            target=worker_main, args=(slot.index, slot.consumer_id, slot.last_activity), name=f"worker-{slot.index}"
+            target=worker_main,
+            args=(slot.index, slot.consumer_id, slot.last_activity),
+            name=f"worker-{slot.index}",
         )
         slot.process.start()
 
@@ -151,7 +165,9 @@ class Supervisor:
             for slot in self._slots:
                 if slot.process is not None and not slot.process.is_alive():
                     slot.restarts += 1
-                    log.error("worker %d exited with code %s; starting it again", slot.index, slot.process.exitcode)
+                    log.error(
+                        "worker %d exited with code %s; starting it again", slot.index, slot.process.exitcode
+                    )
                     self._spawn(slot)
             self._restart_stalled(client)
             time.sleep(0.2)
@@ -164,7 +180,9 @@ class Supervisor:
         if not stalled or not _safe_llen(client, self.settings.PLUGINS_CELERY_QUEUE):
             return
         for slot in stalled:
-            log.error("worker %d ingested nothing for %.0fs while events wait; restarting it", slot.index, limit)
+            log.error(
+                "worker %d ingested nothing for %.0fs while events wait; restarting it", slot.index, limit
+            )
             if slot.process is not None:
                 slot.process.kill()
                 slot.process.join(5)
@@ -191,7 +209,10 @@ class Supervisor:
                 continue
             slot.process.join(max(0.0, deadline - time.monotonic()))
             if slot.process.is_alive():
-                log.error("worker %d did not drain in time; killing it (its messages will be redelivered)", slot.index)
+                log.error(
+                    "worker %d did not drain in time; killing it (its messages will be redelivered)",
+                    slot.index,
+                )
                 slot.process.kill()
                 slot.process.join()
 
@@ -224,7 +245,9 @@ class Supervisor:
 
 
 def _missing(database_url: str | None, redis_url: str | None) -> str:
-    return " and ".join(name for name, url in (("Postgres", database_url), ("Valkey", redis_url)) if url is None)
+    return " and ".join(
+        name for name, url in (("Postgres", database_url), ("Valkey", redis_url)) if url is None
+    )
 
 
 def _pid_alive(pid: int) -> bool:

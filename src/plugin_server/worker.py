@@ -87,7 +87,9 @@ class Worker:
         settings = self.settings
         assert settings.database_url and settings.redis_url, "the supervisor resolves both URLs"
         pool = await open_pool(settings.database_url, min_size=1, max_size=4)
-        redis_client = aioredis.Redis.from_url(settings.redis_url, max_connections=settings.REDIS_POOL_MAX_SIZE + 2)
+        redis_client = aioredis.Redis.from_url(
+            settings.redis_url, max_connections=settings.REDIS_POOL_MAX_SIZE + 2
+        )
         try:
             queue = ReliableQueue(
                 redis_client,
@@ -134,7 +136,9 @@ class Worker:
         if self._in_flight:
             await asyncio.gather(*self._in_flight)
 
-    async def _handle(self, queue: ReliableQueue, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn) -> None:
+    async def _handle(
+        self, queue: ReliableQueue, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn
+    ) -> None:
         try:
             outcome = await self._process_until_done(pipeline, batch, turn)
             await self._ack_until_done(queue, batch, outcome)
@@ -146,7 +150,9 @@ class Worker:
         finally:
             await turn.finish()
 
-    async def _process_until_done(self, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn) -> BatchOutcome:
+    async def _process_until_done(
+        self, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn
+    ) -> BatchOutcome:
         delay = 0.5
         while True:
             try:
@@ -155,7 +161,9 @@ class Worker:
                 except TRANSIENT_ERRORS:
                     raise
                 except Exception:
-                    log.exception("batch of %d failed; processing its messages one by one", len(batch.messages))
+                    log.exception(
+                        "batch of %d failed; processing its messages one by one", len(batch.messages)
+                    )
                     await turn.wait()
                     return await self._process_singly(pipeline, batch.messages)
             except TRANSIENT_ERRORS as error:
@@ -172,7 +180,9 @@ class Worker:
                 raise
             except Exception as error:
                 log.exception("message failed alone; sending it to the dead letter store")
-                outcome = BatchOutcome(dead_letters=[(message, f"ingestion failed: {type(error).__name__}: {error}")])
+                outcome = BatchOutcome(
+                    dead_letters=[(message, f"ingestion failed: {type(error).__name__}: {error}")]
+                )
             total.stored += outcome.stored
             total.dead_letters.extend(outcome.dead_letters)
         return total

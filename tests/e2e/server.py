@@ -85,11 +85,20 @@ def celery_app(redis_url: str, protocol: int = 2) -> Celery:
 
 
 def send_event(
-    app: Celery, *, team_id: int, distinct_id: str, event: str, properties: dict[str, object] | None = None,
-    now: str = "2021-11-28T10:00:00.000000+00:00", ip: str | None = "127.0.0.1", queue: str = "posthog-plugins",
+    app: Celery,
+    *,
+    team_id: int,
+    distinct_id: str,
+    event: str,
+    properties: dict[str, object] | None = None,
+    now: str = "2021-11-28T10:00:00.000000+00:00",
+    ip: str | None = "127.0.0.1",
+    queue: str = "posthog-plugins",
 ) -> None:
     data = {"event": event, "properties": properties or {}, "timestamp": now}
-    app.send_task(PROCESS_EVENT_TASK, args=[distinct_id, ip, "http://localhost", data, team_id, now, now], queue=queue)
+    app.send_task(
+        PROCESS_EVENT_TASK, args=[distinct_id, ip, "http://localhost", data, team_id, now, now], queue=queue
+    )
 
 
 def wait_for_count(database_url: str, sql: str, expected: int, timeout: float = 60) -> int:

@@ -32,7 +32,10 @@ def test_celery_events_are_ingested_with_persons(
         server.wait_for_log("All systems go")
         for index in range(20):
             send_event(
-                app, team_id=team.team_id, distinct_id=f"user-{index % 4}", event="$pageview",
+                app,
+                team_id=team.team_id,
+                distinct_id=f"user-{index % 4}",
+                event="$pageview",
                 properties={"$set": {"plan": "pro"}, "n": index},
             )
         assert wait_for_count(database_url, COUNT_EVENTS, 20) == 20
@@ -89,7 +92,9 @@ def test_a_killed_worker_loses_nothing(
     app = celery_app(redis_url)
     total = 3000
     for index in range(total):
-        send_event(app, team_id=team.team_id, distinct_id=f"p{index % 50}", event="e", properties={"i": index})
+        send_event(
+            app, team_id=team.team_id, distinct_id=f"p{index % 50}", event="e", properties={"i": index}
+        )
     env = _env(database_url, redis_url, INGESTION_BATCH_SIZE="50", TASKS_PER_WORKER="2")
     with running_server(tmp_path, env) as server:
         server.wait_for_log("All systems go")
@@ -100,7 +105,9 @@ def test_a_killed_worker_loses_nothing(
         assert wait_for_count(database_url, COUNT_EVENTS, total, timeout=120) == total
         time.sleep(0.5)
     with psycopg.connect(database_url) as connection:
-        stored = connection.execute("SELECT COUNT(*), COUNT(DISTINCT properties->>'i') FROM posthog_event").fetchone()
+        stored = connection.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT properties->>'i') FROM posthog_event"
+        ).fetchone()
     assert stored == (total, total)
     assert redis_client.llen("posthog-plugins") == 0
     assert not redis_client.keys("posthog-plugins:unacked:*")
@@ -122,7 +129,11 @@ def test_healthcheck_reads_the_ping_key(
 
 
 def test_idle_mode_connects_to_nothing(tmp_path: Path) -> None:
-    env = {"PLUGIN_SERVER_IDLE": "true", "DATABASE_URL": "postgres://nowhere.invalid/x", "REDIS_URL": "redis://nowhere.invalid"}
+    env = {
+        "PLUGIN_SERVER_IDLE": "true",
+        "DATABASE_URL": "postgres://nowhere.invalid/x",
+        "REDIS_URL": "redis://nowhere.invalid",
+    }
     with running_server(tmp_path, env) as server:
         server.wait_for_log("disengaged", timeout=20)
         assert server.stop() == 0
@@ -131,12 +142,14 @@ def test_idle_mode_connects_to_nothing(tmp_path: Path) -> None:
 def test_an_invalid_setting_stops_startup_naming_the_variable(tmp_path: Path) -> None:
     env = {**os.environ, "WORKER_CONCURRENCY": "lots"}
     result = subprocess.run(
-        [sys.executable, "-m", "plugin_server.cli", "start"], env=env, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "plugin_server.cli", "start"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "WORKER_CONCURRENCY='lots'" in result.stderr
-
-
 
 
 def test_a_stalled_worker_is_restarted_and_its_batch_redelivered(

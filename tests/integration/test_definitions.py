@@ -16,7 +16,6 @@ from tests.conftest import Counted, FakeClock
 Db = psycopg.Connection[Any]
 
 
-
 @pytest.fixture
 def seeded(team: CreatedTeam, clean_db: Db) -> CreatedTeam:
     """The original's test fixture: $pageview, property_name (text) and numeric_prop (numerical)."""

@@ -19,7 +19,6 @@ from tests.conftest import Counted, FakeClock
 Db = psycopg.Connection[Any]
 
 
-
 def insert_group_type(connection: Db, team_id: int, group_type: str, index: int) -> None:
     """Another writer's insert."""
     connection.execute(

@@ -10,7 +10,9 @@ def test_migrations_are_applied_once_and_recorded(database_url: str) -> None:
     assert pending_migrations(database_url) == []
     assert migrate(database_url) == []
     with psycopg.connect(database_url) as connection:
-        versions = [row[0] for row in connection.execute("SELECT version FROM plugin_server_migrations ORDER BY 1")]
+        versions = [
+            row[0] for row in connection.execute("SELECT version FROM plugin_server_migrations ORDER BY 1")
+        ]
     assert versions == [migration.version for migration in available_migrations()]
 
 
@@ -52,7 +54,6 @@ def test_migrations_apply_on_top_of_an_existing_posthog_database(database_url: s
         ).fetchall()
         connection.execute("DROP SCHEMA posthog_made CASCADE")
     assert ("uuid",) in columns
-
 
 
 def test_columns_and_types_match_the_posthog_schema(database_url: str) -> None:

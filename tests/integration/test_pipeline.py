@@ -31,7 +31,12 @@ def pipeline(pool: AsyncConnectionPool[Any]) -> EventPipeline:
 
 
 def message(
-    team_id: int, distinct_id: str, data: dict[str, Any], *, ip: str | None = "11.12.13.14", task_id: str | None = None
+    team_id: int,
+    distinct_id: str,
+    data: dict[str, Any],
+    *,
+    ip: str | None = "11.12.13.14",
+    task_id: str | None = None,
 ) -> bytes:
     args = [distinct_id, ip, "http://example.com", data, team_id, NOW, NOW]
     return encode_task(PROCESS_EVENT_TASK, args, queue="posthog-plugins", task_id=task_id)
@@ -90,9 +95,15 @@ async def test_a_new_person_capture_stores_event_person_definitions(
     ]
     names = {row["name"] for row in rows(clean_db, "SELECT name FROM posthog_eventdefinition")}
     assert names == {"$autocapture"}
-    properties_defined = {row["name"] for row in rows(clean_db, "SELECT name FROM posthog_propertydefinition")}
+    properties_defined = {
+        row["name"] for row in rows(clean_db, "SELECT name FROM posthog_propertydefinition")
+    }
     # Definitions are recorded before the campaign and initial properties are added (rule 23).
-    assert "$ip" in properties_defined and "$browser" in properties_defined and "$set_once" not in properties_defined
+    assert (
+        "$ip" in properties_defined
+        and "$browser" in properties_defined
+        and "$set_once" not in properties_defined
+    )
     assert rows(clean_db, "SELECT ingested_event FROM posthog_team") == [{"ingested_event": True}]
 
 
@@ -109,7 +120,10 @@ async def test_the_same_message_twice_is_stored_once(
 async def test_snapshots_go_to_session_recordings_only(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
 ) -> None:
-    data = {"event": "$snapshot", "properties": {"$session_id": "abcf-efg", "$snapshot_data": {"timestamp": 123}}}
+    data = {
+        "event": "$snapshot",
+        "properties": {"$session_id": "abcf-efg", "$snapshot_data": {"timestamp": 123}},
+    }
     outcome = await pipeline(pool).run([message(team.team_id, "some-id", data)])
     assert outcome.stored == 1
     assert rows(clean_db, "SELECT COUNT(*) AS n FROM posthog_event") == [{"n": 0}]
@@ -135,7 +149,9 @@ async def test_unknown_team_and_invalid_events_become_dead_letters(
     assert reasons[bad_uuid] == 'invalid event: Not a valid UUID: "not-a-uuid"'
 
 
-async def test_anonymize_ips_keeps_the_ip_out(pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db) -> None:
+async def test_anonymize_ips_keeps_the_ip_out(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
     clean_db.execute("UPDATE posthog_team SET anonymize_ips = true")
     await pipeline(pool).run([message(team.team_id, "x", {"event": "e"})])
     [event] = rows(clean_db, "SELECT properties FROM posthog_event")
@@ -147,7 +163,11 @@ async def test_groups_get_their_index_properties(
 ) -> None:
     events = [
         message(team.team_id, "x", {"event": "e", "properties": {"$groups": {"organization": "org-1"}}}),
-        message(team.team_id, "x", {"event": "e", "properties": {"$groups": {"project": "p", "organization": "o"}}}),
+        message(
+            team.team_id,
+            "x",
+            {"event": "e", "properties": {"$groups": {"project": "p", "organization": "o"}}},
+        ),
         message(
             team.team_id,
             "x",
@@ -183,4 +203,3 @@ async def test_identify_merges_the_anonymous_person(
         ("anon", person["id"]),
         ("user", person["id"]),
     ]
-

@@ -16,7 +16,6 @@ from tests.conftest import Counted, FakeClock
 Db = psycopg.Connection[Any]
 
 
-
 async def test_team_is_fetched_and_cached_for_the_ttl(
     counted: Counted, team: CreatedTeam, clean_db: Db
 ) -> None:

@@ -39,8 +39,14 @@ def test_numbers_are_parsed() -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("WORKER_CONCURRENCY", "abc"), ("KAFKA_ENABLED", "maybe"), ("WEB_PORT", "70000"), ("LOG_LEVEL", "loud"),
-     ("JOB_QUEUES", "graphile,carrier-pigeon"), ("TASKS_PER_WORKER", "0")],
+    [
+        ("WORKER_CONCURRENCY", "abc"),
+        ("KAFKA_ENABLED", "maybe"),
+        ("WEB_PORT", "70000"),
+        ("LOG_LEVEL", "loud"),
+        ("JOB_QUEUES", "graphile,carrier-pigeon"),
+        ("TASKS_PER_WORKER", "0"),
+    ],
 )
 def test_an_invalid_value_names_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"{name}='{value}'"):
@@ -48,14 +54,21 @@ def test_an_invalid_value_names_the_variable(name: str, value: str) -> None:
 
 
 def test_posthog_db_fallbacks_build_the_url_only_without_database_url() -> None:
-    fields = {"POSTHOG_DB_NAME": "posthog", "POSTHOG_DB_USER": "me", "POSTHOG_DB_PASSWORD": "s3cr/t",
-              "POSTHOG_POSTGRES_HOST": "db", "POSTHOG_POSTGRES_PORT": "6543"}
+    fields = {
+        "POSTHOG_DB_NAME": "posthog",
+        "POSTHOG_DB_USER": "me",
+        "POSTHOG_DB_PASSWORD": "s3cr/t",
+        "POSTHOG_POSTGRES_HOST": "db",
+        "POSTHOG_POSTGRES_PORT": "6543",
+    }
     assert load_settings(fields).database_url == "postgres://me:s3cr%2Ft@db:6543/posthog"
     assert load_settings({**fields, "DATABASE_URL": "postgres://x/y"}).database_url == "postgres://x/y"
 
 
 def test_posthog_redis_host_overrides_redis_url() -> None:
-    settings = load_settings({"REDIS_URL": "redis://a", "POSTHOG_REDIS_HOST": "b", "POSTHOG_REDIS_PASSWORD": "pw"})
+    settings = load_settings(
+        {"REDIS_URL": "redis://a", "POSTHOG_REDIS_HOST": "b", "POSTHOG_REDIS_PASSWORD": "pw"}
+    )
     assert settings.redis_url == "redis://:pw@b:6379"
 
 

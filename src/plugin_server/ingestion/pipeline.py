@@ -14,9 +14,19 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, MalformedMessage, decode_message, event_from_task
+from plugin_server.ingestion.celery import (
+    PROCESS_EVENT_TASK,
+    MalformedMessage,
+    decode_message,
+    event_from_task,
+)
 from plugin_server.ingestion.definitions import DefinitionsManager
-from plugin_server.ingestion.groups import GroupTypeManager, add_group_properties, group_pairs, groupidentify_pair
+from plugin_server.ingestion.groups import (
+    GroupTypeManager,
+    add_group_properties,
+    group_pairs,
+    groupidentify_pair,
+)
 from plugin_server.ingestion.persons import PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
@@ -133,7 +143,11 @@ class EventPipeline:
             add_group_properties(item.event.properties, item.event.team_id, indexes)
 
     async def _mark_first_events(self, items: list[_Item]) -> None:
-        first = {item.team.id: item.team for item in items if not item.team.ingested_event and not item.event.is_snapshot}
+        first = {
+            item.team.id: item.team
+            for item in items
+            if not item.team.ingested_event and not item.event.is_snapshot
+        }
         for team in first.values():
             await self.teams.mark_ingested_event(team)
 
@@ -144,5 +158,6 @@ def _person_update(event: PreparedEvent) -> PersonUpdate:
         distinct_id=event.distinct_id,
         event=event.event,
         properties=event.properties,
-        created_at=event.sent_at or event.now,
+        # A recording's person is created "now", a capture's at sent_at (as in the original).
+        created_at=event.now if event.is_snapshot else event.sent_at or event.now,
     )

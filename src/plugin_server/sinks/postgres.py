@@ -81,7 +81,11 @@ class PostgresEventSink:
     async def _write_element_groups(self, connection: Any, events: Sequence[PreparedEvent]) -> list[str]:
         """Create the element group of every event with elements; return each event's hash ('' if none)."""
         hashes = [elements_hash(event.elements) if event.elements else "" for event in events]
-        wanted = {(digest, event.team_id): event.elements for digest, event in zip(hashes, events, strict=True) if digest}
+        wanted = {
+            (digest, event.team_id): event.elements
+            for digest, event in zip(hashes, events, strict=True)
+            if digest
+        }
         if not wanted:
             return hashes
         keys = list(wanted)
@@ -107,7 +111,9 @@ class PostgresEventSink:
             await connection.execute(_INSERT_ELEMENTS, columns)
         return hashes
 
-    async def _write_events(self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]) -> None:
+    async def _write_events(
+        self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]
+    ) -> None:
         created_at = datetime.now(UTC)
         await connection.execute(
             _INSERT_EVENTS,
