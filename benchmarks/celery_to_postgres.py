@@ -24,6 +24,7 @@ import psycopg
 import redis
 
 from plugin_server.db.migrate import migrate
+from plugin_server.db.postgres import recreate_database
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 from plugin_server.services.embedded import start_embedded
@@ -60,12 +61,7 @@ def make_messages(count: int) -> list[bytes]:
 
 
 def reset_database(base_url: str) -> str:
-    with psycopg.connect(base_url, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-    info = psycopg.conninfo.conninfo_to_dict(base_url)
-    info["dbname"] = BENCH_DATABASE
-    url = psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+    url = recreate_database(base_url, BENCH_DATABASE)
     migrate(url)
     with psycopg.connect(url, autocommit=True) as connection:
         create_organization_and_team(connection, team_id=TEAM_ID)

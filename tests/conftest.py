@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.migrate import migrate
-from plugin_server.db.postgres import open_pool
+from plugin_server.db.postgres import open_pool, recreate_database
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.services.embedded import start_embedded
 
@@ -72,7 +72,7 @@ def services() -> Iterator[tuple[str, str]]:
         base_db = given_db or embedded.database_url  # type: ignore[union-attr]
         redis_url = given_redis or embedded.redis_url  # type: ignore[union-attr]
         assert base_db and redis_url
-        database_url = _fresh_database(base_db)
+        database_url = recreate_database(base_db, TEST_DATABASE)
         migrate(database_url)
         if given_redis:
             redis_url = redis_url.rstrip("/") + "/15"
@@ -81,15 +81,6 @@ def services() -> Iterator[tuple[str, str]]:
         finally:
             if embedded:
                 embedded.stop()
-
-
-def _fresh_database(base_url: str) -> str:
-    with psycopg.connect(base_url, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {TEST_DATABASE} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {TEST_DATABASE}")
-    info = psycopg.conninfo.conninfo_to_dict(base_url)
-    info["dbname"] = TEST_DATABASE
-    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

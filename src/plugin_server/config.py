@@ -86,7 +86,7 @@ class Settings(BaseModel):
     STALENESS_RESTART_SECONDS: float = Field(
         0,
         ge=0,
-        description="restart a worker that ingested nothing for this long while events wait; 0 disables",
+        description="restart a worker that made no progress for this long while events wait; 0 disables",
     )
     PLUGIN_SERVER_IDLE: bool = Field(
         False, description="whether to disengage the plugin server, e.g. for development"

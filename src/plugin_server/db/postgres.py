@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -32,3 +33,15 @@ async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) 
     )
     await pool.open(wait=True, timeout=30)
     return pool
+
+
+def recreate_database(server_url: str, name: str) -> str:
+    """Drop and create database `name` on the server of `server_url`; return the URL of the new database.
+
+    For test suites and benchmarks, which each want an empty database of their own."""
+    with psycopg.connect(server_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(server_url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
