@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 import psycopg
@@ -14,11 +13,11 @@ import redis.asyncio as aioredis
 import typer
 
 from plugin_server import __version__
-from plugin_server.config import Settings, SettingsError, load_settings, settings_help
+from plugin_server.cli_support import database_url, load_settings_or_exit, redis_url
+from plugin_server.config import Settings, settings_help
 from plugin_server.db.migrate import migrate as apply_migrations
 from plugin_server.db.teams import create_organization_and_team
-from plugin_server.logs import setup_logging
-from plugin_server.services.embedded import read_embedded_urls, start_embedded
+from plugin_server.plugins.cli import plugins_app
 
 T = TypeVar("T")
 
@@ -48,16 +47,7 @@ dead_letters_app = typer.Typer(
 )
 app.add_typer(teams_app, name="teams")
 app.add_typer(dead_letters_app, name="dead-letters")
-
-
-def _load() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        typer.echo(f"plugin-server: {error}", err=True)
-        raise typer.Exit(2) from None
-    setup_logging(settings.LOG_LEVEL, "main")
-    return settings
+app.add_typer(plugins_app, name="plugins")
 
 
 @app.callback()
@@ -81,7 +71,7 @@ def start(
     """Start the server (the default command)."""
     from plugin_server.supervisor import Supervisor
 
-    settings = _load()
+    settings = load_settings_or_exit()
     if no_migrate:
         settings = settings.model_copy(update={"AUTO_MIGRATE": False})
     raise typer.Exit(Supervisor(settings).run())
@@ -90,8 +80,8 @@ def start(
 @app.command()
 def migrate() -> None:
     """Apply pending database migrations and exit."""
-    settings = _load()
-    with _database_url(settings) as url:
+    settings = load_settings_or_exit()
+    with database_url(settings) as url:
         applied = apply_migrations(url)
     typer.echo("\n".join(f"applied {m.version:04d}_{m.name}" for m in applied) or "nothing to migrate")
 
@@ -101,8 +91,8 @@ def healthcheck() -> None:
     """Exit 0 when a server wrote its ping key to Redis in the last minute, 1 otherwise."""
     from plugin_server.supervisor import PING_KEY
 
-    settings = _load()
-    url = settings.redis_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[1]
+    settings = load_settings_or_exit()
+    url = redis_url(settings)
     if url is None:
         typer.echo("no Redis configured and no embedded server running", err=True)
         raise typer.Exit(1)
@@ -124,8 +114,8 @@ def teams_create(
     organization: Annotated[str, typer.Option(help="Organization name.")] = "Default Organization",
 ) -> None:
     """Create an organization and a team in it; print the team id and API token."""
-    settings = _load()
-    with _database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
         if settings.AUTO_MIGRATE:
             apply_migrations(url)
         team = create_organization_and_team(connection, organization_name=organization, team_name=name)
@@ -137,7 +127,7 @@ def dead_letters_list(limit: Annotated[int, typer.Option(help="How many to show.
     """Print the newest dead letters as JSON lines (reason, time, message)."""
     from plugin_server.ingestion.redis_queue import read_dead_letters
 
-    settings = _load()
+    settings = load_settings_or_exit()
     entries = _run_async_redis(
         settings, lambda client: read_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit)
     )
@@ -152,7 +142,7 @@ def dead_letters_replay(
     """Put dead letters back on the ingestion queue, oldest first."""
     from plugin_server.ingestion.redis_queue import replay_dead_letters
 
-    settings = _load()
+    settings = load_settings_or_exit()
     count = _run_async_redis(
         settings, lambda client: replay_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit or None)
     )
@@ -160,7 +150,7 @@ def dead_letters_replay(
 
 
 def _run_async_redis(settings: Settings, action: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-    url = settings.redis_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[1]
+    url = redis_url(settings)
     if url is None:
         typer.echo("no Redis configured and no embedded server running", err=True)
         raise typer.Exit(1)
@@ -173,21 +163,6 @@ def _run_async_redis(settings: Settings, action: Callable[[aioredis.Redis], Awai
             await client.aclose()
 
     return asyncio.run(run())
-
-
-@contextlib.contextmanager
-def _database_url(settings: Settings) -> Iterator[str]:
-    """The configured database, the running embedded one, or an embedded one started for this command."""
-    url = settings.database_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[0]
-    if url is not None:
-        yield url
-        return
-    services = start_embedded(settings.PLUGIN_SERVER_DATA_DIR, postgres=True, redis=False)
-    try:
-        assert services.database_url
-        yield services.database_url
-    finally:
-        services.stop()
 
 
 def main() -> None:

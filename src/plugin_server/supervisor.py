@@ -28,6 +28,7 @@ from plugin_server import __version__
 from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
+from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
 from plugin_server.services.embedded import EmbeddedServices, start_embedded
 from plugin_server.worker import worker_main
 
@@ -39,6 +40,7 @@ PING_INTERVAL_SECONDS = 5.0
 IDLE_LOG_INTERVAL_SECONDS = 30.0
 DRAIN_TIMEOUT_SECONDS = 30.0
 READY_MESSAGE = "🚀 All systems go"
+RUNAWAY_GRACE_SECONDS = 1.0
 
 
 @dataclass
@@ -46,6 +48,7 @@ class _WorkerSlot:
     index: int
     consumer_id: str
     last_activity: Synchronized[float]
+    calls: SharedCallState
     process: SpawnProcess | None = None
     restarts: int = 0
 
@@ -141,7 +144,7 @@ class Supervisor:
         context = multiprocessing.get_context("spawn")
         prefix = f"{socket.gethostname()}:{os.getpid()}"
         for index in range(self.settings.worker_count):
-            slot = _WorkerSlot(index, f"{prefix}:{index}", context.Value("d", time.time()))
+            slot = _WorkerSlot(index, f"{prefix}:{index}", context.Value("d", time.time()), SharedCallState())
             self._slots.append(slot)
             self._spawn(slot)
 
@@ -169,8 +172,40 @@ class Supervisor:
                         "worker %d exited with code %s; starting it again", slot.index, slot.process.exitcode
                     )
                     self._spawn(slot)
+            self._stop_runaway_plugins(client)
             self._restart_stalled(client)
             time.sleep(0.2)
+
+    def _stop_runaway_plugins(self, client: redis.Redis) -> None:
+        """Replace a worker whose plugin code has held its event loop past TASK_TIMEOUT.
+
+        The (plugin config, event) it was stuck on is remembered in Redis first, so that the new
+        worker, which gets the same batch again, skips that plugin for that event."""
+        limit = self.settings.TASK_TIMEOUT + RUNAWAY_GRACE_SECONDS
+        for slot in self._slots:
+            if slot.process is None or slot.calls.running_for() <= limit:
+                continue
+            current = slot.calls.current()
+            if current is not None:
+                config_id, label = current
+                try:
+                    with client.pipeline() as pipe:
+                        pipe.sadd(hung_key(config_id), label)
+                        pipe.expire(hung_key(config_id), HUNG_MARK_TTL_SECONDS)
+                        pipe.execute()
+                except redis.RedisError as error:
+                    log.error("cannot remember the runaway plugin call: %s", error)
+            log.error(
+                "worker %d: plugin config %s ran for more than %.0fs on %r without yielding; replacing the worker",
+                slot.index,
+                current[0] if current else "?",
+                self.settings.TASK_TIMEOUT,
+                current[1] if current else "?",
+            )
+            slot.process.kill()
+            slot.process.join(5)
+            slot.restarts += 1
+            self._spawn(slot)
 
     def _restart_stalled(self, client: redis.Redis) -> None:
         limit = self.settings.STALENESS_RESTART_SECONDS

@@ -13,9 +13,9 @@ from plugin_server.ingestion.elements import (
     elements_from_properties,
     elements_hash,
     elements_to_chain,
-    js_string,
 )
 from plugin_server.ingestion.types import Element
+from plugin_server.jsvalues import js_string
 
 # The two elements of the original's 'capture new person' test (tests/shared/process-event.ts).
 CAPTURED = [

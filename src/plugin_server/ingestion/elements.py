@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 from plugin_server.ingestion.types import Element
+from plugin_server.jsvalues import js_string
 
 TEXT_LIMIT = 400
 HREF_LIMIT = 2048
@@ -20,23 +21,6 @@ _CHAIN_ELEMENT = re.compile(r'(?:[^;"]|"(?:\\"|[^"])*")+')
 _HEAD_END = re.compile(r':(?=[a-zA-Z0-9_-]*=")')
 _ATTRIBUTE = re.compile(r'((?:\\"|[^"])*?)="((?:\\"|[^"])*)"')
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
-
-
-def js_string(value: object) -> str:
-    """`String(value)` as JavaScript writes it, where the original stringified loosely typed input."""
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, dict):
-        return "[object Object]"
-    if isinstance(value, list):
-        return ",".join("" if item is None else js_string(item) for item in value)
-    return str(value)
 
 
 def _optional_string(value: object, limit: int | None = None) -> str | None:

@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from plugin_server.ingestion.elements import elements_from_properties, js_string
+from plugin_server.ingestion.elements import elements_from_properties
 from plugin_server.ingestion.types import Element, InvalidEvent, PreparedEvent, RawEvent
+from plugin_server.jsvalues import js_string
 
 EVENT_NAME_LIMIT = 200
 

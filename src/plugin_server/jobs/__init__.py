@@ -1,0 +1,1 @@
+"""Durable plugin jobs (runNow/runIn/runAt) and scheduled tasks (runEveryMinute/Hour/Day)."""

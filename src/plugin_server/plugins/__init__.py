@@ -1,0 +1,1 @@
+"""Plugins: loading from the database, the runtimes (Python, JavaScript), the meta API, running them."""

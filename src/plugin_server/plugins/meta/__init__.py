@@ -1,0 +1,1 @@
+"""The `meta` API that plugins get, shared by the Python and JavaScript runtimes."""

@@ -1,0 +1,164 @@
+"""`posthog.capture` (events back into the ingestion queue) and `posthog.api` (PostHog's HTTP API)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server import __version__
+from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
+from plugin_server.ingestion.uuidt import uuidt
+
+BOT_EMAIL_DOMAIN = "posthogbot.user"
+KEY_CACHE_SECONDS = 30.0
+
+EnqueueMessage = Callable[[bytes], Awaitable[None]]
+
+
+class PostHogCapture:
+    """`posthog.capture(event, properties)`: the event enters ingestion like any other (plugins included)."""
+
+    def __init__(
+        self, *, team_id: int, plugin_name: str, plugin_id: int, queue: str, enqueue: EnqueueMessage
+    ) -> None:
+        self._team_id = team_id
+        self._default_distinct_id = plugin_name or f"plugin-id-{plugin_id}"
+        self._queue = queue
+        self._enqueue = enqueue
+
+    async def capture(self, event: str, properties: dict[str, Any] | None = None) -> None:
+        if not isinstance(event, str) or not event:
+            raise TypeError("posthog.capture needs an event name")
+        others = dict(properties or {})
+        timestamp = others.pop("timestamp", None) or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        distinct_id = others.pop("distinct_id", None) or self._default_distinct_id
+        data = {
+            "distinct_id": distinct_id,
+            "event": event,
+            "timestamp": timestamp,
+            "properties": {
+                "$lib": "posthog-plugin-server",
+                "$lib_version": __version__,
+                "distinct_id": distinct_id,
+                **others,
+            },
+            "team_id": self._team_id,
+            "uuid": uuidt(),
+        }
+        args = [distinct_id, None, None, data, self._team_id, timestamp, timestamp]
+        await self._enqueue(encode_task(PROCESS_EVENT_TASK, args, queue=self._queue))
+
+
+class PersonalApiKeys:
+    """The personal API key that `posthog.api` uses when a plugin gives none: one bot user per
+    organization (`<random>@posthogbot.user`) with an `autogen` key, created on first use."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def for_organization(self, organization_id: str) -> str:
+        cached = self._cache.get(organization_id)
+        if cached and time.monotonic() - cached[1] < KEY_CACHE_SECONDS:
+            return cached[0]
+        async with self._pool.connection() as connection, connection.transaction():
+            cursor = await connection.execute(
+                """SELECT u.id, k.value FROM posthog_user u
+                   JOIN posthog_organizationmembership m ON m.user_id = u.id AND m.organization_id = %s
+                   LEFT JOIN posthog_personalapikey k ON k.user_id = u.id
+                   WHERE u.email LIKE %s ORDER BY u.id LIMIT 1""",
+                (organization_id, f"%@{BOT_EMAIL_DOMAIN}"),
+            )
+            row = await cursor.fetchone()
+            user_id = row["id"] if row else await self._create_bot(connection, organization_id)
+            key = row["value"] if row and row["value"] else await self._create_key(connection, user_id)
+        self._cache[organization_id] = (key, time.monotonic())
+        return key
+
+    async def _create_bot(self, connection: Any, organization_id: str) -> int:
+        cursor = await connection.execute(
+            """INSERT INTO posthog_user (uuid, password, first_name, email, distinct_id)
+               VALUES (%s, %s, 'Plugins API User [Bot]', %s, %s) RETURNING id""",
+            (
+                str(uuid.uuid4()),
+                secrets.token_hex(16),
+                f"{secrets.randbelow(10**8)}@{BOT_EMAIL_DOMAIN}",
+                secrets.token_hex(16),
+            ),
+        )
+        user_id: int = (await cursor.fetchone())["id"]
+        await connection.execute(
+            "INSERT INTO posthog_organizationmembership (id, organization_id, user_id, level) VALUES (%s, %s, %s, 1)",
+            (str(uuid.uuid4()), organization_id, user_id),
+        )
+        return user_id
+
+    async def _create_key(self, connection: Any, user_id: int) -> str:
+        value = f"phx_{secrets.token_hex(16)}"
+        await connection.execute(
+            "INSERT INTO posthog_personalapikey (id, user_id, label, value) VALUES (%s, %s, 'autogen', %s)",
+            (secrets.token_hex(16), user_id, value),
+        )
+        return value
+
+
+class PostHogApi:
+    """`posthog.api.get/post/put/delete(path, {data, host, projectApiKey, personalApiKey})`."""
+
+    def __init__(
+        self,
+        *,
+        http: httpx.AsyncClient,
+        keys: PersonalApiKeys,
+        team_api_token: str,
+        organization_id: str,
+        default_host: str,
+    ) -> None:
+        self._http = http
+        self._keys = keys
+        self._team_api_token = team_api_token
+        self._organization_id = organization_id
+        self._default_host = default_host
+
+    async def get(self, path: str, options: dict[str, Any] | None = None) -> httpx.Response:
+        return await self._request("GET", path, options)
+
+    async def post(self, path: str, options: dict[str, Any] | None = None) -> httpx.Response:
+        return await self._request("POST", path, options)
+
+    async def put(self, path: str, options: dict[str, Any] | None = None) -> httpx.Response:
+        return await self._request("PUT", path, options)
+
+    async def delete(self, path: str, options: dict[str, Any] | None = None) -> httpx.Response:
+        return await self._request("DELETE", path, options)
+
+    async def _request(self, method: str, path: str, options: dict[str, Any] | None) -> httpx.Response:
+        options = options or {}
+        project_key, personal_key = options.get("projectApiKey"), options.get("personalApiKey")
+        if bool(project_key) != bool(personal_key):
+            raise ValueError(
+                "You must specify a personalApiKey if you specify a projectApiKey and vice-versa!"
+            )
+        if not project_key:
+            project_key = self._team_api_token
+            personal_key = await self._keys.for_organization(self._organization_id)
+        host = str(options.get("host") or self._default_host).rstrip("/")
+        data = options.get("data") or {}
+        # GET and DELETE send data as query parameters (the original dropped it for DELETE: a bug).
+        params = {**data, "token": project_key} if method in ("GET", "DELETE") else {"token": project_key}
+        body = None if method in ("GET", "DELETE") else orjson.dumps(data)
+        return await self._http.request(
+            method,
+            f"{host}/{path.lstrip('/')}",
+            params=params,
+            content=body,
+            headers={"Authorization": f"Bearer {personal_key}", "Content-Type": "application/json"},
+        )

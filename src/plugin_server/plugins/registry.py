@@ -1,0 +1,76 @@
+"""The plugin configs in force in one worker, per team, kept in step with the database.
+
+`reload()` reads the configs in force and keeps every VM whose config and plugin are unchanged
+(same updated_at on both); new or changed configs get a new (lazy) VM, and the VMs of changed or
+removed configs are torn down in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.plugins.loader import group_by_team, load_configs_in_force
+from plugin_server.plugins.models import PluginConfigInForce
+from plugin_server.plugins.vm import PluginVM
+
+log = logging.getLogger(__name__)
+
+
+class PluginRegistry:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], create_vm: Callable[[PluginConfigInForce], PluginVM]
+    ) -> None:
+        self._pool = pool
+        self._create_vm = create_vm
+        self._vms: dict[int, PluginVM] = {}
+        self._by_team: dict[int, list[PluginVM]] = {}
+        self._teardowns: set[asyncio.Task[None]] = set()
+        self._reload_lock = asyncio.Lock()
+
+    def for_team(self, team_id: int) -> list[PluginVM]:
+        """The team's plugin VMs in `order`."""
+        return self._by_team.get(team_id, [])
+
+    def get(self, plugin_config_id: int) -> PluginVM | None:
+        return self._vms.get(plugin_config_id)
+
+    def all(self) -> Iterable[PluginVM]:
+        return self._vms.values()
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            configs = await load_configs_in_force(self._pool)
+            old, self._vms = self._vms, {}
+            for config in configs:
+                previous = old.pop(config.id, None)
+                if previous is not None and previous.config.version_key == config.version_key:
+                    self._vms[config.id] = previous
+                else:
+                    if previous is not None:
+                        self._teardown_later(previous)
+                    self._vms[config.id] = self._create_vm(config)
+            for stale in old.values():
+                self._teardown_later(stale)
+            self._by_team = {
+                team_id: [self._vms[config.id] for config in team_configs]
+                for team_id, team_configs in group_by_team(configs).items()
+            }
+        log.info("plugins loaded: %d configs for %d teams", len(self._vms), len(self._by_team))
+
+    async def close(self) -> None:
+        """Tear down every VM (on shutdown) and wait for teardowns still running."""
+        for vm in self._vms.values():
+            self._teardown_later(vm)
+        self._vms, self._by_team = {}, {}
+        if self._teardowns:
+            await asyncio.gather(*self._teardowns, return_exceptions=True)
+
+    def _teardown_later(self, vm: PluginVM) -> None:
+        task = asyncio.create_task(vm.teardown())
+        self._teardowns.add(task)
+        task.add_done_callback(self._teardowns.discard)

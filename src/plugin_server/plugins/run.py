@@ -1,0 +1,149 @@
+"""Running the team's plugins over a micro-batch: processEvent before storing, onEvent after.
+
+processEvent runs plugin by plugin in the team's `order`, each plugin over the whole batch at once
+(one call per plugin per batch for the JS runtime), while every event keeps its own outcome: a plugin
+that returns nothing drops that event, a plugin that fails on an event leaves that event as it was
+before the plugin (the error goes to posthog_pluginconfig.error and the plugin's logs), and the
+stored event lists the plugins that succeeded, failed and are deferred (onEvent/exportEvents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from plugin_server.ingestion.types import RawEvent
+from plugin_server.plugins.instance import PluginInstance
+from plugin_server.plugins.registry import PluginRegistry
+from plugin_server.plugins.tracking import hung_key
+from plugin_server.plugins.vm import PluginVM
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_EVENT = "$snapshot"
+DEFERRED_METHODS = frozenset({"onEvent", "exportEvents"})
+
+
+class _Tally:
+    """Which plugins succeeded and failed on one event."""
+
+    __slots__ = ("failed", "succeeded")
+
+    def __init__(self) -> None:
+        self.succeeded: list[str] = []
+        self.failed: list[str] = []
+
+
+class PluginRunner:
+    def __init__(
+        self, registry: PluginRegistry, redis: aioredis.Redis, *, on_event_concurrency: int = 10
+    ) -> None:
+        self.registry = registry
+        self._redis = redis
+        self._on_event_concurrency = on_event_concurrency
+
+    async def process_events(self, events: Sequence[RawEvent]) -> list[RawEvent | None]:
+        """Each event after its team's processEvent chain, or None where a plugin dropped it."""
+        results: list[RawEvent | None] = list(events)
+        by_team: dict[Any, list[int]] = defaultdict(list)
+        for index, event in enumerate(events):
+            if event.get("event") != SNAPSHOT_EVENT:
+                by_team[event.get("team_id")].append(index)
+        for team_id, indexes in by_team.items():
+            vms = self.registry.for_team(team_id) if isinstance(team_id, int) else []
+            if vms:
+                await self._run_chain(vms, indexes, results)
+        return results
+
+    async def _run_chain(
+        self, vms: list[PluginVM], indexes: list[int], results: list[RawEvent | None]
+    ) -> None:
+        tallies = {index: _Tally() for index in indexes}
+        deferred: list[str] = []
+        for vm in vms:
+            instance = await vm.get()
+            if instance is None:
+                continue
+            alive = [index for index in indexes if results[index] is not None]
+            if "processEvent" in instance.methods and alive:
+                await self._process_with(vm, instance, alive, results, tallies)
+            if instance.methods & DEFERRED_METHODS:
+                deferred.append(vm.name)
+        for index, tally in tallies.items():
+            event = results[index]
+            if event is not None and (tally.succeeded or tally.failed or deferred):
+                properties = event.get("properties")
+                event["properties"] = {
+                    **(properties if isinstance(properties, dict) else {}),
+                    "$plugins_succeeded": tally.succeeded,
+                    "$plugins_failed": tally.failed,
+                    "$plugins_deferred": deferred,
+                }
+
+    async def _process_with(
+        self,
+        vm: PluginVM,
+        instance: PluginInstance,
+        alive: list[int],
+        results: list[RawEvent | None],
+        tallies: dict[int, _Tally],
+    ) -> None:
+        given = [results[index] for index in alive]
+        hung = await self._hung_events(vm.plugin_config_id)
+        outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
+        errors: list[tuple[BaseException, RawEvent]] = []
+        for index, before, outcome in zip(alive, given, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                tallies[index].failed.append(vm.name)
+                errors.append((outcome, before))  # type: ignore[arg-type]
+            else:
+                tallies[index].succeeded.append(vm.name)
+                results[index] = outcome
+        if errors:
+            await self._record_errors(vm, errors)
+
+    async def _record_errors(self, vm: PluginVM, errors: list[tuple[BaseException, RawEvent]]) -> None:
+        """The first error of a batch goes to posthog_pluginconfig.error; every one goes to the logs."""
+        first_error, first_event = errors[0]
+        await vm.record_error(first_error, first_event)
+        for error, event in errors[1:]:
+            vm.logger.plugin_error(f"{type(error).__name__}: {error} (event {event.get('uuid')})")
+        log.warning("plugin %s failed on %d events of a batch: %s", vm.name, len(errors), first_error)
+
+    async def _hung_events(self, plugin_config_id: int) -> frozenset[str]:
+        members: set[bytes] = await self._redis.smembers(hung_key(plugin_config_id))  # type: ignore[assignment]
+        return frozenset(member.decode() for member in members)
+
+    async def on_events(self, events: Sequence[RawEvent]) -> None:
+        """onEvent of every plugin of each event's team, plugins in parallel; errors are recorded."""
+        by_team: dict[Any, list[RawEvent]] = defaultdict(list)
+        for event in events:
+            by_team[event.get("team_id")].append(event)
+        calls = [
+            self._on_events_of(vm, team_events)
+            for team_id, team_events in by_team.items()
+            if isinstance(team_id, int)
+            for vm in self.registry.for_team(team_id)
+        ]
+        if calls:
+            await asyncio.gather(*calls)
+
+    async def _on_events_of(self, vm: PluginVM, events: list[RawEvent]) -> None:
+        instance = await vm.get()
+        if instance is None or "onEvent" not in instance.methods:
+            return
+        slots = asyncio.Semaphore(self._on_event_concurrency)
+
+        async def one(event: RawEvent) -> None:
+            async with slots:
+                try:
+                    await instance.on_event(event)
+                except Exception as error:
+                    await vm.record_error(error, event)
+
+        await asyncio.gather(*(one(event) for event in events))

@@ -1,0 +1,135 @@
+"""The life of one plugin config in a worker: loaded lazily, set up with retries, torn down.
+
+The first call that needs the plugin loads its code and runs setupPlugin. Until that succeeds the
+plugin is skipped (its events go on without it). A failing setup is retried after 3, 6, 12 ... seconds;
+after MAX_SETUP_ATTEMPTS failures the config is disabled, as the original did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.plugins.instance import PluginInstance, capabilities
+from plugin_server.plugins.meta.errors import clear_plugin_error, disable_plugin_config, record_plugin_error
+from plugin_server.plugins.meta.logs import PluginLogger
+from plugin_server.plugins.models import PluginConfigInForce
+
+log = logging.getLogger(__name__)
+
+MAX_SETUP_ATTEMPTS = 10
+FIRST_RETRY_SECONDS = 3.0
+
+InstanceFactory = Callable[["PluginVM"], Awaitable[PluginInstance]]
+
+
+class PluginVM:
+    """Lazily creates and sets up the plugin instance of one config; `get()` is what callers use."""
+
+    def __init__(
+        self,
+        config: PluginConfigInForce,
+        *,
+        pool: AsyncConnectionPool[Any],
+        logger: PluginLogger,
+        create: InstanceFactory,
+        first_retry_seconds: float = FIRST_RETRY_SECONDS,
+    ) -> None:
+        self.config = config
+        self.instance_id = str(uuid.uuid4())
+        self.logger = logger
+        self._pool = pool
+        self._create = create
+        self._first_retry = first_retry_seconds
+        self._instance: PluginInstance | None = None
+        self._loading: asyncio.Task[PluginInstance | None] | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._closed = False
+
+    @property
+    def plugin_config_id(self) -> int:
+        return self.config.id
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.plugin.name} ({self.config.id})"
+
+    async def get(self) -> PluginInstance | None:
+        """The set-up instance, or None while it cannot be had (failed setup, waiting to retry)."""
+        if self._instance is not None:
+            return self._instance
+        if self._closed or self._failures >= MAX_SETUP_ATTEMPTS or time.monotonic() < self._retry_at:
+            return None
+        if self._loading is None:
+            self._loading = asyncio.create_task(self._load())
+        # shield: a caller that gives up waiting must not cancel the setup others wait for
+        return await asyncio.shield(self._loading)
+
+    async def record_error(self, error: BaseException | str, event: dict[str, Any] | None = None) -> None:
+        await record_plugin_error(self._pool, self.logger, self.config.id, error, event)
+
+    async def teardown(self) -> None:
+        """Run teardownPlugin (if it was set up) and forget the instance."""
+        self._closed = True
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            with contextlib.suppress(BaseException):
+                await self._loading
+        instance, self._instance = self._instance, None
+        if instance is None:
+            return
+        try:
+            await instance.teardown()
+            self.logger.system("INFO", f"Plugin unloaded (instance ID {self.instance_id}).")
+        except Exception as error:
+            self.logger.system("ERROR", f"Plugin failed to unload (instance ID {self.instance_id}).")
+            await self.record_error(error)
+
+    async def _load(self) -> PluginInstance | None:
+        try:
+            instance = await self._create(self)
+            await instance.setup()
+        except Exception as error:
+            await self._setup_failed(error)
+            return None
+        finally:
+            self._loading = None
+        self._instance = instance
+        self._failures = 0
+        self.logger.system("INFO", f"Plugin loaded (instance ID {self.instance_id}).")
+        if self.config.config.error is not None:
+            await clear_plugin_error(self._pool, self.config.id)
+        await self._store_capabilities(instance)
+        return instance
+
+    async def _setup_failed(self, error: Exception) -> None:
+        self._failures += 1
+        await self.record_error(error)
+        if self._failures >= MAX_SETUP_ATTEMPTS:
+            message = f"Plugin {self.name} failed to set up {self._failures} times. Disabling it due to too many retries."
+            log.error(message)
+            self.logger.system("ERROR", message)
+            await disable_plugin_config(self._pool, self.config.id)
+            return
+        delay = self._first_retry * 2 ** (self._failures - 1)
+        self._retry_at = time.monotonic() + delay
+        log.warning("plugin %s failed to set up (%s); retrying in %.0fs", self.name, error, delay)
+
+    async def _store_capabilities(self, instance: PluginInstance) -> None:
+        found = capabilities(instance)
+        if found == self.config.plugin.capabilities:
+            return
+        async with self._pool.connection() as connection:
+            await connection.execute(
+                "UPDATE posthog_plugin SET capabilities = %s WHERE id = %s",
+                (Jsonb(found), self.config.plugin.id),
+            )
