@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 TRUE_WORDS = frozenset({"y", "yes", "t", "true", "on", "1"})
 FALSE_WORDS = frozenset({"n", "no", "f", "false", "off", "0", ""})
-JOB_QUEUE_TYPES = ("graphile", "fs")
+JOB_QUEUE_TYPES = ("graphile", "postgres")  # both name our durable Postgres job queue
 LOG_LEVELS = ("none", "debug", "info", "log", "warn", "error")
 
 
@@ -99,7 +99,20 @@ class Settings(BaseModel):
         "reload-plugins", description="Redis channel for reload events"
     )
     JOB_QUEUES: str = Field(
-        "graphile", description="comma-separated job queues, first that accepts a job wins"
+        "graphile",
+        description="job queue; 'graphile' (the original's name) and 'postgres' both mean the Postgres queue",
+    )
+    JOB_QUEUE_CONCURRENCY: int = Field(
+        4, ge=1, description="plugin jobs and scheduled tasks each worker runs at once"
+    )
+    JOB_LEASE_SECONDS: float = Field(
+        30, gt=0, description="seconds after which a job whose worker died runs again"
+    )
+    PLUGIN_METRICS_INTERVAL_SECONDS: float = Field(
+        1800, gt=0, description="how often plugin metrics are reported as $$plugin_metrics events"
+    )
+    POSTHOG_API_HOST: str = Field(
+        "https://app.posthog.com", description="default host of posthog.api calls by plugins"
     )
 
     # --- ClickHouse and Kafka
@@ -141,6 +154,9 @@ class Settings(BaseModel):
 
     # --- GeoIP and persons
     DISABLE_MMDB: bool = Field(False, description="whether to disable MMDB IP location capabilities")
+    MMDB_FILE_PATH: str | None = Field(
+        None, description="GeoIP City database (.mmdb); unset uses the @posthog/mmdb attachment row"
+    )
     INTERNAL_MMDB_SERVER_PORT: int = Field(
         0, ge=0, le=65535, description="port of the internal server used for IP location (0 means random)"
     )

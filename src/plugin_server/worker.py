@@ -17,6 +17,7 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+import httpx
 import psycopg
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -31,7 +32,14 @@ from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline
 from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.jobs.queue import JobQueue
+from plugin_server.jobs.scheduler import Scheduler
 from plugin_server.logs import setup_logging
+from plugin_server.plugins.host import PluginHost
+from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.run import PluginRunner
+from plugin_server.plugins.tracking import CallTracker, HungMarks, SharedCallState
+from plugin_server.services.geoip import load_geoip
 from plugin_server.sinks.postgres import PostgresEventSink
 
 log = logging.getLogger(__name__)
@@ -72,10 +80,20 @@ class WorkerStats:
 
 
 class Worker:
-    def __init__(self, settings: Settings, consumer_id: str, stats: WorkerStats) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        consumer_id: str,
+        stats: WorkerStats,
+        *,
+        index: int = 0,
+        tracker: CallTracker,
+    ) -> None:
         self.settings = settings
         self.consumer_id = consumer_id
         self.stats = stats
+        self.index = index
+        self.tracker = tracker
         self._stopping = asyncio.Event()
         self._turnstile = Turnstile()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -86,33 +104,111 @@ class Worker:
     async def run(self) -> None:
         settings = self.settings
         assert settings.database_url and settings.redis_url, "the supervisor resolves both URLs"
-        pool = await open_pool(settings.database_url, min_size=1, max_size=4)
-        redis_client = aioredis.Redis.from_url(
-            settings.redis_url, max_connections=settings.REDIS_POOL_MAX_SIZE + 2
-        )
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await open_pool(settings.database_url, min_size=1, max_size=8)
+            stack.push_async_callback(pool.close)
+            redis_client = aioredis.Redis.from_url(
+                settings.redis_url, max_connections=settings.REDIS_POOL_MAX_SIZE + 8
+            )
+            stack.push_async_callback(redis_client.aclose)
+            host = await self._plugin_host(pool, redis_client, stack)
+            jobs = host.jobs
+            pipeline = EventPipeline(
+                teams=host.teams,
+                definitions=DefinitionsManager(pool),
+                groups=GroupTypeManager(pool),
+                persons=PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE),
+                sink=PostgresEventSink(pool),
+                plugins=PluginRunner(
+                    host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER
+                ),
+                jobs=jobs,
+            )
             queue = ReliableQueue(
                 redis_client,
                 settings.PLUGINS_CELERY_QUEUE,
                 self.consumer_id,
                 visibility_timeout=settings.QUEUE_VISIBILITY_TIMEOUT,
             )
-            pipeline = _build_pipeline(pool, settings)
             await queue.heartbeat()
             recovered = await queue.recover_abandoned()
             if recovered:
                 log.warning("requeued %d unacknowledged messages of stopped consumers", recovered)
-            housekeeping = asyncio.create_task(self._housekeeping(queue))
+            helpers = [
+                asyncio.create_task(self._housekeeping(queue)),
+                asyncio.create_task(self._listen_for_reloads(redis_client, host)),
+                asyncio.create_task(self._report_plugin_metrics(host)),
+            ]
+            until_stopped = [
+                asyncio.create_task(
+                    jobs.run_forever(
+                        host.run_job, stop_event=self._stopping, concurrency=settings.JOB_QUEUE_CONCURRENCY
+                    )
+                )
+            ]
+            if self.index == 0:  # one scheduler per server; the Redis lock makes it one per cluster
+                scheduler = Scheduler(
+                    redis_client, jobs, host.scheduled_tasks, lock_ttl=settings.SCHEDULE_LOCK_TTL
+                )
+                until_stopped.append(asyncio.create_task(scheduler.run(self._stopping)))
             try:
                 await self._consume(queue, pipeline)
             finally:
-                housekeeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await housekeeping
+                self._stopping.set()
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, *until_stopped, return_exceptions=True)
             await queue.close()
-        finally:
-            await redis_client.aclose()
-            await pool.close()
+
+    async def _plugin_host(
+        self, pool: AsyncConnectionPool[Any], redis_client: aioredis.Redis, stack: contextlib.AsyncExitStack
+    ) -> PluginHost:
+        """The plugin services of this worker, with the plugins in force loaded (lazily set up)."""
+        settings = self.settings
+        http = httpx.AsyncClient(timeout=settings.TASK_TIMEOUT, follow_redirects=True)
+        stack.push_async_callback(http.aclose)
+        logs = PluginLogWriter(pool)
+        stack.push_async_callback(logs.close)
+        host = PluginHost(
+            settings=settings,
+            pool=pool,
+            redis=redis_client,
+            http=http,
+            logs=logs,
+            jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
+            geoip=await load_geoip(pool, file_path=settings.MMDB_FILE_PATH, disabled=settings.DISABLE_MMDB),
+            teams=TeamManager(pool),
+            tracker=self.tracker,
+            hung=HungMarks(redis_client),
+        )
+        stack.push_async_callback(host.registry.close)
+        await host.registry.reload()
+        return host
+
+    async def _listen_for_reloads(self, redis_client: aioredis.Redis, host: PluginHost) -> None:
+        """Reload the plugins when a message arrives on PLUGINS_RELOAD_PUBSUB_CHANNEL (any content)."""
+        channel = self.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL
+        while True:
+            try:
+                async with redis_client.pubsub() as pubsub:
+                    await pubsub.subscribe(channel)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            log.info("reloading plugins (message on %r)", channel)
+                            await host.registry.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.error("plugin reload listener failed (%s); subscribing again", error)
+                await asyncio.sleep(1.0)
+
+    async def _report_plugin_metrics(self, host: PluginHost) -> None:
+        while True:
+            await asyncio.sleep(self.settings.PLUGIN_METRICS_INTERVAL_SECONDS)
+            try:
+                await host.report_metrics()
+            except Exception:
+                log.exception("reporting plugin metrics failed")
 
     async def _consume(self, queue: ReliableQueue, pipeline: EventPipeline) -> None:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
@@ -221,24 +317,21 @@ class Worker:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
-def _build_pipeline(pool: AsyncConnectionPool[Any], settings: Settings) -> EventPipeline:
-    return EventPipeline(
-        teams=TeamManager(pool),
-        definitions=DefinitionsManager(pool),
-        groups=GroupTypeManager(pool),
-        persons=PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE),
-        sink=PostgresEventSink(pool),
-    )
-
-
-def worker_main(index: int, consumer_id: str, last_activity: Synchronized[float] | None = None) -> None:
+def worker_main(
+    index: int,
+    consumer_id: str,
+    last_activity: Synchronized[float] | None = None,
+    calls: SharedCallState | None = None,
+) -> None:
     """Entry point of a worker process (started by the supervisor with the resolved URLs in its env)."""
     settings = load_settings()
     setup_logging(settings.LOG_LEVEL, f"worker-{index}")
     import uvloop
 
     async def main() -> None:
-        worker = Worker(settings, consumer_id, WorkerStats(last_activity))
+        worker = Worker(
+            settings, consumer_id, WorkerStats(last_activity), index=index, tracker=CallTracker(calls)
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.stop)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from plugin_server.ingestion.celery import (
+    PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
     MalformedMessage,
     decode_message,
@@ -31,6 +32,9 @@ from plugin_server.ingestion.persons import PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
+from plugin_server.jobs.celery_task import job_from_celery_task
+from plugin_server.jobs.queue import JobQueue
+from plugin_server.plugins.run import PluginRunner
 from plugin_server.sinks.postgres import PostgresEventSink
 
 log = logging.getLogger(__name__)
@@ -41,15 +45,18 @@ DeadLetter = tuple[bytes, str]
 
 @dataclass
 class BatchOutcome:
-    """What became of a batch: events stored and messages sent to the dead letter store."""
+    """What became of a batch: events stored, dropped by plugins, and messages sent to the dead
+    letter store."""
 
     stored: int = 0
+    dropped: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
 
 @dataclass
 class _Item:
     message: bytes
+    raw: RawEvent
     event: PreparedEvent
     team: Team
 
@@ -65,18 +72,24 @@ class EventPipeline:
         groups: GroupTypeManager,
         persons: PersonManager,
         sink: PostgresEventSink,
+        plugins: PluginRunner | None = None,
+        jobs: JobQueue | None = None,
     ) -> None:
         self.teams = teams
         self.definitions = definitions
         self.groups = groups
         self.persons = persons
         self.sink = sink
+        self.plugins = plugins
+        self.jobs = jobs
 
     async def run(
         self, messages: Sequence[bytes], wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
     ) -> BatchOutcome:
         outcome = BatchOutcome()
-        raw_events = self._decode(messages, outcome)
+        raw_events = await self._decode(messages, outcome)
+        if self.plugins is not None:
+            raw_events = await self._process_with_plugins(raw_events, outcome)
         items = await self._prepare(raw_events, outcome)
         await self._enrich(items)
         if wait_for_person_turn is not None:
@@ -85,36 +98,50 @@ class EventPipeline:
         await self.sink.write([item.event for item in items])
         outcome.stored = len(items)
         await self._mark_first_events(items)
+        if self.plugins is not None and items:
+            await self.plugins.on_events([item.raw for item in items])
         return outcome
 
-    def _decode(self, messages: Sequence[bytes], outcome: BatchOutcome) -> list[tuple[bytes, RawEvent]]:
+    async def _decode(self, messages: Sequence[bytes], outcome: BatchOutcome) -> list[tuple[bytes, RawEvent]]:
         decoded = []
         for message in messages:
             try:
                 task = decode_message(message)
-                if task.name != PROCESS_EVENT_TASK:
+                if task.name == PLUGIN_JOB_TASK and self.jobs is not None:
+                    await self.jobs.enqueue(job_from_celery_task(task.args))
+                elif task.name == PROCESS_EVENT_TASK:
+                    decoded.append((message, event_from_task(task)))
+                else:
                     raise MalformedMessage(f"no handler for Celery task {task.name!r}")
-                decoded.append((message, event_from_task(task)))
-            except MalformedMessage as error:
+            except (MalformedMessage, ValueError, TypeError) as error:
                 outcome.dead_letters.append((message, f"malformed message: {error}"))
         return decoded
+
+    async def _process_with_plugins(
+        self, raw_events: list[tuple[bytes, RawEvent]], outcome: BatchOutcome
+    ) -> list[tuple[bytes, RawEvent]]:
+        assert self.plugins is not None
+        processed = await self.plugins.process_events([raw for _, raw in raw_events])
+        kept = [(message, event) for (message, _), event in zip(raw_events, processed, strict=True) if event]
+        outcome.dropped += len(raw_events) - len(kept)
+        return kept
 
     async def _prepare(self, raw_events: list[tuple[bytes, RawEvent]], outcome: BatchOutcome) -> list[_Item]:
         prepared = []
         for message, raw in raw_events:
             try:
-                prepared.append((message, prepare_event(raw)))
+                prepared.append((message, raw, prepare_event(raw)))
             except InvalidEvent as error:
                 outcome.dead_letters.append((message, f"invalid event: {error}"))
-        teams = await self.teams.get_teams({event.team_id for _, event in prepared})
+        teams = await self.teams.get_teams({event.team_id for _, _, event in prepared})
         items = []
-        for message, event in prepared:
+        for message, raw, event in prepared:
             team = teams.get(event.team_id)
             if team is None:
                 reason = f"No team found with ID {event.team_id}. Can't ingest event."
                 outcome.dead_letters.append((message, reason))
             else:
-                items.append(_Item(message, event, team))
+                items.append(_Item(message, raw, event, team))
         return items
 
     async def _enrich(self, items: list[_Item]) -> None:

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from plugin_server.ingestion.celery import PLUGIN_JOB_TASK
 from plugin_server.jobs.queue import PluginJob
-
-PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
 
 
 def job_from_celery_task(args: Sequence[Any]) -> PluginJob:

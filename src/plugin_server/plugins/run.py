@@ -15,12 +15,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from plugin_server.ingestion.types import RawEvent
-from plugin_server.plugins.instance import PluginInstance
+from plugin_server.plugins.instance import PluginInstance, PluginTimeout
 from plugin_server.plugins.registry import PluginRegistry
-from plugin_server.plugins.tracking import hung_key
+from plugin_server.plugins.tracking import HungMarks, on_event_label
 from plugin_server.plugins.vm import PluginVM
 
 log = logging.getLogger(__name__)
@@ -40,11 +38,9 @@ class _Tally:
 
 
 class PluginRunner:
-    def __init__(
-        self, registry: PluginRegistry, redis: aioredis.Redis, *, on_event_concurrency: int = 10
-    ) -> None:
+    def __init__(self, registry: PluginRegistry, hung: HungMarks, *, on_event_concurrency: int = 10) -> None:
         self.registry = registry
-        self._redis = redis
+        self._hung = hung
         self._on_event_concurrency = on_event_concurrency
 
     async def process_events(self, events: Sequence[RawEvent]) -> list[RawEvent | None]:
@@ -94,7 +90,7 @@ class PluginRunner:
         tallies: dict[int, _Tally],
     ) -> None:
         given = [results[index] for index in alive]
-        hung = await self._hung_events(vm.plugin_config_id)
+        hung = await self._hung.of(vm.plugin_config_id)
         outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
         errors: list[tuple[BaseException, RawEvent]] = []
         for index, before, outcome in zip(alive, given, outcomes, strict=True):
@@ -115,10 +111,6 @@ class PluginRunner:
             vm.logger.plugin_error(f"{type(error).__name__}: {error} (event {event.get('uuid')})")
         log.warning("plugin %s failed on %d events of a batch: %s", vm.name, len(errors), first_error)
 
-    async def _hung_events(self, plugin_config_id: int) -> frozenset[str]:
-        members: set[bytes] = await self._redis.smembers(hung_key(plugin_config_id))  # type: ignore[assignment]
-        return frozenset(member.decode() for member in members)
-
     async def on_events(self, events: Sequence[RawEvent]) -> None:
         """onEvent of every plugin of each event's team, plugins in parallel; errors are recorded."""
         by_team: dict[Any, list[RawEvent]] = defaultdict(list)
@@ -135,13 +127,21 @@ class PluginRunner:
 
     async def _on_events_of(self, vm: PluginVM, events: list[RawEvent]) -> None:
         instance = await vm.get()
-        if instance is None or "onEvent" not in instance.methods:
+        if instance is None:
             return
+        if vm.export_buffer is not None:
+            for event in events:
+                vm.export_buffer.add(event)
+        if "onEvent" not in instance.methods:
+            return
+        hung = await self._hung.of(vm.plugin_config_id)
         slots = asyncio.Semaphore(self._on_event_concurrency)
 
         async def one(event: RawEvent) -> None:
             async with slots:
                 try:
+                    if on_event_label(str(event.get("uuid"))) in hung:
+                        raise PluginTimeout("onEvent ran too long on this event before; it was skipped")
                     await instance.on_event(event)
                 except Exception as error:
                     await vm.record_error(error, event)

@@ -28,7 +28,7 @@ from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.models import PluginCode
-from plugin_server.plugins.tracking import CallTracker
+from plugin_server.plugins.tracking import SETUP_LABEL, CallTracker, job_label, on_event_label
 
 # Python name -> the name PostHog knows the capability by.
 FUNCTIONS = {
@@ -77,11 +77,11 @@ class PythonPlugin:
         return cls(module, meta, plugin_config_id=plugin_config_id, timeout=timeout, tracker=tracker)
 
     async def setup(self) -> None:
-        await self._call_optional("setup_plugin")
+        await self._call_optional("setup_plugin", label=SETUP_LABEL)
 
     async def teardown(self) -> None:
         try:
-            await self._call_optional("teardown_plugin")
+            await self._call_optional("teardown_plugin", label="teardownPlugin")
         finally:
             forget_plugin_module(self.module)
 
@@ -107,29 +107,34 @@ class PythonPlugin:
         return outcomes
 
     async def on_event(self, event: RawEvent) -> None:
-        await self._call_optional("on_event", copy_event(event), uuid=str(event.get("uuid")))
+        label = on_event_label(str(event.get("uuid")))
+        await self._call_optional("on_event", copy_event(event), label=label)
 
     async def export_events(self, events: list[RawEvent]) -> None:
-        await self._call_optional("export_events", [copy_event(event) for event in events])
+        await self._call_optional(
+            "export_events", [copy_event(event) for event in events], label="exportEvents"
+        )
 
     async def run_task(self, name: str) -> None:
         python_name = next((key for key, camel in TASKS.items() if camel == name), name)
-        await self._call_optional(python_name)
+        await self._call_optional(python_name, label=name)
 
     async def run_job(self, name: str, payload: Any) -> None:
         job = self._jobs.get(name)
         if job is None:
             raise PluginError(f"this plugin has no job {name!r}")
-        await self._call(job, "", payload)
+        await self._call(job, job_label(name), payload)
 
-    async def _call_optional(self, name: str, *args: Any, uuid: str = "") -> None:
+    async def _call_optional(self, name: str, *args: Any, label: str) -> None:
         function = getattr(self.module, name, None)
         if callable(function):
-            await self._call(function, uuid, *args)
+            await self._call(function, label, *args)
 
-    async def _call(self, function: Callable[..., Any], uuid: str, *args: Any) -> Any:
-        """Call a plugin function with meta last; sync code is tracked, async code also timed out."""
-        self._tracker.enter(self.plugin_config_id, uuid)
+    async def _call(self, function: Callable[..., Any], label: str, *args: Any) -> Any:
+        """Call a plugin function with meta last; sync code is tracked, async code also timed out.
+
+        `label` names what runs (an event uuid, or e.g. "setupPlugin") for the supervisor's records."""
+        self._tracker.enter(self.plugin_config_id, label)
         try:
             result = function(*args, self.meta)
         finally:
@@ -138,7 +143,7 @@ class PythonPlugin:
             return result
         try:
             return await asyncio.wait_for(
-                self._tracker.track(result, self.plugin_config_id, uuid), self._timeout
+                self._tracker.track(result, self.plugin_config_id, label), self._timeout
             )
         except TimeoutError:
             raise PluginTimeout(

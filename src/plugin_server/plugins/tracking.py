@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Generator
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
+
 T = TypeVar("T")
 
 LABEL_SIZE = 128
@@ -25,9 +27,36 @@ HUNG_KEY_PREFIX = "plugin-server:hung:"
 HUNG_MARK_TTL_SECONDS = 7 * 24 * 3600
 
 
+SETUP_LABEL = "setupPlugin"
+
+
 def hung_key(plugin_config_id: int) -> str:
-    """Redis set of the event uuids on which this plugin config was stopped for running too long."""
+    """Redis set of the calls (labels) on which this plugin config was stopped for running too long."""
     return f"{HUNG_KEY_PREFIX}{plugin_config_id}"
+
+
+def on_event_label(event_uuid: str) -> str:
+    return f"onEvent:{event_uuid}"
+
+
+def job_label(job_type: str) -> str:
+    return f"job:{job_type}"
+
+
+class HungMarks:
+    """The worker's side of the hung-call records the supervisor writes to Redis."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+
+    async def of(self, plugin_config_id: int) -> frozenset[str]:
+        members: set[bytes] = await self._redis.smembers(hung_key(plugin_config_id))  # type: ignore[assignment]
+        return frozenset(member.decode() for member in members)
+
+    async def take(self, plugin_config_id: int, label: str) -> bool:
+        """Whether this call was marked hung; the mark is removed (the next attempt may run again)."""
+        removed: int = await self._redis.srem(hung_key(plugin_config_id), label)
+        return removed > 0
 
 
 class SharedCallState:

@@ -11,17 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.plugins.instance import PluginInstance, capabilities
+from plugin_server.plugins.export import ExportBuffer
+from plugin_server.plugins.instance import PluginInstance, PluginTimeout, capabilities
 from plugin_server.plugins.meta.errors import clear_plugin_error, disable_plugin_config, record_plugin_error
 from plugin_server.plugins.meta.logs import PluginLogger
+from plugin_server.plugins.meta.metrics import PluginMetrics
 from plugin_server.plugins.models import PluginConfigInForce
+from plugin_server.plugins.tracking import SETUP_LABEL, HungMarks
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +40,28 @@ class PluginVM:
         self,
         config: PluginConfigInForce,
         *,
+        instance_id: str,
         pool: AsyncConnectionPool[Any],
         logger: PluginLogger,
         create: InstanceFactory,
+        hung: HungMarks,
         first_retry_seconds: float = FIRST_RETRY_SECONDS,
     ) -> None:
         self.config = config
-        self.instance_id = str(uuid.uuid4())
+        self.instance_id = instance_id
         self.logger = logger
         self._pool = pool
         self._create = create
+        self._hung = hung
         self._first_retry = first_retry_seconds
         self._instance: PluginInstance | None = None
         self._loading: asyncio.Task[PluginInstance | None] | None = None
         self._failures = 0
         self._retry_at = 0.0
         self._closed = False
+        # Set by the host when the instance is created: the plugin's metrics and export buffer.
+        self.metrics: PluginMetrics | None = None
+        self.export_buffer: ExportBuffer | None = None
 
     @property
     def plugin_config_id(self) -> int:
@@ -88,6 +96,8 @@ class PluginVM:
         if instance is None:
             return
         try:
+            if self.export_buffer is not None:
+                await self.export_buffer.flush()
             await instance.teardown()
             self.logger.system("INFO", f"Plugin unloaded (instance ID {self.instance_id}).")
         except Exception as error:
@@ -96,6 +106,10 @@ class PluginVM:
 
     async def _load(self) -> PluginInstance | None:
         try:
+            if await self._hung.take(self.config.id, SETUP_LABEL):
+                raise PluginTimeout(
+                    "setupPlugin ran for longer than TASK_TIMEOUT and its worker was replaced"
+                )
             instance = await self._create(self)
             await instance.setup()
         except Exception as error:

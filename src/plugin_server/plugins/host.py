@@ -1,0 +1,239 @@
+"""What the plugins of one worker share, and how a plugin config becomes a running instance.
+
+The host owns the shared services (database pool, Redis, HTTP client, log writer, job queue, GeoIP)
+and builds, per plugin config, the `meta` object and the instance of the right runtime. It also runs
+plugin jobs and scheduled tasks taken from the job queue, and reports plugin metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.config import Settings
+from plugin_server.ingestion.teams import TeamManager
+from plugin_server.jobs.queue import JobQueue, PluginJob
+from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
+from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
+from plugin_server.plugins.loader import resolve_plugin_code
+from plugin_server.plugins.meta.cache import PluginCache
+from plugin_server.plugins.meta.jobs import PluginJobs
+from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
+from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, PluginMetrics
+from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
+from plugin_server.plugins.meta.storage import Cursor, PluginStorage
+from plugin_server.plugins.models import PluginConfigInForce
+from plugin_server.plugins.registry import PluginRegistry
+from plugin_server.plugins.runtime_py import PythonPlugin
+from plugin_server.plugins.tracking import CallTracker, HungMarks, job_label
+from plugin_server.plugins.vm import PluginVM
+from plugin_server.services.geoip import GeoIP
+
+log = logging.getLogger(__name__)
+
+PLUGIN_METRICS_EVENT = "$$plugin_metrics"
+
+
+class GeoIPExtension:
+    """`meta.geoip`: `await meta.geoip.locate(ip)` gives the MaxMind City record or None."""
+
+    def __init__(self, geoip: GeoIP) -> None:
+        self._geoip = geoip
+
+    async def locate(self, ip: str) -> dict[str, Any] | None:
+        return self._geoip.locate(ip)
+
+
+class Meta(SimpleNamespace):
+    """The `meta` a plugin function gets: config, attachments, global_ (also as `global`), cache,
+    storage, jobs, geoip, metrics, utils.cursor, posthog.capture/api and logger."""
+
+
+@dataclass
+class PluginHost:
+    settings: Settings
+    pool: AsyncConnectionPool[Any]
+    redis: aioredis.Redis
+    http: httpx.AsyncClient
+    logs: PluginLogWriter
+    jobs: JobQueue
+    geoip: GeoIP
+    teams: TeamManager
+    tracker: CallTracker
+    hung: HungMarks
+    registry: PluginRegistry = field(init=False)
+    _api_keys: PersonalApiKeys = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = PluginRegistry(self.pool, self.create_vm)
+        self._api_keys = PersonalApiKeys(self.pool)
+
+    def create_vm(self, config: PluginConfigInForce) -> PluginVM:
+        instance_id = str(uuid.uuid4())
+        logger = PluginLogger(
+            self.logs,
+            team_id=config.config.team_id or 0,
+            plugin_id=config.plugin.id,
+            plugin_config_id=config.id,
+            instance_id=instance_id,
+        )
+        return PluginVM(
+            config,
+            instance_id=instance_id,
+            pool=self.pool,
+            logger=logger,
+            create=self._create_instance,
+            hung=self.hung,
+        )
+
+    async def _create_instance(self, vm: PluginVM) -> PluginInstance:
+        config = vm.config
+        code = resolve_plugin_code(config.plugin, self.settings.BASE_DIR)
+        if code.language != "python":
+            raise PluginError(
+                "JavaScript and TypeScript plugins need the V8 runtime, which is not available yet"
+            )
+        meta = await self._meta(vm)
+        instance = PythonPlugin.load(
+            code, meta, plugin_config_id=config.id, timeout=self.settings.TASK_TIMEOUT, tracker=self.tracker
+        )
+        declared = dict(instance.metrics)
+        if "exportEvents" in instance.methods:
+            declared = {**EXPORT_EVENTS_METRICS, **declared}
+        vm.metrics = meta.metrics = PluginMetrics(declared)
+        if "exportEvents" in instance.methods:
+            vm.export_buffer = ExportBuffer(
+                instance,
+                config=config.config.config,
+                metrics=vm.metrics,
+                schedule_retry=lambda payload, delay: self._schedule_export_retry(vm, payload, delay),
+                record_error=vm.record_error,
+            )
+        return instance
+
+    async def _meta(self, vm: PluginVM) -> Meta:
+        config = vm.config
+        team_id = config.config.team_id or 0
+        team = await self.teams.get_team(team_id)
+        if team is None:
+            raise PluginError(f"team {team_id} of plugin config {config.id} does not exist")
+        shared_global: dict[str, Any] = {}
+        meta = Meta(
+            config=dict(config.config.config),
+            attachments=config.attachments,
+            global_=shared_global,
+            cache=PluginCache(self.redis, plugin_id=config.plugin.id, team_id=team_id),
+            storage=PluginStorage(self.pool, config.id),
+            jobs=PluginJobs(self.jobs, config.id, team_id),
+            geoip=GeoIPExtension(self.geoip),
+            metrics=None,
+            utils=SimpleNamespace(cursor=Cursor(self.pool, config.id)),
+            posthog=SimpleNamespace(
+                capture=PostHogCapture(
+                    team_id=team_id,
+                    plugin_name=config.plugin.name,
+                    plugin_id=config.plugin.id,
+                    queue=self.settings.PLUGINS_CELERY_QUEUE,
+                    enqueue=self._enqueue_event,
+                ).capture,
+                api=PostHogApi(
+                    http=self.http,
+                    keys=self._api_keys,
+                    team_api_token=team.api_token,
+                    organization_id=team.organization_id,
+                    default_host=self.settings.POSTHOG_API_HOST,
+                ),
+            ),
+            logger=vm.logger,
+        )
+        setattr(meta, "global", shared_global)  # `global` is a Python keyword: reachable as meta.global_
+        return meta
+
+    async def _enqueue_event(self, message: bytes) -> None:
+        await self.redis.lpush(self.settings.PLUGINS_CELERY_QUEUE, message)
+
+    async def _schedule_export_retry(self, vm: PluginVM, payload: dict[str, Any], delay: float) -> None:
+        await self.jobs.enqueue(
+            PluginJob(
+                type=EXPORT_RETRY_JOB,
+                payload=payload,
+                plugin_config_id=vm.plugin_config_id,
+                plugin_config_team=vm.config.config.team_id or 0,
+                run_at=datetime.now(UTC) + timedelta(seconds=delay),
+            )
+        )
+
+    async def run_job(self, job: PluginJob) -> None:
+        """Run a job or scheduled task from the job queue; an error fails the job (and is recorded)."""
+        vm = self.registry.get(job.plugin_config_id)
+        if vm is None:
+            raise PluginError(f"plugin config {job.plugin_config_id} is not enabled")
+        instance = await vm.get()
+        if instance is None:
+            raise PluginError(f"plugin {vm.name} is not set up")
+        label = job.type if job.kind == "schedule" else job_label(job.type)
+        try:
+            if await self.hung.take(job.plugin_config_id, label):
+                raise PluginTimeout(
+                    f"{label} ran for longer than TASK_TIMEOUT before and its worker was replaced"
+                )
+            if job.kind == "schedule":
+                await instance.run_task(job.type)
+            elif job.type == EXPORT_RETRY_JOB and vm.export_buffer is not None:
+                payload = job.payload
+                await vm.export_buffer.export(
+                    payload["batch"], payload["batchId"], payload["retriesPerformedSoFar"]
+                )
+            else:
+                await instance.run_job(job.type, job.payload)
+        except Exception as error:
+            await vm.record_error(error)
+            raise
+
+    async def scheduled_tasks(self) -> dict[int, list[str]]:
+        """Scheduled tasks of the configs in force, from the capabilities their plugins reported."""
+        async with self.pool.connection() as connection:
+            cursor = await connection.execute(
+                """SELECT c.id, p.capabilities->'scheduled_tasks' AS tasks
+                   FROM posthog_pluginconfig c
+                   JOIN posthog_plugin p ON p.id = c.plugin_id
+                   JOIN posthog_team t ON t.id = c.team_id
+                   JOIN posthog_organization o ON o.id = t.organization_id
+                   WHERE c.enabled AND o.plugins_access_level > 0
+                     AND (p.organization_id = o.id OR p.is_global)
+                     AND jsonb_typeof(p.capabilities->'scheduled_tasks') = 'array'"""
+            )
+            rows = await cursor.fetchall()
+        return {row["id"]: [str(task) for task in row["tasks"]] for row in rows if row["tasks"]}
+
+    async def report_metrics(self) -> None:
+        """Capture each plugin config's metrics since the last report as a $$plugin_metrics event."""
+        for vm in list(self.registry.all()):
+            if vm.metrics is None:
+                continue
+            values = vm.metrics.snapshot_and_reset()
+            if not values:
+                continue
+            plugin = vm.config.plugin
+            capture = PostHogCapture(
+                team_id=vm.config.config.team_id or 0,
+                plugin_name=plugin.name,
+                plugin_id=plugin.id,
+                queue=self.settings.PLUGINS_CELERY_QUEUE,
+                enqueue=self._enqueue_event,
+            )
+            properties = {
+                **values,
+                "plugin_name": plugin.name,
+                "plugin_id": plugin.id,
+                "plugin_tag": plugin.tag,
+            }
+            await capture.capture(PLUGIN_METRICS_EVENT, properties)
