@@ -151,9 +151,10 @@ class Supervisor:
     def _spawn(self, slot: _WorkerSlot) -> None:
         context = multiprocessing.get_context("spawn")
         slot.last_activity.value = time.time()
+        slot.calls.started_at.value = 0.0
         slot.process = context.Process(
             target=worker_main,
-            args=(slot.index, slot.consumer_id, slot.last_activity),
+            args=(slot.index, slot.consumer_id, slot.last_activity, slot.calls),
             name=f"worker-{slot.index}",
         )
         slot.process.start()

@@ -182,8 +182,13 @@ class Worker:
             hung=HungMarks(redis_client),
         )
         stack.push_async_callback(host.registry.close)
-        await host.registry.reload()
+        await self._reload(host)
         return host
+
+    async def _reload(self, host: PluginHost) -> None:
+        await host.registry.reload()
+        if self.index == 0:
+            host.discover_capabilities()
 
     async def _listen_for_reloads(self, redis_client: aioredis.Redis, host: PluginHost) -> None:
         """Reload the plugins when a message arrives on PLUGINS_RELOAD_PUBSUB_CHANNEL (any content)."""
@@ -195,7 +200,7 @@ class Worker:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             log.info("reloading plugins (message on %r)", channel)
-                            await host.registry.reload()
+                            await self._reload(host)
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -7,6 +7,7 @@ plugin jobs and scheduled tasks taken from the job queue, and reports plugin met
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ class PluginHost:
     hung: HungMarks
     registry: PluginRegistry = field(init=False)
     _api_keys: PersonalApiKeys = field(init=False)
+    _background: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.registry = PluginRegistry(self.pool, self.create_vm)
@@ -197,6 +199,15 @@ class PluginHost:
         except Exception as error:
             await vm.record_error(error)
             raise
+
+    def discover_capabilities(self) -> None:
+        """Set up, in the background, the plugins whose capabilities were never recorded, so that
+        their scheduled tasks are known before any event arrives (the rest stay lazy)."""
+        for vm in self.registry.all():
+            if "scheduled_tasks" not in vm.config.plugin.capabilities:
+                task = asyncio.create_task(vm.get())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def scheduled_tasks(self) -> dict[int, list[str]]:
         """Scheduled tasks of the configs in force, from the capabilities their plugins reported."""
