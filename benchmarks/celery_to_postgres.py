@@ -4,7 +4,7 @@
 pushed to the Celery list of a running server; the clock runs from the first push until all 10,000
 rows are in posthog_event. Uses DATABASE_URL / REDIS_URL when set, otherwise starts embedded servers.
 
-    .venv/bin/python benchmarks/celery_to_postgres.py [--events 10000] [--runs 3]
+    .venv/bin/python -m benchmarks.celery_to_postgres [--events 10000] [--runs 3] [--plugin python-benchmark]
 """
 
 from __future__ import annotations
@@ -18,20 +18,14 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import redis
 
-from plugin_server.db.migrate import migrate
-from plugin_server.db.postgres import recreate_database
-from plugin_server.db.teams import create_organization_and_team
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
-from plugin_server.services.embedded import start_embedded
 
 QUEUE = "posthog-plugins"
-TEAM_ID = 2
-BENCH_DATABASE = "plugin_server_bench"
 
 
 def make_messages(count: int) -> list[bytes]:
@@ -60,16 +54,8 @@ def make_messages(count: int) -> list[bytes]:
     return messages
 
 
-def reset_database(base_url: str) -> str:
-    url = recreate_database(base_url, BENCH_DATABASE)
-    migrate(url)
-    with psycopg.connect(url, autocommit=True) as connection:
-        create_organization_and_team(connection, team_id=TEAM_ID)
-    return url
-
-
-def run_once(database_url: str, redis_url: str, messages: list[bytes], extra_env: dict[str, str]) -> float:
-    database_url = reset_database(database_url)
+def run_once(database_url: str, redis_url: str, messages: list[bytes], plugin: str | None) -> float:
+    database_url = fresh_database(database_url, plugin)
     client = redis.Redis.from_url(redis_url)
     client.delete(QUEUE)
     env = {
@@ -77,7 +63,6 @@ def run_once(database_url: str, redis_url: str, messages: list[bytes], extra_env
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "LOG_LEVEL": "warn",
-        **extra_env,
     }
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(
@@ -90,6 +75,8 @@ def run_once(database_url: str, redis_url: str, messages: list[bytes], extra_env
                 client.lpush(QUEUE, *messages[offset : offset + 1000])
             _wait_for_rows(database_url, len(messages))
             elapsed = time.perf_counter() - started
+            if plugin:
+                _check_plugin_ran(database_url, len(messages))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
@@ -118,29 +105,29 @@ def _wait_for_rows(database_url: str, expected: int, timeout: float = 300) -> No
             time.sleep(0.02)
 
 
+def _check_plugin_ran(database_url: str, expected: int) -> None:
+    """Every stored event carries the benchmark plugin's change (as the original's benchmark checked)."""
+    with psycopg.connect(database_url) as connection:
+        row = connection.execute(
+            "SELECT COUNT(*) FROM posthog_event WHERE properties->>'upperUuid' = upper(uuid::text)"
+        ).fetchone()
+    if not row or row[0] != expected:
+        raise RuntimeError(f"the plugin changed {row} of {expected} events")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--plugin", help="a plugin folder under benchmarks/plugins to enable for the team")
     options = parser.parse_args()
     messages = make_messages(options.events)
-    with tempfile.TemporaryDirectory(prefix="plugin-server-bench-") as folder:
-        os.chmod(folder, 0o755)
-        embedded = None
-        database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-        if not (database_url and redis_url):
-            embedded = start_embedded(Path(folder), postgres=not database_url, redis=not redis_url)
-            database_url = database_url or embedded.database_url
-            redis_url = redis_url or embedded.redis_url
-        assert database_url and redis_url
-        try:
-            rates = [run_once(database_url, redis_url, messages, {}) for _ in range(options.runs)]
-        finally:
-            if embedded:
-                embedded.stop()
-    print(f"celery -> postgres, {options.events} events, default settings, {os.cpu_count()} cores")
+    with benchmark_services() as (database_url, redis_url):
+        rates = [run_once(database_url, redis_url, messages, options.plugin) for _ in range(options.runs)]
+    plugin = f"plugin {options.plugin}" if options.plugin else "no plugins"
+    print(f"celery -> postgres, {options.events} events, {plugin}, default settings, {os.cpu_count()} cores")
     print("runs (events/s): " + ", ".join(f"{rate:,.0f}" for rate in rates))
     print(f"median: {statistics.median(rates):,.0f} events/s")
 
