@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from celery import Celery
+
+T = TypeVar("T")
 
 PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 
@@ -112,3 +115,14 @@ def wait_for_count(database_url: str, sql: str, expected: int, timeout: float = 
                 return count
             time.sleep(0.1)
     return count
+
+
+def wait_until(check: Callable[[], T], timeout: float = 30) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout}s")

@@ -15,7 +15,7 @@ import redis
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.plugins.admin import enable_plugin, install_plugin, publish_reload
 
-from .server import celery_app, running_server, send_event, wait_for_count
+from .server import celery_app, running_server, send_event, wait_for_count, wait_until
 
 Db = psycopg.Connection[Any]
 ASSETS = Path(__file__).parents[1] / "assets"
@@ -45,16 +45,6 @@ def events_by_name(db: Db) -> dict[str, dict[str, Any]]:
     return {
         name: properties for name, properties in db.execute("SELECT event, properties FROM posthog_event")
     }
-
-
-def wait_until(check: Any, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def config_error(db: Db, config_id: int) -> dict[str, Any] | None:
