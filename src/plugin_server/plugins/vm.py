@@ -59,6 +59,9 @@ class PluginVM:
         self._failures = 0
         self._retry_at = 0.0
         self._closed = False
+        # Whether this VM set the config's error: `config.error` is the row as loaded, so it does not
+        # show an error recorded since, which a successful setup must clear all the same.
+        self._error_recorded = False
         # Set by the host when the instance is created: the plugin's metrics and export buffer.
         self.metrics: PluginMetrics | None = None
         self.export_buffer: ExportBuffer | None = None
@@ -83,6 +86,7 @@ class PluginVM:
         return await asyncio.shield(self._loading)
 
     async def record_error(self, error: BaseException | str, event: dict[str, Any] | None = None) -> None:
+        self._error_recorded = True
         await record_plugin_error(self._pool, self.logger, self.config.id, error, event)
 
     async def teardown(self) -> None:
@@ -120,7 +124,7 @@ class PluginVM:
         self._instance = instance
         self._failures = 0
         self.logger.system("INFO", f"Plugin loaded (instance ID {self.instance_id}).")
-        if self.config.config.error is not None:
+        if self.config.config.error is not None or self._error_recorded:
             await clear_plugin_error(self._pool, self.config.id)
         await self._store_capabilities(instance)
         return instance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import uuid
@@ -64,12 +65,29 @@ class PersonalApiKeys:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
         self._cache: dict[str, tuple[str, float]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def for_organization(self, organization_id: str) -> str:
+        key = self._cached(organization_id)
+        if key is not None:
+            return key
+        # Concurrent first calls (onEvent runs in parallel) must not each create a bot user: one
+        # lookup per organization at a time here, and across processes the advisory lock below.
+        async with self._locks.setdefault(organization_id, asyncio.Lock()):
+            key = self._cached(organization_id) or await self._find_or_create(organization_id)
+        return key
+
+    def _cached(self, organization_id: str) -> str | None:
         cached = self._cache.get(organization_id)
         if cached and time.monotonic() - cached[1] < KEY_CACHE_SECONDS:
             return cached[0]
+        return None
+
+    async def _find_or_create(self, organization_id: str) -> str:
         async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"plugin-server:bot-user:{organization_id}",)
+            )
             cursor = await connection.execute(
                 """SELECT u.id, k.value FROM posthog_user u
                    JOIN posthog_organizationmembership m ON m.user_id = u.id AND m.organization_id = %s

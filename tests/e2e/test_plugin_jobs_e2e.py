@@ -1,0 +1,161 @@
+"""Plugin jobs, capability discovery and plugin metrics in the real server: the Celery task
+`plugin_job` sent by PostHog, failing jobs, `run_in`, scheduled tasks found without any event, and
+`$$plugin_metrics` events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from plugin_server.db.teams import CreatedTeam
+from plugin_server.ingestion.celery import PLUGIN_JOB_TASK
+
+from .server import celery_app, running_server, send_event
+from .test_python_plugins import config_error, env, install, storage, wait_until
+
+Db = psycopg.Connection[Any]
+
+
+@pytest.fixture(autouse=True)
+def empty_job_queue(clean_db: Db) -> Iterator[None]:
+    """clean_db restarts config ids but keeps the job queue: jobs left by other tests would run here."""
+    clean_db.execute("TRUNCATE plugin_server_jobs, plugin_server_schedule_periods")
+    yield
+
+
+def failed_jobs(db: Db, config_id: int) -> list[tuple[str, str]]:
+    """(type, last_error) of the config's failed jobs."""
+    rows = db.execute(
+        "SELECT type, last_error FROM posthog_pluginconfig c "
+        "JOIN plugin_server_jobs j ON j.plugin_config_id = c.id "
+        "WHERE c.id = %s AND j.status = 'failed'",
+        (config_id,),
+    ).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+def test_celery_plugin_job_tasks_run_jobs_and_failures_are_recorded(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
+) -> None:
+    config_id = install(
+        clean_db,
+        tmp_path,
+        team,
+        "job runner",
+        """
+        import time
+
+        async def my_job(payload, meta):
+            await meta.storage.set("myJob payload", payload)
+
+        async def broken(payload, meta):
+            raise ValueError("the job broke")
+
+        async def first(payload, meta):
+            await meta.storage.set("first ran at", time.time())
+            await meta.jobs.second({"from": "first"}).run_in(1, "second")
+
+        async def second(payload, meta):
+            await meta.storage.set("second ran at", time.time())
+            await meta.storage.set("second payload", payload)
+
+        jobs = {"myJob": my_job, "broken": broken, "first": first, "second": second}
+        """,
+    )
+    app = celery_app(redis_url)
+    with running_server(tmp_path, env(database_url, redis_url)) as server:
+        server.wait_for_log("All systems go")
+        for job, payload in (("myJob", {"x": 1}), ("broken", {}), ("first", None)):
+            app.send_task(
+                PLUGIN_JOB_TASK,
+                args=[team.team_id, config_id, job, "start", payload],
+                queue="posthog-plugins",
+            )
+        wait_until(lambda: storage(clean_db, config_id, "myJob payload"), timeout=15)
+        wait_until(lambda: failed_jobs(clean_db, config_id), timeout=15)
+        wait_until(lambda: storage(clean_db, config_id, "second ran at"), timeout=15)
+
+    assert storage(clean_db, config_id, "myJob payload") == {"x": 1, "$operation": "start"}
+    [(job_type, last_error)] = failed_jobs(clean_db, config_id)
+    assert job_type == "broken" and "ValueError: the job broke" in last_error
+    error = config_error(clean_db, config_id)
+    assert error is not None and (error["message"], error["name"]) == ("the job broke", "ValueError")
+    delay = storage(clean_db, config_id, "second ran at") - storage(clean_db, config_id, "first ran at")
+    assert 0.9 <= delay < 5, delay
+    assert storage(clean_db, config_id, "second payload") == {"from": "first"}
+    # Jobs that succeeded are gone from the queue; only the failed one is kept.
+    assert clean_db.execute("SELECT type FROM plugin_server_jobs").fetchall() == [("broken",)]
+
+
+def test_capabilities_of_a_plugin_with_only_a_scheduled_task_are_found_without_events(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
+) -> None:
+    """Otherwise its task would never be scheduled: capabilities come from a set-up plugin."""
+    install(
+        clean_db,
+        tmp_path,
+        team,
+        "ticker",
+        """
+        async def run_every_minute(meta):
+            pass
+        """,
+    )
+
+    def capabilities() -> Any:
+        row = clean_db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
+        return row[0] if row else None
+
+    assert capabilities() == {}
+    with running_server(tmp_path, env(database_url, redis_url)) as server:
+        server.wait_for_log("All systems go")
+        started = time.monotonic()
+        wait_until(capabilities, timeout=15)
+        assert time.monotonic() - started < 5
+    assert capabilities() == {"methods": [], "scheduled_tasks": ["runEveryMinute"], "jobs": []}
+
+
+def test_plugin_metrics_are_reported_as_plugin_metrics_events(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
+) -> None:
+    install(
+        clean_db,
+        tmp_path,
+        team,
+        "counter",
+        """
+        metrics = {"handled": "sum"}
+
+        def process_event(event, meta):
+            if event["event"] != "$$plugin_metrics":  # count only the events the test sends
+                meta.metrics["handled"].increment(1)
+            return event
+        """,
+    )
+    plugin_id = clean_db.execute("SELECT id FROM posthog_plugin").fetchone()
+
+    def reports() -> list[tuple[int, str, dict[str, Any]]]:
+        return clean_db.execute(
+            "SELECT team_id, distinct_id, properties FROM posthog_event WHERE event = '$$plugin_metrics'"
+        ).fetchall()
+
+    app = celery_app(redis_url)
+    with running_server(
+        tmp_path, env(database_url, redis_url, PLUGIN_METRICS_INTERVAL_SECONDS="1")
+    ) as server:
+        server.wait_for_log("All systems go")
+        send_event(app, team_id=team.team_id, distinct_id="d", event="one")
+        send_event(app, team_id=team.team_id, distinct_id="d", event="two")
+        # The two increments may be reported in one event or in two consecutive ones.
+        wait_until(lambda: sum(properties["handled"] for _, _, properties in reports()) == 2, timeout=15)
+
+    for team_id, distinct_id, properties in reports():
+        assert (team_id, distinct_id) == (team.team_id, "counter")
+        assert properties["plugin_name"] == "counter"
+        assert (properties["plugin_id"],) == plugin_id
+        assert properties["$lib"] == "posthog-plugin-server"

@@ -1,0 +1,333 @@
+"""`posthog.api` against a loopback stub of PostHog's HTTP API, with the bot user's personal API key
+provisioned in the real database; and `posthog.capture` through the real Redis queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.db.teams import CreatedTeam, create_organization_and_team
+from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
+from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
+from tests.conftest import Counted
+
+Db = psycopg.Connection[Any]
+QUEUE = "posthog-plugins-test"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+
+class StubPostHog:
+    """PostHog's API on 127.0.0.1: answers every request with `{"ok": true}` and records it."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                url = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                stub.requests.append(
+                    Request(
+                        method=self.command,
+                        path=url.path,
+                        query={key: values[-1] for key, values in parse_qs(url.query).items()},
+                        headers={key.lower(): value for key, value in self.headers.items()},
+                        body=self.rfile.read(length),
+                    )
+                )
+                answer = b'{"ok": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    def __enter__(self) -> StubPostHog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+@pytest.fixture
+def stub() -> Iterator[StubPostHog]:
+    with StubPostHog() as server:
+        yield server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        yield client
+
+
+def api_for(
+    team: CreatedTeam, http: httpx.AsyncClient, keys: PersonalApiKeys, stub: StubPostHog
+) -> PostHogApi:
+    """`meta.posthog.api` of a plugin config of `team`, as the plugin host builds it."""
+    return PostHogApi(
+        http=http,
+        keys=keys,
+        team_api_token=team.api_token,
+        organization_id=team.organization_id,
+        default_host=stub.url,
+    )
+
+
+def bot_users(db: Db) -> list[dict[str, Any]]:
+    """Bot users with their organizations and personal API keys."""
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        return cursor.execute(
+            """SELECT u.id, u.email, m.organization_id::text AS organization_id, k.label, k.value
+               FROM posthog_user u
+               JOIN posthog_organizationmembership m ON m.user_id = u.id
+               JOIN posthog_personalapikey k ON k.user_id = u.id
+               ORDER BY u.id"""
+        ).fetchall()
+
+
+def count(db: Db, table: str) -> int:
+    row = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+# ---------------------------------------------------------------- requests
+
+
+async def test_get_and_delete_send_data_as_query_parameters(
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: StubPostHog
+) -> None:
+    api = api_for(team, http, PersonalApiKeys(pool), stub)
+    keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+    data = {"limit": 10, "event": "$pageview"}
+
+    response = await api.get("/api/event/", {"data": data, **keys})
+    await api.delete("api/projects/@current/feature_flags/7", {"data": {"reason": "cleanup"}, **keys})
+
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    get, delete = stub.requests
+    assert (get.method, get.path) == ("GET", "/api/event/")
+    assert get.query == {"limit": "10", "event": "$pageview", "token": "phc_project"}
+    assert get.headers["authorization"] == "Bearer phx_personal"
+    assert get.body == b""
+    # The original dropped DELETE's data (its bug 6): here it is sent like GET's.
+    assert (delete.method, delete.path) == ("DELETE", "/api/projects/@current/feature_flags/7")
+    assert delete.query == {"reason": "cleanup", "token": "phc_project"}
+    assert delete.headers["authorization"] == "Bearer phx_personal"
+
+
+async def test_post_and_put_send_data_as_a_json_body(
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: StubPostHog
+) -> None:
+    api = api_for(team, http, PersonalApiKeys(pool), stub)
+    keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+    data = {"name": "flag", "filters": {"groups": [{"rollout_percentage": 50}]}}
+
+    await api.post("/api/feature_flag/", {"data": data, **keys})
+    await api.put("/api/feature_flag/3/", {"data": {"active": False}, **keys})
+
+    post, put = stub.requests
+    assert (post.method, post.path, post.query) == ("POST", "/api/feature_flag/", {"token": "phc_project"})
+    assert json.loads(post.body) == data
+    assert post.headers["content-type"] == "application/json"
+    assert post.headers["authorization"] == "Bearer phx_personal"
+    assert (put.method, put.path, put.query) == ("PUT", "/api/feature_flag/3/", {"token": "phc_project"})
+    assert json.loads(put.body) == {"active": False}
+
+
+async def test_the_host_option_replaces_the_default_host(
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: StubPostHog
+) -> None:
+    api = PostHogApi(
+        http=http,
+        keys=PersonalApiKeys(pool),
+        team_api_token=team.api_token,
+        organization_id=team.organization_id,
+        default_host="http://127.0.0.1:9",  # discard port: nothing may go there
+    )
+    keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+
+    await api.get("/api/event", {"host": stub.url + "/", **keys})
+
+    [request] = stub.requests
+    assert (request.path, request.query) == ("/api/event", {"token": "phc_project"})
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [{"projectApiKey": "phc_project"}, {"personalApiKey": "phx_personal"}],
+    ids=["project", "personal"],
+)
+async def test_giving_only_one_of_the_keys_raises(
+    keys: dict[str, str],
+    clean_db: Db,
+    team: CreatedTeam,
+    pool: AsyncConnectionPool[Any],
+    http: httpx.AsyncClient,
+    stub: StubPostHog,
+) -> None:
+    api = api_for(team, http, PersonalApiKeys(pool), stub)
+
+    with pytest.raises(ValueError, match="You must specify a personalApiKey if you specify a projectApiKey"):
+        await api.get("/api/event", keys)
+
+    assert stub.requests == []
+    assert count(clean_db, "posthog_user") == 0
+
+
+async def test_given_keys_need_no_bot_user(
+    clean_db: Db,
+    team: CreatedTeam,
+    pool: AsyncConnectionPool[Any],
+    http: httpx.AsyncClient,
+    stub: StubPostHog,
+) -> None:
+    api = api_for(team, http, PersonalApiKeys(pool), stub)
+
+    await api.get("/api/event", {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"})
+
+    assert count(clean_db, "posthog_user") == 0
+
+
+# ---------------------------------------------------------------- the bot user's key
+
+
+async def test_without_keys_the_team_token_and_a_bot_users_key_are_used(
+    clean_db: Db, team: CreatedTeam, counted: Counted, http: httpx.AsyncClient, stub: StubPostHog
+) -> None:
+    pool, statements = counted
+    keys = PersonalApiKeys(pool)
+    api = api_for(team, http, keys, stub)
+
+    await api.get("/api/event", {"data": {"limit": 1}})
+    [bot] = bot_users(clean_db)
+    assert bot["email"].endswith("@posthogbot.user")
+    assert bot["organization_id"] == team.organization_id
+    assert bot["label"] == "autogen" and bot["value"].startswith("phx_")
+    [request] = stub.requests
+    assert request.query == {"limit": "1", "token": team.api_token}
+    assert request.headers["authorization"] == f"Bearer {bot['value']}"
+
+    # The key is cached: later calls neither query nor create anything.
+    statements.clear()
+    await api.post("/api/event", {"data": {"x": 1}})
+    await api_for(team, http, keys, stub).delete("/api/event")
+    assert statements == []
+    assert {request.headers["authorization"] for request in stub.requests} == {f"Bearer {bot['value']}"}
+
+    # Another worker (its own cache) finds the same bot user and key in the database.
+    await api_for(team, http, PersonalApiKeys(pool), stub).get("/api/event")
+    assert bot_users(clean_db) == [bot]
+    assert stub.requests[-1].headers["authorization"] == f"Bearer {bot['value']}"
+
+
+async def test_each_organization_gets_its_own_bot_user(
+    clean_db: Db,
+    team: CreatedTeam,
+    pool: AsyncConnectionPool[Any],
+    http: httpx.AsyncClient,
+    stub: StubPostHog,
+) -> None:
+    other = create_organization_and_team(clean_db, organization_name="Other", team_name="Other project")
+    keys = PersonalApiKeys(pool)
+
+    await api_for(team, http, keys, stub).get("/api/event")
+    await api_for(other, http, keys, stub).get("/api/event")
+    await api_for(team, http, keys, stub).get("/api/event")
+
+    bots = bot_users(clean_db)
+    assert [bot["organization_id"] for bot in bots] == [team.organization_id, other.organization_id]
+    assert bots[0]["value"] != bots[1]["value"]
+    assert [(request.query["token"], request.headers["authorization"]) for request in stub.requests] == [
+        (team.api_token, f"Bearer {bots[0]['value']}"),
+        (other.api_token, f"Bearer {bots[1]['value']}"),
+        (team.api_token, f"Bearer {bots[0]['value']}"),
+    ]
+
+
+# ---------------------------------------------------------------- posthog.capture
+
+
+async def captured(aredis: aioredis.Redis) -> dict[str, Any]:
+    """The event of the one Celery message on the queue."""
+    assert await aredis.llen(QUEUE) == 1
+    message = await aredis.rpop(QUEUE)
+    assert message is not None
+    task = decode_message(message)
+    assert task.name == PROCESS_EVENT_TASK
+    return event_from_task(task)
+
+
+async def test_capture_queues_a_celery_task_with_the_event(aredis: aioredis.Redis) -> None:
+    async def lpush(message: bytes) -> None:
+        await aredis.lpush(QUEUE, message)
+
+    capture = PostHogCapture(team_id=7, plugin_name="my plugin", plugin_id=3, queue=QUEUE, enqueue=lpush)
+
+    await capture.capture("hello", {"distinct_id": "someone", "answer": 42})
+    event = await captured(aredis)
+    assert (event["event"], event["distinct_id"], event["team_id"]) == ("hello", "someone", 7)
+    assert event["properties"]["$lib"] == "posthog-plugin-server"
+    assert event["properties"]["answer"] == 42
+    assert event["properties"]["distinct_id"] == "someone"
+    assert event["uuid"] and event["timestamp"]
+
+    await capture.capture("no distinct id", {"timestamp": "2021-01-01T00:00:00Z"})
+    event = await captured(aredis)
+    assert (event["distinct_id"], event["team_id"]) == ("my plugin", 7)
+    assert event["timestamp"] == "2021-01-01T00:00:00Z"
+    assert "timestamp" not in event["properties"]
+
+    nameless = PostHogCapture(team_id=7, plugin_name="", plugin_id=3, queue=QUEUE, enqueue=lpush)
+    await nameless.capture("no name")
+    assert (await captured(aredis))["distinct_id"] == "plugin-id-3"
+
+
+async def test_concurrent_first_calls_create_one_bot_user(
+    clean_db: Db,
+    team: CreatedTeam,
+    pool: AsyncConnectionPool[Any],
+    http: httpx.AsyncClient,
+    stub: StubPostHog,
+) -> None:
+    """In one worker (parallel onEvent calls) and across workers (each with its own cache)."""
+    one_worker = api_for(team, http, PersonalApiKeys(pool), stub)
+    other_worker = api_for(team, http, PersonalApiKeys(pool), stub)
+
+    await asyncio.gather(*(api.get("/api/event") for api in [one_worker] * 3 + [other_worker] * 3))
+
+    [bot] = bot_users(clean_db)
+    assert {request.headers["authorization"] for request in stub.requests} == {f"Bearer {bot['value']}"}
