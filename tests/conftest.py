@@ -27,7 +27,8 @@ from plugin_server.services.embedded import start_embedded
 TEST_DATABASE = "plugin_server_test"
 TEAM_ID = 2
 
-# Tables emptied before each test that asks for a clean database, children first.
+# Tables emptied before each test that asks for a clean database, children first (and the job queue,
+# whose jobs name plugin config ids that restart from 1).
 TABLES = [
     "posthog_action_events",
     "posthog_actionstep",
@@ -58,6 +59,8 @@ TABLES = [
     "posthog_team",
     "posthog_user",
     "posthog_organization",
+    "plugin_server_jobs",
+    "plugin_server_schedule_periods",
 ]
 
 

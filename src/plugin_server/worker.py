@@ -63,12 +63,14 @@ class WorkerStats:
 
     def __init__(self, last_activity: Synchronized[float] | None) -> None:
         self.ingested = 0
+        self.dropped = 0
         self.dead_letters = 0
         self.batches = 0
         self._last_activity = last_activity
 
     def record(self, outcome: BatchOutcome) -> None:
         self.ingested += outcome.stored
+        self.dropped += outcome.dropped
         self.dead_letters += len(outcome.dead_letters)
         self.batches += 1
         self.touch()
@@ -314,7 +316,14 @@ class Worker:
                 log.error("queue housekeeping failed: %s", error)
             now = time.monotonic()
             if now - last_stats >= STATS_INTERVAL_SECONDS and self.stats.ingested != last_count:
-                log.info("processed %d events in %.0fs", self.stats.ingested - last_count, now - last_stats)
+                log.info(
+                    "processed %d events in %.0fs (totals: %d stored, %d dropped by plugins, %d dead letters)",
+                    self.stats.ingested - last_count,
+                    now - last_stats,
+                    self.stats.ingested,
+                    self.stats.dropped,
+                    self.stats.dead_letters,
+                )
                 last_stats, last_count = now, self.stats.ingested
 
     async def _sleep(self, seconds: float) -> None:

@@ -4,13 +4,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import PLUGIN_JOB_TASK
@@ -19,13 +19,6 @@ from .server import celery_app, running_server, send_event
 from .test_python_plugins import config_error, env, install, storage, wait_until
 
 Db = psycopg.Connection[Any]
-
-
-@pytest.fixture(autouse=True)
-def empty_job_queue(clean_db: Db) -> Iterator[None]:
-    """clean_db restarts config ids but keeps the job queue: jobs left by other tests would run here."""
-    clean_db.execute("TRUNCATE plugin_server_jobs, plugin_server_schedule_periods")
-    yield
 
 
 def failed_jobs(db: Db, config_id: int) -> list[tuple[str, str]]:
@@ -159,3 +152,41 @@ def test_plugin_metrics_are_reported_as_plugin_metrics_events(
         assert properties["plugin_name"] == "counter"
         assert (properties["plugin_id"],) == plugin_id
         assert properties["$lib"] == "posthog-plugin-server"
+
+
+def test_a_job_survives_kill_9_of_its_worker(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
+) -> None:
+    """The worker running a job is killed; the job's lease runs out and it runs again to the end."""
+    config_id = install(
+        clean_db,
+        tmp_path,
+        team,
+        "slow job",
+        """
+        import asyncio
+
+        async def slow(payload, meta):
+            await meta.utils.cursor.increment("started")
+            await asyncio.sleep(payload["seconds"])
+            await meta.storage.set("finished", True)
+
+        async def process_event(event, meta):
+            if event["event"] == "go":
+                await meta.jobs.slow({"seconds": 3}).run_now()
+            return event
+
+        jobs = {"slow": slow}
+        """,
+    )
+    app = celery_app(redis_url)
+    settings = env(database_url, redis_url, JOB_LEASE_SECONDS="2")
+    with running_server(tmp_path, settings) as server:
+        server.wait_for_log("All systems go")
+        send_event(app, team_id=team.team_id, distinct_id="d", event="go")
+        wait_until(lambda: storage(clean_db, config_id, "started") == 1)
+        (worker,) = server.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: storage(clean_db, config_id, "finished"), timeout=30)
+    assert storage(clean_db, config_id, "started") == 2
+    assert clean_db.execute("SELECT COUNT(*) FROM plugin_server_jobs").fetchone() == (0,)

@@ -98,8 +98,9 @@ class EventPipeline:
         await self.sink.write([item.event for item in items])
         outcome.stored = len(items)
         await self._mark_first_events(items)
-        if self.plugins is not None and items:
-            await self.plugins.on_events([item.raw for item in items])
+        captures = [item.raw for item in items if not item.event.is_snapshot]
+        if self.plugins is not None and captures:
+            await self.plugins.on_events(captures)
         return outcome
 
     async def _decode(self, messages: Sequence[bytes], outcome: BatchOutcome) -> list[tuple[bytes, RawEvent]]:
