@@ -18,12 +18,15 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.ingestion.elements import elements_hash
 from plugin_server.ingestion.types import Element, PreparedEvent
 
+# The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much
+# cheaper than one array parameter per column, which the driver escapes item by item in Python.
 _INSERT_EVENTS = """
 INSERT INTO posthog_event
     (uuid, event, distinct_id, properties, team_id, timestamp, created_at, elements, elements_hash, site_url)
-SELECT u, e, d, p::jsonb, t, ts, c, el::jsonb, h, s
-FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::int[], %s::timestamptz[],
-            %s::timestamptz[], %s::text[], %s::text[], %s::text[]) AS x(u, e, d, p, t, ts, c, el, h, s)
+SELECT uuid, event, distinct_id, properties, team_id, timestamp, %s, elements, elements_hash, site_url
+FROM jsonb_to_recordset(%s::jsonb) AS x(
+    uuid uuid, event text, distinct_id text, properties jsonb, team_id int, timestamp timestamptz,
+    elements jsonb, elements_hash text, site_url text)
 ON CONFLICT (team_id, uuid) DO NOTHING
 """
 
@@ -111,25 +114,22 @@ class PostgresEventSink:
             await connection.execute(_INSERT_ELEMENTS, columns)
         return hashes
 
-    async def _write_events(
-        self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]
-    ) -> None:
-        created_at = datetime.now(UTC)
-        await connection.execute(
-            _INSERT_EVENTS,
-            (
-                [event.uuid for event in events],
-                [event.event for event in events],
-                [event.distinct_id for event in events],
-                [_json(event.properties) for event in events],
-                [event.team_id for event in events],
-                [event.timestamp for event in events],
-                [created_at] * len(events),
-                [_json([_element_dict(element) for element in event.elements]) for event in events],
-                hashes,
-                [event.site_url for event in events],
-            ),
-        )
+    async def _write_events(self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]) -> None:
+        rows = [
+            {
+                "uuid": event.uuid,
+                "event": event.event,
+                "distinct_id": event.distinct_id,
+                "properties": event.properties,
+                "team_id": event.team_id,
+                "timestamp": event.timestamp,
+                "elements": [_element_dict(element) for element in event.elements],
+                "elements_hash": digest,
+                "site_url": event.site_url,
+            }
+            for event, digest in zip(events, hashes, strict=True)
+        ]
+        await connection.execute(_INSERT_EVENTS, (datetime.now(UTC), _json(rows)))
 
     async def _write_recordings(self, connection: Any, events: Sequence[PreparedEvent]) -> None:
         await connection.execute(
