@@ -24,7 +24,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
-from plugin_server.plugins.loader import resolve_plugin_code
+from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
 from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
@@ -213,17 +213,13 @@ class PluginHost:
         """Scheduled tasks of the configs in force, from the capabilities their plugins reported."""
         async with self.pool.connection() as connection:
             cursor = await connection.execute(
-                """SELECT c.id, p.capabilities->'scheduled_tasks' AS tasks
-                   FROM posthog_pluginconfig c
-                   JOIN posthog_plugin p ON p.id = c.plugin_id
-                   JOIN posthog_team t ON t.id = c.team_id
-                   JOIN posthog_organization o ON o.id = t.organization_id
-                   WHERE c.enabled AND o.plugins_access_level > 0
-                     AND (p.organization_id = o.id OR p.is_global)
-                     AND jsonb_typeof(p.capabilities->'scheduled_tasks') = 'array'"""
+                f"""{IN_FORCE_CTE}
+                    SELECT p.id AS config_id, plugin.capabilities->'scheduled_tasks' AS tasks
+                    FROM in_force p JOIN posthog_plugin plugin ON plugin.id = p.plugin_id
+                    WHERE jsonb_typeof(plugin.capabilities->'scheduled_tasks') = 'array'"""
             )
             rows = await cursor.fetchall()
-        return {row["id"]: [str(task) for task in row["tasks"]] for row in rows if row["tasks"]}
+        return {row["config_id"]: [str(task) for task in row["tasks"]] for row in rows if row["tasks"]}
 
     async def report_metrics(self) -> None:
         """Capture each plugin config's metrics since the last report as a $$plugin_metrics event."""

@@ -50,7 +50,9 @@ LANGUAGES: dict[str, Language] = {
 }
 SOURCE_MAIN = "index.js"
 
-_IN_FORCE = """
+# The plugin configs in force: enabled, for teams whose organization may use plugins, with a plugin
+# of that organization or a global one. Also used to read the scheduled tasks (plugins/host.py).
+IN_FORCE_CTE = """
     WITH in_force AS (
         SELECT config.id, config.plugin_id
         FROM posthog_pluginconfig config
@@ -61,14 +63,14 @@ _IN_FORCE = """
           AND (plugin.organization_id = org.id OR plugin.is_global)
     )"""
 # Enabled configs without a team are read too, only to warn about them.
-_CONFIGS = f"""{_IN_FORCE}
+_CONFIGS = f"""{IN_FORCE_CTE}
     SELECT {CONFIG_COLUMNS} FROM posthog_pluginconfig
     WHERE id IN (SELECT id FROM in_force) OR (enabled AND team_id IS NULL)
     ORDER BY id"""
 _PLUGINS = (
-    f"{_IN_FORCE} SELECT {PLUGIN_COLUMNS} FROM posthog_plugin WHERE id IN (SELECT plugin_id FROM in_force)"
+    f"{IN_FORCE_CTE} SELECT {PLUGIN_COLUMNS} FROM posthog_plugin WHERE id IN (SELECT plugin_id FROM in_force)"
 )
-_ATTACHMENTS = f"""{_IN_FORCE}
+_ATTACHMENTS = f"""{IN_FORCE_CTE}
     SELECT {ATTACHMENT_COLUMNS} FROM posthog_pluginattachment
     WHERE plugin_config_id IN (SELECT id FROM in_force)
     ORDER BY id"""
