@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 TRUE_WORDS = frozenset({"y", "yes", "t", "true", "on", "1"})
 FALSE_WORDS = frozenset({"n", "no", "f", "false", "off", "0", ""})
 JOB_QUEUE_TYPES = ("graphile", "postgres")  # both name our durable Postgres job queue
-LOG_LEVELS = ("none", "debug", "info", "log", "warn", "error")
 
 
 class SettingsError(ValueError):
@@ -212,11 +211,6 @@ class Settings(BaseModel):
             auth = f":{quote(self.POSTHOG_REDIS_PASSWORD, safe='')}@" if self.POSTHOG_REDIS_PASSWORD else ""
             return f"redis://{auth}{self.POSTHOG_REDIS_HOST}:{self.POSTHOG_REDIS_PORT}"
         return self.REDIS_URL or None
-
-    @property
-    def dead_letter_queue(self) -> str:
-        """Redis list holding messages that could not be ingested, with the reason."""
-        return f"{self.PLUGINS_CELERY_QUEUE}:dead-letter"
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

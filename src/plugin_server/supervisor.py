@@ -170,7 +170,10 @@ class Supervisor:
                 if slot.process is not None and not slot.process.is_alive():
                     slot.restarts += 1
                     log.error(
-                        "worker %d exited with code %s; starting it again", slot.index, slot.process.exitcode
+                        "worker %d exited with code %s; starting it again (restart %d)",
+                        slot.index,
+                        slot.process.exitcode,
+                        slot.restarts,
                     )
                     self._spawn(slot)
             self._stop_runaway_plugins(client)

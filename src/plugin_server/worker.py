@@ -65,14 +65,12 @@ class WorkerStats:
         self.ingested = 0
         self.dropped = 0
         self.dead_letters = 0
-        self.batches = 0
         self._last_activity = last_activity
 
     def record(self, outcome: BatchOutcome) -> None:
         self.ingested += outcome.stored
         self.dropped += outcome.dropped
         self.dead_letters += len(outcome.dead_letters)
-        self.batches += 1
         self.touch()
 
     def touch(self) -> None:

@@ -59,12 +59,3 @@ def migrate(database_url: str) -> list[Migration]:
         finally:
             connection.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
     return applied_now
-
-
-def pending_migrations(database_url: str) -> list[Migration]:
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        exists = connection.execute("SELECT to_regclass('plugin_server_migrations')").fetchone()
-        done: set[int] = set()
-        if exists and exists[0]:
-            done = {row[0] for row in connection.execute("SELECT version FROM plugin_server_migrations")}
-    return [migration for migration in available_migrations() if migration.version not in done]

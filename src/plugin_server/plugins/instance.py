@@ -8,7 +8,6 @@ from plugin_server.ingestion.types import RawEvent
 
 # Method names as PostHog stores them in posthog_plugin.capabilities (the JS names, for every runtime).
 METHODS = ("setupPlugin", "teardownPlugin", "processEvent", "onEvent", "exportEvents")
-SCHEDULED_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
 
 # What processEvent made of one event: the new event, None (drop it), or the error it raised.
 EventOutcome = RawEvent | None | BaseException
