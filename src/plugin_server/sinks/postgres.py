@@ -114,7 +114,9 @@ class PostgresEventSink:
             await connection.execute(_INSERT_ELEMENTS, columns)
         return hashes
 
-    async def _write_events(self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]) -> None:
+    async def _write_events(
+        self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]
+    ) -> None:
         rows = [
             {
                 "uuid": event.uuid,
