@@ -285,6 +285,7 @@ class Worker:
                     dead_letters=[(message, f"ingestion failed: {type(error).__name__}: {error}")]
                 )
             total.stored += outcome.stored
+            total.dropped += outcome.dropped
             total.dead_letters.extend(outcome.dead_letters)
         return total
 
