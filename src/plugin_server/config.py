@@ -72,6 +72,9 @@ class Settings(BaseModel):
         500, ge=1, description="most events a worker takes from the queue at once"
     )
     TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
+    JS_HEAP_LIMIT_MB: float = Field(
+        64, gt=0, description="V8 heap limit of each JavaScript plugin config's isolate"
+    )
     REDIS_POOL_MIN_SIZE: int = Field(1, ge=0, description="minimum Redis connections per worker")
     REDIS_POOL_MAX_SIZE: int = Field(3, ge=1, description="maximum Redis connections per worker")
     QUEUE_VISIBILITY_TIMEOUT: float = Field(

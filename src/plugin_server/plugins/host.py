@@ -24,6 +24,8 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
+from plugin_server.plugins.js.runtime import JSPlugin
+from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
 from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
@@ -99,14 +101,29 @@ class PluginHost:
     async def _create_instance(self, vm: PluginVM) -> PluginInstance:
         config = vm.config
         code = resolve_plugin_code(config.plugin, self.settings.BASE_DIR)
-        if code.language != "python":
-            raise PluginError(
-                "JavaScript and TypeScript plugins need the V8 runtime, which is not available yet"
-            )
         meta = await self._meta(vm)
-        instance = PythonPlugin.load(
-            code, meta, plugin_config_id=config.id, timeout=self.settings.TASK_TIMEOUT, tracker=self.tracker
-        )
+        instance: PythonPlugin | JSPlugin
+        if code.language == "python":
+            instance = PythonPlugin.load(
+                code,
+                meta,
+                plugin_config_id=config.id,
+                timeout=self.settings.TASK_TIMEOUT,
+                tracker=self.tracker,
+            )
+        else:
+            transpiler = get_transpiler()
+            source = code.files[code.main].decode("utf-8", errors="replace")
+            instance = await JSPlugin.load(
+                await transpiler.transpile_async(source, code.main),
+                meta,
+                plugin_config_id=config.id,
+                timeout=self.settings.TASK_TIMEOUT,
+                heap_limit_mb=self.settings.JS_HEAP_LIMIT_MB,
+                http=self.http,
+                guards_name=transpiler.guards_name,
+                file_name=code.main,
+            )
         declared = dict(instance.metrics)
         if "exportEvents" in instance.methods:
             declared = {**EXPORT_EVENTS_METRICS, **declared}

@@ -32,6 +32,10 @@ def plugin_error_json(
         "name": type(error).__name__,
         "stack": "".join(traceback.format_exception(error)),
     }
+    from plugin_server.plugins.js.runtime import JSError  # here: the JS runtime imports this module
+
+    if isinstance(error, JSError):  # described as JavaScript described it
+        body["name"], body["stack"] = error.name, error.stack or body["stack"]
     if event is not None:
         body["event"] = event
     return body

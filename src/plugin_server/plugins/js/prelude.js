@@ -1,0 +1,1463 @@
+// The host side of one plugin config's V8 isolate, evaluated before any plugin code.
+//
+// It installs the globals plugins expect (console, fetch, posthog, RetryError, setTimeout and
+// friends, Buffer, TextEncoder/TextDecoder, atob/btoa), builds `meta`, and defines the entry points
+// that runtime.py evaluates. There are no Python functions in the isolate: JS and Python exchange
+// JSON text only.
+//
+// This file is one JavaScript expression, a function called once per isolate, which returns the
+// `control` SharedArrayBuffer (below):
+//
+//     (prelude)(entryName, options, createPluginGuards)
+//
+//   entryName           the global under which the entry points are installed (a random name,
+//                       non-enumerable, read-only)
+//   options             {timeoutMs, config, attachments: {key: {content_type, file_name, base64}}}
+//   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
+//
+// Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
+// entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
+// is the length of the request, [2] its number, which run() copies to [3] when it starts (so Python
+// knows whether a request it stopped had started). Python writes a request, JSON text in ASCII, into
+// the shared `transfer` buffer and evaluates `<entry>.run()`; keeping every evaluated script the same
+// spares V8 from caching one script per request. A negative length asks run() for a new transfer
+// buffer of that many bytes, which it returns. Requests:
+//   ["batch", callId, events]      processEvent over a list of events
+//   ["call", callId, name, args]   an exported function (setupPlugin, onEvent, runEveryHour...)
+//   ["job", callId, name, payload]
+//   ["resume", callId]             after Python stopped a batch's synchronous part: the event being
+//                                  processed times out, the others go on
+//   ["deliver", items]             answers and timer firings: [[id, status, value], ...]
+//   ["recover"]                    after Python stopped a deliver (a timer callback ran too long)
+//   ["declareMetrics", types]      the plugin's metric types, for meta.metrics
+// Besides run(), `<entry>.load(callId, moduleFunction)` runs the transpiled module (its $done
+// carries what it exports) and `<entry>.poll()` only collects messages. The shared buffers are not
+// reachable from plugin code.
+//
+// Each of these returns, as JSON text, the messages the isolate posted since the previous return,
+// `[[op, id, args], ...]`:
+//   ["$done", callId, result]    a call ended; result is an outcome, or for a batch a list of
+//                                outcomes, one per event. Outcome: [1, value] or [0, error], where
+//                                error is {name, message, stack}.
+//   ["$timer", timerId, [ms]]    fire timer `timerId` in `ms` milliseconds (deliver [timerId, 2])
+//   ["$untimer", timerId, []]    forget that timer
+//   ["$uncaught", 0, [error]]    a timer callback threw
+//   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
+//   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
+//                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
+(function (entryName, options, createPluginGuards) {
+    "use strict";
+
+    // Builtins the runtime relies on, captured before plugin code can replace them.
+    const global = globalThis;
+    const apply = Reflect.apply;
+    const parse = JSON.parse;
+    const stringify = JSON.stringify;
+    const NativePromise = Promise;
+    const promiseThen = Promise.prototype.then;
+    const promiseResolve = (value) => NativePromise.resolve(value);
+    const NativeError = Error;
+    const NativeTypeError = TypeError;
+    const NativeRangeError = RangeError;
+    const NativeUint8Array = Uint8Array;
+    const NativeString = String;
+    const isArray = Array.isArray;
+    const isView = ArrayBuffer.isView;
+    const defineProperty = Object.defineProperty;
+    const freeze = Object.freeze;
+    const keys = Object.keys;
+    const hasOwn = Object.hasOwn;
+    const fromCharCode = String.fromCharCode;
+    const dateNow = Date.now;
+    const MAX_DELAY_MS = 2147483647;
+
+    const timeoutMs = options.timeoutMs;
+
+    function then(promise, onValue, onError) {
+        return apply(promiseThen, promiseResolve(promise), [onValue, onError]);
+    }
+
+    function isThenable(value) {
+        return value !== null && (typeof value === "object" || typeof value === "function")
+            && typeof value.then === "function";
+    }
+
+    // ------------------------------------------------------------------ messages to Python
+
+    let outbox = [];
+
+    function post(message) {
+        outbox[outbox.length] = message;
+    }
+
+    function takeOutbox() {
+        const text = "[" + outbox.join(",") + "]";
+        outbox = [];
+        return text;
+    }
+
+    // Arguments are serialized when the operation is asked for, so a value that is not JSON
+    // (circular, BigInt) throws in the plugin's own code.
+    function notify(op, args) {
+        post("[" + stringify(op) + ",0," + stringify(args) + "]");
+    }
+
+    const waiting = new Map();
+    let nextRequest = 1;
+
+    function request(op, args) {
+        let text;
+        try {
+            text = stringify(args);
+        } catch (error) {
+            return NativePromise.reject(error);
+        }
+        return new NativePromise((resolve, reject) => {
+            const id = nextRequest++;
+            waiting.set(id, { resolve, reject, op });
+            post("[" + stringify(op) + "," + id + "," + text + "]");
+        });
+    }
+
+    function hostError(error, op) {
+        const name = NativeString(error && error.name || "Error");
+        const message = NativeString(error && error.message || "");
+        const made = name === "TypeError" ? new NativeTypeError(message)
+            : name === "RangeError" ? new NativeRangeError(message) : new NativeError(message);
+        if (made.name !== name) made.name = name;
+        made.stack = `${name}: ${message}\n    at ${op} (plugin server)`;
+        return made;
+    }
+
+    // ------------------------------------------------------------------ progress and timers
+
+    // [0]: the progress counter; [1]: the length of the request in `transfer`; [2]: the request's
+    // number; [3]: the number of the last request that started.
+    const control = new Int32Array(new SharedArrayBuffer(16));
+    let transfer;
+
+    function bump() {
+        control[0] = (control[0] + 1) | 0;
+    }
+
+    // Plugin timers have positive ids, the runtime's own negative ones (a plugin cannot clear them).
+    const timers = new Map();
+    let nextPluginTimer = 1;
+    let nextInternalTimer = -1;
+
+    function delayOf(ms) {
+        const number = +ms;
+        return number > 0 ? (number < MAX_DELAY_MS ? number : MAX_DELAY_MS) : 0;
+    }
+
+    function schedule(id, timer, ms) {
+        timers.set(id, timer);
+        post("[\"$timer\"," + id + ",[" + delayOf(ms) + "]]");
+    }
+
+    function pluginTimer(fn, ms, args, repeat) {
+        if (typeof fn !== "function") {
+            throw new NativeTypeError("The \"callback\" argument must be of type function");
+        }
+        const id = nextPluginTimer++;
+        schedule(id, { fn, args, repeat: repeat ? delayOf(ms) : undefined }, ms);
+        return id;
+    }
+
+    function clearPluginTimer(id) {
+        const number = +id;
+        if (number > 0 && timers.delete(number)) {
+            post("[\"$untimer\"," + number + ",[]]");
+        }
+    }
+
+    function internalTimer(fn, ms) {
+        const id = nextInternalTimer--;
+        schedule(id, { fn, args: [], repeat: undefined }, ms);
+        return id;
+    }
+
+    function fire(id) {
+        const timer = timers.get(id);
+        if (timer === undefined) {
+            return;
+        }
+        if (timer.repeat === undefined) {
+            timers.delete(id);
+        } else {
+            post("[\"$timer\"," + id + ",[" + timer.repeat + "]]");
+        }
+        bump();
+        try {
+            apply(timer.fn, undefined, timer.args);
+        } catch (error) {
+            post("[\"$uncaught\",0,[" + stringify(describeError(error)) + "]]");
+        }
+    }
+
+    // Deadlines of calls and events: all last timeoutMs and start in time order, so one timer for the
+    // oldest live entry serves them all. An entry whose call ended has onExpire undefined.
+    let deadlines = [];
+    let deadlinesHead = 0;
+    let deadlineTimerArmed = false;
+
+    function dropEndedDeadlines() {
+        while (deadlinesHead < deadlines.length && deadlines[deadlinesHead].onExpire === undefined) {
+            deadlines[deadlinesHead++] = undefined;
+        }
+        if (deadlinesHead === deadlines.length) {
+            deadlines = [];
+            deadlinesHead = 0;
+        } else if (deadlinesHead > 1024 && deadlinesHead * 2 > deadlines.length) {
+            deadlines = deadlines.slice(deadlinesHead);
+            deadlinesHead = 0;
+        }
+    }
+
+    function addDeadline(onExpire) {
+        dropEndedDeadlines();
+        const entry = { at: dateNow() + timeoutMs, onExpire };
+        deadlines[deadlines.length] = entry;
+        if (!deadlineTimerArmed) {
+            deadlineTimerArmed = true;
+            internalTimer(expireDeadlines, timeoutMs);
+        }
+        return entry;
+    }
+
+    function expireDeadlines() {
+        deadlineTimerArmed = false;
+        const now = dateNow();
+        dropEndedDeadlines();
+        while (deadlinesHead < deadlines.length && deadlines[deadlinesHead].at <= now) {
+            const onExpire = deadlines[deadlinesHead].onExpire;
+            deadlines[deadlinesHead].onExpire = undefined;
+            onExpire();
+            dropEndedDeadlines();
+        }
+        if (deadlinesHead < deadlines.length) {
+            deadlineTimerArmed = true;
+            internalTimer(expireDeadlines, deadlines[deadlinesHead].at - now);
+        }
+    }
+
+    const guards = createPluginGuards({ timeoutMs, setTimeout: internalTimer });
+    const PluginTimeoutError = guards.TimeoutError;
+
+    function timedOut() {
+        const error = new PluginTimeoutError(`Script execution timed out after running for ${timeoutMs / 1000} second(s)`);
+        error.stack = undefined;  // the runtime's own frames, of no use to the plugin's author
+        return error;
+    }
+
+    // ------------------------------------------------------------------ errors and outcomes
+
+    function describeError(error) {
+        try {
+            if (error !== null && typeof error === "object") {
+                return {
+                    name: NativeString(error.name === undefined ? "Error" : error.name),
+                    message: NativeString(error.message === undefined ? "" : error.message),
+                    stack: typeof error.stack === "string" ? error.stack : null,
+                };
+            }
+            return { name: "Error", message: NativeString(error), stack: null };
+        } catch (failure) {
+            return { name: "Error", message: "the plugin threw a value that cannot be described", stack: null };
+        }
+    }
+
+    function errorOutcome(error) {
+        return "[0," + stringify(describeError(error)) + "]";
+    }
+
+    function valueOutcome(value, what) {
+        const type = typeof value;
+        if (type === "function" || type === "symbol" || type === "bigint") {
+            return errorOutcome(new NativeTypeError(`${what} returned a ${type}, which is not JSON`));
+        }
+        let text;
+        try {
+            text = stringify(value);
+        } catch (error) {
+            return errorOutcome(error);
+        }
+        return "[1," + (text === undefined ? "null" : text) + "]";
+    }
+
+    function eventOutcome(value) {
+        return value ? valueOutcome(value, "processEvent") : "[1,null]";
+    }
+
+    function done(callId, result) {
+        post("[\"$done\"," + callId + "," + result + "]");
+    }
+
+    // ------------------------------------------------------------------ text and bytes
+
+    function invalidCharacter(message) {
+        const error = new NativeError(message);
+        error.name = "InvalidCharacterError";
+        return error;
+    }
+
+    function utf8Encode(input) {
+        const text = NativeString(input);
+        const length = text.length;
+        const bytes = new NativeUint8Array(length * 3);
+        let at = 0;
+        for (let i = 0; i < length; i++) {
+            let code = text.charCodeAt(i);
+            if (code < 0x80) {
+                bytes[at++] = code;
+                continue;
+            }
+            if (code < 0x800) {
+                bytes[at++] = 0xc0 | (code >> 6);
+                bytes[at++] = 0x80 | (code & 63);
+                continue;
+            }
+            if (code >= 0xd800 && code <= 0xdfff) {
+                const low = i + 1 < length ? text.charCodeAt(i + 1) : 0;
+                if (code <= 0xdbff && low >= 0xdc00 && low <= 0xdfff) {
+                    code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
+                    i++;
+                    bytes[at++] = 0xf0 | (code >> 18);
+                    bytes[at++] = 0x80 | ((code >> 12) & 63);
+                    bytes[at++] = 0x80 | ((code >> 6) & 63);
+                    bytes[at++] = 0x80 | (code & 63);
+                    continue;
+                }
+                code = 0xfffd;
+            }
+            bytes[at++] = 0xe0 | (code >> 12);
+            bytes[at++] = 0x80 | ((code >> 6) & 63);
+            bytes[at++] = 0x80 | (code & 63);
+        }
+        return bytes.slice(0, at);
+    }
+
+    // The length of a multi-byte sequence started by `lead`, and the range of its second byte.
+    function sequenceOf(lead) {
+        if (lead >= 0xc2 && lead <= 0xdf) return [2, 0x80, 0xbf];
+        if (lead === 0xe0) return [3, 0xa0, 0xbf];
+        if (lead === 0xed) return [3, 0x80, 0x9f];
+        if (lead >= 0xe1 && lead <= 0xef) return [3, 0x80, 0xbf];
+        if (lead === 0xf0) return [4, 0x90, 0xbf];
+        if (lead >= 0xf1 && lead <= 0xf3) return [4, 0x80, 0xbf];
+        if (lead === 0xf4) return [4, 0x80, 0x8f];
+        return undefined;
+    }
+
+    // Decodes UTF-8 like the WHATWG decoder: each maximal invalid subpart becomes U+FFFD.
+    function utf8Decode(bytes, fatal) {
+        const units = [];
+        let text = "";
+        const length = bytes.length;
+        let i = 0;
+        while (i < length) {
+            const lead = bytes[i];
+            let code = -1;
+            let used = 1;
+            if (lead < 0x80) {
+                code = lead;
+            } else {
+                const sequence = sequenceOf(lead);
+                if (sequence !== undefined) {
+                    let value = lead & (0xff >> (sequence[0] + 1));
+                    let ok = true;
+                    for (let k = 1; k < sequence[0]; k++) {
+                        const next = i + k < length ? bytes[i + k] : -1;
+                        const low = k === 1 ? sequence[1] : 0x80;
+                        const high = k === 1 ? sequence[2] : 0xbf;
+                        if (next < low || next > high) {
+                            ok = false;
+                            used = k;
+                            break;
+                        }
+                        value = (value << 6) | (next & 63);
+                    }
+                    if (ok) {
+                        code = value;
+                        used = sequence[0];
+                    }
+                }
+            }
+            if (code < 0) {
+                if (fatal) {
+                    throw new NativeTypeError("The encoded data was not valid for encoding utf-8");
+                }
+                code = 0xfffd;
+            }
+            if (code > 0xffff) {
+                code -= 0x10000;
+                units[units.length] = 0xd800 + (code >> 10);
+                units[units.length] = 0xdc00 + (code & 0x3ff);
+            } else {
+                units[units.length] = code;
+            }
+            i += used;
+            if (units.length >= 8192) {
+                text += apply(fromCharCode, undefined, units);
+                units.length = 0;
+            }
+        }
+        return text + apply(fromCharCode, undefined, units);
+    }
+
+    // How many bytes at the end of `bytes` start a sequence that is not complete yet.
+    function incompleteTail(bytes) {
+        for (let back = 1; back <= 3 && back <= bytes.length; back++) {
+            const byte = bytes[bytes.length - back];
+            if (byte >= 0x80 && byte <= 0xbf) {
+                continue;
+            }
+            const sequence = sequenceOf(byte);
+            return sequence !== undefined && sequence[0] > back ? back : 0;
+        }
+        return 0;
+    }
+
+    const BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const BASE64_URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const BASE64_VALUES = new Int16Array(128).fill(-1);
+    for (let i = 0; i < 64; i++) {
+        BASE64_VALUES[BASE64.charCodeAt(i)] = i;
+        BASE64_VALUES[BASE64_URL.charCodeAt(i)] = i;
+    }
+
+    function base64Encode(bytes, alphabet, pad) {
+        let text = "";
+        const length = bytes.length;
+        let i = 0;
+        for (; i + 2 < length; i += 3) {
+            const n = (bytes[i] << 16) | (bytes[i + 1] << 8) | bytes[i + 2];
+            text += alphabet[n >> 18] + alphabet[(n >> 12) & 63] + alphabet[(n >> 6) & 63] + alphabet[n & 63];
+        }
+        if (i < length) {
+            const n = (bytes[i] << 16) | (i + 1 < length ? bytes[i + 1] << 8 : 0);
+            text += alphabet[n >> 18] + alphabet[(n >> 12) & 63];
+            text += i + 1 < length ? alphabet[(n >> 6) & 63] : (pad ? "=" : "");
+            text += pad ? "=" : "";
+        }
+        return text;
+    }
+
+    // Lenient, like node's Buffer: characters outside the alphabet are skipped, decoding stops at "=".
+    function base64Decode(input) {
+        const text = NativeString(input);
+        const bytes = new NativeUint8Array((text.length * 3) >> 2);
+        let at = 0;
+        let bits = 0;
+        let count = 0;
+        for (let i = 0; i < text.length; i++) {
+            const code = text.charCodeAt(i);
+            if (code === 61) {
+                break;
+            }
+            const value = code < 128 ? BASE64_VALUES[code] : -1;
+            if (value < 0) {
+                continue;
+            }
+            bits = (bits << 6) | value;
+            count += 6;
+            if (count >= 8) {
+                count -= 8;
+                bytes[at++] = (bits >> count) & 0xff;
+            }
+        }
+        return bytes.slice(0, at);
+    }
+
+    function atob(input) {
+        if (arguments.length === 0) {
+            throw new NativeTypeError("1 argument required, but only 0 present.");
+        }
+        let text = NativeString(input).replace(/[\t\n\f\r ]/g, "");
+        if (text.length % 4 === 0) {
+            text = text.replace(/==?$/, "");
+        }
+        if (text.length % 4 === 1 || /[^A-Za-z0-9+/]/.test(text)) {
+            throw invalidCharacter("The string to be decoded is not correctly encoded.");
+        }
+        const bytes = base64Decode(text);
+        let binary = "";
+        for (let i = 0; i < bytes.length; i += 8192) {
+            binary += apply(fromCharCode, undefined, bytes.subarray(i, i + 8192));
+        }
+        return binary;
+    }
+
+    function btoa(input) {
+        if (arguments.length === 0) {
+            throw new NativeTypeError("1 argument required, but only 0 present.");
+        }
+        const text = NativeString(input);
+        const bytes = new NativeUint8Array(text.length);
+        for (let i = 0; i < text.length; i++) {
+            const code = text.charCodeAt(i);
+            if (code > 0xff) {
+                throw invalidCharacter("The string to be encoded contains characters outside of the Latin1 range.");
+            }
+            bytes[i] = code;
+        }
+        return base64Encode(bytes, BASE64, true);
+    }
+
+    function hexEncode(bytes) {
+        let text = "";
+        for (let i = 0; i < bytes.length; i++) {
+            text += (bytes[i] < 16 ? "0" : "") + bytes[i].toString(16);
+        }
+        return text;
+    }
+
+    function hexDecode(text) {
+        const bytes = new NativeUint8Array(text.length >> 1);
+        let at = 0;
+        for (; at < bytes.length; at++) {
+            const byte = parseInt(text.substr(at * 2, 2), 16);
+            if (byte !== byte) {  // NaN: node stops at the first invalid pair
+                break;
+            }
+            bytes[at] = byte;
+        }
+        return bytes.slice(0, at);
+    }
+
+    function latin1Encode(text) {
+        const bytes = new NativeUint8Array(text.length);
+        for (let i = 0; i < text.length; i++) {
+            bytes[i] = text.charCodeAt(i) & 0xff;
+        }
+        return bytes;
+    }
+
+    function latin1Decode(bytes, mask) {
+        let text = "";
+        for (let i = 0; i < bytes.length; i += 8192) {
+            const chunk = bytes.subarray(i, i + 8192);
+            text += apply(fromCharCode, undefined, mask === 0xff ? chunk : chunk.map((byte) => byte & mask));
+        }
+        return text;
+    }
+
+    function encodingOf(encoding) {
+        const name = encoding === undefined || encoding === null ? "utf8" : NativeString(encoding).toLowerCase();
+        switch (name) {
+            case "utf8": case "utf-8": return "utf8";
+            case "base64": case "base64url": case "hex": case "ascii": return name;
+            case "latin1": case "binary": return "latin1";
+            default: throw new NativeTypeError(`Unknown encoding: ${encoding}`);
+        }
+    }
+
+    function encodeText(text, encoding) {
+        switch (encodingOf(encoding)) {
+            case "utf8": return utf8Encode(text);
+            case "base64": case "base64url": return base64Decode(text);
+            case "hex": return hexDecode(NativeString(text));
+            default: return latin1Encode(NativeString(text));
+        }
+    }
+
+    function decodeBytes(bytes, encoding) {
+        switch (encodingOf(encoding)) {
+            case "utf8": return utf8Decode(bytes, false);
+            case "base64": return base64Encode(bytes, BASE64, true);
+            case "base64url": return base64Encode(bytes, BASE64_URL, false);
+            case "hex": return hexEncode(bytes);
+            case "ascii": return latin1Decode(bytes, 0x7f);
+            default: return latin1Decode(bytes, 0xff);
+        }
+    }
+
+    function bytesOf(value) {
+        if (value instanceof ArrayBuffer || (typeof SharedArrayBuffer === "function" && value instanceof SharedArrayBuffer)) {
+            return new NativeUint8Array(value);
+        }
+        if (isView(value)) {
+            return new NativeUint8Array(value.buffer, value.byteOffset, value.byteLength);
+        }
+        return undefined;
+    }
+
+    // node's Buffer, the parts plugins use: a Uint8Array that converts to and from text.
+    class Buffer extends NativeUint8Array {
+        static from(value, encodingOrOffset, length) {
+            if (typeof value === "string") {
+                return wrapBytes(encodeText(value, encodingOrOffset));
+            }
+            if (value instanceof ArrayBuffer) {
+                const offset = encodingOrOffset === undefined ? 0 : +encodingOrOffset;
+                return new Buffer(value, offset, length === undefined ? value.byteLength - offset : +length);
+            }
+            const bytes = bytesOf(value);
+            if (bytes !== undefined) {
+                return wrapBytes(bytes.slice());
+            }
+            if (value !== null && typeof value === "object") {
+                if (value.type === "Buffer" && isArray(value.data)) {
+                    return wrapBytes(NativeUint8Array.from(value.data));
+                }
+                if (typeof value.length === "number") {
+                    return wrapBytes(NativeUint8Array.from(value));
+                }
+            }
+            throw new NativeTypeError("The first argument must be of type string, Buffer, ArrayBuffer, Array, or Array-like Object.");
+        }
+
+        static alloc(size, fill, encoding) {
+            const buffer = new Buffer(size);
+            if (fill !== undefined && fill !== 0) {
+                buffer.fill(fill, 0, buffer.length, encoding);
+            }
+            return buffer;
+        }
+
+        static allocUnsafe(size) {
+            return new Buffer(size);
+        }
+
+        static isBuffer(value) {
+            return value instanceof Buffer;
+        }
+
+        static isEncoding(encoding) {
+            try {
+                encodingOf(encoding);
+                return typeof encoding === "string";
+            } catch (error) {
+                return false;
+            }
+        }
+
+        static byteLength(value, encoding) {
+            if (typeof value === "string") {
+                return encodeText(value, encoding).length;
+            }
+            const bytes = bytesOf(value);
+            if (bytes === undefined) {
+                throw new NativeTypeError("The \"string\" argument must be of type string, Buffer, or ArrayBuffer.");
+            }
+            return bytes.length;
+        }
+
+        static concat(list, totalLength) {
+            const total = totalLength === undefined
+                ? list.reduce((sum, item) => sum + item.length, 0) : +totalLength;
+            const result = new Buffer(total);
+            let at = 0;
+            for (const item of list) {
+                if (at >= total) {
+                    break;
+                }
+                const bytes = bytesOf(item) || NativeUint8Array.from(item);
+                result.set(bytes.subarray(0, total - at), at);
+                at += bytes.length;
+            }
+            return result;
+        }
+
+        fill(value, start, end, encoding) {
+            if (typeof value === "string" && value.length > 0) {
+                const pattern = encodeText(value, encoding);
+                const from = start === undefined ? 0 : start;
+                const to = end === undefined ? this.length : end;
+                for (let i = from; i < to; i++) {
+                    this[i] = pattern[(i - from) % pattern.length];
+                }
+                return this;
+            }
+            return super.fill(typeof value === "string" ? 0 : value, start, end);
+        }
+
+        toString(encoding, start, end) {
+            const from = start === undefined ? 0 : start;
+            const to = end === undefined ? this.length : end;
+            return decodeBytes(this.subarray(from, to), encoding);
+        }
+
+        toJSON() {
+            return { type: "Buffer", data: Array.from(this) };
+        }
+
+        equals(other) {
+            const bytes = bytesOf(other);
+            if (bytes === undefined) {
+                throw new NativeTypeError("The \"otherBuffer\" argument must be an instance of Buffer or Uint8Array.");
+            }
+            if (bytes.length !== this.length) {
+                return false;
+            }
+            for (let i = 0; i < bytes.length; i++) {
+                if (bytes[i] !== this[i]) {
+                    return false;
+                }
+            }
+            return true;
+        }
+
+        // node's slice is a view on the same memory, unlike Uint8Array's copy.
+        slice(start, end) {
+            return this.subarray(start, end);
+        }
+    }
+
+    function wrapBytes(bytes) {
+        return new Buffer(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    }
+
+    class TextEncoder {
+        get encoding() {
+            return "utf-8";
+        }
+
+        encode(input) {
+            return utf8Encode(input === undefined ? "" : input);
+        }
+
+        encodeInto(input, destination) {
+            const text = NativeString(input);
+            let read = 0;
+            let written = 0;
+            for (const character of text) {
+                const bytes = utf8Encode(character);
+                if (written + bytes.length > destination.length) {
+                    break;
+                }
+                destination.set(bytes, written);
+                written += bytes.length;
+                read += character.length;
+            }
+            return { read, written };
+        }
+    }
+
+    class TextDecoder {
+        #fatal;
+        #ignoreBOM;
+        #pending = new NativeUint8Array(0);
+
+        constructor(label, options) {
+            const name = label === undefined ? "utf-8" : NativeString(label).trim().toLowerCase();
+            if (name !== "utf-8" && name !== "utf8" && name !== "unicode-1-1-utf-8") {
+                throw new NativeRangeError(`The "${label}" encoding is not supported`);
+            }
+            this.#fatal = !!(options && options.fatal);
+            this.#ignoreBOM = !!(options && options.ignoreBOM);
+        }
+
+        get encoding() {
+            return "utf-8";
+        }
+
+        get fatal() {
+            return this.#fatal;
+        }
+
+        get ignoreBOM() {
+            return this.#ignoreBOM;
+        }
+
+        decode(input, options) {
+            let bytes = input === undefined ? new NativeUint8Array(0) : bytesOf(input);
+            if (bytes === undefined) {
+                throw new NativeTypeError("The \"input\" argument must be an instance of ArrayBuffer or ArrayBufferView.");
+            }
+            if (this.#pending.length > 0) {
+                const joined = new NativeUint8Array(this.#pending.length + bytes.length);
+                joined.set(this.#pending);
+                joined.set(bytes, this.#pending.length);
+                bytes = joined;
+            }
+            const streaming = !!(options && options.stream);
+            const tail = streaming ? incompleteTail(bytes) : 0;
+            this.#pending = bytes.slice(bytes.length - tail);
+            const text = utf8Decode(bytes.subarray(0, bytes.length - tail), this.#fatal);
+            return !this.#ignoreBOM && text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+        }
+    }
+
+    // ------------------------------------------------------------------ console, fetch, posthog
+
+    function formatArgument(value) {
+        if (typeof value === "string") {
+            return value;
+        }
+        if (value instanceof NativeError) {
+            return value.message ? `${value.name}: ${value.message}` : NativeString(value.name);
+        }
+        if (value !== null && typeof value === "object") {
+            try {
+                const text = stringify(value);
+                if (text !== undefined) {
+                    return text;
+                }
+            } catch (error) {
+                // circular: fall back to String()
+            }
+        }
+        if (typeof value === "bigint") {
+            return `${value}n`;
+        }
+        try {
+            return NativeString(value);
+        } catch (error) {
+            return Object.prototype.toString.call(value);
+        }
+    }
+
+    function consoleMethod(level) {
+        return (...args) => notify("console", [level, args.map(formatArgument).join(" ")]);
+    }
+
+    const console = freeze({
+        debug: consoleMethod("debug"),
+        log: consoleMethod("log"),
+        info: consoleMethod("info"),
+        warn: consoleMethod("warn"),
+        error: consoleMethod("error"),
+        trace: consoleMethod("debug"),
+        dir: consoleMethod("log"),
+    });
+
+    class Headers {
+        #map = new Map();
+
+        constructor(init) {
+            if (init === undefined || init === null) {
+                return;
+            }
+            if (init instanceof Headers) {
+                init.forEach((value, name) => this.append(name, value));
+            } else if (isArray(init) || typeof init[Symbol.iterator] === "function") {
+                for (const pair of init) {
+                    this.append(pair[0], pair[1]);
+                }
+            } else {
+                for (const name of keys(init)) {
+                    this.append(name, init[name]);
+                }
+            }
+        }
+
+        append(name, value) {
+            const key = NativeString(name).toLowerCase();
+            const values = this.#map.get(key);
+            if (values === undefined) {
+                this.#map.set(key, [NativeString(value)]);
+            } else {
+                values.push(NativeString(value));
+            }
+        }
+
+        set(name, value) {
+            this.#map.set(NativeString(name).toLowerCase(), [NativeString(value)]);
+        }
+
+        get(name) {
+            const values = this.#map.get(NativeString(name).toLowerCase());
+            return values === undefined ? null : values.join(", ");
+        }
+
+        has(name) {
+            return this.#map.has(NativeString(name).toLowerCase());
+        }
+
+        delete(name) {
+            this.#map.delete(NativeString(name).toLowerCase());
+        }
+
+        forEach(callback, thisArg) {
+            for (const [name, value] of this.entries()) {
+                apply(callback, thisArg, [value, name, this]);
+            }
+        }
+
+        *entries() {
+            for (const name of [...this.#map.keys()].sort()) {
+                yield [name, this.#map.get(name).join(", ")];
+            }
+        }
+
+        *keys() {
+            for (const [name] of this.entries()) yield name;
+        }
+
+        *values() {
+            for (const [, value] of this.entries()) yield value;
+        }
+
+        [Symbol.iterator]() {
+            return this.entries();
+        }
+
+        // node-fetch: every header with its list of values
+        raw() {
+            const raw = {};
+            for (const [name, values] of this.#map) {
+                raw[name] = values.slice();
+            }
+            return raw;
+        }
+
+        pairs() {
+            const pairs = [];
+            for (const [name, values] of this.#map) {
+                for (const value of values) {
+                    pairs.push([name, value]);
+                }
+            }
+            return pairs;
+        }
+    }
+
+    class Response {
+        #body;
+
+        constructor(body, init) {
+            const options = init || {};
+            this.#body = body === undefined || body === null ? new NativeUint8Array(0)
+                : bytesOf(body) || utf8Encode(NativeString(body));
+            this.status = options.status === undefined ? 200 : options.status;
+            this.statusText = options.statusText === undefined ? "" : NativeString(options.statusText);
+            this.headers = new Headers(options.headers);
+            this.url = options.url === undefined ? "" : NativeString(options.url);
+            this.redirected = !!options.redirected;
+        }
+
+        get ok() {
+            return this.status >= 200 && this.status < 300;
+        }
+
+        async text() {
+            return utf8Decode(this.#body, false);
+        }
+
+        async json() {
+            return parse(utf8Decode(this.#body, false));
+        }
+
+        async arrayBuffer() {
+            return this.#body.slice().buffer;
+        }
+
+        async buffer() {
+            return wrapBytes(this.#body.slice());
+        }
+    }
+
+    function responseFrom(raw) {
+        return new Response(base64Decode(raw.body), raw);
+    }
+
+    function requestBody(body) {
+        if (body === undefined || body === null) {
+            return null;
+        }
+        const bytes = bytesOf(body);
+        if (bytes !== undefined) {
+            return { base64: base64Encode(bytes, BASE64, true) };
+        }
+        return { text: NativeString(body) };
+    }
+
+    function fetch(resource, init) {
+        const options = init || {};
+        const url = typeof resource === "string" ? resource
+            : resource !== null && typeof resource === "object" && typeof resource.url === "string"
+                ? resource.url : NativeString(resource);
+        let description;
+        try {
+            description = {
+                method: NativeString(options.method || "GET").toUpperCase(),
+                headers: new Headers(options.headers).pairs(),
+                body: requestBody(options.body),
+                redirect: options.redirect === undefined ? "follow" : NativeString(options.redirect),
+                timeout: typeof options.timeout === "number" && options.timeout > 0 ? options.timeout : null,
+            };
+        } catch (error) {
+            return NativePromise.reject(error);
+        }
+        return then(request("fetch", [url, description]), responseFrom);
+    }
+    fetch.default = fetch;
+    fetch.Headers = Headers;
+    fetch.Response = Response;
+
+    function apiMethod(method) {
+        return (path, options) => then(request("posthog.api", [method, path, options === undefined ? null : options]), responseFrom);
+    }
+
+    const posthog = freeze({
+        capture: (event, properties) => request("posthog.capture", [event, properties === undefined ? null : properties]),
+        api: freeze({ get: apiMethod("get"), post: apiMethod("post"), put: apiMethod("put"), delete: apiMethod("delete") }),
+    });
+
+    class RetryError extends NativeError {
+        constructor(message) {
+            super(message);
+            this.name = "RetryError";
+        }
+    }
+
+    // ------------------------------------------------------------------ require
+
+    const MODULES = {
+        "@posthog/plugin-scaffold": freeze({ RetryError }),
+        "node-fetch": fetch,
+    };
+
+    const ALTERNATIVES = [
+        ["aws-sdk", "AWS's SDK needs node. Use fetch to call the service's HTTP API, or write this plugin in Python"],
+        ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
+        ["pg", "Postgres clients need node's sockets. Keep plugin state in meta.storage, or write this plugin in Python"],
+        ["generic-pool", "connection pools are not needed here: fetch reuses the server's HTTP connections"],
+        ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
+    ];
+
+    function require(name) {
+        const text = NativeString(name);
+        if (hasOwn(MODULES, text)) {
+            return MODULES[text];
+        }
+        for (const [prefix, advice] of ALTERNATIVES) {
+            if (text === prefix || (prefix.endsWith("/") && text.startsWith(prefix))) {
+                throw new NativeError(`Cannot import '${text}' in this plugin server: ${advice}.`);
+            }
+        }
+        throw new NativeError(`Cannot import '${text}'! This package is not provided by PostHog in plugins.`);
+    }
+
+    // ------------------------------------------------------------------ meta
+
+    function jsonSerialize(options) {
+        return !(options && options.jsonSerialize === false);
+    }
+
+    function orNull(value) {
+        return value === undefined ? null : value;
+    }
+
+    function millisecondsOf(date) {
+        if (date instanceof Date) {
+            return date.getTime();
+        }
+        return typeof date === "string" ? Date.parse(date) : date;
+    }
+
+    function jobRunner(name, payload) {
+        const given = [name, orNull(payload)];
+        return freeze({
+            runNow: () => request("jobs.run", [...given, "now"]),
+            runIn: (duration, unit) => request("jobs.run", [...given, "in", duration, unit]),
+            runAt: (date) => request("jobs.run", [...given, "at", millisecondsOf(date)]),
+        });
+    }
+
+    let declaredMetrics = {};
+    const METRIC_OPERATIONS = { sum: "increment", max: "max", min: "min" };
+
+    function metric(name) {
+        const kind = hasOwn(declaredMetrics, name) ? declaredMetrics[name] : undefined;
+        if (kind === undefined) {
+            const error = new NativeError("Invalid metric name");
+            error.name = "IllegalOperationError";
+            throw error;
+        }
+        return freeze({
+            [METRIC_OPERATIONS[kind]]: (value) => {
+                if (typeof value !== "number") {
+                    throw new NativeTypeError("Only numbers are allowed for operations on metrics");
+                }
+                notify("metric", [name, kind, value]);
+            },
+        });
+    }
+
+    function attachmentsOf(given) {
+        const attachments = {};
+        for (const key of keys(given || {})) {
+            const attachment = given[key];
+            attachments[key] = {
+                content_type: attachment.content_type,
+                file_name: attachment.file_name,
+                contents: wrapBytes(base64Decode(attachment.base64)),
+            };
+        }
+        return attachments;
+    }
+
+    const meta = {
+        config: options.config || {},
+        attachments: attachmentsOf(options.attachments),
+        global: {},
+        cache: freeze({
+            set: (key, value, ttlSeconds, settings) => request("cache.set", [key, orNull(value), orNull(ttlSeconds), jsonSerialize(settings)]),
+            get: (key, defaultValue, settings) => request("cache.get", [key, orNull(defaultValue), jsonSerialize(settings)]),
+            incr: (key) => request("cache.incr", [key]),
+            expire: (key, ttlSeconds) => request("cache.expire", [key, ttlSeconds]),
+            lpush: (key, elementOrArray) => request("cache.lpush", [key, elementOrArray]),
+            lrange: (key, startIndex, endIndex) => request("cache.lrange", [key, startIndex, endIndex]),
+            llen: (key) => request("cache.llen", [key]),
+            lrem: (key, count, elementKey) => request("cache.lrem", [key, count, elementKey]),
+            lpop: (key, count) => request("cache.lpop", [key, count === undefined ? 1 : count]),
+        }),
+        storage: freeze({
+            get: (key, defaultValue) => request("storage.get", [key, orNull(defaultValue)]),
+            set: (key, value) => request("storage.set", [key, orNull(value)]),
+            del: (key) => request("storage.del", [key]),
+        }),
+        jobs: new Proxy({}, {
+            get: (target, name) => typeof name === "string" ? (payload) => jobRunner(name, payload) : undefined,
+        }),
+        geoip: freeze({ locate: (ip) => request("geoip.locate", [ip]) }),
+        metrics: new Proxy({}, {
+            get: (target, name) => typeof name === "string" ? metric(name) : undefined,
+        }),
+        utils: freeze({
+            cursor: freeze({
+                init: (key, initialValue) => request("cursor.init", [key, orNull(initialValue)]),
+                increment: (key, incrementBy) => request("cursor.increment", [key, orNull(incrementBy)]),
+            }),
+        }),
+        logger: console,
+    };
+
+    // ------------------------------------------------------------------ the plugin's exports
+
+    const METHOD_NAMES = ["setupPlugin", "teardownPlugin", "processEvent", "processEventBatch", "onEvent", "exportEvents"];
+    const TASK_NAMES = ["runEveryMinute", "runEveryHour", "runEveryDay"];
+
+    // name -> {fn, owner}; jobName -> {fn, owner}
+    const exported = Object.create(null);
+    const jobs = Object.create(null);
+
+    function isObjectLike(value) {
+        return value !== null && (typeof value === "object" || typeof value === "function");
+    }
+
+    // Where the original looked: exports, exports.default, module.exports (and its default); the
+    // module's top-level names only when nothing at all was exported.
+    function findExports(exportsObject, module, topLevel) {
+        const places = [exportsObject, exportsObject.default, module.exports,
+            isObjectLike(module.exports) ? module.exports.default : undefined].filter(isObjectLike);
+        const anything = places.some((place) => keys(place).length > 0);
+        const lookup = (name) => {
+            for (const place of anything ? places : [topLevel]) {
+                if (isObjectLike(place) && place[name] !== undefined) {
+                    return { value: place[name], owner: place };
+                }
+            }
+            return undefined;
+        };
+        for (const name of [...METHOD_NAMES, ...TASK_NAMES]) {
+            const found = lookup(name);
+            if (found !== undefined && typeof found.value === "function") {
+                exported[name] = { fn: found.value, owner: found.owner };
+            }
+        }
+        const jobsFound = lookup("jobs");
+        if (jobsFound !== undefined && isObjectLike(jobsFound.value)) {
+            for (const name of keys(jobsFound.value)) {
+                if (typeof jobsFound.value[name] === "function") {
+                    jobs[name] = { fn: jobsFound.value[name], owner: jobsFound.value };
+                }
+            }
+        }
+        const metricsFound = lookup("metrics");
+        return metricsFound === undefined ? null : metricsFound.value;
+    }
+
+    function exportsDescription(metrics) {
+        let metricsJson = "null";
+        if (metrics !== null && metrics !== undefined) {
+            try {
+                metricsJson = stringify(metrics) || "\"invalid\"";
+            } catch (error) {
+                metricsJson = "\"invalid\"";
+            }
+        }
+        const names = keys(exported);
+        return "[1,{\"methods\":" + stringify(names.filter((name) => METHOD_NAMES.includes(name)))
+            + ",\"tasks\":" + stringify(names.filter((name) => TASK_NAMES.includes(name)))
+            + ",\"jobs\":" + stringify(keys(jobs)) + ",\"metrics\":" + metricsJson + "}]";
+    }
+
+    function load(callId, moduleFunction) {
+        const module = { exports: {} };
+        const exportsObject = module.exports;
+        bump();
+        let topLevel;
+        try {
+            topLevel = apply(moduleFunction, exportsObject, [exportsObject, require, module, guards]);
+        } catch (error) {
+            done(callId, errorOutcome(error));
+            return takeOutbox();
+        }
+        done(callId, exportsDescription(findExports(exportsObject, module, topLevel)));
+        return takeOutbox();
+    }
+
+    // ------------------------------------------------------------------ calls
+
+    function settleLater(promise, onOutcome, describe) {
+        let settled = false;
+        const finish = (outcome) => {
+            if (!settled) {
+                settled = true;
+                deadline.onExpire = undefined;
+                dropEndedDeadlines();
+                onOutcome(outcome);
+            }
+        };
+        const deadline = addDeadline(() => finish(errorOutcome(timedOut())));
+        then(promise, (value) => finish(describe(value)), (error) => finish(errorOutcome(error)));
+    }
+
+    function invoke(callId, target, args, describe) {
+        bump();
+        let result;
+        try {
+            result = apply(target.fn, target.owner, args);
+        } catch (error) {
+            done(callId, errorOutcome(error));
+            return takeOutbox();
+        }
+        if (isThenable(result)) {
+            settleLater(result, (outcome) => done(callId, outcome), describe);
+        } else {
+            done(callId, describe(result));
+        }
+        return takeOutbox();
+    }
+
+    function ignoreValue() {
+        return "[1,null]";
+    }
+
+    function call(callId, name, args) {
+        const target = exported[name];
+        if (target === undefined) {
+            done(callId, "[1,null]");
+            return takeOutbox();
+        }
+        args[args.length] = meta;
+        return invoke(callId, target, args, ignoreValue);
+    }
+
+    function job(callId, name, payload) {
+        const target = jobs[name];
+        if (target === undefined) {
+            done(callId, errorOutcome(new NativeError(`this plugin has no job '${name}'`)));
+            return takeOutbox();
+        }
+        return invoke(callId, target, [payload, meta], ignoreValue);
+    }
+
+    // ------------------------------------------------------------------ batches
+
+    const batches = new Map();
+
+    function firstEvent(events) {
+        if (!events) {
+            return null;
+        }
+        if (!isArray(events)) {
+            throw new NativeTypeError("processEventBatch returned something that is not an array");
+        }
+        return events[0];
+    }
+
+    function processOne(event) {
+        const single = exported.processEvent;
+        if (single !== undefined) {
+            return apply(single.fn, single.owner, [event, meta]);
+        }
+        const many = exported.processEventBatch;
+        const result = apply(many.fn, many.owner, [[event], meta]);
+        return isThenable(result) ? then(result, firstEvent) : firstEvent(result);
+    }
+
+    function personOf(event) {
+        return event !== null && typeof event === "object" ? NativeString(event.distinct_id) : "";
+    }
+
+    // Events run one after the other; an event whose processEvent awaits lets the next ones start,
+    // except those of the same person, which wait for it (a person's events stay in order).
+    function batch(callId, events) {
+        const state = {
+            callId, events, outcomes: new Array(events.length), remaining: events.length,
+            next: 0, current: -1, busy: new Map(), finished: false,
+        };
+        batches.set(callId, state);
+        advance(state);
+        return takeOutbox();
+    }
+
+    function advance(state) {
+        while (state.next < state.events.length) {
+            const index = state.next++;
+            const person = personOf(state.events[index]);
+            const queue = state.busy.get(person);
+            if (queue !== undefined) {
+                queue.push(index);
+            } else {
+                startEvent(state, index, person);
+            }
+        }
+        finishBatch(state);
+    }
+
+    // Runs the event's synchronous part; true when it went on asynchronously.
+    function startEvent(state, index, person) {
+        state.current = index;
+        bump();
+        let result;
+        try {
+            result = processOne(state.events[index]);
+        } catch (error) {
+            settleEvent(state, index, errorOutcome(error));
+            return false;
+        }
+        if (!isThenable(result)) {
+            settleEvent(state, index, eventOutcome(result));
+            return false;
+        }
+        if (!state.busy.has(person)) {
+            state.busy.set(person, []);
+        }
+        settleLater(result, (outcome) => endAsyncEvent(state, index, person, outcome), eventOutcome);
+        return true;
+    }
+
+    function settleEvent(state, index, outcome) {
+        if (state.outcomes[index] === undefined) {
+            state.outcomes[index] = outcome;
+            state.remaining--;
+        }
+    }
+
+    function endAsyncEvent(state, index, person, outcome) {
+        settleEvent(state, index, outcome);
+        const queue = state.busy.get(person);
+        while (queue.length > 0) {
+            if (startEvent(state, queue.shift(), person)) {
+                return;
+            }
+        }
+        state.busy.delete(person);
+        finishBatch(state);
+    }
+
+    function finishBatch(state) {
+        if (state.finished || state.remaining > 0 || state.next < state.events.length) {
+            return;
+        }
+        state.finished = true;
+        batches.delete(state.callId);
+        done(state.callId, "[" + state.outcomes.join(",") + "]");
+    }
+
+    function resume(callId) {
+        const state = batches.get(callId);
+        if (state !== undefined) {
+            settleEvent(state, state.current, errorOutcome(timedOut()));
+            const queue = state.busy.get(personOf(state.events[state.current]));
+            if (queue !== undefined && queue.length === 0) {
+                state.busy.delete(personOf(state.events[state.current]));
+            }
+            advance(state);
+        }
+        return takeOutbox();
+    }
+
+    // ------------------------------------------------------------------ deliveries
+
+    let inbox = [];
+    let inboxAt = 0;
+
+    function settleRequest(id, status, value) {
+        const waiter = waiting.get(id);
+        if (waiter === undefined) {
+            return;
+        }
+        waiting.delete(id);
+        if (status === 1) {
+            waiter.resolve(value);
+        } else {
+            waiter.reject(hostError(value, waiter.op));
+        }
+    }
+
+    function drain() {
+        while (inboxAt < inbox.length) {
+            const item = inbox[inboxAt++];
+            if (item[1] === 2) {
+                fire(item[0]);
+            } else {
+                settleRequest(item[0], item[1], item[2]);
+            }
+        }
+        inbox = [];
+        inboxAt = 0;
+        return takeOutbox();
+    }
+
+    function deliver(items) {
+        inbox = items;
+        inboxAt = 0;
+        return drain();
+    }
+
+    // ------------------------------------------------------------------ globals and entry points
+
+    const globals = {
+        console, fetch, posthog, RetryError, Buffer, TextEncoder, TextDecoder, Headers, Response, atob, btoa,
+        setTimeout: (fn, ms, ...args) => pluginTimer(fn, ms, args, false),
+        setInterval: (fn, ms, ...args) => pluginTimer(fn, ms, args, true),
+        setImmediate: (fn, ...args) => pluginTimer(fn, 0, args, false),
+        clearTimeout: clearPluginTimer,
+        clearInterval: clearPluginTimer,
+        clearImmediate: clearPluginTimer,
+        queueMicrotask: (fn) => {
+            if (typeof fn !== "function") {
+                throw new NativeTypeError("The \"callback\" argument must be of type function");
+            }
+            then(undefined, () => fn());
+        },
+    };
+    for (const name of keys(globals)) {
+        const existing = Object.getOwnPropertyDescriptor(global, name);
+        if (existing !== undefined && !existing.configurable) {
+            global[name] = globals[name];  // mini-racer's `var setTimeout`
+        } else {
+            defineProperty(global, name, { value: globals[name], writable: true, configurable: true, enumerable: false });
+        }
+    }
+    // mini-racer's own timer, replaced above: its callbacks would run outside the runtime's control.
+    global.__timer_manager = undefined;
+
+    const REQUESTS = {
+        batch, call, job, resume, deliver,
+        recover: drain,
+        declareMetrics: (types) => {
+            declaredMetrics = types;
+            return takeOutbox();
+        },
+    };
+
+    function run() {
+        control[3] = control[2];
+        if (control[1] < 0) {
+            transfer = new SharedArrayBuffer(-control[1]);
+            return transfer;
+        }
+        const request = parse(latin1Decode(new NativeUint8Array(transfer, 0, control[1]), 0xff));
+        return apply(REQUESTS[request[0]], undefined, request.slice(1));
+    }
+
+    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox }) });
+    return control.buffer;
+})

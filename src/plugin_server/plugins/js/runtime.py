@@ -1,0 +1,877 @@
+"""The JavaScript plugin runtime: each plugin config runs in its own V8 isolate (mini-racer).
+
+Python and the isolate exchange JSON text only (the protocol is described in prelude.js). Python
+writes a request (a batch of events, a call, answers to earlier questions) into a buffer shared with
+the isolate and evaluates the same short script, `<entry>.run()`, with `eval_cancelable`; the script
+returns the messages the isolate posted meanwhile: meta operations to run (cache, storage, fetch...),
+timers to set, results of calls. No Python function is ever handed to V8 (mini-racer's
+`wrap_py_function` is not used), which has three benefits:
+
+- a plugin reaches Python only by posting the name of an operation from the fixed list below, which
+  acts on its own config's meta;
+- every exchange is an awaitable that can time out, so the event loop never waits on V8 (a host
+  function's answer is a blocking call into the isolate), even when an isolate is stuck in code that
+  V8 cannot interrupt (a loop in a promise continuation that the transpiler's guards do not cover):
+  such an isolate is closed, which stops it;
+- host calls are batched: a batch of events that each await `meta.cache.get` costs a few exchanges,
+  not one per event (mini-racer's host functions cost about 0.35 ms per call, one by one).
+
+Time limits: a script that runs longer than TASK_TIMEOUT (plus a grace that lets the transpiler's
+guards act first) without entering a new piece of plugin code (an event, a timer callback) is
+terminated, and the event it was on fails with a timeout while the others go on. Asynchronous work
+has a deadline of TASK_TIMEOUT per event and per call, kept inside the isolate. Memory: an isolate
+that reaches its heap limit is closed; the call that hit the limit fails, and the next call builds
+a new isolate and runs setupPlugin again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
+
+from plugin_server.ingestion.types import RawEvent
+from plugin_server.plugin_api import RetryError
+from plugin_server.plugins.events import checked_result, copy_event
+from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
+from plugin_server.plugins.js.transpile import MODULE_PARAMETERS, guards_js
+from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, validate_declared
+
+# A script is terminated this long after TASK_TIMEOUT, so that the transpiler's guards, which stop
+# runaway plugin code at TASK_TIMEOUT with a clear error, act first when they can.
+WATCHDOG_GRACE_SECONDS = 1.0
+# How often a running script's progress is checked.
+WATCH_STEP_SECONDS = 0.1
+# The first size of the buffer that requests are written into (it grows with the largest request).
+TRANSFER_BYTES = 64 * 1024
+# How many times in a row a script may find the isolate busy (running promise continuations longer
+# than the timeout) before the isolate is given up.
+MAX_BUSY_WAITS = 3
+# Seconds to wait for a terminated isolate to answer again before it is considered stuck.
+PROBE_SECONDS = 1.0
+# A call whose isolate shows no sign of life for TASK_TIMEOUT plus this long is given up.
+BACKSTOP_SECONDS = 5.0
+# The scheduled tasks a plugin may export (any other runEvery* function is ignored, as in the original).
+SCHEDULED_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
+# Names a plugin without exports may define at its top level (the original read them from its global).
+TOP_LEVEL_NAMES = (
+    "setupPlugin",
+    "teardownPlugin",
+    "processEvent",
+    "processEventBatch",
+    "onEvent",
+    "exportEvents",
+    *SCHEDULED_TASKS,
+    "jobs",
+    "metrics",
+)
+CONSOLE_LEVELS = frozenset({"debug", "log", "info", "warn", "error"})
+METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
+
+Operation = Callable[..., Awaitable[Any]]
+
+# Operations a plugin's isolate may ask for, by the name prelude.js uses: the meta method they call.
+META_OPERATIONS: dict[str, tuple[str, ...]] = {
+    "cache.set": ("cache", "set"),
+    "cache.get": ("cache", "get"),
+    "cache.incr": ("cache", "incr"),
+    "cache.expire": ("cache", "expire"),
+    "cache.lpush": ("cache", "lpush"),
+    "cache.lrange": ("cache", "lrange"),
+    "cache.llen": ("cache", "llen"),
+    "cache.lrem": ("cache", "lrem"),
+    "cache.lpop": ("cache", "lpop"),
+    "storage.get": ("storage", "get"),
+    "storage.set": ("storage", "set"),
+    "storage.del": ("storage", "delete"),
+    "cursor.init": ("utils", "cursor", "init"),
+    "cursor.increment": ("utils", "cursor", "increment"),
+    "geoip.locate": ("geoip", "locate"),
+    "posthog.capture": ("posthog", "capture"),
+}
+
+
+class JSError(PluginError):
+    """An error thrown by plugin code: `str()` is its message; `name` and `stack` are JavaScript's."""
+
+    def __init__(self, name: str, message: str, stack: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.stack = stack
+
+
+class JSHeapLimitError(PluginError):
+    """The plugin's isolate reached its heap limit and was discarded."""
+
+
+class FetchError(Exception):
+    """`fetch` could not get a response (the name node-fetch gives this error)."""
+
+
+class _Interrupted(Exception):
+    """A script ran too long and was terminated; the isolate is still usable."""
+
+
+@cache
+def prelude_js() -> str:
+    return (Path(__file__).parent / "prelude.js").read_text(encoding="utf-8")
+
+
+def js_string(text: str | bytes) -> str:
+    """A JavaScript string literal holding `text` (JSON's string syntax is valid JavaScript)."""
+    return orjson.dumps(text.decode() if isinstance(text, bytes) else text).decode()
+
+
+def module_expression(code: str, guards_name: str) -> str:
+    """The module function around transpiled code (transpile.py's contract), which also returns the
+    top-level functions, for plugins that export nothing. The code starts on the first line, so that
+    line numbers in stack traces are the code's own."""
+    params = ", ".join((*MODULE_PARAMETERS, guards_name))
+    found = ", ".join(
+        f"{name}: typeof {name} === 'undefined' ? undefined : {name}" for name in TOP_LEVEL_NAMES
+    )
+    return f"(function ({params}) {{{code}\n;return {{{found}}};\n}})"
+
+
+def js_exception(error: Any) -> Exception:
+    """The Python exception for an error thrown in JavaScript ({name, message, stack})."""
+    details = error if isinstance(error, dict) else {}
+    name = str(details.get("name") or "Error")
+    message = str(details.get("message") or "")
+    stack = details.get("stack") if isinstance(details.get("stack"), str) else None
+    exception: Exception
+    if name == "RetryError":
+        exception = RetryError(message)
+    elif name == "TimeoutError":
+        exception = PluginTimeout(message)
+    else:
+        exception = JSError(name, message, stack)
+    if stack:
+        exception.add_note(stack)
+    return exception
+
+
+def _outcome_value(outcome: Any) -> Any:
+    """The value of a call's outcome ([1, value]); raises what the plugin threw ([0, error])."""
+    if not isinstance(outcome, list) or len(outcome) != 2:
+        raise PluginError(f"the JavaScript runtime returned a malformed result: {outcome!r:.200}")
+    status, value = outcome
+    if status != 1:
+        raise js_exception(value)
+    return value
+
+
+def _response(response: httpx.Response) -> dict[str, Any]:
+    """What JavaScript makes a fetch Response from."""
+    return {
+        "status": response.status_code,
+        "statusText": response.reason_phrase,
+        "url": str(response.url),
+        "redirected": bool(response.history),
+        "headers": response.headers.multi_items(),
+        "body": base64.b64encode(response.content).decode(),
+    }
+
+
+def _request_content(body: Any) -> bytes | None:
+    if not isinstance(body, dict):
+        return None
+    if "base64" in body:
+        return base64.b64decode(str(body["base64"]))
+    return str(body.get("text", "")).encode()
+
+
+def _json(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str)
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _ascii(data: bytes) -> bytes:
+    """JSON text in ASCII (non-ASCII characters, which JSON has only in strings, as \\u escapes), which
+    JavaScript reads from bytes without a UTF-8 decoder."""
+    if data.isascii():
+        return data
+    return _NON_ASCII.sub(_escape, data.decode()).encode()
+
+
+def _copy(error: PluginError) -> PluginError:
+    return type(error)(*error.args)
+
+
+class HostOperations:
+    """What a plugin's isolate may ask Python to do: the meta operations of one plugin config."""
+
+    def __init__(self, meta: Any, http: httpx.AsyncClient) -> None:
+        self._meta = meta
+        self._http = http
+        self._own: dict[str, Operation] = {
+            "posthog.api": self._posthog_api,
+            "jobs.run": self._run_job,
+            "fetch": self._fetch,
+        }
+
+    def operation(self, op: str) -> Operation | None:
+        """The coroutine function for an operation name, or None for a name that is not one."""
+        own = self._own.get(op)
+        if own is not None:
+            return own
+        path = META_OPERATIONS.get(op)
+        if path is None:
+            return None
+        target = self._meta
+        for name in path:
+            target = getattr(target, name)
+        return target  # type: ignore[no-any-return]
+
+    def console(self, level: str, text: str) -> None:
+        if level in CONSOLE_LEVELS:
+            getattr(self._meta.logger, level)(str(text))
+
+    def metric(self, name: str, kind: str, value: float) -> None:
+        """Checked in JavaScript already (declared name, number); the host owns the values."""
+        metrics = self._meta.metrics
+        if metrics is not None and kind in METRIC_OPERATIONS:
+            getattr(metrics[name], METRIC_OPERATIONS[kind])(value)
+
+    def uncaught(self, error: Any) -> None:
+        exception = js_exception(error)
+        self._meta.logger.plugin_error(f"Uncaught {type(exception).__name__} in a timer: {exception}")
+
+    async def _run_job(self, name: str, payload: Any, how: str, *args: Any) -> None:
+        runner = self._meta.jobs[name](payload)
+        if how == "now":
+            await runner.run_now()
+        elif how == "in":
+            await runner.run_in(*args)
+        elif how == "at":
+            await runner.run_at(*args)
+        else:
+            raise ValueError(f"unknown way to run a job: {how!r}")
+
+    async def _posthog_api(self, method: str, path: str, options: dict[str, Any] | None) -> dict[str, Any]:
+        if method not in ("get", "post", "put", "delete"):
+            raise ValueError(f"unknown posthog.api method {method!r}")
+        response: httpx.Response = await getattr(self._meta.posthog.api, method)(path, options)
+        return _response(response)
+
+    async def _fetch(self, url: str, request: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+            raise TypeError(f"Only absolute http(s) URLs are supported, not {url!r}")
+        redirect = request.get("redirect", "follow")
+        timeout = request.get("timeout")
+        try:
+            response = await self._http.request(
+                str(request.get("method") or "GET"),
+                url,
+                headers=[(str(name), str(value)) for name, value in request.get("headers") or []],
+                content=_request_content(request.get("body")),
+                follow_redirects=redirect == "follow",
+                timeout=timeout / 1000 if timeout else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.HTTPError as error:
+            raise FetchError(f"request to {url} failed, reason: {error}") from None
+        if redirect == "error" and response.is_redirect:
+            raise FetchError(f"uri requested responds with a redirect, redirect mode is set to error: {url}")
+        return _response(response)
+
+
+class Isolate:
+    """One V8 isolate running one plugin config's code, and the exchange of messages with it."""
+
+    def __init__(self, racer: MiniRacer, host: HostOperations, timeout: float) -> None:
+        self._racer: MiniRacer | None = racer
+        self._host = host
+        self._timeout = timeout
+        self._entry = f"__pluginServer_{secrets.token_hex(8)}"
+        self._run = f"{self._entry}.run()"
+        self._loop = asyncio.get_running_loop()
+        self._lock = asyncio.Lock()  # one script at a time
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._call_ids = itertools.count(1)
+        self._request_numbers = itertools.count(1)
+        self._inbox: list[bytes] = []  # answers and timer firings not delivered yet
+        self._poll = False  # whether promise continuations may have posted messages since the last script
+        self._wake = asyncio.Event()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._operations: set[asyncio.Task[Any]] = set()
+        self._running: asyncio.Task[Any] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        # Shared with the isolate (see prelude.js): the control counters, and the request's bytes.
+        self._control: memoryview | None = None
+        self._transfer: memoryview | None = None
+        self.lost: PluginError | None = None
+
+    @classmethod
+    async def start(
+        cls, host: HostOperations, *, timeout: float, heap_limit: int, options: dict[str, Any]
+    ) -> Isolate:
+        """A new isolate (in the running event loop) with the prelude installed."""
+        racer = MiniRacer()
+        racer.set_hard_memory_limit(heap_limit)
+        # The hard limit is checked against the heap used after any collection, garbage included; past
+        # the soft limit V8 is told memory is tight and collects old garbage sooner.
+        racer.set_soft_memory_limit(heap_limit // 2)
+        isolate = cls(racer, host, timeout)
+        try:
+            await isolate._install(options)
+        except BaseException:
+            await isolate.close()
+            raise
+        isolate._pump_task = isolate._loop.create_task(isolate._pump())
+        return isolate
+
+    async def _install(self, options: dict[str, Any]) -> None:
+        racer = self._racer
+        assert racer is not None
+        setup = f"({prelude_js()})({js_string(self._entry)}, JSON.parse({js_string(_json(options))}), {guards_js()})"
+        control = await self._evaluate(racer, setup)
+        if not isinstance(control, memoryview):
+            raise PluginError("the JavaScript prelude did not share its control buffer")
+        self._control = control.cast("i")
+
+    # ---------------------------------------------------------------- calls
+
+    async def load(self, module: str, source_url: str) -> dict[str, Any]:
+        """Run the plugin's module; what it exports (methods, tasks, jobs, metrics)."""
+
+        async def start(call_id: int) -> None:
+            script = f"{self._entry}.load({call_id}, {module})\n//# sourceURL={source_url}"
+            self._dispatch(await self._eval(script))
+            self._poll_soon()
+
+        exports = _outcome_value(await self._call(start))
+        if not isinstance(exports, dict):
+            raise PluginError("the JavaScript runtime did not describe the plugin's exports")
+        return exports
+
+    async def declare_metrics(self, declared: dict[str, str]) -> None:
+        await self._request(b'["declareMetrics",%s]' % _json(declared))
+
+    async def call(self, name: str, args: list[Any]) -> None:
+        """Call an exported function with `args` and meta; raises what it threw."""
+        given = b"%s,%s" % (_json(name), _json(args))
+        _outcome_value(await self._call(lambda call_id: self._request(b'["call",%d,%s]' % (call_id, given))))
+
+    async def job(self, name: str, payload: Any) -> None:
+        given = b"%s,%s" % (_json(name), _json(payload))
+        _outcome_value(await self._call(lambda call_id: self._request(b'["job",%d,%s]' % (call_id, given))))
+
+    async def batch(self, events_json: bytes) -> list[Any]:
+        """processEvent over the events: an outcome ([1, event or null] / [0, error]) per event. An event
+        stopped for running too long gets a timeout; the batch goes on with the others."""
+        outcomes = await self._call(
+            lambda call_id: self._request(
+                b'["batch",%d,%s]' % (call_id, events_json), resume=b'["resume",%d]' % call_id
+            )
+        )
+        if not isinstance(outcomes, list):
+            raise PluginError("the JavaScript runtime returned a malformed batch result")
+        return outcomes
+
+    async def _call(self, start: Callable[[int], Awaitable[None]]) -> Any:
+        """Start a call (`start(call_id)`) and wait for its result."""
+        call_id = next(self._call_ids)
+        result = self._loop.create_future()
+        self._calls[call_id] = result
+        try:
+            try:
+                await start(call_id)
+            except _Interrupted:
+                raise PluginTimeout(self._timeout_message()) from None
+            if not await self._watch(result, self._timeout + BACKSTOP_SECONDS):
+                raise await self._lose(
+                    PluginTimeout(f"{self._timeout_message()}; the isolate stopped answering")
+                )
+            return result.result()
+        finally:
+            self._calls.pop(call_id, None)
+            if result.done() and not result.cancelled():
+                result.exception()  # retrieved: a loss may have set it while the call failed otherwise
+
+    def _timeout_message(self) -> str:
+        return f"Script execution timed out after running for {self._timeout:g} second(s)"
+
+    # ---------------------------------------------------------------- scripts
+
+    async def _request(self, request: bytes, *, resume: bytes | None = None) -> None:
+        """Send a request (see prelude.js) and act on the messages it returns. When it is stopped for
+        running too long, `resume` (if any) lets the isolate go on with its other work; a request that
+        was stopped before it started (the isolate was busy with promise continuations) is sent again."""
+        waits = 0
+        while True:
+            number = next(self._request_numbers)
+            try:
+                messages = await self._eval(self._run, request, number)
+            except _Interrupted:
+                if self._started() != number:
+                    waits = await self._waited(waits)
+                    continue
+                if resume is None:
+                    raise
+                request = resume
+                continue
+            self._dispatch(messages)
+            self._poll_soon()
+            return
+
+    async def _waited(self, waits: int) -> int:
+        """Count one more time the isolate was found busy with promise continuations for longer than
+        the timeout; an isolate that stays that busy is given up."""
+        if waits + 1 >= MAX_BUSY_WAITS:
+            raise await self._lose(PluginTimeout(f"{self._timeout_message()}; the isolate stayed busy"))
+        return waits + 1
+
+    def _poll_soon(self) -> None:
+        """Promise continuations run after a script: collect what they post."""
+        self._poll = True
+        self._wake.set()
+
+    async def _eval(self, script: str, request: bytes | None = None, number: int = 0) -> Any:
+        """The parsed messages of a script, given `request` in the shared buffer. Raises _Interrupted
+        when the script was terminated for running too long, or the loss error when the isolate had
+        to be closed."""
+        async with self._lock:
+            racer = self._racer
+            if racer is None:
+                raise _copy(self.lost or PluginError("the plugin's isolate is closed"))
+            if request is not None:
+                await self._put(racer, _ascii(request), number)
+            result = await self._evaluate(racer, script)
+            if not isinstance(result, str):
+                raise await self._lose(PluginError("the plugin broke its JavaScript runtime"))
+            try:
+                return orjson.loads(result)
+            except orjson.JSONDecodeError:
+                raise await self._lose(PluginError("the plugin broke its JavaScript runtime")) from None
+
+    async def _put(self, racer: MiniRacer, request: bytes, number: int) -> None:
+        """Write a request into the transfer buffer, which the isolate first enlarges if need be."""
+        control, transfer = self._control, self._transfer
+        assert control is not None
+        if transfer is None or len(request) > len(transfer):
+            control[1] = -max(len(request), 2 * len(transfer or b""), TRANSFER_BYTES)
+            control[2] = 0
+            transfer = await self._evaluate(racer, self._run)  # raises if the isolate was closed meanwhile
+            if not isinstance(transfer, memoryview):
+                raise await self._lose(PluginError("the plugin broke its JavaScript runtime"))
+            self._transfer = transfer
+        transfer[: len(request)] = request
+        control[1] = len(request)
+        control[2] = number
+
+    def _started(self) -> int:
+        """The number of the last request the isolate started."""
+        return int(self._control[3]) if self._control is not None else 0
+
+    async def _evaluate(self, racer: MiniRacer, script: str) -> Any:
+        """The value of a script, run under the watchdog (see _watch)."""
+        running = self._loop.create_task(racer.eval_cancelable(script))
+        self._running = running
+        try:
+            if not await self._watch(running, self._timeout + WATCHDOG_GRACE_SECONDS):
+                await self._terminate(running)
+                if await self._responds(racer):
+                    raise _Interrupted
+                raise await self._lose(PluginTimeout(f"{self._timeout_message()}; the isolate was stuck"))
+            if self._racer is None:  # closed meanwhile
+                raise _copy(self.lost or PluginError("the plugin's isolate is closed"))
+            try:
+                result = running.result()
+            except JSEvalException as error:
+                if isinstance(error, JSOOMException) or racer.was_hard_memory_limit_reached():
+                    raise await self._lose(self._heap_error()) from None
+                raise await self._lose(
+                    PluginError(f"the plugin broke its JavaScript runtime: {error}")
+                ) from None
+            if racer.was_hard_memory_limit_reached():
+                raise await self._lose(self._heap_error())
+            return result
+        except asyncio.CancelledError:
+            if not running.done():
+                running.cancel()
+                self._lose_later(PluginError("a call into the plugin's isolate was cancelled"))
+            raise
+        finally:
+            self._running = None
+
+    def _heap_error(self) -> JSHeapLimitError:
+        return JSHeapLimitError("The plugin ran out of JavaScript heap memory; its isolate was discarded")
+
+    async def _watch(self, waiting: asyncio.Future[Any], limit: float) -> bool:
+        """Wait for `waiting` while the isolate keeps making progress (entering new plugin code); False
+        once it spent `limit` seconds on the same piece."""
+        step = min(limit / 10, WATCH_STEP_SECONDS)
+        seen, since = self._progress(), self._loop.time()
+        while True:
+            remaining = since + limit - self._loop.time()
+            done, _ = await asyncio.wait((waiting,), timeout=max(0.0, min(step, remaining)))
+            if done:
+                return True
+            count, now = self._progress(), self._loop.time()
+            if count != seen:
+                seen, since = count, now
+            elif now - since >= limit:
+                return False
+
+    def _progress(self) -> int:
+        return int(self._control[0]) if self._control is not None else 0
+
+    async def _terminate(self, running: asyncio.Task[Any]) -> None:
+        running.cancel()  # mini-racer then terminates the script, if it has started
+        await asyncio.wait((running,))
+
+    async def _responds(self, racer: MiniRacer) -> bool:
+        """Whether the isolate runs a script again: after a termination it does, unless it is stuck in
+        code that termination cannot reach (V8 runs promise continuations outside any script)."""
+        try:
+            await asyncio.wait_for(racer.eval_cancelable("0"), PROBE_SECONDS)
+        except TimeoutError:
+            return False
+        except JSEvalException:  # terminated itself, by a termination that came late: it answered
+            return not racer.was_hard_memory_limit_reached()
+        return True
+
+    # ---------------------------------------------------------------- messages
+
+    def _dispatch(self, messages: Any) -> None:
+        for message in messages if isinstance(messages, list) else ():
+            if not isinstance(message, list) or len(message) != 3:
+                continue
+            op, ident, args = message
+            if op == "$done":
+                result = self._calls.get(ident)
+                if result is not None and not result.done():
+                    result.set_result(args)
+            elif op == "$timer":
+                self._set_timer(ident, args)
+            elif op == "$untimer":
+                timer = self._timers.pop(ident, None)
+                if timer is not None:
+                    timer.cancel()
+            elif isinstance(args, list):
+                self._host_message(op, ident, args)
+
+    def _host_message(self, op: str, ident: int, args: list[Any]) -> None:
+        try:
+            if op == "console":
+                self._host.console(*args)
+            elif op == "metric":
+                self._host.metric(*args)
+            elif op == "$uncaught":
+                self._host.uncaught(*args)
+            else:
+                task = self._loop.create_task(self._operate(op, ident, args))
+                self._operations.add(task)
+                task.add_done_callback(self._operations.discard)
+        except Exception as error:  # a malformed message: the plugin's own doing
+            self._host.console("error", f"plugin server: bad {op!r} call: {error}")
+
+    async def _operate(self, op: str, ident: int, args: list[Any]) -> None:
+        """Run one meta operation; its answer is delivered to the isolate with the next batch of answers."""
+        try:
+            operation = self._host.operation(op)
+            if operation is None:
+                raise TypeError(f"{op} is not a function the plugin server provides")
+            answer = b"[%d,1,%s]" % (ident, _json(await operation(*args)))
+        except Exception as error:
+            answer = b"[%d,0,%s]" % (ident, _json({"name": type(error).__name__, "message": str(error)}))
+        self._deliver(answer)
+
+    def _set_timer(self, ident: int, args: Any) -> None:
+        delay = args[0] if isinstance(args, list) and args and isinstance(args[0], int | float) else 0
+        old = self._timers.pop(ident, None)
+        if old is not None:
+            old.cancel()
+        self._timers[ident] = self._loop.call_later(max(0.0, delay / 1000), self._fire_timer, ident)
+
+    def _fire_timer(self, ident: int) -> None:
+        self._timers.pop(ident, None)
+        self._deliver(b"[%d,2,null]" % ident)
+
+    def _deliver(self, item: bytes) -> None:
+        if self._racer is not None:
+            self._inbox.append(item)
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        """Deliver answers and timer firings, and collect what promise continuations posted."""
+        waits = 0
+        try:
+            while self._racer is not None:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._racer is not None and (self._inbox or self._poll):
+                    if self._inbox:
+                        items, self._inbox = self._inbox, []
+                        await self._request(b'["deliver",[' + b",".join(items) + b"]]", resume=b'["recover"]')
+                    else:
+                        self._poll = False
+                        try:
+                            self._dispatch(await self._eval(f"{self._entry}.poll()"))
+                            waits = 0
+                        except _Interrupted:  # the isolate was busy with continuations, which ended late
+                            waits = await self._waited(waits)
+                            self._poll = True
+        except PluginError:
+            if self.lost is None:
+                await self._lose(PluginError("the plugin's isolate stopped answering"))
+
+    # ---------------------------------------------------------------- the end
+
+    async def _lose(self, error: PluginError) -> PluginError:
+        """Close the isolate because of `error`; the error to raise (every pending call gets one too)."""
+        if self.lost is None:
+            self.lost = error
+            await self.close()
+        return _copy(self.lost)
+
+    def _lose_later(self, error: PluginError) -> None:
+        task = self._loop.create_task(self._lose(error))
+        self._operations.add(task)
+        task.add_done_callback(self._operations.discard)
+
+    async def close(self) -> None:
+        """Stop the isolate (even one stuck in JavaScript) and everything waiting on it."""
+        racer, self._racer = self._racer, None
+        if racer is None:
+            return
+        self._control = self._transfer = None  # their memory goes with the isolate
+        if self.lost is None:
+            self.lost = PluginError("the plugin's isolate was closed")
+        for result in self._calls.values():
+            if not result.done():
+                result.set_exception(_copy(self.lost))
+        current = asyncio.current_task()
+        tasks = [
+            task
+            for task in (self._pump_task, self._running, *self._operations)
+            if task is not None and task is not current and not task.done()
+        ]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._inbox.clear()
+        racer.close()
+
+
+class JSPlugin:
+    """A loaded JavaScript plugin config (implements plugins.instance.PluginInstance).
+
+    `code` is the plugin's transpiled module body (transpile.py), whose guards are named
+    `guards_name`. The isolate is built by `load`; after it is lost (heap limit, stuck), the next call
+    builds a new one and runs setupPlugin again."""
+
+    def __init__(
+        self,
+        code: str,
+        meta: Any,
+        *,
+        plugin_config_id: int,
+        timeout: float,
+        heap_limit_mb: float,
+        http: httpx.AsyncClient,
+        guards_name: str,
+        file_name: str = "index.js",
+    ) -> None:
+        self.meta = meta
+        self.plugin_config_id = plugin_config_id
+        self._module = module_expression(code, guards_name)
+        self._source_url = f"plugin-{plugin_config_id}/{file_name}"
+        self._timeout = timeout
+        self._heap_limit = int(heap_limit_mb * 1024 * 1024)
+        self._http = http
+        self._isolate: Isolate | None = None
+        self._building = asyncio.Lock()
+        self._set_up = False
+        self._closed = False
+        self.methods: frozenset[str] = frozenset()
+        self.scheduled_tasks: tuple[str, ...] = ()
+        self.jobs: tuple[str, ...] = ()
+        self.metrics: dict[str, str] = {}
+
+    @classmethod
+    async def load(
+        cls,
+        code: str,
+        meta: Any,
+        *,
+        plugin_config_id: int,
+        timeout: float,
+        heap_limit_mb: float,
+        http: httpx.AsyncClient,
+        guards_name: str,
+        file_name: str = "index.js",
+    ) -> JSPlugin:
+        """Build the plugin's isolate and run its module (setupPlugin runs in `setup`)."""
+        plugin = cls(
+            code,
+            meta,
+            plugin_config_id=plugin_config_id,
+            timeout=timeout,
+            heap_limit_mb=heap_limit_mb,
+            http=http,
+            guards_name=guards_name,
+            file_name=file_name,
+        )
+        plugin._isolate = await plugin._build()
+        return plugin
+
+    async def _build(self) -> Isolate:
+        isolate = await Isolate.start(
+            HostOperations(self.meta, self._http),
+            timeout=self._timeout,
+            heap_limit=self._heap_limit,
+            options=self._options(),
+        )
+        try:
+            self._learn(await isolate.load(self._module, self._source_url))
+            declared = dict(self.metrics)
+            if "exportEvents" in self.methods:
+                declared = {**EXPORT_EVENTS_METRICS, **declared}
+            await isolate.declare_metrics(declared)
+        except BaseException:
+            await isolate.close()
+            raise
+        return isolate
+
+    def _options(self) -> dict[str, Any]:
+        attachments = {
+            key: {
+                "content_type": attachment.content_type,
+                "file_name": attachment.file_name,
+                "base64": base64.b64encode(attachment.contents).decode(),
+            }
+            for key, attachment in (self.meta.attachments or {}).items()
+        }
+        return {"timeoutMs": self._timeout * 1000, "config": self.meta.config, "attachments": attachments}
+
+    def _learn(self, exports: dict[str, Any]) -> None:
+        names = set(exports.get("methods") or ())
+        if "processEventBatch" in names:
+            names.add("processEvent")  # processEvent semantics, one event at a time
+        self.methods = frozenset(name for name in METHODS if name in names)
+        tasks = set(exports.get("tasks") or ())
+        self.scheduled_tasks = tuple(name for name in SCHEDULED_TASKS if name in tasks)
+        self.jobs = tuple(str(name) for name in exports.get("jobs") or ())
+        metrics = exports.get("metrics")
+        self.metrics = validate_declared(metrics) if metrics is not None else {}
+
+    async def _ready(self) -> Isolate:
+        """The live isolate, rebuilt (and set up again) if it was lost."""
+        isolate = self._isolate
+        if isolate is not None and isolate.lost is None:
+            return isolate
+        async with self._building:
+            if self._closed:
+                raise PluginError("this plugin was torn down")
+            isolate = self._isolate
+            if isolate is None or isolate.lost is not None:
+                self._isolate = None
+                isolate = await self._build()
+                if self._set_up:
+                    await self._setup_plugin(isolate)
+                self._isolate = isolate
+            return isolate
+
+    async def _setup_plugin(self, isolate: Isolate) -> None:
+        try:
+            if "setupPlugin" in self.methods:
+                await isolate.call("setupPlugin", [])
+        except BaseException:
+            await isolate.close()
+            raise
+
+    # ---------------------------------------------------------------- PluginInstance
+
+    async def setup(self) -> None:
+        isolate = await self._ready()
+        await self._setup_plugin(isolate)
+        self._set_up = True
+
+    async def teardown(self) -> None:
+        async with self._building:
+            self._closed = True
+            isolate, self._isolate = self._isolate, None
+        if isolate is None:
+            return
+        try:
+            if "teardownPlugin" in self.methods and isolate.lost is None and self._set_up:
+                await isolate.call("teardownPlugin", [])
+        finally:
+            await isolate.close()
+
+    async def process_events(self, events: list[RawEvent], hung: frozenset[str]) -> list[EventOutcome]:
+        outcomes: list[EventOutcome] = [None] * len(events)
+        given: list[int] = []
+        for index, event in enumerate(events):
+            if str(event.get("uuid")) in hung:
+                outcomes[index] = PluginTimeout(
+                    "processEvent ran too long on this event before and its worker was replaced; "
+                    "the event continued without this plugin's change"
+                )
+            elif "processEvent" in self.methods:
+                given.append(index)
+            else:
+                outcomes[index] = copy_event(event)
+        if given:
+            for index, outcome in zip(given, await self._batch([events[i] for i in given]), strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    async def _batch(self, events: list[RawEvent]) -> Iterable[EventOutcome]:
+        try:
+            isolate = await self._ready()
+            results = await isolate.batch(_json(events))
+            if len(results) != len(events):
+                raise PluginError("the JavaScript runtime returned a result per event of another batch")
+        except Exception as error:
+            return [error] * len(events)
+        return [_event_outcome(event, result) for event, result in zip(events, results, strict=True)]
+
+    async def on_event(self, event: RawEvent) -> None:
+        if "onEvent" in self.methods:
+            await (await self._ready()).call("onEvent", [event])
+
+    async def export_events(self, events: list[RawEvent]) -> None:
+        if "exportEvents" in self.methods:
+            await (await self._ready()).call("exportEvents", [events])
+
+    async def run_task(self, name: str) -> None:
+        if name in self.scheduled_tasks:
+            await (await self._ready()).call(name, [])
+
+    async def run_job(self, name: str, payload: Any) -> None:
+        if name not in self.jobs:
+            raise PluginError(f"this plugin has no job {name!r}")
+        await (await self._ready()).job(name, payload)
+
+
+def _event_outcome(before: RawEvent, result: Any) -> EventOutcome:
+    try:
+        return checked_result(before, _outcome_value(result))
+    except Exception as error:  # what the plugin threw, or a result the server refuses
+        return error
