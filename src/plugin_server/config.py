@@ -75,6 +75,11 @@ class Settings(BaseModel):
     JS_HEAP_LIMIT_MB: float = Field(
         64, gt=0, description="V8 heap limit of each JavaScript plugin config's isolate"
     )
+    PLUGIN_IDLE_UNLOAD_SECONDS: float = Field(
+        600,
+        ge=0,
+        description="tear down a plugin config's instance unused for this long (set up again on next use); 0 disables",
+    )
     REDIS_POOL_MIN_SIZE: int = Field(1, ge=0, description="minimum Redis connections per worker")
     REDIS_POOL_MAX_SIZE: int = Field(3, ge=1, description="maximum Redis connections per worker")
     QUEUE_VISIBILITY_TIMEOUT: float = Field(

@@ -77,7 +77,9 @@ class PluginHost:
     _background: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        self.registry = PluginRegistry(self.pool, self.create_vm)
+        self.registry = PluginRegistry(
+            self.pool, self.create_vm, idle_unload_seconds=self.settings.PLUGIN_IDLE_UNLOAD_SECONDS
+        )
         self._api_keys = PersonalApiKeys(self.pool)
 
     def create_vm(self, config: PluginConfigInForce) -> PluginVM:
@@ -127,7 +129,9 @@ class PluginHost:
         declared = dict(instance.metrics)
         if "exportEvents" in instance.methods:
             declared = {**EXPORT_EVENTS_METRICS, **declared}
-        vm.metrics = meta.metrics = PluginMetrics(declared)
+        if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
+            vm.metrics = PluginMetrics(declared)
+        meta.metrics = vm.metrics
         if "exportEvents" in instance.methods:
             vm.export_buffer = ExportBuffer(
                 instance,
@@ -195,9 +199,12 @@ class PluginHost:
         vm = self.registry.get(job.plugin_config_id)
         if vm is None:
             raise PluginError(f"plugin config {job.plugin_config_id} is not enabled")
-        instance = await vm.get()
-        if instance is None:
-            raise PluginError(f"plugin {vm.name} is not set up")
+        async with vm.use() as instance:  # not unloaded as idle while the job runs
+            if instance is None:
+                raise PluginError(f"plugin {vm.name} is not set up")
+            await self._run_job_with(vm, instance, job)
+
+    async def _run_job_with(self, vm: PluginVM, instance: PluginInstance, job: PluginJob) -> None:
         label = job.type if job.kind == "schedule" else job_label(job.type)
         try:
             if await self.hung.take(job.plugin_config_id, label):

@@ -3,13 +3,17 @@
 `reload()` reads the configs in force and keeps every VM whose config and plugin are unchanged
 (same updated_at on both); new or changed configs get a new (lazy) VM, and the VMs of changed or
 removed configs are torn down in the background.
+
+With `idle_unload_seconds` > 0, a sweep every `idle_unload_seconds / 2` (at most every minute)
+unloads the instances not used for that long (PluginVM.unload_if_idle); they are set up again on
+their next use. The sweep starts with the first reload and stops on close.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -23,14 +27,20 @@ log = logging.getLogger(__name__)
 
 class PluginRegistry:
     def __init__(
-        self, pool: AsyncConnectionPool[Any], create_vm: Callable[[PluginConfigInForce], PluginVM]
+        self,
+        pool: AsyncConnectionPool[Any],
+        create_vm: Callable[[PluginConfigInForce], PluginVM],
+        *,
+        idle_unload_seconds: float = 0,
     ) -> None:
         self._pool = pool
         self._create_vm = create_vm
         self._vms: dict[int, PluginVM] = {}
         self._by_team: dict[int, list[PluginVM]] = {}
-        self._teardowns: set[asyncio.Task[None]] = set()
+        self._teardowns: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
+        self._idle_unload_seconds = idle_unload_seconds
+        self._sweeper: asyncio.Task[None] | None = None
 
     def for_team(self, team_id: int) -> list[PluginVM]:
         """The team's plugin VMs in `order`."""
@@ -61,9 +71,39 @@ class PluginRegistry:
                 for team_id, team_configs in group_by_team(configs).items()
             }
         log.info("plugins loaded: %d configs for %d teams", len(self._vms), len(self._by_team))
+        if self._idle_unload_seconds > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_regularly())
+
+    def unload_idle(self, idle_seconds: float | None = None) -> int:
+        """Start unloading (in the background) every instance idle for `idle_seconds` (default:
+        `idle_unload_seconds`); how many. `settle()` waits for them."""
+        seconds = self._idle_unload_seconds if idle_seconds is None else idle_seconds
+        idle = [vm for vm in self._vms.values() if vm.is_idle(seconds)]
+        for vm in idle:
+            self._track(vm.unload_if_idle(seconds))
+        if idle:
+            log.info("unloading %d plugin instances idle for %gs", len(idle), seconds)
+        return len(idle)
+
+    async def settle(self) -> None:
+        """Wait for the teardowns and idle unloads running in the background."""
+        while self._teardowns:
+            await asyncio.gather(*self._teardowns, return_exceptions=True)
+
+    async def _sweep_regularly(self) -> None:
+        interval = min(self._idle_unload_seconds / 2, 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.unload_idle()
+            except Exception:
+                log.exception("unloading idle plugins failed")
 
     async def close(self) -> None:
         """Tear down every VM (on shutdown) and wait for teardowns still running."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for vm in self._vms.values():
             self._teardown_later(vm)
         self._vms, self._by_team = {}, {}
@@ -71,6 +111,9 @@ class PluginRegistry:
             await asyncio.gather(*self._teardowns, return_exceptions=True)
 
     def _teardown_later(self, vm: PluginVM) -> None:
-        task = asyncio.create_task(vm.teardown())
+        self._track(vm.teardown())
+
+    def _track(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)

@@ -62,14 +62,14 @@ class PluginRunner:
         tallies = {index: _Tally() for index in indexes}
         deferred: list[str] = []
         for vm in vms:
-            instance = await vm.get()
-            if instance is None:
-                continue
-            alive = [index for index in indexes if results[index] is not None]
-            if "processEvent" in instance.methods and alive:
-                await self._process_with(vm, instance, alive, results, tallies)
-            if instance.methods & DEFERRED_METHODS:
-                deferred.append(vm.name)
+            async with vm.use() as instance:
+                if instance is None:
+                    continue
+                alive = [index for index in indexes if results[index] is not None]
+                if "processEvent" in instance.methods and alive:
+                    await self._process_with(vm, instance, alive, results, tallies)
+                if instance.methods & DEFERRED_METHODS:
+                    deferred.append(vm.name)
         for index, tally in tallies.items():
             event = results[index]
             if event is not None and (tally.succeeded or tally.failed or deferred):
@@ -126,9 +126,11 @@ class PluginRunner:
             await asyncio.gather(*calls)
 
     async def _on_events_of(self, vm: PluginVM, events: list[RawEvent]) -> None:
-        instance = await vm.get()
-        if instance is None:
-            return
+        async with vm.use() as instance:  # not unloaded as idle while its onEvent calls run
+            if instance is not None:
+                await self._on_events_with(vm, instance, events)
+
+    async def _on_events_with(self, vm: PluginVM, instance: PluginInstance, events: list[RawEvent]) -> None:
         if vm.export_buffer is not None:
             for event in events:
                 vm.export_buffer.add(event)

@@ -3,6 +3,11 @@
 The first call that needs the plugin loads its code and runs setupPlugin. Until that succeeds the
 plugin is skipped (its events go on without it). A failing setup is retried after 3, 6, 12 ... seconds;
 after MAX_SETUP_ATTEMPTS failures the config is disabled, as the original did.
+
+An instance that has not been used for a while can be unloaded (`unload_if_idle`, called by the
+registry's idle sweep): teardownPlugin runs, its memory (a JS plugin's isolate) is freed, and the next
+use sets it up again. Callers that hold the instance across awaits do so inside `use()`, so an instance
+in use is never unloaded.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -59,6 +64,9 @@ class PluginVM:
         self._failures = 0
         self._retry_at = 0.0
         self._closed = False
+        self._last_used = time.monotonic()
+        self._in_use = 0
+        self._unloading: asyncio.Event | None = None
         # Whether this VM set the config's error: `config.error` is the row as loaded, so it does not
         # show an error recorded since, which a successful setup must clear all the same.
         self._error_recorded = False
@@ -74,8 +82,16 @@ class PluginVM:
     def name(self) -> str:
         return f"{self.config.plugin.name} ({self.config.id})"
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the instance is set up now (not waiting for a first use or a reload after unloading)."""
+        return self._instance is not None
+
     async def get(self) -> PluginInstance | None:
-        """The set-up instance, or None while it cannot be had (failed setup, waiting to retry)."""
+        """The set-up instance, or None while it cannot be had (failed setup, waiting to retry).
+
+        A caller that awaits while holding the instance should hold it inside `use()` instead."""
+        self._last_used = time.monotonic()
         if self._instance is not None:
             return self._instance
         if self._closed or self._failures >= MAX_SETUP_ATTEMPTS or time.monotonic() < self._retry_at:
@@ -85,6 +101,47 @@ class PluginVM:
         # shield: a caller that gives up waiting must not cancel the setup others wait for
         return await asyncio.shield(self._loading)
 
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[PluginInstance | None]:
+        """`get()`, with the instance kept from being unloaded as idle until the block ends."""
+        self._in_use += 1
+        try:
+            yield await self.get()
+        finally:
+            self._in_use -= 1
+            self._last_used = time.monotonic()
+
+    def is_idle(self, idle_seconds: float) -> bool:
+        """Whether the instance is set up, not in use, and was last used `idle_seconds` ago or more."""
+        return (
+            self._instance is not None
+            and not self._in_use
+            and self._loading is None
+            and self._unloading is None
+            and time.monotonic() - self._last_used >= idle_seconds
+        )
+
+    async def unload_if_idle(self, idle_seconds: float) -> bool:
+        """Tear the instance down if it is set up, not in use, and unused for `idle_seconds`; the next
+        `get()` sets it up again. Whether it was unloaded."""
+        instance = self._instance
+        if instance is None or not self.is_idle(idle_seconds):
+            return False
+        self._instance, export_buffer, self.export_buffer = None, self.export_buffer, None
+        self._unloading = unloading = asyncio.Event()
+        try:
+            if export_buffer is not None:
+                await export_buffer.flush()
+            await instance.teardown()
+            self.logger.system("INFO", f"Plugin unloaded after being idle (instance ID {self.instance_id}).")
+        except Exception as error:
+            self.logger.system("ERROR", f"Plugin failed to unload (instance ID {self.instance_id}).")
+            await self.record_error(error)
+        finally:
+            self._unloading = None
+            unloading.set()
+        return True
+
     async def record_error(self, error: BaseException | str, event: dict[str, Any] | None = None) -> None:
         self._error_recorded = True
         await record_plugin_error(self._pool, self.logger, self.config.id, error, event)
@@ -92,6 +149,8 @@ class PluginVM:
     async def teardown(self) -> None:
         """Run teardownPlugin (if it was set up) and forget the instance."""
         self._closed = True
+        if self._unloading is not None:  # an idle unload under way: let it finish its teardown
+            await self._unloading.wait()
         if self._loading is not None and not self._loading.done():
             self._loading.cancel()
             with contextlib.suppress(BaseException):
@@ -110,6 +169,8 @@ class PluginVM:
 
     async def _load(self) -> PluginInstance | None:
         try:
+            if self._unloading is not None:  # set up again only once the idle instance is torn down
+                await self._unloading.wait()
             if await self._hung.take(self.config.id, SETUP_LABEL):
                 raise PluginTimeout(
                     "setupPlugin ran for longer than TASK_TIMEOUT and its worker was replaced"

@@ -1,19 +1,22 @@
 // The host side of one plugin config's V8 isolate, evaluated before any plugin code.
 //
 // It installs the globals plugins expect (console, fetch, posthog, RetryError, setTimeout and
-// friends, Buffer, TextEncoder/TextDecoder, atob/btoa), builds `meta`, and defines the entry points
+// friends, Buffer, TextEncoder/TextDecoder, atob/btoa, URL/URLSearchParams), builds `meta`, and defines the entry points
 // that runtime.py evaluates. There are no Python functions in the isolate: JS and Python exchange
 // JSON text only.
 //
 // This file is one JavaScript expression, a function called once per isolate, which returns the
 // `control` SharedArrayBuffer (below):
 //
-//     (prelude)(entryName, options, createPluginGuards)
+//     (prelude)(entryName, options, createPluginGuards, createUrl, createCrypto)
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
-//   options             {timeoutMs, config, attachments: {key: {content_type, file_name, base64}}}
+//   options             {timeoutMs, config, attachments: {key: {content_type, file_name, base64}},
+//                       randomSeed: 64 hex digits from the host's secure random source}
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
+//   createUrl           the value of url.js (URL, URLSearchParams)
+//   createCrypto        the value of crypto.js (require('crypto'))
 //
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
 // entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
@@ -45,7 +48,7 @@
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
-(function (entryName, options, createPluginGuards) {
+(function (entryName, options, createPluginGuards, createUrl, createCrypto) {
     "use strict";
 
     // Builtins the runtime relies on, captured before plugin code can replace them.
@@ -1004,9 +1007,14 @@
 
     // ------------------------------------------------------------------ require
 
+    const url = createUrl(utf8Encode, utf8Decode);
+    const crypto = createCrypto({ encodeText, decodeBytes, bytesOf, wrapBytes, seed: options.randomSeed });
+
     const MODULES = {
         "@posthog/plugin-scaffold": freeze({ RetryError }),
         "node-fetch": fetch,
+        url,
+        crypto,
     };
 
     const ALTERNATIVES = [
@@ -1415,6 +1423,7 @@
 
     const globals = {
         console, fetch, posthog, RetryError, Buffer, TextEncoder, TextDecoder, Headers, Response, atob, btoa,
+        URL: url.URL, URLSearchParams: url.URLSearchParams,
         setTimeout: (fn, ms, ...args) => pluginTimer(fn, ms, args, false),
         setInterval: (fn, ms, ...args) => pluginTimer(fn, ms, args, true),
         setImmediate: (fn, ...args) => pluginTimer(fn, 0, args, false),

@@ -127,6 +127,22 @@ def prelude_js() -> str:
     return (Path(__file__).parent / "prelude.js").read_text(encoding="utf-8")
 
 
+@cache
+def url_js() -> str:
+    return (Path(__file__).parent / "url.js").read_text(encoding="utf-8")
+
+
+@cache
+def crypto_js() -> str:
+    return (Path(__file__).parent / "crypto.js").read_text(encoding="utf-8")
+
+
+def setup_script(entry: str, options: dict[str, Any]) -> str:
+    """The script that installs the prelude (see prelude.js for its arguments)."""
+    arguments = f"{js_string(entry)}, JSON.parse({js_string(_json(options))}), {guards_js()}, {url_js()}, {crypto_js()}"
+    return f"({prelude_js()})({arguments})"
+
+
 def js_string(text: str | bytes) -> str:
     """A JavaScript string literal holding `text` (JSON's string syntax is valid JavaScript)."""
     return orjson.dumps(text.decode() if isinstance(text, bytes) else text).decode()
@@ -343,8 +359,7 @@ class Isolate:
     async def _install(self, options: dict[str, Any]) -> None:
         racer = self._racer
         assert racer is not None
-        setup = f"({prelude_js()})({js_string(self._entry)}, JSON.parse({js_string(_json(options))}), {guards_js()})"
-        control = await self._evaluate(racer, setup)
+        control = await self._evaluate(racer, setup_script(self._entry, options))
         if not isinstance(control, memoryview):
             raise PluginError("the JavaScript prelude did not share its control buffer")
         self._control = control.cast("i")
@@ -767,7 +782,12 @@ class JSPlugin:
             }
             for key, attachment in (self.meta.attachments or {}).items()
         }
-        return {"timeoutMs": self._timeout * 1000, "config": self.meta.config, "attachments": attachments}
+        return {
+            "timeoutMs": self._timeout * 1000,
+            "config": self.meta.config,
+            "attachments": attachments,
+            "randomSeed": secrets.token_hex(32),  # for require('crypto'): V8 alone has no secure source
+        }
 
     def _learn(self, exports: dict[str, Any]) -> None:
         names = set(exports.get("methods") or ())
