@@ -15,19 +15,15 @@ import statistics
 import time
 from typing import Any
 
-import httpx
 import redis.asyncio as aioredis
 
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
 from plugin_server.config import load_settings
 from plugin_server.db.postgres import open_pool
-from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.jobs.queue import JobQueue
-from plugin_server.plugins.host import PluginHost
-from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.host import open_plugin_host
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker, HungMarks, SharedCallState
+from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.services.geoip import GeoIP
 
 NO_PLUGINS_TEAM = 999
@@ -69,29 +65,15 @@ async def run(database_url: str, redis_url: str, batches: int, batch_size: int) 
     settings = load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url)
     pool = await open_pool(database_url, max_size=8)
     redis = aioredis.Redis.from_url(redis_url)
-    http = httpx.AsyncClient()
-    logs = PluginLogWriter(pool)
-    host = PluginHost(
-        settings=settings,
-        pool=pool,
-        redis=redis,
-        http=http,
-        logs=logs,
-        jobs=JobQueue(pool),
-        geoip=GeoIP.disabled(),
-        teams=TeamManager(pool),
-        tracker=CallTracker(SharedCallState()),  # tracked as in a worker
-        hung=HungMarks(redis),
-    )
     try:
-        await host.registry.reload()
-        runner = PluginRunner(host.registry, host.hung)
-        with_plugin = await measure(runner, TEAM_ID, batches, batch_size)
-        without = await measure(runner, NO_PLUGINS_TEAM, batches, batch_size)
+        # tracked as in a worker
+        tracker = CallTracker(SharedCallState())
+        async with open_plugin_host(settings, pool, redis, geoip=GeoIP.disabled(), tracker=tracker) as host:
+            await host.registry.reload()
+            runner = PluginRunner(host.registry, host.hung)
+            with_plugin = await measure(runner, TEAM_ID, batches, batch_size)
+            without = await measure(runner, NO_PLUGINS_TEAM, batches, batch_size)
     finally:
-        await host.registry.close()
-        await logs.close()
-        await http.aclose()
         await redis.aclose()
         await pool.close()
     return with_plugin, without

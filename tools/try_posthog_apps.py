@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import redis.asyncio as aioredis
 from benchmarks.services import TEAM_ID, benchmark_services
@@ -28,14 +27,11 @@ from plugin_server.config import load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import open_pool, recreate_database
 from plugin_server.db.teams import create_organization_and_team
-from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost
-from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker, HungMarks
+from plugin_server.plugins.tracking import CallTracker
 from plugin_server.services.geoip import GeoIP
 
 MMDB = Path(__file__).parents[1] / "tests" / "assets" / "GeoLite2-City-Test.mmdb"
@@ -124,27 +120,12 @@ async def main_async(packages: Path, database_url: str, redis_url: str) -> None:
     settings = load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url)
     pool = await open_pool(database_url, max_size=8)
     redis = aioredis.Redis.from_url(redis_url)
-    http = httpx.AsyncClient()
-    logs = PluginLogWriter(pool)
-    host = PluginHost(
-        settings=settings,
-        pool=pool,
-        redis=redis,
-        http=http,
-        logs=logs,
-        jobs=JobQueue(pool),
-        geoip=GeoIP.from_file(MMDB),
-        teams=TeamManager(pool),
-        tracker=CallTracker(None),
-        hung=HungMarks(redis),
-    )
     try:
-        for trial in TRIALS:
-            await run_trial(host, database_url, packages, trial)
+        geoip = GeoIP.from_file(MMDB)
+        async with open_plugin_host(settings, pool, redis, geoip=geoip, tracker=CallTracker(None)) as host:
+            for trial in TRIALS:
+                await run_trial(host, database_url, packages, trial)
     finally:
-        await host.registry.close()
-        await logs.close()
-        await http.aclose()
         await redis.aclose()
         await pool.close()
 

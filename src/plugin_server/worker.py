@@ -17,7 +17,6 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-import httpx
 import psycopg
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -31,14 +30,11 @@ from plugin_server.ingestion.ordering import Turn, Turnstile
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline
 from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
-from plugin_server.ingestion.teams import TeamManager
-from plugin_server.jobs.queue import JobQueue
 from plugin_server.jobs.scheduler import Scheduler
 from plugin_server.logs import setup_logging
-from plugin_server.plugins.host import PluginHost
-from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker, HungMarks, SharedCallState
+from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.services.geoip import load_geoip
 from plugin_server.sinks.postgres import PostgresEventSink
 
@@ -165,23 +161,10 @@ class Worker:
     ) -> PluginHost:
         """The plugin services of this worker, with the plugins in force loaded (lazily set up)."""
         settings = self.settings
-        http = httpx.AsyncClient(timeout=settings.TASK_TIMEOUT, follow_redirects=True)
-        stack.push_async_callback(http.aclose)
-        logs = PluginLogWriter(pool)
-        stack.push_async_callback(logs.close)
-        host = PluginHost(
-            settings=settings,
-            pool=pool,
-            redis=redis_client,
-            http=http,
-            logs=logs,
-            jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
-            geoip=await load_geoip(pool, file_path=settings.MMDB_FILE_PATH, disabled=settings.DISABLE_MMDB),
-            teams=TeamManager(pool),
-            tracker=self.tracker,
-            hung=HungMarks(redis_client),
+        geoip = await load_geoip(pool, file_path=settings.MMDB_FILE_PATH, disabled=settings.DISABLE_MMDB)
+        host = await stack.enter_async_context(
+            open_plugin_host(settings, pool, redis_client, geoip=geoip, tracker=self.tracker)
         )
-        stack.push_async_callback(host.registry.close)
         await self._reload(host)
         return host
 

@@ -8,8 +8,10 @@ plugin jobs and scheduled tasks taken from the job queue, and reports plugin met
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -268,3 +270,35 @@ class PluginHost:
                 "plugin_tag": plugin.tag,
             }
             await capture.capture(PLUGIN_METRICS_EVENT, properties)
+
+
+@contextlib.asynccontextmanager
+async def open_plugin_host(
+    settings: Settings,
+    pool: AsyncConnectionPool[Any],
+    redis: aioredis.Redis,
+    *,
+    geoip: GeoIP,
+    tracker: CallTracker,
+) -> AsyncIterator[PluginHost]:
+    """A plugin host with its own HTTP client, log writer and job queue; on exit the plugins are torn
+    down and their logs flushed. Its registry is empty until `registry.reload()`."""
+    async with httpx.AsyncClient(timeout=settings.TASK_TIMEOUT, follow_redirects=True) as http:
+        logs = PluginLogWriter(pool)
+        host = PluginHost(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            http=http,
+            logs=logs,
+            jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
+            geoip=geoip,
+            teams=TeamManager(pool),
+            tracker=tracker,
+            hung=HungMarks(redis),
+        )
+        try:
+            yield host
+        finally:
+            await host.registry.close()
+            await logs.close()
