@@ -8,7 +8,7 @@
 // This file is one JavaScript expression, a function called once per isolate, which returns the
 // `control` SharedArrayBuffer (below):
 //
-//     (prelude)(entryName, options, createPluginGuards, createUrl, createCrypto)
+//     (prelude)(entryName, options, createPluginGuards, createUrl, createCrypto, createContrib, createZlib)
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
@@ -17,6 +17,8 @@
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
 //   createUrl           the value of url.js (URL, URLSearchParams)
 //   createCrypto        the value of crypto.js (require('crypto'))
+//   createContrib       the value of contrib.js (require('@posthog/plugin-contrib'))
+//   createZlib          the value of zlib.js (require('zlib'))
 //
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
 // entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
@@ -48,7 +50,7 @@
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
-(function (entryName, options, createPluginGuards, createUrl, createCrypto) {
+(function (entryName, options, createPluginGuards, createUrl, createCrypto, createContrib, createZlib) {
     "use strict";
 
     // Builtins the runtime relies on, captured before plugin code can replace them.
@@ -194,8 +196,12 @@
         try {
             apply(timer.fn, undefined, timer.args);
         } catch (error) {
-            post("[\"$uncaught\",0,[" + stringify(describeError(error)) + "]]");
+            reportUncaught(error);
         }
+    }
+
+    function reportUncaught(error) {
+        post("[\"$uncaught\",0,[" + stringify(describeError(error)) + "]]");
     }
 
     // Deadlines of calls and events: all last timeoutMs and start in time order, so one timer for the
@@ -1010,8 +1016,16 @@
     const url = createUrl(utf8Encode, utf8Decode);
     const crypto = createCrypto({ encodeText, decodeBytes, bytesOf, wrapBytes, seed: options.randomSeed });
 
+    const contrib = createContrib({
+        setTimeout: (fn, ms) => pluginTimer(fn, ms, [], false),
+        clearTimeout: clearPluginTimer,
+        reportError: reportUncaught,
+    });
+
     const MODULES = {
         "@posthog/plugin-scaffold": freeze({ RetryError }),
+        "@posthog/plugin-contrib": contrib,
+        zlib: createZlib({ encodeText, bytesOf, wrapBytes }),
         "node-fetch": fetch,
         url,
         crypto,

@@ -137,9 +137,20 @@ def crypto_js() -> str:
     return (Path(__file__).parent / "crypto.js").read_text(encoding="utf-8")
 
 
+@cache
+def contrib_js() -> str:
+    return (Path(__file__).parent / "contrib.js").read_text(encoding="utf-8")
+
+
+@cache
+def zlib_js() -> str:
+    return (Path(__file__).parent / "zlib.js").read_text(encoding="utf-8")
+
+
 def setup_script(entry: str, options: dict[str, Any]) -> str:
     """The script that installs the prelude (see prelude.js for its arguments)."""
-    arguments = f"{js_string(entry)}, JSON.parse({js_string(_json(options))}), {guards_js()}, {url_js()}, {crypto_js()}"
+    modules = (guards_js(), url_js(), crypto_js(), contrib_js(), zlib_js())
+    arguments = ", ".join((js_string(entry), f"JSON.parse({js_string(_json(options))})", *modules))
     return f"({prelude_js()})({arguments})"
 
 
