@@ -116,7 +116,8 @@ async def test_ingested_event_is_set_once_and_the_cache_refreshed(
         await manager.mark_ingested_event(fresh)
         await other_worker.mark_ingested_event(stale)  # a worker whose cache is older: no second milestone
     assert len(statements) == 2
-    assert [record.getMessage() for record in caplog.records] == [
+    teams_records = [record for record in caplog.records if record.name == "plugin_server.ingestion.teams"]
+    assert [record.getMessage() for record in teams_records] == [
         f"first event ingested for team {team.team_id} ({fresh.uuid})"
     ]
     assert clean_db.execute("SELECT ingested_event FROM posthog_team").fetchone() == (True,)
