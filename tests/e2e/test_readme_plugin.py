@@ -7,9 +7,7 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import psycopg
 import pytest
 
 from plugin_server.db.teams import CreatedTeam
+from tests.loopback import LoopbackService, Request
 
 from .server import celery_app, running_server, send_event, wait_for_count, wait_until
 
@@ -34,23 +33,15 @@ def readme_example() -> tuple[str, str]:
 
 @pytest.fixture
 def hook() -> Iterator[tuple[str, list[Any]]]:
-    """A loopback stand-in for the webhook the example exports to."""
+    """A loopback stand-in for the webhook the example exports to: (its URL, the batches it got)."""
     received: list[Any] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
+    def answer(request: Request) -> tuple[int, bytes]:
+        received.append(json.loads(request.body))
+        return 200, b"{}"
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
+    with LoopbackService(answer) as service:
+        yield f"{service.url}/hook", received
 
 
 def test_the_readme_plugin_installs_and_runs(

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,6 +38,7 @@ from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.services.geoip import GeoIP
 from tests.integration.test_plugin_logs import insert_plugin_config
+from tests.loopback import LoopbackService, Request
 
 Db = psycopg.Connection[Any]
 QUEUE = "posthog-plugins-js-test"
@@ -51,67 +50,19 @@ GEOIP_DATABASE = Path(__file__).parents[1] / "assets" / "GeoLite2-City-Test.mmdb
 # ---------------------------------------------------------------------- a loopback HTTP service
 
 
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class StubService:
-    """An HTTP service on 127.0.0.1: `/json` answers JSON, `/echo` returns the request, `/status/N`
-    answers status N; every request is recorded."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                request = Request(
-                    self.command,
-                    self.path,
-                    {k.lower(): v for k, v in self.headers.items()},
-                    self.rfile.read(length),
-                )
-                stub.requests.append(request)
-                status, body = 200, b'{"hello": "w\\u00f6rld", "n": 1}'
-                if self.path.startswith("/echo"):
-                    body = json.dumps(
-                        {"method": request.method, "body": request.body.decode(), "headers": request.headers}
-                    ).encode()
-                elif self.path.startswith("/status/"):
-                    status, body = int(self.path.rsplit("/", 1)[1]), b"no"
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Stub", "yes")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self) -> StubService:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+def _service_answer(request: Request) -> tuple[int, bytes]:
+    """`/json` answers JSON, `/echo` returns the request, `/status/N` answers status N."""
+    if request.path.startswith("/echo"):
+        echoed = {"method": request.method, "body": request.body.decode(), "headers": request.headers}
+        return 200, json.dumps(echoed).encode()
+    if request.path.startswith("/status/"):
+        return int(request.path.rsplit("/", 1)[1]), b"no"
+    return 200, b'{"hello": "w\\u00f6rld", "n": 1}'
 
 
 @pytest.fixture(scope="module")
-def service() -> Iterator[StubService]:
-    with StubService() as stub:
+def service() -> Iterator[LoopbackService]:
+    with LoopbackService(_service_answer, {"X-Stub": "yes"}) as stub:
         yield stub
 
 
@@ -701,7 +652,7 @@ async def test_timers(load: Loader) -> None:
 # ---------------------------------------------------------------------- fetch, RetryError, require
 
 
-async def test_fetch(load: Loader, service: StubService) -> None:
+async def test_fetch(load: Loader, service: LoopbackService) -> None:
     plugin = await load(
         """
         import fetchModule from 'node-fetch'
@@ -747,7 +698,7 @@ async def test_fetch(load: Loader, service: StubService) -> None:
     assert echo["method"] == "POST" and echo["body"] == '{"a":1}' and echo["headers"]["x-token"] == "secret"
 
 
-async def test_retry_error_from_export_events(load: Loader, service: StubService) -> None:
+async def test_retry_error_from_export_events(load: Loader, service: LoopbackService) -> None:
     plugin = await load(
         """
         import { RetryError } from '@posthog/plugin-scaffold'
@@ -767,7 +718,7 @@ async def test_retry_error_from_export_events(load: Loader, service: StubService
         await global_retry.export_events([event()])
 
 
-async def test_posthog_api(load: Loader, service: StubService) -> None:
+async def test_posthog_api(load: Loader, service: LoopbackService) -> None:
     plugin = await load(
         """
         export async function processEvent(event, { config }) {

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import psycopg
@@ -22,69 +18,16 @@ from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from tests.conftest import Counted
+from tests.loopback import LoopbackService
 
 Db = psycopg.Connection[Any]
 QUEUE = "posthog-plugins-test"
 
 
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-
-class StubPostHog:
-    """PostHog's API on 127.0.0.1: answers every request with `{"ok": true}` and records it."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                url = urlsplit(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                stub.requests.append(
-                    Request(
-                        method=self.command,
-                        path=url.path,
-                        query={key: values[-1] for key, values in parse_qs(url.query).items()},
-                        headers={key.lower(): value for key, value in self.headers.items()},
-                        body=self.rfile.read(length),
-                    )
-                )
-                answer = b'{"ok": true}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _answer
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    def __enter__(self) -> StubPostHog:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
 @pytest.fixture
-def stub() -> Iterator[StubPostHog]:
-    with StubPostHog() as server:
+def stub() -> Iterator[LoopbackService]:
+    """PostHog's API on 127.0.0.1: answers every request with `{"ok": true}`."""
+    with LoopbackService(lambda _: (200, b'{"ok": true}')) as server:
         yield server
 
 
@@ -95,7 +38,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def api_for(
-    team: CreatedTeam, http: httpx.AsyncClient, keys: PersonalApiKeys, stub: StubPostHog
+    team: CreatedTeam, http: httpx.AsyncClient, keys: PersonalApiKeys, stub: LoopbackService
 ) -> PostHogApi:
     """`meta.posthog.api` of a plugin config of `team`, as the plugin host builds it."""
     return PostHogApi(
@@ -128,7 +71,7 @@ def count(db: Db, table: str) -> int:
 
 
 async def test_get_and_delete_send_data_as_query_parameters(
-    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: StubPostHog
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
 ) -> None:
     api = api_for(team, http, PersonalApiKeys(pool), stub)
     keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
@@ -150,7 +93,7 @@ async def test_get_and_delete_send_data_as_query_parameters(
 
 
 async def test_post_and_put_send_data_as_a_json_body(
-    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: StubPostHog
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
 ) -> None:
     api = api_for(team, http, PersonalApiKeys(pool), stub)
     keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
@@ -169,7 +112,7 @@ async def test_post_and_put_send_data_as_a_json_body(
 
 
 async def test_the_host_option_replaces_the_default_host(
-    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: StubPostHog
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
 ) -> None:
     api = PostHogApi(
         http=http,
@@ -197,7 +140,7 @@ async def test_giving_only_one_of_the_keys_raises(
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
     http: httpx.AsyncClient,
-    stub: StubPostHog,
+    stub: LoopbackService,
 ) -> None:
     api = api_for(team, http, PersonalApiKeys(pool), stub)
 
@@ -213,7 +156,7 @@ async def test_given_keys_need_no_bot_user(
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
     http: httpx.AsyncClient,
-    stub: StubPostHog,
+    stub: LoopbackService,
 ) -> None:
     api = api_for(team, http, PersonalApiKeys(pool), stub)
 
@@ -226,7 +169,7 @@ async def test_given_keys_need_no_bot_user(
 
 
 async def test_without_keys_the_team_token_and_a_bot_users_key_are_used(
-    clean_db: Db, team: CreatedTeam, counted: Counted, http: httpx.AsyncClient, stub: StubPostHog
+    clean_db: Db, team: CreatedTeam, counted: Counted, http: httpx.AsyncClient, stub: LoopbackService
 ) -> None:
     pool, statements = counted
     keys = PersonalApiKeys(pool)
@@ -259,7 +202,7 @@ async def test_each_organization_gets_its_own_bot_user(
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
     http: httpx.AsyncClient,
-    stub: StubPostHog,
+    stub: LoopbackService,
 ) -> None:
     other = create_organization_and_team(clean_db, organization_name="Other", team_name="Other project")
     keys = PersonalApiKeys(pool)
@@ -321,7 +264,7 @@ async def test_concurrent_first_calls_create_one_bot_user(
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
     http: httpx.AsyncClient,
-    stub: StubPostHog,
+    stub: LoopbackService,
 ) -> None:
     """In one worker (parallel onEvent calls) and across workers (each with its own cache)."""
     one_worker = api_for(team, http, PersonalApiKeys(pool), stub)
