@@ -123,35 +123,16 @@ class _Interrupted(Exception):
 
 
 @cache
-def prelude_js() -> str:
-    return (Path(__file__).parent / "prelude.js").read_text(encoding="utf-8")
-
-
-@cache
-def url_js() -> str:
-    return (Path(__file__).parent / "url.js").read_text(encoding="utf-8")
-
-
-@cache
-def crypto_js() -> str:
-    return (Path(__file__).parent / "crypto.js").read_text(encoding="utf-8")
-
-
-@cache
-def contrib_js() -> str:
-    return (Path(__file__).parent / "contrib.js").read_text(encoding="utf-8")
-
-
-@cache
-def zlib_js() -> str:
-    return (Path(__file__).parent / "zlib.js").read_text(encoding="utf-8")
+def js_source(name: str) -> str:
+    """One of our own JS files beside this module (read once per process)."""
+    return (Path(__file__).parent / f"{name}.js").read_text(encoding="utf-8")
 
 
 def setup_script(entry: str, options: dict[str, Any]) -> str:
     """The script that installs the prelude (see prelude.js for its arguments)."""
-    modules = (guards_js(), url_js(), crypto_js(), contrib_js(), zlib_js())
+    modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
     arguments = ", ".join((js_string(entry), f"JSON.parse({js_string(_json(options))})", *modules))
-    return f"({prelude_js()})({arguments})"
+    return f"({js_source('prelude')})({arguments})"
 
 
 def js_string(text: str | bytes) -> str:
