@@ -75,6 +75,12 @@ class Settings(BaseModel):
     JS_HEAP_LIMIT_MB: float = Field(
         64, gt=0, description="V8 heap limit of each JavaScript plugin config's isolate"
     )
+    JS_ARRAY_BUFFER_LIMIT_MB: float = Field(
+        256,
+        gt=0,
+        description="most memory each JavaScript plugin config may hold in ArrayBuffers and typed arrays "
+        "(outside the V8 heap)",
+    )
     PLUGIN_IDLE_UNLOAD_SECONDS: float = Field(
         600,
         ge=0,

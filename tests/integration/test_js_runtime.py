@@ -26,7 +26,7 @@ from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.host import GeoIPExtension, Meta
 from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout, capabilities
-from plugin_server.plugins.js.runtime import FetchError, JSError, JSHeapLimitError, JSPlugin
+from plugin_server.plugins.js.runtime import FetchError, JSError, JSHeapLimitError, JSPlugin, MemoryLimits
 from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.errors import IllegalOperationError
@@ -44,6 +44,7 @@ Db = psycopg.Connection[Any]
 QUEUE = "posthog-plugins-js-test"
 TIMEOUT = 1.0
 HEAP_LIMIT_MB = 32
+ARRAY_BUFFER_LIMIT_MB = 64
 GEOIP_DATABASE = Path(__file__).parents[1] / "assets" / "GeoLite2-City-Test.mmdb"
 
 
@@ -165,7 +166,7 @@ async def load(setup: Setup) -> AsyncIterator[Loader]:
             meta,
             plugin_config_id=setup.config_id,
             timeout=TIMEOUT,
-            heap_limit_mb=HEAP_LIMIT_MB,
+            memory=MemoryLimits(HEAP_LIMIT_MB, ARRAY_BUFFER_LIMIT_MB),
             http=setup.http,
             guards_name=transpiler.guards_name,
             file_name=file_name,
@@ -854,6 +855,113 @@ async def test_a_memory_bomb_costs_its_isolate(load: Loader) -> None:
     assert await plugin.meta.cache.get("setups") == 2
 
 
+# ---------------------------------------------------------------------- ArrayBuffer memory (memory.js)
+
+MB = 1024 * 1024
+# Ways plugin code can make a backing store, each past the 64 MB budget (`half` is a global of the plugin).
+ALLOCATIONS = {
+    "ArrayBuffer": "new ArrayBuffer(100 * MB)",
+    "SharedArrayBuffer": "new SharedArrayBuffer(100 * MB)",
+    "resizable ArrayBuffer": "new ArrayBuffer(1, { maxByteLength: 100 * MB })",
+    "Uint8Array length": "new Uint8Array(100 * MB)",
+    "Float64Array length": "new Float64Array(100 * MB / 8)",
+    "constructor of an instance": "new (new Uint8Array(1).constructor)(100 * MB)",
+    "prototype constructor": "new (Object.getPrototypeOf(Uint8Array.prototype).constructor === Uint8Array ? null : Uint8Array.prototype.constructor)(100 * MB)",
+    "subclass": "new (class extends Uint8Array {})(100 * MB)",
+    "Reflect.construct": "Reflect.construct(Uint8Array, [100 * MB], Object)",
+    "from array-like": "Uint8Array.from({ length: 100 * MB })",
+    "copy of a typed array": "(half = new Uint8Array(40 * MB), new Uint8Array(half))",
+    "slice": "(half = new Uint8Array(40 * MB), half.slice())",
+    "map": "(half = new Uint8Array(40 * MB), half.map((x) => x))",
+    "toReversed": "(half = new Uint8Array(40 * MB), half.toReversed())",
+    "ArrayBuffer slice": "(half = new ArrayBuffer(40 * MB), half.slice(0))",
+    "transfer": "new ArrayBuffer(1).transfer(100 * MB)",
+    "Buffer.alloc": "Buffer.alloc(100 * MB)",
+    "fromHex": "(half = new Uint8Array(62 * MB), Uint8Array.fromHex('00'.repeat(4 * MB)))",
+}
+
+
+@pytest.mark.parametrize("expression", ALLOCATIONS.values(), ids=ALLOCATIONS.keys())
+async def test_array_buffer_memory_is_bounded(load: Loader, expression: str) -> None:
+    plugin = await load(
+        f"""
+        const MB = 1024 * 1024
+        let kept: any
+        let half: any
+        export async function setupPlugin({{ cache }}) {{ await cache.incr('setups') }}
+        export function processEvent(event) {{
+            if (event.properties.number === 1) kept = {expression}
+            event.properties.kept = kept !== undefined
+            return event
+        }}
+        """
+    )
+    outcomes = await plugin.process_events([event(0), event(1)], frozenset())
+    for outcome in outcomes:
+        assert isinstance(outcome, JSHeapLimitError), outcome
+        assert "ran out of ArrayBuffer memory (more than 64 MB)" in str(outcome)
+    # The isolate was discarded with what it held; the next call builds a new one.
+    assert ok(await one(plugin, event(2)))["properties"]["kept"] is False
+    assert await plugin.meta.cache.get("setups") == 2
+
+
+async def test_a_plugin_that_hoards_buffers_bit_by_bit_loses_its_isolate(load: Loader) -> None:
+    plugin = await load(
+        """
+        const hoard: Uint8Array[] = []
+        export function processEvent(event) {
+            hoard.push(new Uint8Array(8 * 1024 * 1024).fill(1))
+            event.properties.hoarded = hoard.length
+            return event
+        }
+        """
+    )
+    outcomes = await plugin.process_events([event(number) for number in range(4)], frozenset())
+    assert [ok(outcome)["properties"]["hoarded"] for outcome in outcomes] == [1, 2, 3, 4]
+    outcomes = await plugin.process_events([event(number) for number in range(8)], frozenset())
+    assert all(isinstance(outcome, JSHeapLimitError) for outcome in outcomes)
+    assert ok(await one(plugin))["properties"]["hoarded"] == 1
+
+
+async def test_buffers_a_plugin_lets_go_of_are_given_back(load: Loader) -> None:
+    plugin = await load(
+        """
+        export function processEvent(event) {
+            const scratch = new Uint8Array(16 * 1024 * 1024).fill(7)
+            event.properties.sum = scratch[0] + scratch[scratch.length - 1]
+            return event
+        }
+        """
+    )
+    # 64 events x 16 MB of garbage in batches of 2: sixteen times the budget, never more than 32 MB alive.
+    for batch in range(32):
+        outcomes = await plugin.process_events([event(batch), event(batch + 100)], frozenset())
+        assert [ok(outcome)["properties"]["sum"] for outcome in outcomes] == [14, 14]
+
+
+async def test_a_refused_allocation_that_the_plugin_catches_still_costs_the_isolate_when_it_is_too_big(
+    load: Loader,
+) -> None:
+    plugin = await load(
+        """
+        export function processEvent(event) {
+            try { new Uint8Array(2 ** 31) } catch (error) { event.properties.caught = String(error) }
+            return event
+        }
+        """
+    )
+    (outcome,) = await plugin.process_events([event()], frozenset())
+    assert isinstance(outcome, JSHeapLimitError)
+    assert "WebAssembly" not in str(await one_globals(load))
+
+
+async def one_globals(load: Loader) -> Any:
+    plugin = await load(
+        "export function processEvent(event) { event.properties.wasm = typeof WebAssembly; return event }"
+    )
+    return ok(await one(plugin))["properties"]["wasm"]
+
+
 # ---------------------------------------------------------------------- what a plugin can see
 
 
@@ -908,7 +1016,7 @@ async def test_a_plugin_cannot_reach_the_host(load: Loader) -> None:
         ]
     )
     # The runtime's entry points are plain JavaScript: calling them only talks to this plugin's isolate.
-    assert seen["entry"] == ["load", "poll", "run"]
+    assert seen["entry"] == ["load", "memoryStillOver", "poll", "run"]
     assert seen["functionSource"] is False
 
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
-from plugin_server.plugins.js.runtime import JSPlugin, setup_script
+from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
 
 SEED = "5e" * 32
 
@@ -31,7 +31,7 @@ SEED = "5e" * 32
 def racer() -> Iterator[MiniRacer]:
     racer = MiniRacer()
     options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": SEED}
-    racer.eval(setup_script("__entry", options))
+    racer.eval(setup_script("__entry", options, 64 * MIB))
     racer.eval("__entry.load(1, function (exports, require) { globalThis.__require = require; })")
     yield racer
     racer.close()
@@ -389,7 +389,7 @@ def test_random_seed_comes_from_the_host() -> None:
         racer = MiniRacer()
         try:
             options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": seed}
-            racer.eval(setup_script("__entry", options))
+            racer.eval(setup_script("__entry", options, 64 * MIB))
             racer.eval("__entry.load(1, function (exports, require) { globalThis.__require = require; })")
             return str(racer.eval("__require('crypto').randomBytes(16).toString('hex')"))
         finally:
@@ -420,7 +420,13 @@ async def test_plugin_uses_url_and_crypto() -> None:
     meta = SimpleNamespace(config={}, attachments={})
     async with httpx.AsyncClient() as http:
         plugin = await JSPlugin.load(
-            PLUGIN, meta, plugin_config_id=1, timeout=1.0, heap_limit_mb=32, http=http, guards_name="__guards"
+            PLUGIN,
+            meta,
+            plugin_config_id=1,
+            timeout=1.0,
+            memory=MemoryLimits(32, 64),
+            http=http,
+            guards_name="__guards",
         )
         try:
             given = {

@@ -20,14 +20,14 @@ import httpx
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
-from plugin_server.plugins.js.runtime import JSPlugin, setup_script
+from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
 
 
 @pytest.fixture(scope="module")
 def racer() -> Iterator[MiniRacer]:
     racer = MiniRacer()
     options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": "5e" * 32}
-    racer.eval(setup_script("__entry", options))
+    racer.eval(setup_script("__entry", options, 64 * MIB))
     racer.eval("__entry.load(1, function (exports, require) { globalThis.__zlib = require('zlib'); })")
     yield racer
     racer.close()
@@ -149,7 +149,13 @@ async def test_create_buffer_flushes_on_limit_timeout_and_demand() -> None:
     meta = SimpleNamespace(config={}, attachments={})
     async with httpx.AsyncClient() as http:
         plugin = await JSPlugin.load(
-            PLUGIN, meta, plugin_config_id=1, timeout=1.0, heap_limit_mb=32, http=http, guards_name="__guards"
+            PLUGIN,
+            meta,
+            plugin_config_id=1,
+            timeout=1.0,
+            memory=MemoryLimits(32, 64),
+            http=http,
+            guards_name="__guards",
         )
         try:
             await plugin.setup()

@@ -26,7 +26,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
-from plugin_server.plugins.js.runtime import JSPlugin
+from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
 from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
 from plugin_server.plugins.meta.cache import PluginCache
@@ -123,7 +123,10 @@ class PluginHost:
                 meta,
                 plugin_config_id=config.id,
                 timeout=self.settings.TASK_TIMEOUT,
-                heap_limit_mb=self.settings.JS_HEAP_LIMIT_MB,
+                memory=MemoryLimits(
+                    heap_mb=self.settings.JS_HEAP_LIMIT_MB,
+                    array_buffers_mb=self.settings.JS_ARRAY_BUFFER_LIMIT_MB,
+                ),
                 http=self.http,
                 guards_name=transpiler.guards_name,
                 file_name=code.main,

@@ -8,12 +8,13 @@
 // This file is one JavaScript expression, a function called once per isolate, which returns the
 // `control` SharedArrayBuffer (below):
 //
-//     (prelude)(entryName, options, createPluginGuards, createUrl, createCrypto, createContrib, createZlib)
+//     (prelude)(entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib)
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
 //   options             {timeoutMs, config, attachments: {key: {content_type, file_name, base64}},
 //                       randomSeed: 64 hex digits from the host's secure random source}
+//   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
 //   createUrl           the value of url.js (URL, URLSearchParams)
 //   createCrypto        the value of crypto.js (require('crypto'))
@@ -23,8 +24,10 @@
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
 // entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
 // is the length of the request, [2] its number, which run() copies to [3] when it starts (so Python
-// knows whether a request it stopped had started). Python writes a request, JSON text in ASCII, into
-// the shared `transfer` buffer and evaluates `<entry>.run()`; keeping every evaluated script the same
+// knows whether a request it stopped had started), [4] is set when an ArrayBuffer allocation was
+// refused (Python then collects garbage and asks `<entry>.memoryStillOver()`), [5] is the KiB held in
+// ArrayBuffers (past half the budget, Python asks V8 for a full collection after the script). Python
+// writes a request, JSON text in ASCII, into the shared `transfer` buffer and evaluates `<entry>.run()`; keeping every evaluated script the same
 // spares V8 from caching one script per request. A negative length asks run() for a new transfer
 // buffer of that many bytes, which it returns. Requests:
 //   ["batch", callId, events]      processEvent over a list of events
@@ -50,7 +53,7 @@
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
-(function (entryName, options, createPluginGuards, createUrl, createCrypto, createContrib, createZlib) {
+(function (entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib) {
     "use strict";
 
     // Builtins the runtime relies on, captured before plugin code can replace them.
@@ -137,8 +140,10 @@
     // ------------------------------------------------------------------ progress and timers
 
     // [0]: the progress counter; [1]: the length of the request in `transfer`; [2]: the request's
-    // number; [3]: the number of the last request that started.
-    const control = new Int32Array(new SharedArrayBuffer(16));
+    // number; [3]: the number of the last request that started; [4]: an ArrayBuffer allocation was
+    // refused; [5]: the KiB the plugin holds in ArrayBuffers (both kept by memory.js).
+    const control = new Int32Array(memory.uncountedSharedBuffer(24));
+    memory.report(control, 4, 5);
     let transfer;
 
     function bump() {
@@ -1474,13 +1479,13 @@
     function run() {
         control[3] = control[2];
         if (control[1] < 0) {
-            transfer = new SharedArrayBuffer(-control[1]);
+            transfer = memory.uncountedSharedBuffer(-control[1]);
             return transfer;
         }
         const request = parse(latin1Decode(new NativeUint8Array(transfer, 0, control[1]), 0xff));
         return apply(REQUESTS[request[0]], undefined, request.slice(1));
     }
 
-    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox }) });
+    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox, memoryStillOver: memory.stillOver }) });
     return control.buffer;
 })

@@ -32,6 +32,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, P
 from plugin_server.plugins.js.transpile import MODULE_PARAMETERS, guards_js
 from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, validate_declared
 
+MIB = 1024 * 1024
 # A script is terminated this long after TASK_TIMEOUT, so that the transpiler's guards, which stop
 # runaway plugin code at TASK_TIMEOUT with a clear error, act first when they can.
 WATCHDOG_GRACE_SECONDS = 1.0
@@ -128,10 +130,27 @@ def js_source(name: str) -> str:
     return (Path(__file__).parent / f"{name}.js").read_text(encoding="utf-8")
 
 
-def setup_script(entry: str, options: dict[str, Any]) -> str:
-    """The script that installs the prelude (see prelude.js for its arguments)."""
+@dataclass(frozen=True)
+class MemoryLimits:
+    """What one isolate may hold: V8's heap, and the ArrayBuffer memory outside it (memory.js)."""
+
+    heap_mb: float
+    array_buffers_mb: float
+
+    @property
+    def heap_bytes(self) -> int:
+        return int(self.heap_mb * MIB)
+
+    @property
+    def array_buffer_bytes(self) -> int:
+        return int(self.array_buffers_mb * MIB)
+
+
+def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
+    """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js)."""
+    memory = f"({js_source('memory')})({array_buffer_bytes})"
     modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
-    arguments = ", ".join((js_string(entry), f"JSON.parse({js_string(_json(options))})", *modules))
+    arguments = ", ".join((js_string(entry), f"JSON.parse({js_string(_json(options))})", memory, *modules))
     return f"({js_source('prelude')})({arguments})"
 
 
@@ -306,10 +325,12 @@ class HostOperations:
 class Isolate:
     """One V8 isolate running one plugin config's code, and the exchange of messages with it."""
 
-    def __init__(self, racer: MiniRacer, host: HostOperations, timeout: float) -> None:
+    def __init__(self, racer: MiniRacer, host: HostOperations, timeout: float, memory: MemoryLimits) -> None:
         self._racer: MiniRacer | None = racer
         self._host = host
         self._timeout = timeout
+        self._memory = memory
+        self._collect_above = memory.array_buffer_bytes // 2
         self._entry = f"__pluginServer_{secrets.token_hex(8)}"
         self._run = f"{self._entry}.run()"
         self._loop = asyncio.get_running_loop()
@@ -331,15 +352,15 @@ class Isolate:
 
     @classmethod
     async def start(
-        cls, host: HostOperations, *, timeout: float, heap_limit: int, options: dict[str, Any]
+        cls, host: HostOperations, *, timeout: float, memory: MemoryLimits, options: dict[str, Any]
     ) -> Isolate:
         """A new isolate (in the running event loop) with the prelude installed."""
         racer = MiniRacer()
-        racer.set_hard_memory_limit(heap_limit)
+        racer.set_hard_memory_limit(memory.heap_bytes)
         # The hard limit is checked against the heap used after any collection, garbage included; past
         # the soft limit V8 is told memory is tight and collects old garbage sooner.
-        racer.set_soft_memory_limit(heap_limit // 2)
-        isolate = cls(racer, host, timeout)
+        racer.set_soft_memory_limit(memory.heap_bytes // 2)
+        isolate = cls(racer, host, timeout, memory)
         try:
             await isolate._install(options)
         except BaseException:
@@ -351,7 +372,9 @@ class Isolate:
     async def _install(self, options: dict[str, Any]) -> None:
         racer = self._racer
         assert racer is not None
-        control = await self._evaluate(racer, setup_script(self._entry, options))
+        control = await self._evaluate(
+            racer, setup_script(self._entry, options, self._memory.array_buffer_bytes)
+        )
         if not isinstance(control, memoryview):
             raise PluginError("the JavaScript prelude did not share its control buffer")
         self._control = control.cast("i")
@@ -464,6 +487,7 @@ class Isolate:
             if request is not None:
                 await self._put(racer, _ascii(request), number)
             result = await self._evaluate(racer, script)
+            await self._check_array_buffers(racer)
             if not isinstance(result, str):
                 raise await self._lose(PluginError("the plugin broke its JavaScript runtime"))
             try:
@@ -523,6 +547,33 @@ class Isolate:
 
     def _heap_error(self) -> JSHeapLimitError:
         return JSHeapLimitError("The plugin ran out of JavaScript heap memory; its isolate was discarded")
+
+    async def _check_array_buffers(self, racer: MiniRacer) -> None:
+        """Past half its ArrayBuffer budget, the isolate collects its garbage (whose buffers memory.js
+        then stops counting). After a refused allocation, an isolate whose plugin still could not have
+        it holds too much and is discarded, like at the heap limit."""
+        control = self._control
+        if control is None:
+            return
+        refused, held = control[4], control[5] * 1024
+        half = self._memory.array_buffer_bytes // 2
+        if held <= half:
+            self._collect_above = half
+        if not refused and held <= self._collect_above:
+            return
+        racer.low_memory_notification()
+        # What is still held after this is alive: collect again only once the plugin holds more.
+        self._collect_above = max(half, held + half // 2)
+        if not refused:
+            return
+        control[4] = 0
+        if await self._evaluate(racer, f"{self._entry}.memoryStillOver()"):
+            raise await self._lose(
+                JSHeapLimitError(
+                    "The plugin ran out of ArrayBuffer memory (more than "
+                    f"{self._memory.array_buffers_mb:g} MB); its isolate was discarded"
+                )
+            )
 
     async def _watch(self, waiting: asyncio.Future[Any], limit: float) -> bool:
         """Wait for `waiting` while the isolate keeps making progress (entering new plugin code); False
@@ -699,7 +750,7 @@ class JSPlugin:
         *,
         plugin_config_id: int,
         timeout: float,
-        heap_limit_mb: float,
+        memory: MemoryLimits,
         http: httpx.AsyncClient,
         guards_name: str,
         file_name: str = "index.js",
@@ -709,7 +760,7 @@ class JSPlugin:
         self._module = module_expression(code, guards_name)
         self._source_url = f"plugin-{plugin_config_id}/{file_name}"
         self._timeout = timeout
-        self._heap_limit = int(heap_limit_mb * 1024 * 1024)
+        self._memory = memory
         self._http = http
         self._isolate: Isolate | None = None
         self._building = asyncio.Lock()
@@ -728,7 +779,7 @@ class JSPlugin:
         *,
         plugin_config_id: int,
         timeout: float,
-        heap_limit_mb: float,
+        memory: MemoryLimits,
         http: httpx.AsyncClient,
         guards_name: str,
         file_name: str = "index.js",
@@ -739,7 +790,7 @@ class JSPlugin:
             meta,
             plugin_config_id=plugin_config_id,
             timeout=timeout,
-            heap_limit_mb=heap_limit_mb,
+            memory=memory,
             http=http,
             guards_name=guards_name,
             file_name=file_name,
@@ -751,7 +802,7 @@ class JSPlugin:
         isolate = await Isolate.start(
             HostOperations(self.meta, self._http),
             timeout=self._timeout,
-            heap_limit=self._heap_limit,
+            memory=self._memory,
             options=self._options(),
         )
         try:
