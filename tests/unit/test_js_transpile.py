@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from py_mini_racer import JSEvalException, JSPromise, MiniRacer
+from py_mini_racer import JSEvalException, JSPromise
 
 from plugin_server.plugins.js import transpile as transpile_module
+from plugin_server.plugins.js.engine import new_racer
 from plugin_server.plugins.js.transpile import PluginTranspileError, Transpiler, guards_js
 
 TIMEOUT_MS = 200
@@ -102,7 +103,7 @@ class Plugin:
 
     def __init__(self, transpiler: Transpiler, source: str, file_name: str, guards_options: str) -> None:
         self.code = transpiler.transpile(source, file_name)
-        self.racer = MiniRacer()
+        self.racer = new_racer()
         self.racer.eval(f"globalThis.__guards = ({guards_js()})({guards_options});")
         self.racer.eval(REQUIRE_STUB)
         self.racer.eval(
@@ -224,7 +225,7 @@ def test_plain_script_functions_can_be_exposed(transpiler: Transpiler) -> None:
     code = transpiler.transpile(
         "function processEvent(event) { return event }\nvar jobs = { a: 1 }", "index.js"
     )
-    with MiniRacer() as racer:
+    with new_racer() as racer:
         racer.eval(f"globalThis.__guards = ({guards_js()})({{ timeoutMs: {TIMEOUT_MS} }});")
         found = racer.eval(
             f"const m = {{ exports: {{}} }}; const found = ({transpiler.wrap(code, ('processEvent', 'jobs', 'onEvent'))})"

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
+from plugin_server.plugins.js.engine import new_racer
 from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
 
 SEED = "5e" * 32
@@ -29,7 +30,7 @@ SEED = "5e" * 32
 
 @pytest.fixture(scope="module")
 def racer() -> Iterator[MiniRacer]:
-    racer = MiniRacer()
+    racer = new_racer()
     options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": SEED}
     racer.eval(setup_script("__entry", options, 64 * MIB))
     racer.eval("__entry.load(1, function (exports, require) { globalThis.__require = require; })")
@@ -386,7 +387,7 @@ def test_random_values(racer: MiniRacer) -> None:
 
 def test_random_seed_comes_from_the_host() -> None:
     def first_bytes(seed: str) -> str:
-        racer = MiniRacer()
+        racer = new_racer()
         try:
             options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": seed}
             racer.eval(setup_script("__entry", options, 64 * MIB))

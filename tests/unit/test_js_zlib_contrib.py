@@ -20,12 +20,13 @@ import httpx
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
+from plugin_server.plugins.js.engine import new_racer
 from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
 
 
 @pytest.fixture(scope="module")
 def racer() -> Iterator[MiniRacer]:
-    racer = MiniRacer()
+    racer = new_racer()
     options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": "5e" * 32}
     racer.eval(setup_script("__entry", options, 64 * MIB))
     racer.eval("__entry.load(1, function (exports, require) { globalThis.__zlib = require('zlib'); })")

@@ -6,12 +6,13 @@
 // wrapped here, which counts the bytes when they are allocated; a FinalizationRegistry gives them
 // back once the buffer is collected (after the script that made it garbage, so garbage of the
 // running script still counts). The bytes held, in KiB, are kept in `control[heldSlot]`, which the
-// runtime reads to ask V8 for a full collection once they pass half the budget. An allocation past the
-// budget throws a RangeError and sets `control[refusedSlot]`: the runtime then collects garbage, asks
-// `stillOver()`, and discards the isolate when what the plugin holds plus what it asked for is still
+// runtime reads to run `collect()` (V8's `gc`, which this takes off the global object) once they pass
+// half the budget. An allocation past the budget throws a RangeError and sets `control[refusedSlot]`:
+// the runtime then collects garbage, asks `stillOver()` in its next script, and discards the isolate when what the plugin holds plus what it asked for is still
 // past the budget.
 //
-//     (memory)(limitBytes) -> {report(control, refusedSlot, heldSlot), stillOver(), uncountedSharedBuffer(bytes)}
+//     (memory)(limitBytes) -> {report(control, refusedSlot, heldSlot), collect(), stillOver(),
+//                              uncountedSharedBuffer(bytes)}
 //
 // The original constructors stay in this closure only: each wrapper takes the original's place as
 // the global, as its prototype's `constructor` and as the `Symbol.species` that built-in methods
@@ -36,6 +37,8 @@
     const viewBufferOf = getOwnPropertyDescriptor(getPrototypeOf(Uint8Array.prototype), "buffer").get;
     const OriginalArrayBuffer = ArrayBuffer;
     const OriginalSharedArrayBuffer = SharedArrayBuffer;
+    const collectGarbage = typeof global.gc === "function" ? global.gc : () => {};
+    global.gc = undefined; // V8 defines it writable but not configurable
 
     let heldBytes = 0;
     let refusedBytes = 0;
@@ -247,7 +250,10 @@
         uncountedSharedBuffer(bytes) {
             return new OriginalSharedArrayBuffer(bytes);
         },
-        /** After a collection: whether the last refused allocation would still not fit. */
+        collect() {
+            collectGarbage();
+        },
+        /** After a collection (and the script after it, when the released buffers are counted): whether the last refused allocation would still not fit. */
         stillOver() {
             const over = heldBytes + refusedBytes > limitBytes;
             refusedBytes = 0;

@@ -25,7 +25,7 @@
 // entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
 // is the length of the request, [2] its number, which run() copies to [3] when it starts (so Python
 // knows whether a request it stopped had started), [4] is set when an ArrayBuffer allocation was
-// refused (Python then collects garbage and asks `<entry>.memoryStillOver()`), [5] is the KiB held in
+// refused (Python then runs `<entry>.collectGarbage()` and asks `<entry>.memoryStillOver()`), [5] is the KiB held in
 // ArrayBuffers (past half the budget, Python asks V8 for a full collection after the script). Python
 // writes a request, JSON text in ASCII, into the shared `transfer` buffer and evaluates `<entry>.run()`; keeping every evaluated script the same
 // spares V8 from caching one script per request. A negative length asks run() for a new transfer
@@ -1486,6 +1486,6 @@
         return apply(REQUESTS[request[0]], undefined, request.slice(1));
     }
 
-    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox, memoryStillOver: memory.stillOver }) });
+    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox, collectGarbage: memory.collect, memoryStillOver: memory.stillOver }) });
     return control.buffer;
 })

@@ -45,6 +45,7 @@ from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
+from plugin_server.plugins.js.engine import new_racer
 from plugin_server.plugins.js.transpile import MODULE_PARAMETERS, guards_js
 from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, validate_declared
 
@@ -355,7 +356,7 @@ class Isolate:
         cls, host: HostOperations, *, timeout: float, memory: MemoryLimits, options: dict[str, Any]
     ) -> Isolate:
         """A new isolate (in the running event loop) with the prelude installed."""
-        racer = MiniRacer()
+        racer = new_racer()
         racer.set_hard_memory_limit(memory.heap_bytes)
         # The hard limit is checked against the heap used after any collection, garbage included; past
         # the soft limit V8 is told memory is tight and collects old garbage sooner.
@@ -561,7 +562,7 @@ class Isolate:
             self._collect_above = half
         if not refused and held <= self._collect_above:
             return
-        racer.low_memory_notification()
+        await self._evaluate(racer, f"{self._entry}.collectGarbage()")
         # What is still held after this is alive: collect again only once the plugin holds more.
         self._collect_above = max(half, held + half // 2)
         if not refused:

@@ -88,6 +88,8 @@ from typing import Any
 
 from py_mini_racer import JSEvalException, JSFunction, JSOOMException, JSTimeoutException, MiniRacer
 
+from plugin_server.plugins.js.engine import new_racer
+
 __all__ = [
     "MODULE_PARAMETERS",
     "PluginTranspileError",
@@ -496,7 +498,7 @@ class Transpiler:
         # A MiniRacer binds to the asyncio loop running where it is created, and breaks once that loop
         # closes. Created in a fresh thread it runs its own loop thread, usable from anywhere.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ts-compiler") as pool:
-            racer = pool.submit(MiniRacer).result()
+            racer = pool.submit(new_racer).result()
         racer.set_hard_memory_limit(COMPILER_MEMORY_LIMIT)
         racer.eval(typescript_path().read_text(encoding="utf-8"))
         racer.eval(_COMPILER_JS)
