@@ -316,8 +316,10 @@ class HostOperations:
                 follow_redirects=redirect == "follow",
                 timeout=timeout / 1000 if timeout else httpx.USE_CLIENT_DEFAULT,
             )
+        except httpx.TimeoutException:
+            raise FetchError(f"network timeout at: {url}") from None  # node-fetch's words
         except httpx.HTTPError as error:
-            raise FetchError(f"request to {url} failed, reason: {error}") from None
+            raise FetchError(f"request to {url} failed, reason: {error or type(error).__name__}") from None
         if redirect == "error" and response.is_redirect:
             raise FetchError(f"uri requested responds with a redirect, redirect mode is set to error: {url}")
         return _response(response)
