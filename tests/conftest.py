@@ -23,6 +23,7 @@ from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import open_pool, recreate_database
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.services.embedded import start_embedded
+from tests.kafka_broker import KafkaBroker
 
 TEST_DATABASE = "plugin_server_test"
 TEAM_ID = 2
@@ -84,6 +85,13 @@ def services() -> Iterator[tuple[str, str]]:
         finally:
             if embedded:
                 embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """A Kafka-protocol broker (tansu, in memory) for the session; its bootstrap address (KAFKA_HOSTS)."""
+    with KafkaBroker() as broker:
+        yield broker.bootstrap
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,3 +75,23 @@ class LoopbackService:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+class LoopbackUdp:
+    """A UDP listener on 127.0.0.1 (a StatsD server stand-in); `lines()` is every line received so far."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.setblocking(False)
+        self.port: int = self._socket.getsockname()[1]
+        self._lines: list[str] = []
+
+    def lines(self) -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self._lines.extend(self._socket.recv(65536).decode().splitlines())
+        return list(self._lines)
+
+    def close(self) -> None:
+        self._socket.close()

@@ -88,10 +88,13 @@ def migrate() -> None:
 
 @app.command()
 def healthcheck() -> None:
-    """Exit 0 when a server wrote its ping key to Redis in the last minute, 1 otherwise."""
+    """Exit 0 when the server is ready (its /_ready, or without the web its Redis ping key), 1 otherwise."""
     from plugin_server.supervisor import PING_KEY
 
     settings = load_settings_or_exit()
+    if not settings.DISABLE_WEB:
+        _ask_ready_endpoint(settings)
+        return
     url = redis_url(settings)
     if url is None:
         typer.echo("no Redis configured and no embedded server running", err=True)
@@ -106,6 +109,25 @@ def healthcheck() -> None:
         typer.echo("no recent ping from a plugin server", err=True)
         raise typer.Exit(1)
     typer.echo(f"healthy: last ping {ping.decode()}")
+
+
+def _ask_ready_endpoint(settings: Settings) -> None:
+    """GET /_ready on this machine's web server; exit 1 unless it answers 200."""
+    import httpx
+
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+        settings.WEB_HOSTNAME, settings.WEB_HOSTNAME
+    )
+    url = f"http://{f'[{host}]' if ':' in host else host}:{settings.WEB_PORT}/_ready"
+    try:
+        response = httpx.get(url, timeout=10)
+    except httpx.HTTPError as error:
+        typer.echo(f"cannot reach {url}: {error}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        typer.echo(f"not ready ({response.status_code}): {response.text}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ready: {response.text}")
 
 
 @teams_app.command("create")

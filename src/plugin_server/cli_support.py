@@ -19,7 +19,7 @@ def load_settings_or_exit() -> Settings:
     except SettingsError as error:
         typer.echo(f"plugin-server: {error}", err=True)
         raise typer.Exit(2) from None
-    setup_logging(settings.LOG_LEVEL, "main")
+    setup_logging(settings.LOG_LEVEL, "main", settings.LOG_FORMAT)
     return settings
 
 

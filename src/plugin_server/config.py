@@ -7,6 +7,7 @@ startup with a message naming the variable (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cached_property
 from pathlib import Path
@@ -155,8 +156,24 @@ class Settings(BaseModel):
     DISABLE_WEB: bool = Field(False, description="whether to disable web server")
     WEB_PORT: int = Field(3008, ge=0, le=65535, description="port for web server to listen on")
     WEB_HOSTNAME: str = Field("0.0.0.0", description="hostname for web server to listen on")
+    CAPTURE_MAX_BODY_BYTES: int = Field(
+        20_971_520,
+        ge=1,
+        description="largest capture request body, as sent and once decompressed; larger is refused with 413",
+    )
+    TRUSTED_PROXIES: str = Field(
+        "",
+        description="comma-separated IPs or CIDRs of proxies whose X-Forwarded-For gives the client IP",
+    )
+    ADMIN_TOKEN: str | None = Field(
+        None,
+        description="bearer token of the operator API (/api/admin); unset turns that API off (403)",
+    )
     LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field(
         "info", description="minimum log level"
+    )
+    LOG_FORMAT: Literal["human", "json"] = Field(
+        "human", description="log line format: human (readable, for a terminal) or json (one object per line)"
     )
     SENTRY_DSN: str | None = Field(None, description="Sentry ingestion URL")
     STATSD_HOST: str | None = Field(
@@ -188,7 +205,7 @@ class Settings(BaseModel):
     def _boolean(cls, value: Any) -> bool:
         return parse_bool(value)
 
-    @field_validator("LOG_LEVEL", mode="before")
+    @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> str:
         return str(value).strip().lower()
@@ -200,6 +217,24 @@ class Settings(BaseModel):
             if name not in JOB_QUEUE_TYPES:
                 raise ValueError(f"unknown job queue {name!r}; known: {', '.join(JOB_QUEUE_TYPES)}")
         return value
+
+    @field_validator("TRUSTED_PROXIES")
+    @classmethod
+    def _trusted_proxies(cls, value: str) -> str:
+        for part in (part.strip() for part in value.split(",") if part.strip()):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+        return value
+
+    @cached_property
+    def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(part.strip(), strict=False)
+            for part in self.TRUSTED_PROXIES.split(",")
+            if part.strip()
+        )
 
     @property
     def worker_count(self) -> int:

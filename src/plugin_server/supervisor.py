@@ -28,8 +28,19 @@ from plugin_server import __version__
 from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
+from plugin_server.ingestion.pipeline import event_of
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
 from plugin_server.services.embedded import EmbeddedServices, start_embedded
+from plugin_server.services.metrics import (
+    configure_metrics,
+    get_metrics,
+    process_exited,
+    remove_multiprocess_dir,
+    use_multiprocess_dir,
+)
+from plugin_server.services.sentry import init_sentry
+from plugin_server.web.health import WorkerStatus
+from plugin_server.web.server import web_main
 from plugin_server.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -41,6 +52,9 @@ IDLE_LOG_INTERVAL_SECONDS = 30.0
 DRAIN_TIMEOUT_SECONDS = 30.0
 READY_MESSAGE = "🚀 All systems go"
 RUNAWAY_GRACE_SECONDS = 1.0
+# A worker that marked no progress for this long (or 2 x TASK_TIMEOUT) is not consuming, for /_ready.
+CONSUMING_SILENCE_SECONDS = 60.0
+WEB_RESTART_MAX_DELAY_SECONDS = 30.0
 
 
 @dataclass
@@ -51,6 +65,7 @@ class _WorkerSlot:
     calls: SharedCallState
     process: SpawnProcess | None = None
     restarts: int = 0
+    started_at: float = 0.0
 
 
 @dataclass
@@ -60,11 +75,18 @@ class Supervisor:
     _signals: int = 0
     _slots: list[_WorkerSlot] = field(default_factory=list)
     _embedded: EmbeddedServices | None = None
+    _web: SpawnProcess | None = None
+    _web_restarts: int = 0
+    _web_next_start: float = 0.0
+    _worker_status: WorkerStatus | None = None
 
     def run(self) -> int:
         self._install_signal_handlers()
         if self.settings.PLUGIN_SERVER_IDLE:
             return self._idle()
+        init_sentry(self.settings, "main")
+        metrics_dir = use_multiprocess_dir(self.settings)  # before any child starts
+        configure_metrics(self.settings)
         try:
             database_url, redis_url = self._resolve_services()
             if self.settings.AUTO_MIGRATE:
@@ -80,6 +102,8 @@ class Supervisor:
             redis_client = redis.Redis.from_url(redis_url)
             self._forget_dead_local_consumers(redis_client)
             self._start_workers()
+            if not self.settings.DISABLE_WEB:
+                self._start_web()
             log.info(
                 "%s: %d workers consuming %r",
                 READY_MESSAGE,
@@ -89,9 +113,11 @@ class Supervisor:
             self._watch(redis_client)
             return 0
         finally:
+            self._stop_web()
             self._stop_workers()
             if self._embedded is not None:
                 self._embedded.stop()
+            remove_multiprocess_dir(metrics_dir)
 
     # --- startup
 
@@ -150,7 +176,9 @@ class Supervisor:
 
     def _spawn(self, slot: _WorkerSlot) -> None:
         context = multiprocessing.get_context("spawn")
-        slot.last_activity.value = time.time()
+        if slot.process is not None and slot.process.pid is not None:
+            process_exited(slot.process.pid)
+        slot.last_activity.value = slot.started_at = time.time()
         slot.calls.started_at.value = 0.0
         slot.process = context.Process(
             target=worker_main,
@@ -165,10 +193,12 @@ class Supervisor:
             now = time.monotonic()
             if now >= next_ping:
                 self._ping(client)
+                self._sample_queue(client)
                 next_ping = now + PING_INTERVAL_SECONDS
             for slot in self._slots:
                 if slot.process is not None and not slot.process.is_alive():
                     slot.restarts += 1
+                    get_metrics().worker_restarted("exited")
                     log.error(
                         "worker %d exited with code %s; starting it again (restart %d)",
                         slot.index,
@@ -178,6 +208,8 @@ class Supervisor:
                     self._spawn(slot)
             self._stop_runaway_plugins(client)
             self._restart_stalled(client)
+            self._publish_worker_status()
+            self._keep_web_running()
             time.sleep(0.2)
 
     def _stop_runaway_plugins(self, client: redis.Redis) -> None:
@@ -209,6 +241,7 @@ class Supervisor:
             slot.process.kill()
             slot.process.join(5)
             slot.restarts += 1
+            get_metrics().worker_restarted("runaway")
             self._spawn(slot)
 
     def _restart_stalled(self, client: redis.Redis) -> None:
@@ -226,7 +259,78 @@ class Supervisor:
                 slot.process.kill()
                 slot.process.join(5)
             slot.restarts += 1
+            get_metrics().worker_restarted("stalled")
             self._spawn(slot)
+
+    # --- web
+
+    def _start_web(self) -> None:
+        self._worker_status = WorkerStatus()
+        self._publish_worker_status()
+        self._spawn_web()
+
+    def _spawn_web(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._web = context.Process(target=web_main, args=(self._worker_status,), name="web")
+        self._web.start()
+
+    def _keep_web_running(self) -> None:
+        """Start the web process again when it died, waiting longer after each quick death
+        (e.g. its port is taken) so that a web that cannot start does not spin."""
+        if self._web is None or self._web.is_alive() or time.monotonic() < self._web_next_start:
+            return
+        if self._web_next_start == 0.0:
+            self._web_restarts += 1
+            delay = min(2.0 ** (self._web_restarts - 1), WEB_RESTART_MAX_DELAY_SECONDS)
+            log.error(
+                "web process exited with code %s; starting it again in %.0fs (restart %d)",
+                self._web.exitcode,
+                delay,
+                self._web_restarts,
+            )
+            self._web_next_start = time.monotonic() + delay
+            return
+        self._web_next_start = 0.0
+        self._spawn_web()
+
+    def _publish_worker_status(self) -> None:
+        if self._worker_status is None:
+            return
+        now = time.time()
+        silence = max(CONSUMING_SILENCE_SECONDS, 2 * self.settings.TASK_TIMEOUT)
+        alive = [slot for slot in self._slots if slot.process is not None and slot.process.is_alive()]
+        consuming = [
+            slot
+            for slot in alive
+            if slot.last_activity.value > slot.started_at and now - slot.last_activity.value < silence
+        ]
+        self._worker_status.publish(expected=len(self._slots), alive=len(alive), consuming=len(consuming))
+
+    def _stop_web(self) -> None:
+        """Stop taking events first, so that what was accepted is in the queue before workers drain."""
+        if self._web is None:
+            return
+        if self._web.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._web.pid or 0, signal.SIGTERM)
+            self._web.join(DRAIN_TIMEOUT_SECONDS)
+            if self._web.is_alive():
+                log.error("web process did not stop in time; killing it")
+                self._web.kill()
+                self._web.join()
+
+    def _sample_queue(self, client: redis.Redis) -> None:
+        """Queue depth, and lag: the age of the oldest waiting event (the right end), from its `now`."""
+        queue = self.settings.PLUGINS_CELERY_QUEUE
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.llen(queue)
+                pipe.lindex(queue, -1)
+                depth, oldest = pipe.execute()
+        except redis.RedisError as error:
+            log.error("cannot sample the queue depth: %s", error)
+            return
+        get_metrics().queue_sampled(queue, int(depth), _lag_seconds(oldest))
 
     def _ping(self, client: redis.Redis) -> None:
         try:
@@ -297,6 +401,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _lag_seconds(message: bytes | None) -> float:
+    """How long ago the event in `message` was captured; 0 when there is none or it cannot be read."""
+    event = event_of(message) if message else None
+    try:
+        captured = datetime.fromisoformat(str(event["now"])) if event else None
+    except ValueError:
+        return 0.0
+    if captured is None:
+        return 0.0
+    if captured.tzinfo is None:
+        captured = captured.replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - captured).total_seconds())
 
 
 def _safe_llen(client: redis.Redis, key: str) -> int:

@@ -28,14 +28,15 @@ from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
 from plugin_server.ingestion.persons import PersonManager
-from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline
+from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, message_context
 from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
 from plugin_server.jobs.scheduler import Scheduler
-from plugin_server.logs import setup_logging
 from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.services.geoip import load_geoip
+from plugin_server.services.metrics import get_metrics
+from plugin_server.services.observability import setup_process
 from plugin_server.sinks.postgres import PostgresEventSink
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 CLAIM_BLOCK_SECONDS = 1.0
 STATS_INTERVAL_SECONDS = 10.0
+GAUGE_INTERVAL_SECONDS = 5.0
 MAX_RETRY_DELAY_SECONDS = 30.0
 
 
@@ -147,6 +149,7 @@ class Worker:
                     redis_client, jobs, host.scheduled_tasks, lock_ttl=settings.SCHEDULE_LOCK_TTL
                 )
                 until_stopped.append(asyncio.create_task(scheduler.run(self._stopping)))
+                helpers.append(asyncio.create_task(self._sample_job_queue(host)))
             try:
                 await self._consume(queue, pipeline)
             finally:
@@ -198,6 +201,15 @@ class Worker:
             except Exception:
                 log.exception("reporting plugin metrics failed")
 
+    async def _sample_job_queue(self, host: PluginHost) -> None:
+        """The job queue depth gauge (one worker samples it for the server)."""
+        while True:
+            try:
+                get_metrics().job_queue_sampled(await host.jobs.queue_depth())
+            except TRANSIENT_ERRORS as error:
+                log.warning("cannot read the job queue depth: %s", error)
+            await asyncio.sleep(GAUGE_INTERVAL_SECONDS)
+
     async def _consume(self, queue: ReliableQueue, pipeline: EventPipeline) -> None:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
@@ -213,6 +225,7 @@ class Worker:
             if batch is None:
                 slots.release()
                 continue
+            get_metrics().events_received("celery", len(batch.messages))
             task = asyncio.create_task(self._handle(queue, pipeline, batch, self._turnstile.ticket()))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
@@ -228,7 +241,9 @@ class Worker:
             await self._ack_until_done(queue, batch, outcome)
             self.stats.record(outcome)
             for message, reason in outcome.dead_letters:
-                log.warning("dead letter: %s (%d bytes)", reason, len(message))
+                log.warning(
+                    "dead letter: %s (%d bytes)", reason, len(message), extra=message_context(message)
+                )
         except Exception:
             log.exception("handling a batch failed; its messages stay in Redis and will be redelivered")
         finally:
@@ -321,7 +336,7 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process (started by the supervisor with the resolved URLs in its env)."""
     settings = load_settings()
-    setup_logging(settings.LOG_LEVEL, f"worker-{index}")
+    setup_process(settings, f"worker-{index}")
     import uvloop
 
     async def main() -> None:
@@ -333,5 +348,9 @@ def worker_main(
             loop.add_signal_handler(sig, worker.stop)
         await worker.run()
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except Exception:  # multiprocessing would print it past the logs (and Sentry)
+        log.exception("worker %d crashed", index)
+        raise
     log.info("worker stopped")

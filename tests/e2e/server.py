@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import psycopg
 from celery import Celery
+
+from tests.kafka_broker import free_port
 
 T = TypeVar("T")
 
@@ -21,9 +24,27 @@ PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 
 
 class RunningServer:
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, env: dict[str, str]) -> None:
         self.process = process
         self.log_path = log_path
+        self.env = env
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['WEB_PORT']}"
+
+    def wait_for_web(self, timeout: float = 60) -> None:
+        """Wait until the web process answers /_health."""
+
+        def answers() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.web_url}/_health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -38,15 +59,26 @@ class RunningServer:
             time.sleep(0.1)
         raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log()}")
 
+    @property
+    def web_enabled(self) -> bool:
+        return self.env.get("DISABLE_WEB", "").lower() not in ("1", "true", "yes", "y", "t", "on")
+
+    def web_pid(self) -> int:
+        """The web process, as its /_health tells (waiting for it to answer)."""
+        self.wait_for_web()
+        pid: int = httpx.get(f"{self.web_url}/_health", timeout=5).json()["pid"]
+        return pid
+
     def worker_pids(self) -> list[int]:
-        """Worker processes only (multiprocessing also starts a resource tracker child)."""
+        """Worker processes only (not the web process, nor the resource tracker multiprocessing starts)."""
+        web = self.web_pid() if self.web_enabled else None
         output = subprocess.run(
             ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True, check=False
         ).stdout
         pids = []
         for pid in output.split():
             with contextlib.suppress(FileNotFoundError):
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes() and int(pid) != web:
                     pids.append(int(pid))
         return pids
 
@@ -59,7 +91,8 @@ class RunningServer:
 @contextlib.contextmanager
 def running_server(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[RunningServer]:
     log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
-    full_env = {**os.environ, "LOG_LEVEL": "info", **env}
+    # Each server gets its own web port, so that servers of tests running side by side do not collide.
+    full_env = {**os.environ, "LOG_LEVEL": "info", "WEB_PORT": str(free_port()), **env}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "plugin_server.cli", *args],
@@ -68,7 +101,7 @@ def running_server(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[
             env=full_env,
             cwd=tmp_path,
         )
-    server = RunningServer(process, log_path)
+    server = RunningServer(process, log_path, full_env)
     try:
         yield server
     finally:

@@ -116,10 +116,10 @@ def test_a_killed_worker_loses_nothing(
 def test_healthcheck_reads_the_ping_key(
     tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, redis_client: redis.Redis
 ) -> None:
-    env = {**os.environ, **_env(database_url, redis_url)}
+    env = {**os.environ, **_env(database_url, redis_url, DISABLE_WEB="true")}
     command = [sys.executable, "-m", "plugin_server.cli", "healthcheck"]
     assert subprocess.run(command, env=env, capture_output=True, check=False).returncode == 1
-    with running_server(tmp_path, _env(database_url, redis_url)) as server:
+    with running_server(tmp_path, _env(database_url, redis_url, DISABLE_WEB="true")) as server:
         server.wait_for_log("All systems go")
         deadline = time.monotonic() + 10
         while redis_client.get("@posthog-plugin-server/ping") is None and time.monotonic() < deadline:

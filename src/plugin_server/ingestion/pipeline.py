@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from plugin_server.ingestion.celery import (
     PLUGIN_JOB_TASK,
@@ -35,6 +36,7 @@ from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent,
 from plugin_server.jobs.celery_task import job_from_celery_task
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugins.run import PluginRunner
+from plugin_server.services.metrics import get_metrics
 from plugin_server.sinks.postgres import PostgresEventSink
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class EventPipeline:
         await self.persons.process_batch([_person_update(item.event) for item in items])
         await self.sink.write([item.event for item in items])
         outcome.stored = len(items)
+        get_metrics().batch_ingested(outcome.stored, outcome.dropped)
         await self._mark_first_events(items)
         captures = [item.raw for item in items if not item.event.is_snapshot]
         if self.plugins is not None and captures:
@@ -178,6 +181,20 @@ class EventPipeline:
         }
         for team in first.values():
             await self.teams.mark_ingested_event(team)
+
+
+def event_of(message: bytes) -> RawEvent | None:
+    """The event a queue message carries; None for other tasks and unreadable messages."""
+    try:
+        return event_from_task(decode_message(message))
+    except (MalformedMessage, ValueError, TypeError):
+        return None
+
+
+def message_context(message: bytes) -> dict[str, Any]:
+    """The log context of one message: team_id and event_uuid, where it carries an event."""
+    event = event_of(message)
+    return {} if event is None else {"team_id": event.get("team_id"), "event_uuid": event.get("uuid")}
 
 
 def _person_update(event: PreparedEvent) -> PersonUpdate:

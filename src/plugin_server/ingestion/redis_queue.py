@@ -29,6 +29,8 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 
+from plugin_server.services.metrics import get_metrics
+
 # Lua's unpack() is limited by its C stack (about 8000 values): multi-value pushes go in chunks.
 _PUSH_CHUNKED = """
 local function push_chunked(command, key, items)
@@ -315,7 +317,10 @@ class ReliableQueue:
             for message, reason in dead_letters
         ]
         keys = [batch.key, self._batches_key, self._dead_letter_key]
-        return bool(await self._ack(keys=keys, args=entries))
+        acknowledged = bool(await self._ack(keys=keys, args=entries))
+        if acknowledged:
+            get_metrics().dead_lettered(len(entries))
+        return acknowledged
 
     async def heartbeat(self) -> None:
         """Record this consumer as alive now."""

@@ -31,6 +31,12 @@ _SELECT_TEAMS = """
     FROM posthog_team WHERE id = ANY(%s::int[])
 """
 
+_SELECT_TEAM_BY_TOKEN = """
+    SELECT id, uuid, organization_id, name, api_token, anonymize_ips, ingested_event,
+           session_recording_opt_in, slack_incoming_webhook
+    FROM posthog_team WHERE api_token = %s
+"""
+
 _SET_INGESTED_EVENT = """
     UPDATE posthog_team SET ingested_event = true WHERE id = %s AND NOT ingested_event RETURNING id
 """
@@ -68,6 +74,7 @@ class TeamManager:
     ) -> None:
         self._pool = pool
         self._cache: TTLCache[int, Team | None] = TTLCache(maxsize=max_teams, ttl=ttl, timer=clock)
+        self._by_token: TTLCache[str, Team | None] = TTLCache(maxsize=max_teams, ttl=ttl, timer=clock)
 
     async def get_teams(self, team_ids: Iterable[int]) -> dict[int, Team | None]:
         """Every asked team, None for those that do not exist; one query for all the cache misses."""
@@ -86,6 +93,18 @@ class TeamManager:
 
     async def get_team(self, team_id: int) -> Team | None:
         return (await self.get_teams([team_id]))[team_id]
+
+    async def get_team_by_token(self, api_token: str) -> Team | None:
+        """The team whose `api_token` this is (the capture API's lookup), None if there is none."""
+        try:
+            return self._by_token[api_token]
+        except KeyError:
+            pass
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(_SELECT_TEAM_BY_TOKEN, (api_token,))
+            row = await cursor.fetchone()
+        team = self._by_token[api_token] = None if row is None else _team_from_row(row)
+        return team
 
     async def mark_ingested_event(self, team: Team) -> None:
         """Set the team's `ingested_event` flag once, when its first event was stored.

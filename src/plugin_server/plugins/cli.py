@@ -22,9 +22,11 @@ from plugin_server.plugins.admin import (
     disable_plugin,
     enable_plugin,
     find_plugin,
+    install_from_url,
     install_plugin,
     list_plugins,
     publish_reload,
+    read_attachment,
     read_logs,
 )
 from plugin_server.plugins.meta.logs import PluginLogEntry
@@ -38,7 +40,9 @@ plugins_app = typer.Typer(
 
 @plugins_app.command("install")
 def install(
-    path: Annotated[Path, typer.Argument(help="Plugin folder, or a .zip / .tgz / .tar.gz archive.")],
+    path: Annotated[
+        str, typer.Argument(help="Plugin folder, a .zip / .tgz / .tar.gz archive, or an http(s) url of one.")
+    ],
     organization: Annotated[
         str | None, typer.Option(help="Organization id; needed when there are several organizations.")
     ] = None,
@@ -50,7 +54,10 @@ def install(
     """Install a plugin folder or archive (again: replace its code)."""
     settings = _settings()
     with _connection(settings) as connection, _admin_errors():
-        plugin = install_plugin(connection, path, organization_id=organization, local=local)
+        if path.startswith(("http://", "https://")) and not local:
+            plugin = install_from_url(connection, path, organization_id=organization)
+        else:
+            plugin = install_plugin(connection, Path(path), organization_id=organization, local=local)
     typer.echo(f"installed plugin {plugin.name} (id {plugin.id})")
     _notify(settings)
 
@@ -85,9 +92,10 @@ def enable(
 ) -> None:
     """Enable a plugin for a team, with settings and attachments."""
     values = _json_object(config)
-    files = dict(_key_and_path(text) for text in attachment or [])
+    paths = dict(_key_and_path(text) for text in attachment or [])
     settings = _settings()
     with _connection(settings) as connection, _admin_errors():
+        files = {key: read_attachment(key, path) for key, path in paths.items()}
         found = find_plugin(connection, plugin, team_id=team)
         row = enable_plugin(connection, found, team, values, files, order)
     typer.echo(f"enabled plugin {found.name} for team {team} (config {row.id}, order {row.order})")
@@ -117,7 +125,7 @@ def logs(
     limit: Annotated[int, typer.Option(min=1, help="How many of the newest entries to show.")] = 100,
 ) -> None:
     """Print a plugin config's log entries, oldest first."""
-    with _connection(_settings()) as connection:
+    with _connection(_settings()) as connection, _admin_errors():
         entries = read_logs(connection, config_id, limit=limit)
         _print_logs(entries)
         if not follow:
@@ -125,7 +133,7 @@ def logs(
         last = entries[-1] if entries else None
         with contextlib.suppress(KeyboardInterrupt):
             while True:
-                new = read_logs(connection, config_id, limit=limit, after=last)
+                new = read_logs(connection, config_id, limit=limit, after=None if last is None else last.id)
                 _print_logs(new)
                 last = new[-1] if new else last
                 if len(new) < limit:

@@ -20,6 +20,7 @@ from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.instance import PluginInstance
 from plugin_server.plugins.meta.metrics import PluginMetrics
+from plugin_server.services.metrics import EXPORT_EVENTS, PluginLabels, get_metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,13 @@ class ExportBuffer:
         *,
         config: dict[str, Any],
         metrics: PluginMetrics,
+        plugin: PluginLabels,
         schedule_retry: ScheduleRetry,
         record_error: Callable[[BaseException], Awaitable[None]],
     ) -> None:
         self._instance = instance
         self._metrics = metrics
+        self._plugin = plugin
         self._schedule_retry = schedule_retry
         self._record_error = record_error
         self.max_bytes = _clamped(
@@ -106,10 +109,12 @@ class ExportBuffer:
         if retries_so_far == 0:
             self._metrics["events_seen"].increment(len(batch))
         try:
-            await self._instance.export_events(batch)
+            with get_metrics().plugin_call(self._plugin, EXPORT_EVENTS):
+                await self._instance.export_events(batch)
         except RetryError as error:
             self._metrics["retry_errors"].increment(1)
             if retries_so_far + 1 >= MAX_EXPORT_RETRIES:
+                get_metrics().export_retry(enqueued=False)
                 self._metrics["undelivered_events"].increment(len(batch))
                 log.warning(
                     "export batch %s dropped after %d retries: %s", batch_id, retries_so_far + 1, error
@@ -118,6 +123,7 @@ class ExportBuffer:
                 return
             payload = {"batch": batch, "batchId": batch_id, "retriesPerformedSoFar": retries_so_far + 1}
             await self._schedule_retry(payload, retry_delay_seconds(retries_so_far))
+            get_metrics().export_retry(enqueued=True)
         except Exception as error:
             self._metrics["other_errors"].increment(1)
             self._metrics["undelivered_events"].increment(len(batch))

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
+from structlog.contextvars import bound_contextvars
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.teams import TeamManager
@@ -41,6 +42,7 @@ from plugin_server.plugins.runtime_py import PythonPlugin
 from plugin_server.plugins.tracking import CallTracker, HungMarks, job_label
 from plugin_server.plugins.vm import PluginVM
 from plugin_server.services.geoip import GeoIP
+from plugin_server.services.metrics import get_metrics
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ class PluginHost:
                 instance,
                 config=config.config.config,
                 metrics=vm.metrics,
+                plugin=vm.labels,
                 schedule_retry=lambda payload, delay: self._schedule_export_retry(vm, payload, delay),
                 record_error=vm.record_error,
             )
@@ -207,7 +210,9 @@ class PluginHost:
         async with vm.use() as instance:  # not unloaded as idle while the job runs
             if instance is None:
                 raise PluginError(f"plugin {vm.name} is not set up")
-            await self._run_job_with(vm, instance, job)
+            method = job.type if job.kind == "schedule" else f"jobs.{job.type}"
+            with bound_contextvars(**vm.labels.log_context()), get_metrics().plugin_call(vm.labels, method):
+                await self._run_job_with(vm, instance, job)
 
     async def _run_job_with(self, vm: PluginVM, instance: PluginInstance, job: PluginJob) -> None:
         label = job.type if job.kind == "schedule" else job_label(job.type)

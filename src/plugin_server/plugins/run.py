@@ -15,11 +15,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+from structlog.contextvars import bound_contextvars
+
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugins.instance import PluginInstance, PluginTimeout
 from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.tracking import HungMarks, on_event_label
 from plugin_server.plugins.vm import PluginVM
+from plugin_server.services.metrics import ON_EVENT, PROCESS_EVENT, get_metrics
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +94,20 @@ class PluginRunner:
     ) -> None:
         given = [results[index] for index in alive]
         hung = await self._hung.of(vm.plugin_config_id)
-        outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
         errors: list[tuple[BaseException, RawEvent]] = []
-        for index, before, outcome in zip(alive, given, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                tallies[index].failed.append(vm.name)
-                errors.append((outcome, before))  # type: ignore[arg-type]
-            else:
-                tallies[index].succeeded.append(vm.name)
-                results[index] = outcome
+        with get_metrics().plugin_call(vm.labels, PROCESS_EVENT, len(given)) as call:
+            outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
+            for index, before, outcome in zip(alive, given, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    tallies[index].failed.append(vm.name)
+                    errors.append((outcome, before))  # type: ignore[arg-type]
+                else:
+                    tallies[index].succeeded.append(vm.name)
+                    results[index] = outcome
+            call.errors = len(errors)
         if errors:
-            await self._record_errors(vm, errors)
+            with bound_contextvars(**vm.labels.log_context()):
+                await self._record_errors(vm, errors)
 
     async def _record_errors(self, vm: PluginVM, errors: list[tuple[BaseException, RawEvent]]) -> None:
         """The first error of a batch goes to posthog_pluginconfig.error; every one goes to the logs."""
@@ -139,13 +145,17 @@ class PluginRunner:
         hung = await self._hung.of(vm.plugin_config_id)
         slots = asyncio.Semaphore(self._on_event_concurrency)
 
-        async def one(event: RawEvent) -> None:
-            async with slots:
-                try:
-                    if on_event_label(str(event.get("uuid"))) in hung:
-                        raise PluginTimeout("onEvent ran too long on this event before; it was skipped")
-                    await instance.on_event(event)
-                except Exception as error:
-                    await vm.record_error(error, event)
+        with get_metrics().plugin_call(vm.labels, ON_EVENT, len(events)) as call:
 
-        await asyncio.gather(*(one(event) for event in events))
+            async def one(event: RawEvent) -> None:
+                async with slots:
+                    try:
+                        if on_event_label(str(event.get("uuid"))) in hung:
+                            raise PluginTimeout("onEvent ran too long on this event before; it was skipped")
+                        await instance.on_event(event)
+                    except Exception as error:
+                        call.errors += 1
+                        with bound_contextvars(**vm.labels.log_context(), event_uuid=event.get("uuid")):
+                            await vm.record_error(error, event)
+
+            await asyncio.gather(*(one(event) for event in events))

@@ -29,6 +29,7 @@ from plugin_server.plugins.meta.logs import PluginLogger
 from plugin_server.plugins.meta.metrics import PluginMetrics
 from plugin_server.plugins.models import PluginConfigInForce
 from plugin_server.plugins.tracking import SETUP_LABEL, HungMarks
+from plugin_server.services.metrics import PluginLabels
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class PluginVM:
         first_retry_seconds: float = FIRST_RETRY_SECONDS,
     ) -> None:
         self.config = config
+        self.labels = PluginLabels(config.id, config.plugin.name, config.config.team_id or 0)
         self.instance_id = instance_id
         self.logger = logger
         self._pool = pool

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.jsvalues import js_string
+from plugin_server.services.metrics import get_metrics
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ class PluginLogWriter:
                 column.append(value)
         async with self._pool.connection() as connection:
             await connection.execute(_INSERT, columns)
+        get_metrics().log_entries_created(len(batch))
 
 
 def format_console_args(args: tuple[object, ...]) -> str:

@@ -1,0 +1,310 @@
+"""Every metric of the server, defined once, recorded to Prometheus and (with STATSD_HOST) to StatsD.
+
+Prometheus: the supervisor, the web process and the workers are separate processes, so their values
+live in prometheus_client's multiprocess files under PROMETHEUS_MULTIPROC_DIR. The supervisor creates
+that directory fresh before it starts any child (`use_multiprocess_dir`), children inherit it through
+their environment, and `/metrics` merges the files of all of them (`render`). Without the directory
+(one process, e.g. tests) values stay in the recording process's own registry.
+
+StatsD: the original's names (reference section 7.2) under STATSD_PREFIX, with tags in the Telegraf
+form (`name,tag=value`) its hot-shots client sent.
+
+Callers count per batch, not per event: recording is a dictionary lookup and a memory-mapped write.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import statsd
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+
+from plugin_server.config import Settings
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Plugin methods as the `method` label names them (JS names, as in posthog_plugin.capabilities).
+PROCESS_EVENT = "processEvent"
+ON_EVENT = "onEvent"
+EXPORT_EVENTS = "exportEvents"
+
+_STATSD_UNSAFE = re.compile(r"[\s:|@,=]")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginLabels:
+    """Who a plugin call belongs to, as metrics name it."""
+
+    plugin_config_id: int
+    plugin_name: str
+    team_id: int
+    statsd_name: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Characters that would break a StatsD line; the original sent names as they were.
+        object.__setattr__(self, "statsd_name", _STATSD_UNSAFE.sub("_", self.plugin_name))
+
+    def log_context(self) -> dict[str, int]:
+        """What log lines about this plugin config carry (see plugin_server.logs)."""
+        return {"team_id": self.team_id, "plugin_config_id": self.plugin_config_id}
+
+
+@dataclass(slots=True)
+class PluginCall:
+    """What the caller reports about a call while it is timed: how many events failed in it."""
+
+    errors: int = 0
+
+
+class Metrics:
+    """The server's metrics. Use `get_metrics()`; `configure_metrics` sets the StatsD client up."""
+
+    def __init__(self, statsd_client: statsd.StatsClient | None = None) -> None:
+        self._statsd = statsd_client
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self._received = Counter(
+            "plugin_server_events_received", "Messages taken from an ingestion source", ["source"], registry=r
+        )
+        self._ingested = Counter("plugin_server_events_ingested", "Events stored", registry=r)
+        self._dropped = Counter(
+            "plugin_server_events_dropped", "Events dropped by a plugin's processEvent", registry=r
+        )
+        self._dead_letters = Counter(
+            "plugin_server_dead_letters", "Messages sent to the dead letter store", registry=r
+        )
+        plugin_labels = ["plugin_config_id", "plugin", "method"]
+        self._plugin_calls = Counter(
+            "plugin_server_plugin_calls",
+            "Events (processEvent, onEvent) or runs (exportEvents, tasks, jobs) handed to a plugin method",
+            plugin_labels,
+            registry=r,
+        )
+        self._plugin_seconds = Histogram(
+            "plugin_server_plugin_call_duration_seconds",
+            "Time of one plugin method call over a micro-batch, or of one run",
+            plugin_labels,
+            registry=r,
+        )
+        self._plugin_errors = Counter(
+            "plugin_server_plugin_errors",
+            "Events or runs on which a plugin method failed",
+            plugin_labels,
+            registry=r,
+        )
+        self._export_retries = Counter(
+            "plugin_server_export_retries",
+            "exportEvents batches scheduled again (enqueued) or given up (dropped)",
+            ["outcome"],
+            registry=r,
+        )
+        self._log_entries = Counter(
+            "plugin_server_plugin_log_entries", "Plugin log entries stored", registry=r
+        )
+        self._queue_depth = Gauge(
+            "plugin_server_queue_depth",
+            "Messages waiting in the Celery ingestion list",
+            ["queue"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self._queue_lag = Gauge(
+            "plugin_server_queue_lag_seconds",
+            "Age of the oldest waiting event (from its `now`); 0 when none waits",
+            ["queue"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self._job_queue_depth = Gauge(
+            "plugin_server_job_queue_depth",
+            "Plugin jobs and scheduled tasks due and waiting in plugin_server_jobs",
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self._worker_restarts = Counter(
+            "plugin_server_worker_restarts",
+            "Worker processes started again (exited, stalled, or stuck in plugin code)",
+            ["reason"],
+            registry=r,
+        )
+        self._plugin_children: dict[tuple[PluginLabels, str], tuple[Counter, Histogram, Counter]] = {}
+
+    # --- ingestion
+
+    def events_received(self, source: str, count: int) -> None:
+        self._received.labels(source).inc(count)
+
+    def batch_ingested(self, stored: int, dropped: int) -> None:
+        if stored:
+            self._ingested.inc(stored)
+        if dropped:
+            self._dropped.inc(dropped)
+
+    def dead_lettered(self, count: int) -> None:
+        if count:
+            self._dead_letters.inc(count)
+            self._incr("events_added_to_dead_letter_queue", count)
+
+    def queue_sampled(self, queue: str, depth: int, lag_seconds: float) -> None:
+        self._queue_depth.labels(queue).set(depth)
+        self._queue_lag.labels(queue).set(lag_seconds)
+
+    def job_queue_sampled(self, depth: int) -> None:
+        self._job_queue_depth.set(depth)
+
+    def worker_restarted(self, reason: str) -> None:
+        self._worker_restarts.labels(reason).inc()
+        if reason == "stalled":
+            self._incr("alerts.stale_plugin_server_restarted")
+
+    # --- plugins
+
+    @contextmanager
+    def plugin_call(self, plugin: PluginLabels, method: str, calls: int = 1) -> Iterator[PluginCall]:
+        """Time the block as one call of `method` handing `calls` events (or runs) to the plugin.
+
+        The block sets `errors` on what it gets for events that failed inside; a block that raises
+        counts as `calls` errors."""
+        call = PluginCall()
+        started = time.perf_counter()
+        try:
+            yield call
+        except BaseException:
+            call.errors = calls
+            raise
+        finally:
+            self._plugin_call_done(plugin, method, calls, call.errors, time.perf_counter() - started)
+
+    def _plugin_call_done(
+        self, plugin: PluginLabels, method: str, calls: int, errors: int, seconds: float
+    ) -> None:
+        children = self._plugin_children.get((plugin, method))
+        if children is None:
+            labels = (str(plugin.plugin_config_id), plugin.plugin_name, method)
+            children = (
+                self._plugin_calls.labels(*labels),
+                self._plugin_seconds.labels(*labels),
+                self._plugin_errors.labels(*labels),
+            )
+            self._plugin_children[(plugin, method)] = children
+        counted, timed, failed = children
+        counted.inc(calls)
+        timed.observe(seconds)
+        if errors:
+            failed.inc(errors)
+        if self._statsd is not None:
+            self._plugin_call_to_statsd(plugin, method, errors, seconds)
+
+    def _plugin_call_to_statsd(self, plugin: PluginLabels, method: str, errors: int, seconds: float) -> None:
+        assert self._statsd is not None
+        name, millis = plugin.statsd_name, seconds * 1000
+        if method == PROCESS_EVENT:
+            self._statsd.timing(f"plugin.process_event,plugin={name},teamId={plugin.team_id}", millis)
+            if errors:
+                self._statsd.incr(f"plugin.{name}.process_event.ERROR", errors)
+        elif method == ON_EVENT:
+            self._statsd.timing(f"plugin.{name}.on_event", millis)
+            if errors:
+                self._statsd.incr(f"plugin.{name}.on_event.ERROR", errors)
+        elif method == EXPORT_EVENTS:
+            if not errors:
+                self._statsd.timing("plugin.export_events.success", millis)
+        elif errors:  # a scheduled task (`runEveryMinute`) or a job (`jobs.<name>`)
+            kind, task = ("job", method[5:]) if method.startswith("jobs.") else ("schedule", method)
+            self._statsd.incr(f"plugin.task.{kind}.{task}.{plugin.plugin_config_id}.ERROR", errors)
+
+    def export_retry(self, enqueued: bool) -> None:
+        outcome = "enqueued" if enqueued else "dropped"
+        self._export_retries.labels(outcome).inc()
+        self._incr(f"plugin.export_events.retry_{outcome}")
+
+    def log_entries_created(self, count: int) -> None:
+        self._log_entries.inc(count)
+        self._incr("logs.entries_created", count)
+
+    def _incr(self, name: str, count: int = 1) -> None:
+        if self._statsd is not None:
+            self._statsd.incr(name, count)
+
+
+_metrics: Metrics | None = None
+
+
+def get_metrics() -> Metrics:
+    """This process's metrics (Prometheus only until `configure_metrics` is called)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
+
+def configure_metrics(settings: Settings) -> Metrics:
+    """Set this process's metrics up: multiprocess files if the supervisor made the directory,
+    and StatsD when STATSD_HOST is set. Call once at process start, before anything is recorded."""
+    global _metrics
+    # prometheus_client picks its value store when imported, which in the supervisor is before the
+    # directory exists: pick again now.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    client = None
+    if settings.STATSD_HOST:
+        client = statsd.StatsClient(
+            settings.STATSD_HOST, settings.STATSD_PORT, prefix=settings.STATSD_PREFIX.rstrip(".") or None
+        )
+    _metrics = Metrics(client)
+    return _metrics
+
+
+def use_multiprocess_dir(settings: Settings) -> Path:
+    """Create a fresh PROMETHEUS_MULTIPROC_DIR (under the data dir, else a temporary one) and export it
+    for the child processes. The supervisor calls it before starting any; `remove_multiprocess_dir`
+    on the way out."""
+    try:
+        directory = Path(settings.PLUGIN_SERVER_DATA_DIR) / "prometheus"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+    except OSError:
+        directory = Path(tempfile.mkdtemp(prefix="plugin-server-prometheus-"))
+    os.environ[MULTIPROC_DIR_ENV] = str(directory)
+    return directory
+
+
+def remove_multiprocess_dir(directory: Path) -> None:
+    if os.environ.get(MULTIPROC_DIR_ENV) == str(directory):
+        del os.environ[MULTIPROC_DIR_ENV]
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_exited(pid: int) -> None:
+    """Forget the live gauges of a child that exited (its counters keep counting in the totals)."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def render() -> bytes:
+    """All metrics in the Prometheus text format: merged over every process of the server when it runs
+    in multiprocess mode, else this process's own."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    if not directory:
+        return generate_latest(get_metrics().registry)
+    registry = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -1,0 +1,1 @@
+"""The HTTP front door: capture API, health, metrics and the operator API."""

@@ -1,0 +1,371 @@
+"""The operator API under /api/admin: the CLI's plugin and dead-letter operations over HTTP.
+
+Every route needs `Authorization: Bearer <ADMIN_TOKEN>`. With ADMIN_TOKEN unset the API is off and
+every route answers 403 saying so (not 404, so that a missing setting is not mistaken for a wrong
+URL); a missing or wrong token gets 401. Changes to plugins publish the reload message, as the CLI
+does, so running servers pick them up at once.
+
+The plugin operations are the synchronous functions of `plugins.admin` that the CLI calls; they run
+in a thread, on a connection of their own for the request (operator calls are rare, and this keeps
+the async pool free for capture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Self, TypeVar
+
+import psycopg
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from redis.exceptions import RedisError
+
+from plugin_server.ingestion.redis_queue import dead_letter_count, read_dead_letters, replay_dead_letters
+from plugin_server.plugins import admin
+from plugin_server.plugins.archive import DEFAULT_LIMITS
+from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
+from plugin_server.plugins.models import PluginAttachment
+from plugin_server.web.context import WebContext, get_context
+
+T = TypeVar("T")
+MAX_UPLOAD_BYTES = DEFAULT_LIMITS.max_total_bytes
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="ADMIN_TOKEN", description="the ADMIN_TOKEN setting")
+
+
+async def require_admin_token(
+    context: Annotated[WebContext, Depends(get_context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """403 while ADMIN_TOKEN is unset; 401 unless the bearer token equals it (compared in constant time)."""
+    expected = context.settings.ADMIN_TOKEN
+    if not expected:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "the operator API is off: set ADMIN_TOKEN to turn it on"
+        )
+    given = credentials.credentials if credentials else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing or wrong admin token: send Authorization: Bearer <ADMIN_TOKEN>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+router = APIRouter(prefix="/api/admin", tags=["operator"], dependencies=[Depends(require_admin_token)])
+Context = Annotated[WebContext, Depends(get_context)]
+
+
+# --- answers
+
+
+class PluginConfigOut(BaseModel):
+    """A plugin enabled (or once enabled) for a team."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    team_id: int | None
+    plugin_id: int
+    enabled: bool
+    order: int
+    config: dict[str, Any]
+    error: Any = Field(
+        None, description="the last error of this config (as the PostHog app shows it), or null"
+    )
+    updated_at: datetime | None
+
+
+class PluginOut(BaseModel):
+    """An installed plugin and its configs by team and order."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    organization_id: str | None
+    is_global: bool
+    origin: str = Field(description='where the code is: "archive", "source", a `file:` url or a remote url')
+    archive_size: int | None
+    error: Any = Field(None, description="the plugin's own error (e.g. it could not be loaded), or null")
+    updated_at: datetime | None
+    configs: list[PluginConfigOut]
+
+
+class LogEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    team_id: int
+    plugin_id: int
+    plugin_config_id: int
+    timestamp: datetime
+    source: LogSource
+    type: LogType
+    message: str
+    instance_id: str
+
+
+class DeadLetterOut(BaseModel):
+    reason: str | None = None
+    message: str | None = Field(None, description="the queue message as it was received")
+    failed_at: str | None = None
+    consumer: str | None = None
+
+
+class DeadLettersOut(BaseModel):
+    total: int = Field(description="how many dead letters are stored")
+    letters: list[DeadLetterOut] = Field(description="the newest ones, newest first")
+
+
+class ReplayOut(BaseModel):
+    replayed: int
+
+
+class ReloadOut(BaseModel):
+    subscribers: int = Field(description="how many server processes heard the reload message")
+
+
+# --- requests
+
+
+class InstallRequest(BaseModel):
+    """Exactly one of `url`, `source` (with `name`) or `path`; archives are uploaded to /plugins/archive."""
+
+    url: str | None = Field(None, description="http(s) url of a .zip / .tgz / .tar.gz plugin archive")
+    source: str | None = Field(None, description="JavaScript source of a plugin's index.js")
+    name: str | None = Field(None, description="plugin name, needed with `source`")
+    path: str | None = Field(None, description="plugin folder or archive on the server's disk")
+    local: bool = Field(False, description="with `path`: load the folder from there on every reload")
+    organization_id: str | None = Field(None, description="needed when there are several organizations")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Self:
+        given = [name for name in ("url", "source", "path") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of url, source and path")
+        if self.source is not None and not self.name:
+            raise ValueError("a source plugin needs a name")
+        if self.local and self.path is None:
+            raise ValueError("local applies to a path only")
+        return self
+
+
+class EnableRequest(BaseModel):
+    plugin: str = Field(description="plugin id or name")
+    team_id: int
+    config: dict[str, Any] = Field(default_factory=dict, description="settings, merged into the current ones")
+    order: int | None = Field(None, description="position among the team's plugins (lower runs first)")
+
+
+class ConfigPatch(BaseModel):
+    """What to change; what is left out stays as it is."""
+
+    enabled: bool | None = None
+    config: dict[str, Any] | None = Field(None, description="settings, merged into the current ones")
+    order: int | None = Field(None, description="position among the team's plugins (lower runs first)")
+
+
+class ReplayRequest(BaseModel):
+    limit: int | None = Field(None, ge=1, description="replay at most this many, oldest first; null: all")
+
+
+# --- plugins
+
+
+@router.get("/plugins", response_model=list[PluginOut])
+async def get_plugins(context: Context) -> list[PluginOut]:
+    """Every installed plugin with its configs and their errors."""
+    plugins = await _in_database(context, admin.list_plugins)
+    return [PluginOut.model_validate(plugin) for plugin in plugins]
+
+
+@router.post("/plugins", response_model=PluginOut, status_code=status.HTTP_201_CREATED)
+async def install(request: InstallRequest, context: Context) -> PluginOut:
+    """Install (or replace the code of) a plugin from a url, source text or a path on the server."""
+
+    def run(connection: admin.Connection) -> admin.InstalledPlugin:
+        organization = request.organization_id
+        if request.url is not None:
+            plugin = admin.install_from_url(connection, request.url, organization_id=organization)
+        elif request.source is not None:
+            assert request.name is not None
+            plugin = admin.install_source(
+                connection, request.name, request.source, organization_id=organization
+            )
+        else:
+            assert request.path is not None
+            path = context.settings.BASE_DIR / request.path
+            plugin = admin.install_plugin(connection, path, organization_id=organization, local=request.local)
+        return admin.list_plugins(connection, plugin.id)[0]
+
+    return await _changed(context, PluginOut.model_validate(await _in_database(context, run)))
+
+
+@router.post("/plugins/archive", response_model=PluginOut, status_code=status.HTTP_201_CREATED)
+async def install_archive(
+    archive: Annotated[UploadFile, File(description="a .zip / .tgz / .tar.gz plugin archive")],
+    context: Context,
+    organization_id: Annotated[
+        str | None, Form(description="needed when there are several organizations")
+    ] = None,
+) -> PluginOut:
+    """Install (or replace the code of) a plugin from an uploaded archive."""
+    data = await _read_upload(archive)
+    name = admin.strip_archive_suffix(archive.filename or "plugin")
+
+    def run(connection: admin.Connection) -> admin.InstalledPlugin:
+        plugin = admin.install_archive(connection, data, name, organization_id=organization_id)
+        return admin.list_plugins(connection, plugin.id)[0]
+
+    return await _changed(context, PluginOut.model_validate(await _in_database(context, run)))
+
+
+# --- plugin configs
+
+
+@router.post("/plugin-configs", response_model=PluginConfigOut)
+async def enable(request: EnableRequest, context: Context) -> PluginConfigOut:
+    """Enable a plugin for a team, creating its config if needed (like `plugins enable`)."""
+
+    def run(connection: admin.Connection) -> PluginConfigOut:
+        plugin = admin.find_plugin(connection, request.plugin, team_id=request.team_id)
+        row = admin.enable_plugin(connection, plugin, request.team_id, request.config, order=request.order)
+        return PluginConfigOut.model_validate(row)
+
+    return await _changed(context, await _in_database(context, run))
+
+
+@router.patch("/plugin-configs/{config_id}", response_model=PluginConfigOut)
+async def update_config(config_id: int, patch: ConfigPatch, context: Context) -> PluginConfigOut:
+    """Enable or disable a config, change its settings or its order."""
+
+    def run(connection: admin.Connection) -> PluginConfigOut:
+        row = admin.update_config(
+            connection, config_id, enabled=patch.enabled, config=patch.config, order=patch.order
+        )
+        return PluginConfigOut.model_validate(row)
+
+    return await _changed(context, await _in_database(context, run))
+
+
+@router.put("/plugin-configs/{config_id}/attachments/{key}", response_model=PluginConfigOut)
+async def put_attachment(
+    config_id: int,
+    key: str,
+    file: Annotated[UploadFile, File(description="the attachment's contents")],
+    context: Context,
+) -> PluginConfigOut:
+    """Store an attachment setting of a config (e.g. a file a plugin reads), replacing that key's."""
+    name = file.filename or key
+    attachment = PluginAttachment(
+        key=key,
+        content_type=file.content_type or admin.guess_content_type(name),
+        file_name=name,
+        contents=await _read_upload(file),
+    )
+
+    def run(connection: admin.Connection) -> PluginConfigOut:
+        return PluginConfigOut.model_validate(admin.set_attachment(connection, config_id, attachment))
+
+    return await _changed(context, await _in_database(context, run))
+
+
+@router.get("/plugin-configs/{config_id}/logs", response_model=list[LogEntryOut])
+async def get_logs(
+    config_id: int,
+    context: Context,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="how many entries")] = 100,
+    after: Annotated[
+        str | None,
+        Query(description="an entry id: the entries after it, to follow the log (else the newest)"),
+    ] = None,
+) -> list[LogEntryOut]:
+    """A config's log entries, oldest first (like `plugins logs`)."""
+
+    def run(connection: admin.Connection) -> list[PluginLogEntry]:
+        admin.find_config(connection, config_id)  # 404 rather than an empty list
+        return admin.read_logs(connection, config_id, limit=limit, after=after)
+
+    entries = await _in_database(context, run)
+    return [LogEntryOut.model_validate(entry) for entry in entries]
+
+
+# --- dead letters and reload
+
+
+@router.get("/dead-letters", response_model=DeadLettersOut)
+async def get_dead_letters(
+    context: Context, limit: Annotated[int, Query(ge=1, le=10_000, description="how many to show")] = 20
+) -> DeadLettersOut:
+    """Messages that could not be ingested, newest first (like `dead-letters list`)."""
+    queue = context.settings.PLUGINS_CELERY_QUEUE
+    letters = await read_dead_letters(context.redis, queue, limit)
+    return DeadLettersOut(
+        total=await dead_letter_count(context.redis, queue),
+        letters=[DeadLetterOut.model_validate(letter) for letter in letters],
+    )
+
+
+@router.post("/dead-letters/replay", response_model=ReplayOut)
+async def replay(context: Context, request: ReplayRequest | None = None) -> ReplayOut:
+    """Put dead letters back on the ingestion queue, oldest first (like `dead-letters replay`)."""
+    limit = request.limit if request else None
+    return ReplayOut(
+        replayed=await replay_dead_letters(context.redis, context.settings.PLUGINS_CELERY_QUEUE, limit)
+    )
+
+
+@router.post("/reload", response_model=ReloadOut)
+async def reload(context: Context) -> ReloadOut:
+    """Tell running servers to read the plugin configs in force again."""
+    return ReloadOut(subscribers=await _publish_reload(context))
+
+
+# --- helpers
+
+
+async def _in_database(context: WebContext, action: Callable[[admin.Connection], T]) -> T:
+    """Run a `plugins.admin` operation in a thread; its errors become 404 (not found) or 400."""
+    conninfo = context.pool.conninfo
+    assert isinstance(conninfo, str), "the pool is opened with a fixed database url (db.postgres.open_pool)"
+
+    def run() -> T:
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            return action(connection)
+
+    try:
+        return await asyncio.to_thread(run)
+    except admin.NotFoundError as error:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+    except admin.AdminError as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+
+
+async def _changed(context: WebContext, answer: T) -> T:
+    """After a saved change: tell running servers, then answer."""
+    await _publish_reload(context)
+    return answer
+
+
+async def _publish_reload(context: WebContext) -> int:
+    client: aioredis.Redis = context.redis
+    try:
+        return int(await client.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE))
+    except RedisError as error:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"saved, but could not tell running servers to reload ({error}); POST /api/admin/reload to retry",
+        ) from None
+
+
+async def _read_upload(upload: UploadFile) -> bytes:
+    data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"larger than {MAX_UPLOAD_BYTES} bytes")
+    return data

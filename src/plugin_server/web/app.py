@@ -1,0 +1,139 @@
+"""The web app: PostHog's capture endpoints, health and readiness, metrics and the operator API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+from plugin_server import __version__
+from plugin_server.ingestion.teams import TeamManager
+from plugin_server.services.metrics import get_metrics
+from plugin_server.web import admin, metrics_routes
+from plugin_server.web.capture import captured_events
+from plugin_server.web.client_ip import client_ip
+from plugin_server.web.context import WebContext
+from plugin_server.web.health import run_check, workers_problem
+from plugin_server.web.payload import CaptureError, read_capture_input
+
+log = logging.getLogger(__name__)
+
+CAPTURE_PATHS = ("/capture", "/e", "/batch", "/track", "/i/v0/e")
+CAPTURE_DESCRIPTION = """PostHog's capture endpoint: one event, a list, or `{"batch": [...]}`, as JSON,
+as a form with base64 `data`, or with `data=` in the query (GET); gzip (`compression=gzip-js` or
+`Content-Encoding: gzip`) and lz-string (`compression=lz64`) accepted. Answers `{"status": 1}` once every
+event is queued; 400 bad payload, 401 missing or unknown project token, 413 too large, 503 queue down."""
+
+
+def create_app(context: WebContext) -> FastAPI:
+    app = FastAPI(title="plugin-server", version=__version__)
+    app.state.context = context
+    teams = TeamManager(context.pool)
+    settings = context.settings
+
+    async def capture(request: Request) -> Response:
+        peer = request.client.host if request.client else None
+        try:
+            received = await read_capture_input(request, settings.CAPTURE_MAX_BODY_BYTES)
+            events = await captured_events(
+                received,
+                team_by_token=teams.get_team_by_token,
+                ip=client_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxy_networks),
+                site_url=str(request.base_url).rstrip("/"),
+            )
+            await context.enqueuer.enqueue(events)
+        except CaptureError as error:
+            return _with_cors(request, JSONResponse(error.body, status_code=error.status))
+        except Exception:
+            log.exception("capture request from %s failed", peer)
+            body = {
+                "type": "server_error",
+                "code": "unavailable",
+                "detail": "The events could not be queued right now; send them again later.",
+                "attr": None,
+            }
+            return _with_cors(request, JSONResponse(body, status_code=503))
+        get_metrics().events_received("capture", len(events))
+        return _with_cors(request, JSONResponse({"status": 1}))
+
+    async def preflight(request: Request) -> Response:
+        return _with_cors(request, Response(status_code=200))
+
+    for path in CAPTURE_PATHS:
+        for variant in (path, path + "/"):  # clients post to both; a redirect would lose the body
+            app.add_api_route(
+                variant,
+                capture,
+                methods=["GET", "POST"],
+                include_in_schema=variant == path,
+                summary=f"Capture events ({path})",
+                description=CAPTURE_DESCRIPTION,
+                tags=["capture"],
+            )
+            app.add_api_route(variant, preflight, methods=["OPTIONS"], include_in_schema=False)
+
+    @app.get("/_health", tags=["health"], summary="The web process is up")
+    async def health() -> dict[str, str | int]:
+        return {"status": "ok", "pid": os.getpid()}
+
+    @app.get("/_ready", tags=["health"], summary="Database, Redis, Kafka (when enabled) and workers are fine")
+    async def ready() -> JSONResponse:
+        checks = await readiness(context)
+        failed = [name for name, check in checks.items() if not check["ok"]]
+        body = {"status": "unavailable" if failed else "ready", "failed": failed, "checks": checks}
+        return JSONResponse(body, status_code=503 if failed else 200)
+
+    app.include_router(metrics_routes.router)
+    app.include_router(admin.router)
+    return app
+
+
+async def readiness(context: WebContext) -> dict[str, dict[str, Any]]:
+    """One entry per dependency: `ok`, and `error` saying why when it is not."""
+    probes = {"database": _database_problem(context), "redis": _redis_problem(context)}
+    if context.settings.KAFKA_ENABLED:
+        from plugin_server.ingestion.kafka_producer import kafka_ready
+
+        probes["kafka"] = kafka_ready(context.settings)
+    problems = await asyncio.gather(*(run_check(probe) for probe in probes.values()))
+    checks: dict[str, dict[str, Any]] = {
+        name: _check(problem) for name, problem in zip(probes, problems, strict=True)
+    }
+    if context.workers is not None:
+        counts = context.workers.read()
+        checks["workers"] = {
+            **_check(workers_problem(counts)),
+            "expected": counts.expected,
+            "alive": counts.alive,
+            "consuming": counts.consuming,
+        }
+    return checks
+
+
+async def _database_problem(context: WebContext) -> str | None:
+    async with context.pool.connection() as connection:
+        await connection.execute("SELECT 1")
+    return None
+
+
+async def _redis_problem(context: WebContext) -> str | None:
+    await context.redis.ping()
+    return None
+
+
+def _check(problem: str | None) -> dict[str, Any]:
+    return {"ok": True} if problem is None else {"ok": False, "error": problem}
+
+
+def _with_cors(request: Request, response: Response) -> Response:
+    """PostHog capture's CORS answer: any origin may send (browsers run posthog-js on any site)."""
+    response.headers["Access-Control-Allow-Origin"] = request.headers.get("origin") or "*"
+    response.headers["Access-Control-Allow-Credentials"] = "true"
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "X-Requested-With, Content-Type"
+    response.headers["Vary"] = "Origin"
+    return response

@@ -1,0 +1,56 @@
+"""The web process: the capture API, health, metrics and operator API on WEB_HOSTNAME:WEB_PORT.
+
+Started by the supervisor (multiprocessing spawn, with the resolved DATABASE_URL and REDIS_URL in its
+environment), restarted by it when it dies, stopped with SIGTERM, on which uvicorn finishes the
+requests in flight first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+import uvicorn
+
+from plugin_server.config import Settings, load_settings
+from plugin_server.db.postgres import open_pool
+from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.services.observability import setup_process
+from plugin_server.web.app import create_app
+from plugin_server.web.context import WebContext
+from plugin_server.web.health import WorkerStatus
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None:
+    assert settings.database_url and settings.redis_url, "the supervisor resolves both URLs"
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await open_pool(settings.database_url, min_size=1, max_size=8)
+        stack.push_async_callback(pool.close)
+        redis_client = aioredis.Redis.from_url(settings.redis_url)
+        stack.push_async_callback(redis_client.aclose)
+        enqueuer = open_enqueuer(settings, redis_client)
+        stack.push_async_callback(enqueuer.close)
+        app = create_app(WebContext(settings, pool, redis_client, enqueuer, workers))
+        config = uvicorn.Config(
+            app,
+            host=settings.WEB_HOSTNAME,
+            port=settings.WEB_PORT,
+            log_config=None,  # our logging setup, not uvicorn's
+            access_log=False,  # one line per captured request would drown everything else
+            lifespan="off",
+        )
+        log.info("starting the web server on http://%s:%d", settings.WEB_HOSTNAME, settings.WEB_PORT)
+        await uvicorn.Server(config).serve()
+
+
+def web_main(workers: WorkerStatus | None = None) -> None:
+    """Entry point of the web process."""
+    settings = load_settings()
+    setup_process(settings, "web")
+    import uvloop
+
+    uvloop.run(serve(settings, workers))
+    log.info("web server stopped")
