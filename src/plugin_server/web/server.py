@@ -40,6 +40,7 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
             port=settings.WEB_PORT,
             log_config=None,  # our logging setup, not uvicorn's
             access_log=False,  # one line per captured request would drown everything else
+            proxy_headers=False,  # the capture API reads X-Forwarded-For itself, from TRUSTED_PROXIES only
             lifespan="off",
         )
         log.info("starting the web server on http://%s:%d", settings.WEB_HOSTNAME, settings.WEB_PORT)
