@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TTLCache
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.ingestion.batch_cache import BatchCache
 from plugin_server.ingestion.uuidt import uuidt
 
 MAX_NAME_LENGTH = 400
@@ -118,33 +118,20 @@ class DefinitionsManager:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
-        self._cache: TTLCache[int, _Names] = TTLCache(maxsize=max_teams, ttl=ttl, timer=clock)
+        self._names: BatchCache[int, _Names] = BatchCache(
+            self._load, _Names, ttl=ttl, maxsize=max_teams, clock=clock
+        )
 
     async def record(self, events: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None:
         """Store the definitions that (team_id, event name, properties) triples add to what is known."""
         seen = _collect(events)
         if not seen:
             return
-        known = await self._known(list(seen))
+        known = await self._names.get_many(seen)
         unknown = {team_id: known[team_id].unknown_in(names) for team_id, names in seen.items()}
         await self._insert(unknown)
         for team_id, names in unknown.items():
             known[team_id].merge(names)
-
-    async def _known(self, team_ids: list[int]) -> dict[int, _Names]:
-        """The cached names of these teams; the teams not cached are loaded in one query."""
-        known: dict[int, _Names] = {}
-        missing: list[int] = []
-        for team_id in team_ids:
-            try:
-                known[team_id] = self._cache[team_id]
-            except KeyError:
-                missing.append(team_id)
-        if missing:
-            loaded = await self._load(missing)
-            for team_id in missing:
-                known[team_id] = self._cache[team_id] = loaded.get(team_id, _Names())
-        return known
 
     async def _load(self, team_ids: list[int]) -> dict[int, _Names]:
         async with self._pool.connection() as connection:

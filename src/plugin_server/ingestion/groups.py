@@ -11,15 +11,15 @@ as JavaScript prints it). A `null` key names no group and is skipped.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
-from cachetools import TTLCache
 from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.ingestion.batch_cache import BatchCache
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,9 @@ class GroupTypeManager:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
-        self._cache: TTLCache[int, GroupTypes] = TTLCache(maxsize=max_teams, ttl=ttl, timer=clock)
+        self._types: BatchCache[int, GroupTypes] = BatchCache(
+            self._load, dict, ttl=ttl, maxsize=max_teams, clock=clock
+        )
 
     async def resolve(self, pairs: Iterable[Pair]) -> dict[Pair, int | None]:
         """The index of every (team_id, group type), creating unknown types at their team's next free index.
@@ -143,7 +145,7 @@ class GroupTypeManager:
         wanted: TypesByTeam = {}
         for team_id, group_type in dict.fromkeys(pairs):
             wanted.setdefault(team_id, []).append(group_type)
-        known = await self._group_types(list(wanted))
+        known = await self._types.get_many(wanted)
         resolved: dict[Pair, int | None] = {}
         pending: TypesByTeam = {}
         for team_id, group_types in wanted.items():
@@ -158,21 +160,6 @@ class GroupTypeManager:
             working = {team_id: dict(known[team_id]) for team_id in pending}
             resolved.update(await self._create(pending, working))
         return resolved
-
-    async def _group_types(self, team_ids: list[int]) -> dict[int, GroupTypes]:
-        """Each team's types from the cache; the teams not cached are loaded in one query."""
-        known: dict[int, GroupTypes] = {}
-        missing: list[int] = []
-        for team_id in team_ids:
-            try:
-                known[team_id] = self._cache[team_id]
-            except KeyError:
-                missing.append(team_id)
-        if missing:
-            loaded = await self._load(missing)
-            for team_id in missing:
-                known[team_id] = self._cache[team_id] = loaded.get(team_id, {})
-        return known
 
     async def _create(self, pending: TypesByTeam, known: dict[int, GroupTypes]) -> dict[Pair, int | None]:
         """Insert the pending types; the types that lost a race are retried after reloading their team.
@@ -190,7 +177,7 @@ class GroupTypeManager:
                 break
             for team_id, group_type, index in await self._insert(rows):
                 resolved[(team_id, group_type)] = known[team_id][group_type] = index
-            self._forget(pending)
+            self._types.forget(pending)
             lost: TypesByTeam = {}
             for team_id, group_type, _ in rows:
                 if (team_id, group_type) not in resolved:
@@ -220,11 +207,6 @@ class GroupTypeManager:
                 else:
                     pending.setdefault(team_id, []).append(group_type)
         return pending
-
-    def _forget(self, team_ids: Iterable[int]) -> None:
-        for team_id in team_ids:
-            with contextlib.suppress(KeyError):  # an entry that expired meanwhile is gone as well
-                del self._cache[team_id]
 
     async def _load(self, team_ids: list[int]) -> dict[int, GroupTypes]:
         async with self._pool.connection() as connection:

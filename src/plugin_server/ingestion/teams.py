@@ -9,18 +9,18 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from cachetools import TTLCache
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.ingestion.batch_cache import BatchCache, Clock
 from plugin_server.ingestion.types import Team
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
 
 # posthog_team.id is a Postgres integer: ids outside its range cannot exist and are not queried.
 _INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
@@ -73,23 +73,14 @@ class TeamManager:
         clock: Clock = time.monotonic,
     ) -> None:
         self._pool = pool
-        self._cache: TTLCache[int, Team | None] = TTLCache(maxsize=max_teams, ttl=ttl, timer=clock)
+        self._teams: BatchCache[int, Team | None] = BatchCache(
+            self._fetch, lambda: None, ttl=ttl, maxsize=max_teams, clock=clock
+        )
         self._by_token: TTLCache[str, Team | None] = TTLCache(maxsize=max_teams, ttl=ttl, timer=clock)
 
     async def get_teams(self, team_ids: Iterable[int]) -> dict[int, Team | None]:
         """Every asked team, None for those that do not exist; one query for all the cache misses."""
-        found: dict[int, Team | None] = {}
-        missing: list[int] = []
-        for team_id in set(team_ids):
-            try:  # one lookup, so an entry cannot expire between a check and a read
-                found[team_id] = self._cache[team_id]
-            except KeyError:
-                missing.append(team_id)
-        if missing:
-            fetched = await self._fetch(missing)
-            for team_id in missing:
-                found[team_id] = self._cache[team_id] = fetched.get(team_id)
-        return found
+        return await self._teams.get_many(team_ids)
 
     async def get_team(self, team_id: int) -> Team | None:
         return (await self.get_teams([team_id]))[team_id]
@@ -119,7 +110,7 @@ class TeamManager:
             first = await cursor.fetchone() is not None
         if first:
             log.info("first event ingested for team %s (%s)", team.id, team.uuid)
-        self._cache[team.id] = replace(team, ingested_event=True)
+        self._teams.put(team.id, replace(team, ingested_event=True))
 
     async def _fetch(self, team_ids: list[int]) -> dict[int, Team]:
         valid = [team_id for team_id in team_ids if _INT4_MIN <= team_id <= _INT4_MAX]
