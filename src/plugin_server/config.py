@@ -155,6 +155,9 @@ class Settings(BaseModel):
     # --- web, logs, metrics
     DISABLE_WEB: bool = Field(False, description="whether to disable web server")
     WEB_PORT: int = Field(3008, ge=0, le=65535, description="port for web server to listen on")
+    WEB_CONCURRENCY: int = Field(
+        1, ge=1, description="web processes serving the HTTP API, sharing WEB_PORT (SO_REUSEPORT)"
+    )
     WEB_HOSTNAME: str = Field("0.0.0.0", description="hostname for web server to listen on")
     CAPTURE_MAX_BODY_BYTES: int = Field(
         20_971_520,

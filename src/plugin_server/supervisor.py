@@ -40,7 +40,7 @@ from plugin_server.services.metrics import (
 )
 from plugin_server.services.sentry import init_sentry
 from plugin_server.web.health import WorkerStatus
-from plugin_server.web.server import web_main
+from plugin_server.web.processes import WebProcesses
 from plugin_server.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ READY_MESSAGE = "🚀 All systems go"
 RUNAWAY_GRACE_SECONDS = 1.0
 # A worker that marked no progress for this long (or 2 x TASK_TIMEOUT) is not consuming, for /_ready.
 CONSUMING_SILENCE_SECONDS = 60.0
-WEB_RESTART_MAX_DELAY_SECONDS = 30.0
 
 
 @dataclass
@@ -75,9 +74,7 @@ class Supervisor:
     _signals: int = 0
     _slots: list[_WorkerSlot] = field(default_factory=list)
     _embedded: EmbeddedServices | None = None
-    _web: SpawnProcess | None = None
-    _web_restarts: int = 0
-    _web_next_start: float = 0.0
+    _web: WebProcesses | None = None
     _worker_status: WorkerStatus | None = None
 
     def run(self) -> int:
@@ -209,7 +206,8 @@ class Supervisor:
             self._stop_runaway_plugins(client)
             self._restart_stalled(client)
             self._publish_worker_status()
-            self._keep_web_running()
+            if self._web is not None:
+                self._web.keep_running()
             time.sleep(0.2)
 
     def _stop_runaway_plugins(self, client: redis.Redis) -> None:
@@ -267,31 +265,8 @@ class Supervisor:
     def _start_web(self) -> None:
         self._worker_status = WorkerStatus()
         self._publish_worker_status()
-        self._spawn_web()
-
-    def _spawn_web(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._web = context.Process(target=web_main, args=(self._worker_status,), name="web")
+        self._web = WebProcesses(self.settings.WEB_CONCURRENCY, self._worker_status)
         self._web.start()
-
-    def _keep_web_running(self) -> None:
-        """Start the web process again when it died, waiting longer after each quick death
-        (e.g. its port is taken) so that a web that cannot start does not spin."""
-        if self._web is None or self._web.is_alive() or time.monotonic() < self._web_next_start:
-            return
-        if self._web_next_start == 0.0:
-            self._web_restarts += 1
-            delay = min(2.0 ** (self._web_restarts - 1), WEB_RESTART_MAX_DELAY_SECONDS)
-            log.error(
-                "web process exited with code %s; starting it again in %.0fs (restart %d)",
-                self._web.exitcode,
-                delay,
-                self._web_restarts,
-            )
-            self._web_next_start = time.monotonic() + delay
-            return
-        self._web_next_start = 0.0
-        self._spawn_web()
 
     def _publish_worker_status(self) -> None:
         if self._worker_status is None:
@@ -308,16 +283,8 @@ class Supervisor:
 
     def _stop_web(self) -> None:
         """Stop taking events first, so that what was accepted is in the queue before workers drain."""
-        if self._web is None:
-            return
-        if self._web.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._web.pid or 0, signal.SIGTERM)
-            self._web.join(DRAIN_TIMEOUT_SECONDS)
-            if self._web.is_alive():
-                log.error("web process did not stop in time; killing it")
-                self._web.kill()
-                self._web.join()
+        if self._web is not None:
+            self._web.stop(DRAIN_TIMEOUT_SECONDS)
 
     def _sample_queue(self, client: redis.Redis) -> None:
         """Queue depth, and lag: the age of the oldest waiting event (the right end), from its `now`."""

@@ -167,3 +167,35 @@ def test_healthcheck_asks_ready_and_a_dead_web_process_is_restarted(
     worker_lines = [line for line in server.log().splitlines() if "worker" in line and "exited" in line]
     assert worker_lines == []
     assert ready["status"] == "ready"
+
+
+def test_several_web_processes_share_the_port_and_one_that_dies_is_replaced(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam
+) -> None:
+    def two_answering_pids() -> set[int]:
+        """Ask /_health on new connections (which the kernel spreads) until two processes answered."""
+        seen: set[int] = set()
+
+        def both_seen() -> bool:
+            seen.update(httpx.get(f"{server.web_url}/_health", timeout=5).json()["pid"] for _ in range(20))
+            return len(seen) == 2
+
+        wait_until(both_seen)
+        return seen
+
+    env = {**_env(database_url, redis_url), "WEB_CONCURRENCY": "2"}
+    with running_server(tmp_path, env) as server:
+        _started(server)
+        dead, survivor = sorted(two_answering_pids())
+        os.kill(dead, signal.SIGKILL)
+        for number in range(10):  # the other process answers meanwhile
+            response = httpx.post(
+                f"{server.web_url}/capture",
+                json={"event": f"while one is down {number}", "distinct_id": "u", "api_key": team.api_token},
+                timeout=5,
+            )
+            assert response.json() == {"status": 1}
+        server.wait_for_log("web process exited (web-")
+        later = two_answering_pids()
+        assert survivor in later and dead not in later
+        assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 10) == 10

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -43,8 +44,27 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
             proxy_headers=False,  # the capture API reads X-Forwarded-For itself, from TRUSTED_PROXIES only
             lifespan="off",
         )
+        listening = shared_socket(settings.WEB_HOSTNAME, settings.WEB_PORT)
+        stack.callback(listening.close)
         log.info("starting the web server on http://%s:%d", settings.WEB_HOSTNAME, settings.WEB_PORT)
-        await uvicorn.Server(config).serve()
+        await uvicorn.Server(config).serve(sockets=[listening])
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that the other web processes (WEB_CONCURRENCY) bind to as well: with
+    SO_REUSEPORT the kernel spreads the connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listening.bind((host, port))
+        listening.listen(2048)
+        listening.set_inheritable(True)
+    except BaseException:
+        listening.close()
+        raise
+    return listening
 
 
 def web_main(workers: WorkerStatus | None = None) -> None:
