@@ -870,6 +870,8 @@ ALLOCATIONS = {
     "subclass": "new (class extends Uint8Array {})(100 * MB)",
     "Reflect.construct": "Reflect.construct(Uint8Array, [100 * MB], Object)",
     "from array-like": "Uint8Array.from({ length: 100 * MB })",
+    "array-like": "new Uint8Array({ length: 100 * MB })",
+    "iterable": "(half = new Uint8Array(63 * MB), new Uint8Array((function* () { for (let i = 0; i < 2 * MB; i++) yield 1 })()))",
     "copy of a typed array": "(half = new Uint8Array(40 * MB), new Uint8Array(half))",
     "slice": "(half = new Uint8Array(40 * MB), half.slice())",
     "map": "(half = new Uint8Array(40 * MB), half.map((x) => x))",

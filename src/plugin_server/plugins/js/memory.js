@@ -180,11 +180,21 @@
             if (new.target === undefined) {
                 throw new NativeTypeError(`Constructor ${name} requires 'new'`);
             }
-            // A view of an existing buffer allocates nothing; a length is known before allocating; a
-            // copy of an array, iterable or typed array is counted once made.
-            const isBuffer = source instanceof OriginalArrayBuffer || source instanceof OriginalSharedArrayBuffer;
-            const isLength = source === undefined || source === null || typeof source !== "object";
-            const bytes = isLength ? toBytes(source) * elementBytes : 0;
+            // A view of an existing buffer allocates nothing. A length, or the length of an array,
+            // typed array or array-like to copy, is counted before allocating; a copy of an iterable
+            // without a length (whose values V8 first gathers on its heap) is counted once made.
+            let bytes = 0;
+            let counted = true;
+            if (source === undefined || source === null || typeof source !== "object") {
+                bytes = toBytes(source) * elementBytes;
+            } else if (!(source instanceof OriginalArrayBuffer || source instanceof OriginalSharedArrayBuffer)) {
+                const length = source.length;
+                if (typeof length === "number") {
+                    bytes = toBytes(length) * elementBytes;
+                } else {
+                    counted = false;
+                }
+            }
             if (bytes > 0) charge(bytes);
             let view;
             try {
@@ -193,11 +203,11 @@
                 setHeld(heldBytes - bytes);
                 throw error;
             }
-            if (isLength) {
-                track(apply(viewBufferOf, view, []), bytes);
-            } else if (!isBuffer) {
-                const buffer = apply(viewBufferOf, view, []);
+            const buffer = apply(viewBufferOf, view, []);
+            if (!counted) {
                 chargeAfter(buffer, storeBytes(buffer));
+            } else if (bytes > 0) {
+                track(buffer, bytes);
             }
             return view;
         };
