@@ -87,8 +87,15 @@ class Settings(BaseModel):
         ge=0,
         description="tear down a plugin config's instance unused for this long (set up again on next use); 0 disables",
     )
-    REDIS_POOL_MIN_SIZE: int = Field(1, ge=0, description="minimum Redis connections per worker")
-    REDIS_POOL_MAX_SIZE: int = Field(3, ge=1, description="maximum Redis connections per worker")
+    REDIS_POOL_MIN_SIZE: int = Field(
+        1, ge=0, description="Redis connections each worker and web process opens at start"
+    )
+    REDIS_POOL_MAX_SIZE: int = Field(
+        3,
+        ge=1,
+        description="Redis connections each worker and web process uses for commands at once, "
+        "besides 8 for long-held ones (blocking claim, reload listener); more commands wait their turn",
+    )
     QUEUE_VISIBILITY_TIMEOUT: float = Field(
         30,
         gt=0,

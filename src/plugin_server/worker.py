@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
+from plugin_server.db.redis import open_redis
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
@@ -105,8 +106,10 @@ class Worker:
         async with contextlib.AsyncExitStack() as stack:
             pool = await open_pool(settings.database_url, min_size=1, max_size=8)
             stack.push_async_callback(pool.close)
-            redis_client = aioredis.Redis.from_url(
-                settings.redis_url, max_connections=settings.REDIS_POOL_MAX_SIZE + 8
+            redis_client = await open_redis(
+                settings.redis_url,
+                min_size=settings.REDIS_POOL_MIN_SIZE,
+                max_size=settings.REDIS_POOL_MAX_SIZE,
             )
             stack.push_async_callback(redis_client.aclose)
             host = await self._plugin_host(pool, redis_client, stack)

@@ -11,11 +11,11 @@ import contextlib
 import logging
 import socket
 
-import redis.asyncio as aioredis
 import uvicorn
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
+from plugin_server.db.redis import open_redis
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.services.observability import setup_process
 from plugin_server.web.app import create_app
@@ -30,7 +30,9 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
     async with contextlib.AsyncExitStack() as stack:
         pool = await open_pool(settings.database_url, min_size=1, max_size=8)
         stack.push_async_callback(pool.close)
-        redis_client = aioredis.Redis.from_url(settings.redis_url)
+        redis_client = await open_redis(
+            settings.redis_url, min_size=settings.REDIS_POOL_MIN_SIZE, max_size=settings.REDIS_POOL_MAX_SIZE
+        )
         stack.push_async_callback(redis_client.aclose)
         enqueuer = open_enqueuer(settings, redis_client)
         stack.push_async_callback(enqueuer.close)
