@@ -53,14 +53,22 @@ class PluginRunner:
         for index, event in enumerate(events):
             if event.get("event") != SNAPSHOT_EVENT:
                 by_team[event.get("team_id")].append(index)
-        for team_id, indexes in by_team.items():
-            vms = self.registry.for_team(team_id) if isinstance(team_id, int) else []
-            if vms:
-                await self._run_chain(vms, indexes, results)
+        chains = {
+            team_id: vms
+            for team_id in by_team
+            if isinstance(team_id, int) and (vms := self.registry.for_team(team_id))
+        }
+        hung = await self._hung.of_many(vm.plugin_config_id for vms in chains.values() for vm in vms)
+        for team_id, vms in chains.items():
+            await self._run_chain(vms, by_team[team_id], results, hung)
         return results
 
     async def _run_chain(
-        self, vms: list[PluginVM], indexes: list[int], results: list[RawEvent | None]
+        self,
+        vms: list[PluginVM],
+        indexes: list[int],
+        results: list[RawEvent | None],
+        hung: dict[int, frozenset[str]],
     ) -> None:
         tallies = {index: _Tally() for index in indexes}
         deferred: list[str] = []
@@ -70,7 +78,7 @@ class PluginRunner:
                     continue
                 alive = [index for index in indexes if results[index] is not None]
                 if "processEvent" in instance.methods and alive:
-                    await self._process_with(vm, instance, alive, results, tallies)
+                    await self._process_with(vm, instance, alive, results, tallies, hung[vm.plugin_config_id])
                 if instance.methods & DEFERRED_METHODS:
                     deferred.append(vm.name)
         for index, tally in tallies.items():
@@ -91,9 +99,9 @@ class PluginRunner:
         alive: list[int],
         results: list[RawEvent | None],
         tallies: dict[int, _Tally],
+        hung: frozenset[str],
     ) -> None:
         given = [results[index] for index in alive]
-        hung = await self._hung.of(vm.plugin_config_id)
         errors: list[tuple[BaseException, RawEvent]] = []
         with get_metrics().plugin_call(vm.labels, PROCESS_EVENT, len(given)) as call:
             outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
@@ -122,27 +130,32 @@ class PluginRunner:
         by_team: dict[Any, list[RawEvent]] = defaultdict(list)
         for event in events:
             by_team[event.get("team_id")].append(event)
-        calls = [
-            self._on_events_of(vm, team_events)
+        work = [
+            (vm, team_events)
             for team_id, team_events in by_team.items()
             if isinstance(team_id, int)
             for vm in self.registry.for_team(team_id)
         ]
-        if calls:
-            await asyncio.gather(*calls)
+        if not work:
+            return
+        hung = await self._hung.of_many(vm.plugin_config_id for vm, _ in work)
+        await asyncio.gather(
+            *(self._on_events_of(vm, team_events, hung[vm.plugin_config_id]) for vm, team_events in work)
+        )
 
-    async def _on_events_of(self, vm: PluginVM, events: list[RawEvent]) -> None:
+    async def _on_events_of(self, vm: PluginVM, events: list[RawEvent], hung: frozenset[str]) -> None:
         async with vm.use() as instance:  # not unloaded as idle while its onEvent calls run
             if instance is not None:
-                await self._on_events_with(vm, instance, events)
+                await self._on_events_with(vm, instance, events, hung)
 
-    async def _on_events_with(self, vm: PluginVM, instance: PluginInstance, events: list[RawEvent]) -> None:
+    async def _on_events_with(
+        self, vm: PluginVM, instance: PluginInstance, events: list[RawEvent], hung: frozenset[str]
+    ) -> None:
         if vm.export_buffer is not None:
             for event in events:
                 vm.export_buffer.add(event)
         if "onEvent" not in instance.methods:
             return
-        hung = await self._hung.of(vm.plugin_config_id)
         slots = asyncio.Semaphore(self._on_event_concurrency)
 
         with get_metrics().plugin_call(vm.labels, ON_EVENT, len(events)) as call:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import time
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Iterable
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any, TypeVar
 
@@ -50,8 +50,21 @@ class HungMarks:
         self._redis = redis
 
     async def of(self, plugin_config_id: int) -> frozenset[str]:
-        members: set[bytes] = await self._redis.smembers(hung_key(plugin_config_id))  # type: ignore[assignment]
-        return frozenset(member.decode() for member in members)
+        return (await self.of_many([plugin_config_id]))[plugin_config_id]
+
+    async def of_many(self, plugin_config_ids: Iterable[int]) -> dict[int, frozenset[str]]:
+        """The marks of each of these plugin configs, in one round trip (a batch asks for all its plugins)."""
+        ids = list(dict.fromkeys(plugin_config_ids))
+        if not ids:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for plugin_config_id in ids:
+                pipe.smembers(hung_key(plugin_config_id))
+            answers: list[set[bytes]] = await pipe.execute()
+        return {
+            plugin_config_id: frozenset(member.decode() for member in members)
+            for plugin_config_id, members in zip(ids, answers, strict=True)
+        }
 
     async def take(self, plugin_config_id: int, label: str) -> bool:
         """Whether this call was marked hung; the mark is removed (the next attempt may run again)."""
