@@ -169,7 +169,14 @@ def parse_json(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
-    return json.loads(raw, parse_constant=lambda _: None)  # also raises UnicodeDecodeError (a ValueError)
+    # also raises UnicodeDecodeError (a ValueError)
+    return json.loads(raw, parse_constant=lambda _: None, parse_int=_int_like_orjson)
+
+
+def _int_like_orjson(text: str) -> int | float:
+    """An integer as orjson reads it: past 64 bits a float (the queue's encoder takes no bigger int)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
 
 
 def _base64_or_none(raw: bytes) -> bytes | None:

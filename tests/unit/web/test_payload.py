@@ -36,6 +36,12 @@ def test_lz64_of_posthog_js_restores_characters_outside_the_basic_plane() -> Non
 
 def test_nan_and_infinity_become_null() -> None:
     assert decode_data(b'{"a": NaN, "b": Infinity}', "", LIMIT) == {"a": None, "b": None}
+    # Integers past 64 bits become floats, as orjson reads them, with or without a NaN beside them.
+    for body in (
+        b'{"n": 123456789012345678901234567890}',
+        b'{"n": 123456789012345678901234567890, "x": NaN}',
+    ):
+        assert decode_data(body, "", LIMIT)["n"] == 1.2345678901234568e29
 
 
 @pytest.mark.parametrize(
