@@ -12,8 +12,8 @@ import psycopg
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 
-from .server import celery_app, running_server, send_event, wait_for_count, wait_until
-from .test_python_plugins import config_error, env, events_by_name, storage
+from .plugin_stack import Stack
+from .server import wait_until
 
 Db = psycopg.Connection[Any]
 PLUGINS = Path(__file__).parents[1] / "assets" / "plugins"
@@ -27,15 +27,13 @@ def install_js(db: Db, tmp_path: Path, team: CreatedTeam, name: str, main: str, 
     return enable_plugin(db, install_plugin(db, folder), team.team_id, {"greeting": "hi"}).id
 
 
-def test_js_and_ts_plugins_process_events_in_order_with_meta(
-    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
-) -> None:
-    hello = install_plugin(clean_db, PLUGINS / "hello-js")
-    enable_plugin(clean_db, hello, team.team_id, {"greeting": "hej"}, order=1)
+def test_js_and_ts_plugins_process_events_in_order_with_meta(stack: Stack) -> None:
+    hello = install_plugin(stack.db, PLUGINS / "hello-js")
+    enable_plugin(stack.db, hello, stack.team.team_id, {"greeting": "hej"}, order=1)
     ts_config = install_js(
-        clean_db,
-        tmp_path,
-        team,
+        stack.db,
+        stack.tmp_path,
+        stack.team,
         "typed",
         "index.ts",
         """
@@ -59,19 +57,17 @@ def test_js_and_ts_plugins_process_events_in_order_with_meta(
         }
         """,
     )
-    app = celery_app(redis_url)
-    with running_server(tmp_path, env(database_url, redis_url, TASK_TIMEOUT="2")) as server:
-        server.wait_for_log("All systems go")
+    with stack.server(TASK_TIMEOUT="2"):
         for name in ("first", "drop me", "loop", "second"):
-            send_event(app, team_id=team.team_id, distinct_id="d", event=name)
-        assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 3, timeout=60) == 3
-        wait_until(lambda: config_error(clean_db, ts_config))
-    stored = events_by_name(clean_db)
+            stack.send(name)
+        assert stack.wait_for_events(3, timeout=60) == 3
+        wait_until(lambda: stack.config_error(ts_config))
+    stored = stack.events_by_name()
     assert set(stored) == {"first", "loop", "second"}
     assert stored["first"]["greeting"] == "hej" and stored["first"]["seen"] == 1
     assert stored["second"]["seen"] == 2 and stored["second"]["retryErrorKnown"] is True
     assert "seen" not in stored["loop"] and stored["loop"]["greeting"] == "hej"
     assert stored["loop"]["$plugins_failed"] == [f"typed ({ts_config})"]
-    error = config_error(clean_db, ts_config)
+    error = stack.config_error(ts_config)
     assert error is not None and "timed out after looping" in error["message"]
-    assert storage(clean_db, ts_config, "last") == "second"
+    assert stack.storage(ts_config, "last") == "second"

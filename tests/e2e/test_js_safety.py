@@ -29,8 +29,8 @@ from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 
 from ..conftest import TABLES
+from .plugin_stack import env
 from .server import RunningServer, celery_app, running_server, send_event, wait_for_count
-from .test_python_plugins import env
 
 Db = psycopg.Connection[Any]
 SECRET_VARIABLE = "PLUGIN_SAFETY_SECRET"

@@ -7,23 +7,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import PLUGIN_JOB_TASK
 
-from .server import celery_app, running_server, send_event
-from .test_python_plugins import config_error, env, install, storage, wait_until
-
-Db = psycopg.Connection[Any]
+from .plugin_stack import Stack
+from .server import wait_until
 
 
-def failed_jobs(db: Db, config_id: int) -> list[tuple[str, str]]:
+def failed_jobs(stack: Stack, config_id: int) -> list[tuple[str, str]]:
     """(type, last_error) of the config's failed jobs."""
-    rows = db.execute(
+    rows = stack.db.execute(
         "SELECT type, last_error FROM posthog_pluginconfig c "
         "JOIN plugin_server_jobs j ON j.plugin_config_id = c.id "
         "WHERE c.id = %s AND j.status = 'failed'",
@@ -32,13 +26,8 @@ def failed_jobs(db: Db, config_id: int) -> list[tuple[str, str]]:
     return [(row[0], row[1]) for row in rows]
 
 
-def test_celery_plugin_job_tasks_run_jobs_and_failures_are_recorded(
-    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
-) -> None:
-    config_id = install(
-        clean_db,
-        tmp_path,
-        team,
+def test_celery_plugin_job_tasks_run_jobs_and_failures_are_recorded(stack: Stack) -> None:
+    config_id = stack.install(
         "job runner",
         """
         import time
@@ -60,39 +49,32 @@ def test_celery_plugin_job_tasks_run_jobs_and_failures_are_recorded(
         jobs = {"myJob": my_job, "broken": broken, "first": first, "second": second}
         """,
     )
-    app = celery_app(redis_url)
-    with running_server(tmp_path, env(database_url, redis_url)) as server:
-        server.wait_for_log("All systems go")
+    with stack.server():
         for job, payload in (("myJob", {"x": 1}), ("broken", {}), ("first", None)):
-            app.send_task(
+            stack.app.send_task(
                 PLUGIN_JOB_TASK,
-                args=[team.team_id, config_id, job, "start", payload],
+                args=[stack.team.team_id, config_id, job, "start", payload],
                 queue="posthog-plugins",
             )
-        wait_until(lambda: storage(clean_db, config_id, "myJob payload"), timeout=15)
-        wait_until(lambda: failed_jobs(clean_db, config_id), timeout=15)
-        wait_until(lambda: storage(clean_db, config_id, "second ran at"), timeout=15)
+        wait_until(lambda: stack.storage(config_id, "myJob payload"), timeout=15)
+        wait_until(lambda: failed_jobs(stack, config_id), timeout=15)
+        wait_until(lambda: stack.storage(config_id, "second ran at"), timeout=15)
 
-    assert storage(clean_db, config_id, "myJob payload") == {"x": 1, "$operation": "start"}
-    [(job_type, last_error)] = failed_jobs(clean_db, config_id)
+    assert stack.storage(config_id, "myJob payload") == {"x": 1, "$operation": "start"}
+    [(job_type, last_error)] = failed_jobs(stack, config_id)
     assert job_type == "broken" and "ValueError: the job broke" in last_error
-    error = config_error(clean_db, config_id)
+    error = stack.config_error(config_id)
     assert error is not None and (error["message"], error["name"]) == ("the job broke", "ValueError")
-    delay = storage(clean_db, config_id, "second ran at") - storage(clean_db, config_id, "first ran at")
+    delay = stack.storage(config_id, "second ran at") - stack.storage(config_id, "first ran at")
     assert 0.9 <= delay < 5, delay
-    assert storage(clean_db, config_id, "second payload") == {"from": "first"}
+    assert stack.storage(config_id, "second payload") == {"from": "first"}
     # Jobs that succeeded are gone from the queue; only the failed one is kept.
-    assert clean_db.execute("SELECT type FROM plugin_server_jobs").fetchall() == [("broken",)]
+    assert stack.db.execute("SELECT type FROM plugin_server_jobs").fetchall() == [("broken",)]
 
 
-def test_capabilities_of_a_plugin_with_only_a_scheduled_task_are_found_without_events(
-    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
-) -> None:
+def test_capabilities_of_a_plugin_with_only_a_scheduled_task_are_found_without_events(stack: Stack) -> None:
     """Otherwise its task would never be scheduled: capabilities come from a set-up plugin."""
-    install(
-        clean_db,
-        tmp_path,
-        team,
+    stack.install(
         "ticker",
         """
         async def run_every_minute(meta):
@@ -101,25 +83,19 @@ def test_capabilities_of_a_plugin_with_only_a_scheduled_task_are_found_without_e
     )
 
     def capabilities() -> Any:
-        row = clean_db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
+        row = stack.db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
         return row[0] if row else None
 
     assert capabilities() == {}
-    with running_server(tmp_path, env(database_url, redis_url)) as server:
-        server.wait_for_log("All systems go")
+    with stack.server():
         started = time.monotonic()
         wait_until(capabilities, timeout=15)
         assert time.monotonic() - started < 5
     assert capabilities() == {"methods": [], "scheduled_tasks": ["runEveryMinute"], "jobs": []}
 
 
-def test_plugin_metrics_are_reported_as_plugin_metrics_events(
-    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
-) -> None:
-    install(
-        clean_db,
-        tmp_path,
-        team,
+def test_plugin_metrics_are_reported_as_plugin_metrics_events(stack: Stack) -> None:
+    stack.install(
         "counter",
         """
         metrics = {"handled": "sum"}
@@ -130,38 +106,29 @@ def test_plugin_metrics_are_reported_as_plugin_metrics_events(
             return event
         """,
     )
-    plugin_id = clean_db.execute("SELECT id FROM posthog_plugin").fetchone()
+    plugin_id = stack.db.execute("SELECT id FROM posthog_plugin").fetchone()
 
     def reports() -> list[tuple[int, str, dict[str, Any]]]:
-        return clean_db.execute(
+        return stack.db.execute(
             "SELECT team_id, distinct_id, properties FROM posthog_event WHERE event = '$$plugin_metrics'"
         ).fetchall()
 
-    app = celery_app(redis_url)
-    with running_server(
-        tmp_path, env(database_url, redis_url, PLUGIN_METRICS_INTERVAL_SECONDS="1")
-    ) as server:
-        server.wait_for_log("All systems go")
-        send_event(app, team_id=team.team_id, distinct_id="d", event="one")
-        send_event(app, team_id=team.team_id, distinct_id="d", event="two")
+    with stack.server(PLUGIN_METRICS_INTERVAL_SECONDS="1"):
+        stack.send("one")
+        stack.send("two")
         # The two increments may be reported in one event or in two consecutive ones.
         wait_until(lambda: sum(properties["handled"] for _, _, properties in reports()) == 2, timeout=15)
 
     for team_id, distinct_id, properties in reports():
-        assert (team_id, distinct_id) == (team.team_id, "counter")
+        assert (team_id, distinct_id) == (stack.team.team_id, "counter")
         assert properties["plugin_name"] == "counter"
         assert (properties["plugin_id"],) == plugin_id
         assert properties["$lib"] == "posthog-plugin-server"
 
 
-def test_a_job_survives_kill_9_of_its_worker(
-    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, clean_db: Db
-) -> None:
+def test_a_job_survives_kill_9_of_its_worker(stack: Stack) -> None:
     """The worker running a job is killed; the job's lease runs out and it runs again to the end."""
-    config_id = install(
-        clean_db,
-        tmp_path,
-        team,
+    config_id = stack.install(
         "slow job",
         """
         import asyncio
@@ -179,14 +146,11 @@ def test_a_job_survives_kill_9_of_its_worker(
         jobs = {"slow": slow}
         """,
     )
-    app = celery_app(redis_url)
-    settings = env(database_url, redis_url, JOB_LEASE_SECONDS="2")
-    with running_server(tmp_path, settings) as server:
-        server.wait_for_log("All systems go")
-        send_event(app, team_id=team.team_id, distinct_id="d", event="go")
-        wait_until(lambda: storage(clean_db, config_id, "started") == 1)
+    with stack.server(JOB_LEASE_SECONDS="2") as server:
+        stack.send("go")
+        wait_until(lambda: stack.storage(config_id, "started") == 1)
         (worker,) = server.worker_pids()
         os.kill(worker, signal.SIGKILL)
-        wait_until(lambda: storage(clean_db, config_id, "finished"), timeout=30)
-    assert storage(clean_db, config_id, "started") == 2
-    assert clean_db.execute("SELECT COUNT(*) FROM plugin_server_jobs").fetchone() == (0,)
+        wait_until(lambda: stack.storage(config_id, "finished"), timeout=30)
+    assert stack.storage(config_id, "started") == 2
+    assert stack.db.execute("SELECT COUNT(*) FROM plugin_server_jobs").fetchone() == (0,)

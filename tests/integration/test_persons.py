@@ -73,6 +73,11 @@ def persons(db: SyncConnection) -> list[dict[str, Any]]:
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+def identities(db: SyncConnection) -> list[tuple[list[str], bool]]:
+    """(distinct ids, is identified) of every person, as `persons` orders them."""
+    return [(p["distinct_ids"], p["is_identified"]) for p in persons(db)]
+
+
 def clear_persons(db: SyncConnection) -> None:
     db.execute("TRUNCATE posthog_cohortpeople, posthog_persondistinctid, posthog_person")
 
@@ -510,12 +515,20 @@ async def test_distinct_id_team_leakage(manager: PersonManager, clean_db: SyncCo
     )
 
 
+@pytest.mark.parametrize(
+    ("anonymous_event", "first_person_ids"),
+    [
+        pytest.param(True, ["anonymous_id", "initial_distinct_id"], id="after-an-anonymous-event"),
+        pytest.param(False, ["initial_distinct_id", "anonymous_id"], id="without-anonymous-event"),
+    ],
+)
 async def test_identified_users_are_not_aliased_again(
-    manager: PersonManager, clean_db: SyncConnection
+    manager: PersonManager, clean_db: SyncConnection, anonymous_event: bool, first_person_ids: list[str]
 ) -> None:
     """posthog/posthog#5527: after login, switching distinct ids must not merge identified persons."""
     client = Client(manager)
-    await client.capture("event 1")
+    if anonymous_event:
+        await client.capture("event 1")
     await client.identify("initial_distinct_id")
     await client.capture("event 2")
     client.current = "p2_distinct_id"
@@ -523,25 +536,8 @@ async def test_identified_users_are_not_aliased_again(
     await client.identify("new_distinct_id")
     await client.capture("event 4")
     await client.identify("initial_distinct_id")
-    assert [(p["distinct_ids"], p["is_identified"]) for p in persons(clean_db)] == [
-        (["anonymous_id", "initial_distinct_id"], True),
-        (["p2_distinct_id", "new_distinct_id"], True),
-    ]
-
-
-async def test_identified_users_are_not_aliased_again_without_anonymous_event(
-    manager: PersonManager, clean_db: SyncConnection
-) -> None:
-    client = Client(manager)
-    await client.identify("initial_distinct_id")
-    await client.capture("event 2")
-    client.current = "p2_distinct_id"
-    await client.capture("event 3")
-    await client.identify("new_distinct_id")
-    await client.capture("event 4")
-    await client.identify("initial_distinct_id")
-    assert [(p["distinct_ids"], p["is_identified"]) for p in persons(clean_db)] == [
-        (["initial_distinct_id", "anonymous_id"], True),
+    assert identities(clean_db) == [
+        (first_person_ids, True),
         (["p2_distinct_id", "new_distinct_id"], True),
     ]
 
@@ -571,9 +567,7 @@ async def test_create_alias_anonymous_and_identified(
     await client.capture("anonymous event")
     client.current = current
     await client.alias(alias)
-    assert [(p["distinct_ids"], p["is_identified"]) for p in persons(clean_db)] == [
-        (["initial_distinct_id", "anonymous_id"], True)
-    ]
+    assert identities(clean_db) == [(["initial_distinct_id", "anonymous_id"], True)]
 
 
 async def test_create_alias_anonymous_to_anonymous(manager: PersonManager, clean_db: SyncConnection) -> None:
@@ -583,18 +577,14 @@ async def test_create_alias_anonymous_to_anonymous(manager: PersonManager, clean
     client.current = "anonymous-2"
     await client.capture("anonymous event 2")
     await client.alias("anonymous-1")
-    assert [(p["distinct_ids"], p["is_identified"]) for p in persons(clean_db)] == [
-        (["anonymous-1", "anonymous-2"], False)
-    ]
+    assert identities(clean_db) == [(["anonymous-1", "anonymous-2"], False)]
 
 
 async def test_create_alias_two_new_ids(manager: PersonManager, clean_db: SyncConnection) -> None:
     client = Client(manager)
     client.current = "anonymous-1"
     await client.alias("anonymous-2")
-    assert [(p["distinct_ids"], p["is_identified"]) for p in persons(clean_db)] == [
-        (["anonymous-1", "anonymous-2"], False)
-    ]
+    assert identities(clean_db) == [(["anonymous-1", "anonymous-2"], False)]
 
 
 async def test_identify_flow_within_one_batch(manager: PersonManager, clean_db: SyncConnection) -> None:
@@ -716,20 +706,37 @@ def assert_consistent(db: SyncConnection) -> None:
     assert all(p["distinct_ids"] for p in persons(db))
 
 
-async def test_concurrent_creation_of_the_same_new_ids(
-    pool: AsyncConnectionPool[Any],
-    other_pool: AsyncConnectionPool[Any],
-    clean_db: SyncConnection,
-    team: CreatedTeam,
+Servers = Callable[[int], tuple[PersonManager, PersonManager]]
+
+
+@pytest.fixture
+def servers(
+    pool: AsyncConnectionPool[Any], other_pool: AsyncConnectionPool[Any], team: CreatedTeam
+) -> Servers:
+    """`servers(lru_size)`: the person managers of two servers, each with its own pool, for team 2."""
+
+    def make(lru_size: int) -> tuple[PersonManager, PersonManager]:
+        return PersonManager(pool, lru_size=lru_size), PersonManager(other_pool, lru_size=lru_size)
+
+    return make
+
+
+async def at_once(
+    managers: tuple[PersonManager, PersonManager], batch_1: list[PersonUpdate], batch_2: list[PersonUpdate]
 ) -> None:
+    """The first server processes batch_1 while the second processes batch_2."""
+    first, second = managers
+    await asyncio.gather(first.process_batch(batch_1), second.process_batch(batch_2))
+
+
+async def test_concurrent_creation_of_the_same_new_ids(servers: Servers, clean_db: SyncConnection) -> None:
     ids = [f"user-{i}" for i in range(50)]
     for round_ in range(5):
-        first, second = PersonManager(pool, lru_size=0), PersonManager(other_pool, lru_size=0)
         batch_1 = [event(d, properties={"$set": {"one": round_}, "$set_once": {"first": 1}}) for d in ids]
         batch_2 = [
             event(d, properties={"$set": {"two": round_}, "$set_once": {"first": 2}}) for d in reversed(ids)
         ]
-        await asyncio.gather(first.process_batch(batch_1), second.process_batch(batch_2))
+        await at_once(servers(0), batch_1, batch_2)
         found = persons(clean_db)
         assert sorted(d for p in found for d in p["distinct_ids"]) == sorted(ids)
         assert len(found) == len(ids)
@@ -739,21 +746,17 @@ async def test_concurrent_creation_of_the_same_new_ids(
         clear_persons(clean_db)
 
 
-async def test_concurrent_merges_of_a_chain(
-    pool: AsyncConnectionPool[Any],
-    other_pool: AsyncConnectionPool[Any],
-    clean_db: SyncConnection,
-    team: CreatedTeam,
-) -> None:
+async def test_concurrent_merges_of_a_chain(servers: Servers, clean_db: SyncConnection) -> None:
     """Two servers merge a->b and b->c at the same time: one person with all ids and properties."""
     for _ in range(10):
         create_person(clean_db, 2, ["a"], {"a": 1}, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         create_person(clean_db, 2, ["b"], {"b": 1})
         create_person(clean_db, 2, ["c"], {"c": 1})
-        first, second = PersonManager(pool, lru_size=0), PersonManager(other_pool, lru_size=0)
-        await asyncio.gather(
-            first.process_batch([create_alias("b", "a"), event("a", properties={"$set": {"x": 1}})]),
-            second.process_batch([create_alias("c", "b"), event("b", properties={"$set": {"y": 1}})]),
+        first, second = managers = servers(0)
+        await at_once(
+            managers,
+            [create_alias("b", "a"), event("a", properties={"$set": {"x": 1}})],
+            [create_alias("c", "b"), event("b", properties={"$set": {"y": 1}})],
         )
         [person] = persons(clean_db)
         assert sorted(person["distinct_ids"]) == ["a", "b", "c"]
@@ -764,17 +767,12 @@ async def test_concurrent_merges_of_a_chain(
 
 
 async def test_concurrent_identify_of_the_same_anonymous_id(
-    pool: AsyncConnectionPool[Any],
-    other_pool: AsyncConnectionPool[Any],
-    clean_db: SyncConnection,
-    team: CreatedTeam,
+    servers: Servers, clean_db: SyncConnection
 ) -> None:
     """Two users claim one anonymous id at once: it ends with one of them; both stay identified."""
     for _ in range(10):
-        first, second = PersonManager(pool, lru_size=0), PersonManager(other_pool, lru_size=0)
-        await asyncio.gather(
-            first.process_batch([event("anon"), identify("user1", "anon")]),
-            second.process_batch([event("anon"), identify("user2", "anon")]),
+        await at_once(
+            servers(0), [event("anon"), identify("user1", "anon")], [event("anon"), identify("user2", "anon")]
         )
         assert_consistent(clean_db)
         found = persons(clean_db)
@@ -785,20 +783,14 @@ async def test_concurrent_identify_of_the_same_anonymous_id(
 
 @pytest.mark.parametrize("seed", range(4))
 async def test_concurrent_random_batches_keep_persons_consistent(
-    pool: AsyncConnectionPool[Any],
-    other_pool: AsyncConnectionPool[Any],
-    clean_db: SyncConnection,
-    team: CreatedTeam,
-    seed: int,
+    servers: Servers, clean_db: SyncConnection, seed: int
 ) -> None:
     """Two servers ingest interleaved events of the same users, with aliases: every distinct id that
     an event named has a person, no person is left without distinct ids, and no conflict gets out."""
     rng = random.Random(seed)
-    first, second = PersonManager(pool, lru_size=10), PersonManager(other_pool, lru_size=10)
+    managers = servers(10)
     for _ in range(5):
-        await asyncio.gather(
-            first.process_batch(random_events(rng, 60)), second.process_batch(random_events(rng, 60))
-        )
+        await at_once(managers, random_events(rng, 60), random_events(rng, 60))
     assert_consistent(clean_db)
     named = {d for p in persons(clean_db) for d in p["distinct_ids"]}
     assert {"a", "b", "c", "d", "e", "f"} <= named
@@ -810,8 +802,8 @@ async def test_concurrent_random_batches_keep_persons_consistent(
 Rows = dict[tuple[int, str], PersonRow]
 
 
-def stale_lookups(monkeypatch: pytest.MonkeyPatch, stale: set[int], change: Callable[[Rows], Rows]) -> None:
-    """Lookups number `stale` (1 is the batch's prefetch, then come the alias's) answer `change(rows)`."""
+def on_lookups(monkeypatch: pytest.MonkeyPatch, answer: Callable[[int, Rows], Rows]) -> None:
+    """Person lookup number n (1 is the batch's prefetch, then come the alias's) answers `answer(n, rows)`."""
     real = persons_module._fetch_persons
     calls = 0
 
@@ -819,9 +811,14 @@ def stale_lookups(monkeypatch: pytest.MonkeyPatch, stale: set[int], change: Call
         nonlocal calls
         rows = await real(conn, keys)
         calls += 1
-        return change(rows) if calls in stale else rows
+        return answer(calls, rows)
 
     monkeypatch.setattr(persons_module, "_fetch_persons", fetch)
+
+
+def stale_lookups(monkeypatch: pytest.MonkeyPatch, stale: set[int], change: Callable[[Rows], Rows]) -> None:
+    """Lookups number `stale` answer `change(rows)`."""
+    on_lookups(monkeypatch, lambda call, rows: change(rows) if call in stale else rows)
 
 
 def without(distinct_id: str) -> Callable[[Rows], Rows]:
@@ -894,7 +891,7 @@ async def test_identify_refuses_a_person_identified_meanwhile(
     create_person(clean_db, 2, ["user"])
     stale_lookups(monkeypatch, {2}, replaced("anon", is_identified=False))
     await manager.process_batch([identify("user", "anon")])
-    assert [(p["distinct_ids"], p["is_identified"]) for p in persons(clean_db)] == [
+    assert identities(clean_db) == [
         (["anon"], True),
         (["user"], True),
     ]
@@ -934,21 +931,16 @@ async def test_pending_changes_survive_a_merge_made_elsewhere_after_the_prefetch
     x = create_person(clean_db, 2, ["prev"])
     o = create_person(clean_db, 2, ["z"], {"o": 1})
     create_person(clean_db, 2, ["new"], {"n": 1})
-    real = persons_module._fetch_persons
-    calls = 0
 
-    async def fetch(conn: Any, keys: Any) -> Rows:
-        nonlocal calls
-        rows = await real(conn, keys)
-        calls += 1
-        if calls == 1:
+    def merged_elsewhere_after_the_prefetch(call: int, rows: Rows) -> Rows:
+        if call == 1:
             clean_db.execute(
                 "UPDATE posthog_persondistinctid SET person_id = %s WHERE person_id = %s", (o, x)
             )
             clean_db.execute("DELETE FROM posthog_person WHERE id = %s", (x,))
         return rows
 
-    monkeypatch.setattr(persons_module, "_fetch_persons", fetch)
+    on_lookups(monkeypatch, merged_elsewhere_after_the_prefetch)
     await manager.process_batch(
         [event("z", properties={"$set": {"j": 1}}), event("prev"), create_alias("new", "prev")]
     )

@@ -8,6 +8,7 @@ import json
 import textwrap
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -172,65 +173,101 @@ def capability_updates(statements: list[str]) -> int:
     return sum("UPDATE posthog_plugin SET capabilities" in statement for statement in statements)
 
 
-# ---------------------------------------------------------------- setup failures, retries, disabling
+@dataclass(frozen=True)
+class Bed:
+    """What each test's plugin configs and VMs stand on: the real database, pool, log writer and hung marks."""
+
+    db: Db
+    tmp_path: Path
+    team: CreatedTeam
+    pool: AsyncConnectionPool[Any]
+    writer: PluginLogWriter
+    hung: HungMarks
+
+    def install(self, source: str, config: dict[str, Any] | None = None) -> int:
+        return install(self.db, self.tmp_path, self.team, source, config)
+
+    async def vm(self, config_id: int, *, first_retry_seconds: float = 3.0) -> PluginVM:
+        """A fresh VM of the config as it is in force now."""
+        config = await config_in_force(self.pool, config_id)
+        return make_vm(
+            config,
+            pool=self.pool,
+            writer=self.writer,
+            hung=self.hung,
+            first_retry_seconds=first_retry_seconds,
+        )
+
+    async def installed_vm(
+        self, source: str, config: dict[str, Any] | None = None, **vm_options: float
+    ) -> tuple[int, PluginVM]:
+        config_id = self.install(source, config)
+        return config_id, await self.vm(config_id, **vm_options)
+
+    def attempts(self, config_id: int) -> int:
+        return attempts(self.db, config_id)
+
+    def config_state(self, config_id: int) -> tuple[Any, bool]:
+        return config_state(self.db, config_id)
+
+    async def log_entries(self, config_id: int) -> list[tuple[str, str, str]]:
+        return await log_entries(self.writer, self.db, config_id)
 
 
-async def test_a_failing_setup_is_skipped_recorded_and_retried_after_the_backoff(
+@pytest.fixture
+def bed(
     tmp_path: Path,
     clean_db: Db,
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
     writer: PluginLogWriter,
     hung: HungMarks,
-    clock: FakeClock,
+) -> Bed:
+    return Bed(clean_db, tmp_path, team, pool, writer, hung)
+
+
+# ---------------------------------------------------------------- setup failures, retries, disabling
+
+
+async def test_a_failing_setup_is_skipped_recorded_and_retried_after_the_backoff(
+    bed: Bed, clock: FakeClock
 ) -> None:
-    config_id = install(clean_db, tmp_path, team, FLAKY_SETUP, {"fail_times": 2})
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
+    config_id, vm = await bed.installed_vm(FLAKY_SETUP, {"fail_times": 2})
 
     assert await vm.get() is None
-    assert attempts(clean_db, config_id) == 1
-    error, enabled = config_state(clean_db, config_id)
+    assert bed.attempts(config_id) == 1
+    error, enabled = bed.config_state(config_id)
     assert (error["message"], error["name"], enabled) == ("setup failed (attempt 1)", "ValueError", True)
-    assert ("PLUGIN", "ERROR", "setup failed (attempt 1)") in await log_entries(writer, clean_db, config_id)
+    assert ("PLUGIN", "ERROR", "setup failed (attempt 1)") in await bed.log_entries(config_id)
 
     # 3 s before the second attempt, then 6 s before the third: no setup runs while waiting.
     for wait, expected_attempts in ((2.9, 1), (0.2, 2), (5.8, 2)):
         clock.now += wait
         assert await vm.get() is None
-        assert attempts(clean_db, config_id) == expected_attempts
-    assert config_state(clean_db, config_id)[0]["message"] == "setup failed (attempt 2)"
+        assert bed.attempts(config_id) == expected_attempts
+    assert bed.config_state(config_id)[0]["message"] == "setup failed (attempt 2)"
 
     clock.now += 0.3
     instance = await vm.get()
     assert instance is not None and await vm.get() is instance
-    assert attempts(clean_db, config_id) == 3
-    assert config_state(clean_db, config_id) == (None, True)  # the error is cleared on success
-    entries = await log_entries(writer, clean_db, config_id)
+    assert bed.attempts(config_id) == 3
+    assert bed.config_state(config_id) == (None, True)  # the error is cleared on success
+    entries = await bed.log_entries(config_id)
     assert entries[-1] == ("SYSTEM", "INFO", f"Plugin loaded (instance ID {vm.instance_id}).")
     assert sum(entry[1] == "ERROR" for entry in entries) == 2
 
 
-async def test_the_config_is_disabled_after_too_many_failed_setups(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
-    config_id = install(clean_db, tmp_path, team, FLAKY_SETUP, {"fail_times": 1000})
+async def test_the_config_is_disabled_after_too_many_failed_setups(bed: Bed) -> None:
     # Backoffs of 1 ms, 2 ms ... 256 ms: about half a second for all attempts.
-    vm = make_vm(
-        await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung, first_retry_seconds=0.001
-    )
+    config_id, vm = await bed.installed_vm(FLAKY_SETUP, {"fail_times": 1000}, first_retry_seconds=0.001)
 
     async def disabled() -> bool:
         assert await vm.get() is None
-        return not config_state(clean_db, config_id)[1]
+        return not bed.config_state(config_id)[1]
 
     await poll_until(disabled)
-    assert attempts(clean_db, config_id) == MAX_SETUP_ATTEMPTS
-    entries = await log_entries(writer, clean_db, config_id)
+    assert bed.attempts(config_id) == MAX_SETUP_ATTEMPTS
+    entries = await bed.log_entries(config_id)
     assert sum(entry[:2] == ("PLUGIN", "ERROR") for entry in entries) == MAX_SETUP_ATTEMPTS
     assert entries[-1][:2] == ("SYSTEM", "ERROR")
     assert f"failed to set up {MAX_SETUP_ATTEMPTS} times" in entries[-1][2]
@@ -238,86 +275,55 @@ async def test_the_config_is_disabled_after_too_many_failed_setups(
 
     await asyncio.sleep(0.3)  # longer than the last backoff: still no further attempt
     assert await vm.get() is None
-    assert attempts(clean_db, config_id) == MAX_SETUP_ATTEMPTS
+    assert bed.attempts(config_id) == MAX_SETUP_ATTEMPTS
 
 
 async def test_a_setup_marked_hung_counts_as_a_failed_attempt_and_the_mark_is_removed(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    aredis: aioredis.Redis,
-    hung: HungMarks,
-    clock: FakeClock,
+    bed: Bed, aredis: aioredis.Redis, clock: FakeClock
 ) -> None:
-    config_id = install(clean_db, tmp_path, team, FLAKY_SETUP)
+    config_id = bed.install(FLAKY_SETUP)
     await aredis.sadd(hung_key(config_id), SETUP_LABEL, "onEvent:some-event")
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
+    vm = await bed.vm(config_id)
 
     assert await vm.get() is None
-    assert attempts(clean_db, config_id) == 0  # setupPlugin was not entered again
-    error = config_state(clean_db, config_id)[0]
+    assert bed.attempts(config_id) == 0  # setupPlugin was not entered again
+    error = bed.config_state(config_id)[0]
     assert error["name"] == "PluginTimeout"
     assert "setupPlugin ran for longer than TASK_TIMEOUT" in error["message"]
-    assert await hung.of(config_id) == {"onEvent:some-event"}  # only the setup mark is taken
+    assert await bed.hung.of(config_id) == {"onEvent:some-event"}  # only the setup mark is taken
 
     clock.now += 3
     assert await vm.get() is not None
-    assert attempts(clean_db, config_id) == 1
-    assert config_state(clean_db, config_id) == (None, True)
+    assert bed.attempts(config_id) == 1
+    assert bed.config_state(config_id) == (None, True)
 
 
 # ---------------------------------------------------------------- shared setup, capabilities
 
 
-async def test_concurrent_gets_share_one_setup(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
-    config_id = install(clean_db, tmp_path, team, FLAKY_SETUP, {"setup_seconds": 0.1})
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
+async def test_concurrent_gets_share_one_setup(bed: Bed) -> None:
+    config_id, vm = await bed.installed_vm(FLAKY_SETUP, {"setup_seconds": 0.1})
 
     instances = await asyncio.gather(*(vm.get() for _ in range(8)))
 
     assert instances[0] is not None and all(instance is instances[0] for instance in instances)
-    assert attempts(clean_db, config_id) == 1
-    loaded = [
-        entry for entry in await log_entries(writer, clean_db, config_id) if "Plugin loaded" in entry[2]
-    ]
+    assert bed.attempts(config_id) == 1
+    loaded = [entry for entry in await bed.log_entries(config_id) if "Plugin loaded" in entry[2]]
     assert len(loaded) == 1
 
 
-async def test_a_caller_that_gives_up_does_not_cancel_the_setup_others_wait_for(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
-    config_id = install(clean_db, tmp_path, team, FLAKY_SETUP, {"setup_seconds": 0.2})
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
+async def test_a_caller_that_gives_up_does_not_cancel_the_setup_others_wait_for(bed: Bed) -> None:
+    config_id, vm = await bed.installed_vm(FLAKY_SETUP, {"setup_seconds": 0.2})
 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(vm.get(), 0.05)
     assert await vm.get() is not None
-    assert attempts(clean_db, config_id) == 1
+    assert bed.attempts(config_id) == 1
 
 
-async def test_capabilities_are_written_only_when_they_change(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    counted: Counted,
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
+async def test_capabilities_are_written_only_when_they_change(bed: Bed, counted: Counted) -> None:
     pool, statements = counted
+    bed = replace(bed, pool=pool)  # the VMs' statements are counted (the log writer keeps its own pool)
     source = """
         def process_event(event, meta):
             return event
@@ -330,84 +336,63 @@ async def test_capabilities_are_written_only_when_they_change(
 
         jobs = {"send": send}
         """
-    config_id = install(clean_db, tmp_path, team, source)
+    config_id = bed.install(source)
 
-    assert await make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung).get()
-    row = clean_db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
+    assert await (await bed.vm(config_id)).get()
+    row = bed.db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
     assert row == ({"methods": ["processEvent"], "scheduled_tasks": ["runEveryHour"], "jobs": ["send"]},)
     assert capability_updates(statements) == 1
 
     # A new VM of the same code (another worker, or after a reload) finds them unchanged.
-    assert await make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung).get()
+    assert await (await bed.vm(config_id)).get()
     assert capability_updates(statements) == 1
 
     # New code with another method: written again.
-    install(clean_db, tmp_path, team, textwrap.dedent(source) + "\ndef on_event(event, meta):\n    pass\n")
-    assert await make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung).get()
+    bed.install(textwrap.dedent(source) + "\ndef on_event(event, meta):\n    pass\n")
+    assert await (await bed.vm(config_id)).get()
     assert capability_updates(statements) == 2
-    row = clean_db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
+    row = bed.db.execute("SELECT capabilities FROM posthog_plugin").fetchone()
     assert row is not None and row[0]["methods"] == ["processEvent", "onEvent"]
 
 
 # ---------------------------------------------------------------- teardown
 
 
-async def test_teardown_runs_teardown_plugin_and_logs_the_unload(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
-    config_id = install(clean_db, tmp_path, team, TEARDOWN_SOURCE)
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
-    assert await vm.get() is not None
-
+async def torn_down(
+    bed: Bed, config: dict[str, Any] | None = None, *, set_up: bool = True
+) -> tuple[int, PluginVM]:
+    """Install TEARDOWN_SOURCE, set its VM up (unless not `set_up`) and tear it down."""
+    config_id, vm = await bed.installed_vm(TEARDOWN_SOURCE, config)
+    if set_up:
+        assert await vm.get() is not None
     await vm.teardown()
+    return config_id, vm
 
-    assert stored(clean_db, config_id, "torn down") is True
-    entries = await log_entries(writer, clean_db, config_id)
+
+async def test_teardown_runs_teardown_plugin_and_logs_the_unload(bed: Bed) -> None:
+    config_id, vm = await torn_down(bed)
+
+    assert stored(bed.db, config_id, "torn down") is True
+    entries = await bed.log_entries(config_id)
     assert entries[-1] == ("SYSTEM", "INFO", f"Plugin unloaded (instance ID {vm.instance_id}).")
     assert await vm.get() is None  # a torn-down VM is not set up again
-    assert config_state(clean_db, config_id) == (None, True)
+    assert bed.config_state(config_id) == (None, True)
 
 
-async def test_a_throwing_teardown_records_the_error(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
-    config_id = install(clean_db, tmp_path, team, TEARDOWN_SOURCE, {"teardown": "throw"})
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
-    assert await vm.get() is not None
+async def test_a_throwing_teardown_records_the_error(bed: Bed) -> None:
+    config_id, vm = await torn_down(bed, {"teardown": "throw"})
 
-    await vm.teardown()
-
-    error = config_state(clean_db, config_id)[0]
+    error = bed.config_state(config_id)[0]
     assert (error["message"], error["name"]) == ("cannot let go", "RuntimeError")
-    entries = await log_entries(writer, clean_db, config_id)
+    entries = await bed.log_entries(config_id)
     assert ("SYSTEM", "ERROR", f"Plugin failed to unload (instance ID {vm.instance_id}).") in entries
     assert ("PLUGIN", "ERROR", "cannot let go") in entries
     assert not any("Plugin unloaded" in entry[2] for entry in entries)
 
 
-async def test_teardown_of_a_vm_never_set_up_runs_nothing(
-    tmp_path: Path,
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    writer: PluginLogWriter,
-    hung: HungMarks,
-) -> None:
-    config_id = install(clean_db, tmp_path, team, TEARDOWN_SOURCE)
-    vm = make_vm(await config_in_force(pool, config_id), pool=pool, writer=writer, hung=hung)
+async def test_teardown_of_a_vm_never_set_up_runs_nothing(bed: Bed) -> None:
+    config_id, vm = await torn_down(bed, set_up=False)
 
-    await vm.teardown()
-
-    assert stored(clean_db, config_id, "torn down") is None
-    assert await log_entries(writer, clean_db, config_id) == []
+    assert stored(bed.db, config_id, "torn down") is None
+    assert await bed.log_entries(config_id) == []
     assert await vm.get() is None

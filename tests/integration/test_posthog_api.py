@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -37,17 +38,42 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+GIVEN_KEYS = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+
+
+@dataclass(frozen=True)
+class Apis:
+    """Makes `meta.posthog.api` of plugin configs as the plugin host builds it, sending to the stub."""
+
+    team: CreatedTeam
+    pool: AsyncConnectionPool[Any]
+    http: httpx.AsyncClient
+    stub: LoopbackService
+
+    def __call__(
+        self,
+        keys: PersonalApiKeys | None = None,
+        team: CreatedTeam | None = None,
+        *,
+        default_host: str | None = None,
+    ) -> PostHogApi:
+        """The api of a config of `team` (the test's team by default) in a worker whose key cache is
+        `keys` (by default one of its own)."""
+        team = team or self.team
+        return PostHogApi(
+            http=self.http,
+            keys=PersonalApiKeys(self.pool) if keys is None else keys,
+            team_api_token=team.api_token,
+            organization_id=team.organization_id,
+            default_host=default_host or self.stub.url,
+        )
+
+
+@pytest.fixture
 def api_for(
-    team: CreatedTeam, http: httpx.AsyncClient, keys: PersonalApiKeys, stub: LoopbackService
-) -> PostHogApi:
-    """`meta.posthog.api` of a plugin config of `team`, as the plugin host builds it."""
-    return PostHogApi(
-        http=http,
-        keys=keys,
-        team_api_token=team.api_token,
-        organization_id=team.organization_id,
-        default_host=stub.url,
-    )
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
+) -> Apis:
+    return Apis(team, pool, http, stub)
 
 
 def bot_users(db: Db) -> list[dict[str, Any]]:
@@ -70,15 +96,12 @@ def count(db: Db, table: str) -> int:
 # ---------------------------------------------------------------- requests
 
 
-async def test_get_and_delete_send_data_as_query_parameters(
-    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
-) -> None:
-    api = api_for(team, http, PersonalApiKeys(pool), stub)
-    keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+async def test_get_and_delete_send_data_as_query_parameters(api_for: Apis, stub: LoopbackService) -> None:
+    api = api_for()
     data = {"limit": 10, "event": "$pageview"}
 
-    response = await api.get("/api/event/", {"data": data, **keys})
-    await api.delete("api/projects/@current/feature_flags/7", {"data": {"reason": "cleanup"}, **keys})
+    response = await api.get("/api/event/", {"data": data, **GIVEN_KEYS})
+    await api.delete("api/projects/@current/feature_flags/7", {"data": {"reason": "cleanup"}, **GIVEN_KEYS})
 
     assert response.status_code == 200 and response.json() == {"ok": True}
     get, delete = stub.requests
@@ -92,15 +115,12 @@ async def test_get_and_delete_send_data_as_query_parameters(
     assert delete.headers["authorization"] == "Bearer phx_personal"
 
 
-async def test_post_and_put_send_data_as_a_json_body(
-    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
-) -> None:
-    api = api_for(team, http, PersonalApiKeys(pool), stub)
-    keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+async def test_post_and_put_send_data_as_a_json_body(api_for: Apis, stub: LoopbackService) -> None:
+    api = api_for()
     data = {"name": "flag", "filters": {"groups": [{"rollout_percentage": 50}]}}
 
-    await api.post("/api/feature_flag/", {"data": data, **keys})
-    await api.put("/api/feature_flag/3/", {"data": {"active": False}, **keys})
+    await api.post("/api/feature_flag/", {"data": data, **GIVEN_KEYS})
+    await api.put("/api/feature_flag/3/", {"data": {"active": False}, **GIVEN_KEYS})
 
     post, put = stub.requests
     assert (post.method, post.path, post.query) == ("POST", "/api/feature_flag/", {"token": "phc_project"})
@@ -111,19 +131,10 @@ async def test_post_and_put_send_data_as_a_json_body(
     assert json.loads(put.body) == {"active": False}
 
 
-async def test_the_host_option_replaces_the_default_host(
-    team: CreatedTeam, pool: AsyncConnectionPool[Any], http: httpx.AsyncClient, stub: LoopbackService
-) -> None:
-    api = PostHogApi(
-        http=http,
-        keys=PersonalApiKeys(pool),
-        team_api_token=team.api_token,
-        organization_id=team.organization_id,
-        default_host="http://127.0.0.1:9",  # discard port: nothing may go there
-    )
-    keys = {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"}
+async def test_the_host_option_replaces_the_default_host(api_for: Apis, stub: LoopbackService) -> None:
+    api = api_for(default_host="http://127.0.0.1:9")  # discard port: nothing may go there
 
-    await api.get("/api/event", {"host": stub.url + "/", **keys})
+    await api.get("/api/event", {"host": stub.url + "/", **GIVEN_KEYS})
 
     [request] = stub.requests
     assert (request.path, request.query) == ("/api/event", {"token": "phc_project"})
@@ -135,32 +146,17 @@ async def test_the_host_option_replaces_the_default_host(
     ids=["project", "personal"],
 )
 async def test_giving_only_one_of_the_keys_raises(
-    keys: dict[str, str],
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    http: httpx.AsyncClient,
-    stub: LoopbackService,
+    keys: dict[str, str], clean_db: Db, api_for: Apis, stub: LoopbackService
 ) -> None:
-    api = api_for(team, http, PersonalApiKeys(pool), stub)
-
     with pytest.raises(ValueError, match="You must specify a personalApiKey if you specify a projectApiKey"):
-        await api.get("/api/event", keys)
+        await api_for().get("/api/event", keys)
 
     assert stub.requests == []
     assert count(clean_db, "posthog_user") == 0
 
 
-async def test_given_keys_need_no_bot_user(
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    http: httpx.AsyncClient,
-    stub: LoopbackService,
-) -> None:
-    api = api_for(team, http, PersonalApiKeys(pool), stub)
-
-    await api.get("/api/event", {"projectApiKey": "phc_project", "personalApiKey": "phx_personal"})
+async def test_given_keys_need_no_bot_user(clean_db: Db, api_for: Apis) -> None:
+    await api_for().get("/api/event", GIVEN_KEYS)
 
     assert count(clean_db, "posthog_user") == 0
 
@@ -169,11 +165,12 @@ async def test_given_keys_need_no_bot_user(
 
 
 async def test_without_keys_the_team_token_and_a_bot_users_key_are_used(
-    clean_db: Db, team: CreatedTeam, counted: Counted, http: httpx.AsyncClient, stub: LoopbackService
+    clean_db: Db, team: CreatedTeam, counted: Counted, api_for: Apis, stub: LoopbackService
 ) -> None:
     pool, statements = counted
+    api_for = replace(api_for, pool=pool)
     keys = PersonalApiKeys(pool)
-    api = api_for(team, http, keys, stub)
+    api = api_for(keys)
 
     await api.get("/api/event", {"data": {"limit": 1}})
     [bot] = bot_users(clean_db)
@@ -187,29 +184,25 @@ async def test_without_keys_the_team_token_and_a_bot_users_key_are_used(
     # The key is cached: later calls neither query nor create anything.
     statements.clear()
     await api.post("/api/event", {"data": {"x": 1}})
-    await api_for(team, http, keys, stub).delete("/api/event")
+    await api_for(keys).delete("/api/event")
     assert statements == []
     assert {request.headers["authorization"] for request in stub.requests} == {f"Bearer {bot['value']}"}
 
     # Another worker (its own cache) finds the same bot user and key in the database.
-    await api_for(team, http, PersonalApiKeys(pool), stub).get("/api/event")
+    await api_for().get("/api/event")
     assert bot_users(clean_db) == [bot]
     assert stub.requests[-1].headers["authorization"] == f"Bearer {bot['value']}"
 
 
 async def test_each_organization_gets_its_own_bot_user(
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    http: httpx.AsyncClient,
-    stub: LoopbackService,
+    clean_db: Db, team: CreatedTeam, pool: AsyncConnectionPool[Any], api_for: Apis, stub: LoopbackService
 ) -> None:
     other = create_organization_and_team(clean_db, organization_name="Other", team_name="Other project")
     keys = PersonalApiKeys(pool)
 
-    await api_for(team, http, keys, stub).get("/api/event")
-    await api_for(other, http, keys, stub).get("/api/event")
-    await api_for(team, http, keys, stub).get("/api/event")
+    await api_for(keys).get("/api/event")
+    await api_for(keys, other).get("/api/event")
+    await api_for(keys).get("/api/event")
 
     bots = bot_users(clean_db)
     assert [bot["organization_id"] for bot in bots] == [team.organization_id, other.organization_id]
@@ -260,15 +253,10 @@ async def test_capture_queues_a_celery_task_with_the_event(aredis: aioredis.Redi
 
 
 async def test_concurrent_first_calls_create_one_bot_user(
-    clean_db: Db,
-    team: CreatedTeam,
-    pool: AsyncConnectionPool[Any],
-    http: httpx.AsyncClient,
-    stub: LoopbackService,
+    clean_db: Db, api_for: Apis, stub: LoopbackService
 ) -> None:
     """In one worker (parallel onEvent calls) and across workers (each with its own cache)."""
-    one_worker = api_for(team, http, PersonalApiKeys(pool), stub)
-    other_worker = api_for(team, http, PersonalApiKeys(pool), stub)
+    one_worker, other_worker = api_for(), api_for()
 
     await asyncio.gather(*(api.get("/api/event") for api in [one_worker] * 3 + [other_worker] * 3))
 

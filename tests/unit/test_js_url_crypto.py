@@ -14,28 +14,19 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, urlencode, urljoin, urlsplit
 
-import httpx
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
-from plugin_server.plugins.js.engine import new_racer
-from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
-
-SEED = "5e" * 32
+from tests.js_support import loaded_plugin, process_one, set_up_racer
 
 
 @pytest.fixture(scope="module")
 def racer() -> Iterator[MiniRacer]:
-    racer = new_racer()
-    options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": SEED}
-    racer.eval(setup_script("__entry", options, 64 * MIB))
-    racer.eval("__entry.load(1, function (exports, require) { globalThis.__require = require; })")
-    yield racer
-    racer.close()
+    with set_up_racer("globalThis.__require = require;") as racer:
+        yield racer
 
 
 def js(racer: MiniRacer, expression: str) -> Any:
@@ -387,14 +378,8 @@ def test_random_values(racer: MiniRacer) -> None:
 
 def test_random_seed_comes_from_the_host() -> None:
     def first_bytes(seed: str) -> str:
-        racer = new_racer()
-        try:
-            options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": seed}
-            racer.eval(setup_script("__entry", options, 64 * MIB))
-            racer.eval("__entry.load(1, function (exports, require) { globalThis.__require = require; })")
+        with set_up_racer("globalThis.__require = require;", seed=seed) as racer:
             return str(racer.eval("__require('crypto').randomBytes(16).toString('hex')"))
-        finally:
-            racer.close()
 
     assert first_bytes("00" * 32) == first_bytes("00" * 32)
     assert first_bytes("00" * 32) != first_bytes("01" * 32)
@@ -418,29 +403,13 @@ exports.processEvent = (event) => {
 
 
 async def test_plugin_uses_url_and_crypto() -> None:
-    meta = SimpleNamespace(config={}, attachments={})
-    async with httpx.AsyncClient() as http:
-        plugin = await JSPlugin.load(
-            PLUGIN,
-            meta,
-            plugin_config_id=1,
-            timeout=1.0,
-            memory=MemoryLimits(32, 64),
-            http=http,
-            guards_name="__guards",
+    async with loaded_plugin(PLUGIN) as plugin:
+        outcome = await process_one(
+            plugin,
+            {"$current_url": "https://App.Example.com/page?utm_source=news#x"},
+            event="$pageview",
+            distinct_id="person 1",
         )
-        try:
-            given = {
-                "event": "$pageview",
-                "distinct_id": "person 1",
-                "team_id": 2,
-                "uuid": "00000000-0000-0000-0000-000000000001",
-                "properties": {"$current_url": "https://App.Example.com/page?utm_source=news#x"},
-            }
-            (outcome,) = await plugin.process_events([given], frozenset())
-        finally:
-            await plugin.teardown()
-    assert isinstance(outcome, dict), outcome
     assert outcome["properties"]["host"] == "app.example.com"
     assert outcome["properties"]["utm"] == "news"
     assert outcome["properties"]["hashed"] == hashlib.sha256(b"person 1").hexdigest()

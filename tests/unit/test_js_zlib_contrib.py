@@ -13,25 +13,18 @@ import json
 import random
 import zlib
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
-from plugin_server.plugins.js.engine import new_racer
-from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
+from tests.js_support import loaded_plugin, process_one, set_up_racer
 
 
 @pytest.fixture(scope="module")
 def racer() -> Iterator[MiniRacer]:
-    racer = new_racer()
-    options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": "5e" * 32}
-    racer.eval(setup_script("__entry", options, 64 * MIB))
-    racer.eval("__entry.load(1, function (exports, require) { globalThis.__zlib = require('zlib'); })")
-    yield racer
-    racer.close()
+    with set_up_racer("globalThis.__zlib = require('zlib');") as racer:
+        yield racer
 
 
 def run(racer: MiniRacer, function: str, data: bytes) -> bytes:
@@ -147,48 +140,27 @@ exports.processEvent = async (event) => {
 
 
 async def test_create_buffer_flushes_on_limit_timeout_and_demand() -> None:
-    meta = SimpleNamespace(config={}, attachments={})
-    async with httpx.AsyncClient() as http:
-        plugin = await JSPlugin.load(
-            PLUGIN,
-            meta,
-            plugin_config_id=1,
-            timeout=1.0,
-            memory=MemoryLimits(32, 64),
-            http=http,
-            guards_name="__guards",
-        )
-        try:
-            await plugin.setup()
+    async with loaded_plugin(PLUGIN) as plugin:
+        await plugin.setup()
 
-            async def send(command: str, value: Any = None, points: int | None = None) -> Any:
-                given = {
-                    "event": "e",
-                    "distinct_id": "d",
-                    "team_id": 2,
-                    "uuid": "00000000-0000-0000-0000-000000000001",
-                    "properties": {"command": command, "value": value, "points": points},
-                }
-                (outcome,) = await plugin.process_events([given], frozenset())
-                assert isinstance(outcome, dict), outcome
-                return [outcome["properties"]["flushed"], outcome["properties"]["points"]]
+        async def send(command: str, value: Any = None, points: int | None = None) -> Any:
+            outcome = await process_one(plugin, {"command": command, "value": value, "points": points})
+            return [outcome["properties"]["flushed"], outcome["properties"]["points"]]
 
-            assert await send("add", "a", 4) == [[], 4]
-            assert await send("add", "b", 4) == [[], 8]
-            # c would take the buffer over the limit: a and b go first
-            assert await send("add", "c", 4) == [[["a", "b"]], 4]
-            # reaching the limit flushes at once
-            assert await send("add", "d", 6) == [[["c", "d"]], 0]
-            # an object over the limit goes alone
-            assert await send("add", "big", 50) == [[["big"]], 0]
-            # the default weight is one point; the timer flushes 0.1 s after the first add
-            assert await send("add", "e") == [[], 1]
-            assert await send("add", "f") == [[], 2]
-            await asyncio.sleep(0.3)
-            assert await send("read") == [[["e", "f"]], 0]
-            # flush() on demand, and on an empty buffer
-            assert await send("add", "g", 2) == [[], 2]
-            assert await send("flush") == [[["g"]], 0]
-            assert await send("flush") == [[], 0]
-        finally:
-            await plugin.teardown()
+        assert await send("add", "a", 4) == [[], 4]
+        assert await send("add", "b", 4) == [[], 8]
+        # c would take the buffer over the limit: a and b go first
+        assert await send("add", "c", 4) == [[["a", "b"]], 4]
+        # reaching the limit flushes at once
+        assert await send("add", "d", 6) == [[["c", "d"]], 0]
+        # an object over the limit goes alone
+        assert await send("add", "big", 50) == [[["big"]], 0]
+        # the default weight is one point; the timer flushes 0.1 s after the first add
+        assert await send("add", "e") == [[], 1]
+        assert await send("add", "f") == [[], 2]
+        await asyncio.sleep(0.3)
+        assert await send("read") == [[["e", "f"]], 0]
+        # flush() on demand, and on an empty buffer
+        assert await send("add", "g", 2) == [[], 2]
+        assert await send("flush") == [[["g"]], 0]
+        assert await send("flush") == [[], 0]

@@ -1,0 +1,67 @@
+"""The JavaScript runtime without the rest of the server, for unit tests: an isolate set up with the
+runtime's own setup script, and a JSPlugin whose meta is a plain namespace (no database)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+from py_mini_racer import MiniRacer
+
+from plugin_server.plugins.js.engine import new_racer
+from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
+
+SEED = "5e" * 32
+
+
+@contextlib.contextmanager
+def set_up_racer(module_body: str, *, seed: str = SEED) -> Iterator[MiniRacer]:
+    """An isolate after the runtime's setup script (with the host's random `seed`), in which the
+    prelude's `load` has run a module function of `module_body` (it sees `exports` and `require`)."""
+    racer = new_racer()
+    try:
+        options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": seed}
+        racer.eval(setup_script("__entry", options, 64 * MIB))
+        racer.eval(f"__entry.load(1, function (exports, require) {{ {module_body} }})")
+        yield racer
+    finally:
+        racer.close()
+
+
+@contextlib.asynccontextmanager
+async def loaded_plugin(source: str) -> AsyncIterator[JSPlugin]:
+    """A JSPlugin of `source` with empty config and attachments, torn down afterwards."""
+    meta = SimpleNamespace(config={}, attachments={})
+    async with httpx.AsyncClient() as http:
+        plugin = await JSPlugin.load(
+            source,
+            meta,
+            plugin_config_id=1,
+            timeout=1.0,
+            memory=MemoryLimits(32, 64),
+            http=http,
+            guards_name="__guards",
+        )
+        try:
+            yield plugin
+        finally:
+            await plugin.teardown()
+
+
+async def process_one(
+    plugin: JSPlugin, properties: dict[str, Any], *, event: str = "e", distinct_id: str = "d"
+) -> dict[str, Any]:
+    """The event (of team 2) that the plugin's processEvent makes of one with these properties."""
+    given = {
+        "event": event,
+        "distinct_id": distinct_id,
+        "team_id": 2,
+        "uuid": "00000000-0000-0000-0000-000000000001",
+        "properties": properties,
+    }
+    (outcome,) = await plugin.process_events([given], frozenset())
+    assert isinstance(outcome, dict), outcome
+    return outcome
