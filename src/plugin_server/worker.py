@@ -17,14 +17,13 @@ import time
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
-import psycopg
 import redis.asyncio as aioredis
-import redis.exceptions
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
 from plugin_server.db.redis import open_redis
+from plugin_server.ingestion.batches import TRANSIENT_ERRORS, process_until_done, until_available
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
@@ -42,19 +41,9 @@ from plugin_server.sinks.postgres import PostgresEventSink
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.OperationalError,
-    psycopg.InterfaceError,
-    PoolTimeout,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 CLAIM_BLOCK_SECONDS = 1.0
 STATS_INTERVAL_SECONDS = 10.0
 GAUGE_INTERVAL_SECONDS = 5.0
-MAX_RETRY_DELAY_SECONDS = 30.0
 
 
 class WorkerStats:
@@ -240,7 +229,7 @@ class Worker:
         self, queue: ReliableQueue, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn
     ) -> None:
         try:
-            outcome = await self._process_until_done(pipeline, batch, turn)
+            outcome = await process_until_done(pipeline, batch.messages, turn)
             await self._ack_until_done(queue, batch, outcome)
             self.stats.record(outcome)
             for message, reason in outcome.dead_letters:
@@ -252,54 +241,8 @@ class Worker:
         finally:
             await turn.finish()
 
-    async def _process_until_done(
-        self, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn
-    ) -> BatchOutcome:
-        delay = 0.5
-        while True:
-            try:
-                try:
-                    return await pipeline.run(batch.messages, turn.wait)
-                except TRANSIENT_ERRORS:
-                    raise
-                except Exception:
-                    log.exception(
-                        "batch of %d failed; processing its messages one by one", len(batch.messages)
-                    )
-                    await turn.wait()
-                    return await self._process_singly(pipeline, batch.messages)
-            except TRANSIENT_ERRORS as error:
-                log.error("database or Redis unavailable (%s); retrying the batch in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
-
-    async def _process_singly(self, pipeline: EventPipeline, messages: list[bytes]) -> BatchOutcome:
-        total = BatchOutcome()
-        for message in messages:
-            try:
-                outcome = await pipeline.run([message])
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as error:
-                log.exception("message failed alone; sending it to the dead letter store")
-                outcome = BatchOutcome(
-                    dead_letters=[(message, f"ingestion failed: {type(error).__name__}: {error}")]
-                )
-            total.stored += outcome.stored
-            total.dropped += outcome.dropped
-            total.dead_letters.extend(outcome.dead_letters)
-        return total
-
     async def _ack_until_done(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
-        delay = 0.5
-        while True:
-            try:
-                await queue.ack(batch, outcome.dead_letters)
-                return
-            except TRANSIENT_ERRORS as error:
-                log.error("cannot acknowledge a batch (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY_SECONDS)
+        await until_available(lambda: queue.ack(batch, outcome.dead_letters))
 
     async def _housekeeping(self, queue: ReliableQueue) -> None:
         """Heartbeat, redelivery of messages of dead consumers, and the periodic progress line."""

@@ -5,14 +5,16 @@ initial properties -> groups -> persons (in claim order) -> store -> first-event
 
 A message that cannot be ingested (malformed, unknown task, invalid event, unknown team) becomes a
 dead letter with its reason; the rest of the batch goes on. Errors of the database itself propagate,
-so the caller can retry the batch or split it.
+so the caller can retry the batch or split it. The work comes in two halves: `process` (decode and the
+plugins' processEvent) and `ingest` (everything after), which changes none of the events it is given,
+so a caller can ingest a processed batch again, or event by event, without running plugins again.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from plugin_server.ingestion.celery import (
@@ -56,6 +58,19 @@ class BatchOutcome:
 
 
 @dataclass
+class ProcessedBatch:
+    """A batch after decoding and processEvent: the events left to ingest, each with the message it came
+    from (a dead letter keeps the original message), and what processing dropped or dead-lettered."""
+
+    events: list[tuple[bytes, RawEvent]]
+    outcome: BatchOutcome
+
+    def one_by_one(self) -> list[ProcessedBatch]:
+        """A batch per event, with nothing of this batch's outcome (count that once, separately)."""
+        return [ProcessedBatch([pair], BatchOutcome()) for pair in self.events]
+
+
+@dataclass
 class _Item:
     message: bytes
     raw: RawEvent
@@ -88,11 +103,21 @@ class EventPipeline:
     async def run(
         self, messages: Sequence[bytes], wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
     ) -> BatchOutcome:
+        return await self.ingest(await self.process(messages), wait_for_person_turn)
+
+    async def process(self, messages: Sequence[bytes]) -> ProcessedBatch:
         outcome = BatchOutcome()
         raw_events = await self._decode(messages, outcome)
         if self.plugins is not None:
             raw_events = await self._process_with_plugins(raw_events, outcome)
-        items = await self._prepare(raw_events, outcome)
+        return ProcessedBatch(raw_events, outcome)
+
+    async def ingest(
+        self, batch: ProcessedBatch, wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
+    ) -> BatchOutcome:
+        """Everything after processEvent; the outcome includes the processing's. Repeatable."""
+        outcome = replace(batch.outcome, dead_letters=list(batch.outcome.dead_letters))
+        items = await self._prepare(batch.events, outcome)
         await self._enrich(items)
         if wait_for_person_turn is not None:
             await wait_for_person_turn()
