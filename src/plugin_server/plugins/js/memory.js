@@ -166,6 +166,26 @@
 
     // ------------------------------------------------------------------ typed arrays
 
+    /** Replace `owner[method]` (the original taken from `source`) by one that counts the typed array it
+     * makes; called on `self`, or on `this` when `self` is undefined. */
+    function countMade(owner, methods, source, self) {
+        for (const method of methods) {
+            const original = source[method];
+            if (typeof original !== "function") continue;
+            defineProperty(owner, method, {
+                value: {
+                    [method]() {
+                        const made = apply(original, self === undefined ? this : self, arguments);
+                        const buffer = apply(viewBufferOf, made, []);
+                        chargeAfter(buffer, storeBytes(buffer));
+                        return made;
+                    },
+                }[method],
+                writable: true, enumerable: false, configurable: true,
+            });
+        }
+    }
+
     const TypedArray = getPrototypeOf(Uint8Array);
     const TYPED_ARRAYS = [
         "Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array",
@@ -215,38 +235,9 @@
         setPrototypeOf(Wrapper, TypedArray);
 
         // Built-ins that make a typed array of the same type without asking `Symbol.species`.
-        for (const method of ["fromBase64", "fromHex"]) {
-            const original = Original[method];
-            if (typeof original !== "function") continue;
-            defineProperty(Wrapper, method, {
-                value: {
-                    [method]() {
-                        const made = apply(original, Original, arguments);
-                        const buffer = apply(viewBufferOf, made, []);
-                        chargeAfter(buffer, storeBytes(buffer));
-                        return made;
-                    },
-                }[method],
-                writable: true, enumerable: false, configurable: true,
-            });
-        }
+        countMade(Wrapper, ["fromBase64", "fromHex"], Original, Original);
     }
-
-    for (const method of ["toReversed", "toSorted", "with"]) {
-        const original = TypedArray.prototype[method];
-        if (typeof original !== "function") continue;
-        defineProperty(TypedArray.prototype, method, {
-            value: {
-                [method]() {
-                    const made = apply(original, this, arguments);
-                    const buffer = apply(viewBufferOf, made, []);
-                    chargeAfter(buffer, storeBytes(buffer));
-                    return made;
-                },
-            }[method],
-            writable: true, enumerable: false, configurable: true,
-        });
-    }
+    countMade(TypedArray.prototype, ["toReversed", "toSorted", "with"], TypedArray.prototype, undefined);
 
     delete global.WebAssembly;
 
