@@ -120,12 +120,17 @@ async def test_every_encoding_and_path_of_the_sdks(
                 params={"data": base64.b64encode(json.dumps(event("get")).encode()).decode(), "token": token},
             ),
             client.post("/capture", json={**event("capture"), "api_key": token}),
+            # older posthog-js: people updates to /engage, session recording snapshots to /s
+            client.post("/engage/", json={**event("$identify"), "$set": {"plan": "pro"}, "api_key": token}),
+            client.post("/s/", json=[event("$snapshot", token=token, **{"$session_id": "s1"})]),
         ]
         for request in requests:
             response = await request
             assert response.status_code == 200, response.text
     events = await queued(aredis)
-    assert [raw["event"] for raw in events] == ["batch", "gzip-js", "lz", "form", "get", "capture"]
+    names = [raw["event"] for raw in events]
+    assert names == ["batch", "gzip-js", "lz", "form", "get", "capture", "$identify", "$snapshot"]
+    assert events[6]["$set"] == {"plan": "pro"}
     assert events[2]["properties"]["emoji"] == "😀"
     assert events[1]["sent_at"] == "2021-11-28T10:00:00+00:00"
     assert {raw["team_id"] for raw in events} == {team.team_id}

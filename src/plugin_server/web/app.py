@@ -24,7 +24,9 @@ from plugin_server.web.payload import CaptureError, read_capture_input
 
 log = logging.getLogger(__name__)
 
-CAPTURE_PATHS = ("/capture", "/e", "/batch", "/track", "/i/v0/e")
+# PostHog's capture paths: /engage carried posthog-js's people updates ($set), /s its session
+# recording snapshots ($snapshot events, stored in posthog_sessionrecordingevent).
+CAPTURE_PATHS = ("/capture", "/e", "/batch", "/track", "/i/v0/e", "/engage", "/s")
 CAPTURE_DESCRIPTION = """PostHog's capture endpoint: one event, a list, or `{"batch": [...]}`, as JSON,
 as a form with base64 `data`, or with `data=` in the query (GET); gzip (`compression=gzip-js` or
 `Content-Encoding: gzip`) and lz-string (`compression=lz64`) accepted. Answers `{"status": 1}` once every
