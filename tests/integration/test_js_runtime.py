@@ -32,7 +32,7 @@ from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.errors import IllegalOperationError
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
-from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, PluginMetrics
+from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginAttachment
@@ -172,10 +172,8 @@ async def load(setup: Setup) -> AsyncIterator[Loader]:
             file_name=file_name,
         )
         loaded.append(plugin)
-        declared = dict(plugin.metrics)
-        if "exportEvents" in plugin.methods:
-            declared = {**EXPORT_EVENTS_METRICS, **declared}
-        meta.metrics = PluginMetrics(declared)  # as the host does once the instance exists
+        # as the host does once the instance exists
+        meta.metrics = PluginMetrics(declared_metrics(plugin.metrics, plugin.methods))
         if set_up:
             await plugin.setup()
         return plugin

@@ -1,6 +1,10 @@
-"""The one place that creates V8 isolates, so every isolate of the process gets the same V8 flags."""
+"""The one place that creates V8 isolates, so every isolate of the process gets the same V8 flags;
+and the runtime's own JavaScript files, read once per process."""
 
 from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
 
 from py_mini_racer import MiniRacer, init_mini_racer
 
@@ -15,3 +19,9 @@ def new_racer() -> MiniRacer:
     """A new isolate (the V8 flags are set by the first call in the process)."""
     init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=True)
     return MiniRacer()
+
+
+@cache
+def js_source(name: str) -> str:
+    """One of our own JS files beside this module (`guards`, `prelude`, `memory`...)."""
+    return (Path(__file__).parent / f"{name}.js").read_text(encoding="utf-8")

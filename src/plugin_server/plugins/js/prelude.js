@@ -1391,9 +1391,10 @@
         const state = batches.get(callId);
         if (state !== undefined) {
             settleEvent(state, state.current, errorOutcome(timedOut()));
-            const queue = state.busy.get(personOf(state.events[state.current]));
+            const person = personOf(state.events[state.current]);
+            const queue = state.busy.get(person);
             if (queue !== undefined && queue.length === 0) {
-                state.busy.delete(personOf(state.events[state.current]));
+                state.busy.delete(person);
             }
             advance(state);
         }

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 import httpx
 import orjson
@@ -45,9 +44,9 @@ from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
-from plugin_server.plugins.js.engine import new_racer
-from plugin_server.plugins.js.transpile import MODULE_PARAMETERS, guards_js
-from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, validate_declared
+from plugin_server.plugins.js.engine import js_source, new_racer
+from plugin_server.plugins.js.transpile import guards_js, wrap_module
+from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
 
 MIB = 1024 * 1024
 # A script is terminated this long after TASK_TIMEOUT, so that the transpiler's guards, which stop
@@ -80,6 +79,8 @@ TOP_LEVEL_NAMES = (
 )
 CONSOLE_LEVELS = frozenset({"debug", "log", "info", "warn", "error"})
 METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
+# What a script returned that the runtime (prelude.js) never returns: plugin code replaced its parts.
+BROKEN = "the plugin broke its JavaScript runtime"
 
 Operation = Callable[..., Awaitable[Any]]
 
@@ -125,12 +126,6 @@ class _Interrupted(Exception):
     """A script ran too long and was terminated; the isolate is still usable."""
 
 
-@cache
-def js_source(name: str) -> str:
-    """One of our own JS files beside this module (read once per process)."""
-    return (Path(__file__).parent / f"{name}.js").read_text(encoding="utf-8")
-
-
 @dataclass(frozen=True)
 class MemoryLimits:
     """What one isolate may hold: V8's heap, and the ArrayBuffer memory outside it (memory.js)."""
@@ -158,17 +153,6 @@ def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -
 def js_string(text: str | bytes) -> str:
     """A JavaScript string literal holding `text` (JSON's string syntax is valid JavaScript)."""
     return orjson.dumps(text.decode() if isinstance(text, bytes) else text).decode()
-
-
-def module_expression(code: str, guards_name: str) -> str:
-    """The module function around transpiled code (transpile.py's contract), which also returns the
-    top-level functions, for plugins that export nothing. The code starts on the first line, so that
-    line numbers in stack traces are the code's own."""
-    params = ", ".join((*MODULE_PARAMETERS, guards_name))
-    found = ", ".join(
-        f"{name}: typeof {name} === 'undefined' ? undefined : {name}" for name in TOP_LEVEL_NAMES
-    )
-    return f"(function ({params}) {{{code}\n;return {{{found}}};\n}})"
 
 
 def js_exception(error: Any) -> Exception:
@@ -397,17 +381,21 @@ class Isolate:
             raise PluginError("the JavaScript runtime did not describe the plugin's exports")
         return exports
 
-    async def declare_metrics(self, declared: dict[str, str]) -> None:
+    async def declare_metrics(self, declared: dict[str, Any]) -> None:
         await self._request(b'["declareMetrics",%s]' % _json(declared))
 
     async def call(self, name: str, args: list[Any]) -> None:
         """Call an exported function with `args` and meta; raises what it threw."""
-        given = b"%s,%s" % (_json(name), _json(args))
-        _outcome_value(await self._call(lambda call_id: self._request(b'["call",%d,%s]' % (call_id, given))))
+        await self._invoke(b"call", name, args)
 
     async def job(self, name: str, payload: Any) -> None:
-        given = b"%s,%s" % (_json(name), _json(payload))
-        _outcome_value(await self._call(lambda call_id: self._request(b'["job",%d,%s]' % (call_id, given))))
+        await self._invoke(b"job", name, payload)
+
+    async def _invoke(self, kind: bytes, name: str, given: Any) -> None:
+        request = b"%s,%s" % (_json(name), _json(given))
+        _outcome_value(
+            await self._call(lambda call_id: self._request(b'["%s",%d,%s]' % (kind, call_id, request)))
+        )
 
     async def batch(self, events_json: bytes) -> list[Any]:
         """processEvent over the events: an outcome ([1, event or null] / [0, error]) per event. An event
@@ -486,17 +474,15 @@ class Isolate:
         async with self._lock:
             racer = self._racer
             if racer is None:
-                raise _copy(self.lost or PluginError("the plugin's isolate is closed"))
+                raise self._closed_error()
             if request is not None:
                 await self._put(racer, _ascii(request), number)
             result = await self._evaluate(racer, script)
             await self._check_array_buffers(racer)
-            if not isinstance(result, str):
-                raise await self._lose(PluginError("the plugin broke its JavaScript runtime"))
-            try:
-                return orjson.loads(result)
-            except orjson.JSONDecodeError:
-                raise await self._lose(PluginError("the plugin broke its JavaScript runtime")) from None
+            if isinstance(result, str):
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    return orjson.loads(result)
+            raise await self._lose(PluginError(BROKEN))
 
     async def _put(self, racer: MiniRacer, request: bytes, number: int) -> None:
         """Write a request into the transfer buffer, which the isolate first enlarges if need be."""
@@ -507,7 +493,7 @@ class Isolate:
             control[2] = 0
             transfer = await self._evaluate(racer, self._run)  # raises if the isolate was closed meanwhile
             if not isinstance(transfer, memoryview):
-                raise await self._lose(PluginError("the plugin broke its JavaScript runtime"))
+                raise await self._lose(PluginError(BROKEN))
             self._transfer = transfer
         transfer[: len(request)] = request
         control[1] = len(request)
@@ -528,25 +514,26 @@ class Isolate:
                     raise _Interrupted
                 raise await self._lose(PluginTimeout(f"{self._timeout_message()}; the isolate was stuck"))
             if self._racer is None:  # closed meanwhile
-                raise _copy(self.lost or PluginError("the plugin's isolate is closed"))
+                raise self._closed_error()
             try:
                 result = running.result()
             except JSEvalException as error:
                 if isinstance(error, JSOOMException) or racer.was_hard_memory_limit_reached():
                     raise await self._lose(self._heap_error()) from None
-                raise await self._lose(
-                    PluginError(f"the plugin broke its JavaScript runtime: {error}")
-                ) from None
+                raise await self._lose(PluginError(f"{BROKEN}: {error}")) from None
             if racer.was_hard_memory_limit_reached():
                 raise await self._lose(self._heap_error())
             return result
         except asyncio.CancelledError:
             if not running.done():
                 running.cancel()
-                self._lose_later(PluginError("a call into the plugin's isolate was cancelled"))
+                self._spawn(self._lose(PluginError("a call into the plugin's isolate was cancelled")))
             raise
         finally:
             self._running = None
+
+    def _closed_error(self) -> PluginError:
+        return _copy(self.lost or PluginError("the plugin's isolate is closed"))
 
     def _heap_error(self) -> JSHeapLimitError:
         return JSHeapLimitError("The plugin ran out of JavaScript heap memory; its isolate was discarded")
@@ -641,9 +628,7 @@ class Isolate:
             elif op == "$uncaught":
                 self._host.uncaught(*args)
             else:
-                task = self._loop.create_task(self._operate(op, ident, args))
-                self._operations.add(task)
-                task.add_done_callback(self._operations.discard)
+                self._spawn(self._operate(op, ident, args))
         except Exception as error:  # a malformed message: the plugin's own doing
             self._host.console("error", f"plugin server: bad {op!r} call: {error}")
 
@@ -706,8 +691,9 @@ class Isolate:
             await self.close()
         return _copy(self.lost)
 
-    def _lose_later(self, error: PluginError) -> None:
-        task = self._loop.create_task(self._lose(error))
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in a task that close() cancels."""
+        task = self._loop.create_task(work)
         self._operations.add(task)
         task.add_done_callback(self._operations.discard)
 
@@ -739,6 +725,17 @@ class Isolate:
         racer.close()
 
 
+class JSPluginOptions(TypedDict):
+    """The keyword arguments of JSPlugin and JSPlugin.load."""
+
+    plugin_config_id: int
+    timeout: float
+    memory: MemoryLimits
+    http: httpx.AsyncClient
+    guards_name: str  # the guards name of the Transpiler that produced the code
+    file_name: NotRequired[str]  # for stack traces; "index.js" when not given
+
+
 class JSPlugin:
     """A loaded JavaScript plugin config (implements plugins.instance.PluginInstance).
 
@@ -746,25 +743,15 @@ class JSPlugin:
     `guards_name`. The isolate is built by `load`; after it is lost (heap limit, stuck), the next call
     builds a new one and runs setupPlugin again."""
 
-    def __init__(
-        self,
-        code: str,
-        meta: Any,
-        *,
-        plugin_config_id: int,
-        timeout: float,
-        memory: MemoryLimits,
-        http: httpx.AsyncClient,
-        guards_name: str,
-        file_name: str = "index.js",
-    ) -> None:
+    def __init__(self, code: str, meta: Any, **options: Unpack[JSPluginOptions]) -> None:
         self.meta = meta
-        self.plugin_config_id = plugin_config_id
-        self._module = module_expression(code, guards_name)
-        self._source_url = f"plugin-{plugin_config_id}/{file_name}"
-        self._timeout = timeout
-        self._memory = memory
-        self._http = http
+        self.plugin_config_id = options["plugin_config_id"]
+        # The module function also returns the top-level functions, for plugins that export nothing.
+        self._module = wrap_module(code, options["guards_name"], TOP_LEVEL_NAMES)
+        self._source_url = f"plugin-{self.plugin_config_id}/{options.get('file_name', 'index.js')}"
+        self._timeout = options["timeout"]
+        self._memory = options["memory"]
+        self._http = options["http"]
         self._isolate: Isolate | None = None
         self._building = asyncio.Lock()
         self._set_up = False
@@ -775,29 +762,9 @@ class JSPlugin:
         self.metrics: dict[str, str] = {}
 
     @classmethod
-    async def load(
-        cls,
-        code: str,
-        meta: Any,
-        *,
-        plugin_config_id: int,
-        timeout: float,
-        memory: MemoryLimits,
-        http: httpx.AsyncClient,
-        guards_name: str,
-        file_name: str = "index.js",
-    ) -> JSPlugin:
+    async def load(cls, code: str, meta: Any, **options: Unpack[JSPluginOptions]) -> JSPlugin:
         """Build the plugin's isolate and run its module (setupPlugin runs in `setup`)."""
-        plugin = cls(
-            code,
-            meta,
-            plugin_config_id=plugin_config_id,
-            timeout=timeout,
-            memory=memory,
-            http=http,
-            guards_name=guards_name,
-            file_name=file_name,
-        )
+        plugin = cls(code, meta, **options)
         plugin._isolate = await plugin._build()
         return plugin
 
@@ -810,10 +777,7 @@ class JSPlugin:
         )
         try:
             self._learn(await isolate.load(self._module, self._source_url))
-            declared = dict(self.metrics)
-            if "exportEvents" in self.methods:
-                declared = {**EXPORT_EVENTS_METRICS, **declared}
-            await isolate.declare_metrics(declared)
+            await isolate.declare_metrics(declared_metrics(self.metrics, self.methods))
         except BaseException:
             await isolate.close()
             raise

@@ -28,10 +28,10 @@ class fields and `#private` stay native) with `esModuleInterop`, and a custom tr
 The contract with the runtime (runtime.py):
 
 1. The output of `transpile()` is the body of a function. Evaluate `wrap_module(code, guards_name)`
-   (or `Transpiler.wrap(code)`), which is the expression
+   (or `Transpiler.wrap(code)`), which is the expression (the code starts on its first line, so that
+   line numbers in stack traces are the code's own)
 
-       (function (exports, require, module, <guards_name>) {
-       <code>
+       (function (exports, require, module, <guards_name>) {<code>
        })
 
    and call it with `this` = `module.exports` (as node does; TypeScript's inline helpers read
@@ -82,13 +82,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from py_mini_racer import JSEvalException, JSFunction, JSOOMException, JSTimeoutException, MiniRacer
 
-from plugin_server.plugins.js.engine import new_racer
+from plugin_server.plugins.js.engine import js_source, new_racer
 
 __all__ = [
     "MODULE_PARAMETERS",
@@ -371,10 +370,9 @@ def typescript_path() -> Path:
     return path
 
 
-@cache
 def guards_js() -> str:
     """Source of guards.js: a JS expression whose value is `createPluginGuards({timeoutMs})`."""
-    return (Path(__file__).parent / "guards.js").read_text(encoding="utf-8")
+    return js_source("guards")
 
 
 def wrap_module(code: str, guards_name: str, expose: Sequence[str] = ()) -> str:
@@ -390,8 +388,8 @@ def wrap_module(code: str, guards_name: str, expose: Sequence[str] = ()) -> str:
     trailer = ""
     if expose:
         fields = ", ".join(f'{name}: typeof {name} === "undefined" ? undefined : {name}' for name in expose)
-        trailer = f"\nreturn {{ {fields} }};"
-    return f"(function ({params}) {{\n{code}{trailer}\n}})"
+        trailer = f"\n;return {{ {fields} }};"
+    return f"(function ({params}) {{{code}{trailer}\n}})"
 
 
 class Transpiler:
@@ -424,18 +422,14 @@ class Transpiler:
         """The cached result for this source, if any, without compiling."""
         key = self._key(source, file_name)
         with self._lock:
-            code = self._cache.get(key)
-            if code is not None:
-                self._cache.move_to_end(key)
-            return code
+            return self._cached_locked(key)
 
     def transpile(self, source: str, file_name: str) -> str:
         """Guarded CommonJS for `source`; raises PluginTranspileError on a syntax error."""
         key = self._key(source, file_name)
         with self._lock:
-            code = self._cache.get(key)
+            code = self._cached_locked(key)
             if code is not None:
-                self._cache.move_to_end(key)
                 return code
             code = self._compile_locked(source, file_name)
             self._cache[key] = code
@@ -454,6 +448,12 @@ class Transpiler:
         """Stop the compiler isolate (a later transpile() starts a new one). The cache is kept."""
         with self._lock:
             self._drop_locked(close=True)
+
+    def _cached_locked(self, key: bytes) -> str | None:
+        code = self._cache.get(key)
+        if code is not None:
+            self._cache.move_to_end(key)
+        return code
 
     def _key(self, source: str, file_name: str) -> bytes:
         digest = hashlib.sha256(file_name.encode())
