@@ -17,7 +17,7 @@ from plugin_server.plugins.meta.errors import (
     record_plugin_error,
 )
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
-from tests.integration.test_plugin_logs import INSTANCE_ID, insert_plugin_config, stored_entries
+from tests.integration.test_plugin_logs import INSTANCE_ID, insert_plugin_config, make_logger, stored_entries
 
 Db = psycopg.Connection[Any]
 
@@ -69,13 +69,7 @@ async def test_record_sets_the_error_and_logs_it(
     pool: AsyncConnectionPool[Any], clean_db: Db, team: CreatedTeam, config_ids: tuple[int, int]
 ) -> None:
     writer = PluginLogWriter(pool)
-    logger = PluginLogger(
-        writer,
-        team_id=team.team_id,
-        plugin_id=config_ids[0],
-        plugin_config_id=config_ids[1],
-        instance_id=INSTANCE_ID,
-    )
+    logger = make_logger(writer, team, config_ids)
     event = {
         "event": "broken event",
         "properties": {"crash": "throw"},

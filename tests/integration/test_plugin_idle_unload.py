@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import redis.asyncio as aioredis
@@ -22,15 +21,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam
-from plugin_server.ingestion.teams import TeamManager
-from plugin_server.jobs.queue import JobQueue, PluginJob
+from plugin_server.jobs.queue import PluginJob
 from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost
+from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.js.runtime import JSPlugin
-from plugin_server.plugins.meta.logs import PluginLogWriter
 from plugin_server.plugins.meta.storage import PluginStorage
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker, HungMarks
+from plugin_server.plugins.tracking import CallTracker
 from plugin_server.services.geoip import GeoIP
 
 Db = psycopg.Connection[Any]
@@ -84,25 +81,10 @@ async def host(
     clean_db: Db, pool: AsyncConnectionPool[Any], aredis: aioredis.Redis
 ) -> AsyncIterator[PluginHost]:
     settings = load_settings({}, PLUGIN_IDLE_UNLOAD_SECONDS=IDLE_SECONDS, TASK_TIMEOUT=5)
-    logs = PluginLogWriter(pool, flush_interval=3600)
-    async with httpx.AsyncClient() as http:
-        plugin_host = PluginHost(
-            settings=settings,
-            pool=pool,
-            redis=aredis,
-            http=http,
-            logs=logs,
-            jobs=JobQueue(pool),
-            geoip=GeoIP.disabled(),
-            teams=TeamManager(pool),
-            tracker=CallTracker(None),
-            hung=HungMarks(aredis),
-        )
-        try:
-            yield plugin_host
-        finally:
-            await plugin_host.registry.close()
-            await logs.close()
+    async with open_plugin_host(
+        settings, pool, aredis, geoip=GeoIP.disabled(), tracker=CallTracker(None)
+    ) as plugin_host:
+        yield plugin_host
 
 
 def event(team: CreatedTeam) -> dict[str, Any]:

@@ -200,7 +200,7 @@ def list_plugins(connection: Connection, plugin_id: int | None = None) -> list[I
     with connection.cursor(row_factory=dict_row) as cursor:
         plugins = cursor.execute(
             """SELECT id, COALESCE(name, '') AS name, organization_id, is_global, url, plugin_type,
-                      archive IS NOT NULL AS has_archive, octet_length(archive) AS archive_size, error, updated_at
+                      octet_length(archive) AS archive_size, error, updated_at
                FROM posthog_plugin WHERE %(plugin_id)s::int IS NULL OR id = %(plugin_id)s ORDER BY id""",
             only,
         ).fetchall()
@@ -478,7 +478,7 @@ def _origin(row: dict[str, Any]) -> str:
     url = row["url"] or ""
     if url.startswith("file:"):
         return url
-    if row["has_archive"]:
+    if row["archive_size"] is not None:
         return "archive"
     if row["plugin_type"] == "source":
         return "source"

@@ -43,8 +43,10 @@ def checked_result(before: RawEvent, result: Any, function: str = "processEvent"
 
 def _is_uuid(value: Any) -> bool:
     # Plugins may re-key events on purpose (e.g. a deterministic uuid to deduplicate), but only validly.
+    if not isinstance(value, str):
+        return False
     try:
-        uuid.UUID(str(value))
+        uuid.UUID(value)
     except ValueError:
         return False
-    return isinstance(value, str)
+    return True

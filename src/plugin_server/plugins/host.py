@@ -13,7 +13,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,7 +32,7 @@ from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
 from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
-from plugin_server.plugins.meta.metrics import EXPORT_EVENTS_METRICS, PluginMetrics
+from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginConfigInForce
@@ -133,19 +132,17 @@ class PluginHost:
                 guards_name=transpiler.guards_name,
                 file_name=code.main,
             )
-        declared = dict(instance.metrics)
-        if "exportEvents" in instance.methods:
-            declared = {**EXPORT_EVENTS_METRICS, **declared}
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
-            vm.metrics = PluginMetrics(declared)
+            vm.metrics = PluginMetrics(declared_metrics(instance.metrics, instance.methods))
         meta.metrics = vm.metrics
         if "exportEvents" in instance.methods:
+            retry = meta.jobs[EXPORT_RETRY_JOB]  # a durable job of this config, like any plugin job
             vm.export_buffer = ExportBuffer(
                 instance,
                 config=config.config.config,
                 metrics=vm.metrics,
                 plugin=vm.labels,
-                schedule_retry=lambda payload, delay: self._schedule_export_retry(vm, payload, delay),
+                schedule_retry=lambda payload, delay: retry(payload).run_in(delay, "seconds"),
                 record_error=vm.record_error,
             )
         return instance
@@ -168,13 +165,7 @@ class PluginHost:
             metrics=None,
             utils=SimpleNamespace(cursor=Cursor(self.pool, config.id)),
             posthog=SimpleNamespace(
-                capture=PostHogCapture(
-                    team_id=team_id,
-                    plugin_name=config.plugin.name,
-                    plugin_id=config.plugin.id,
-                    queue=self.settings.PLUGINS_CELERY_QUEUE,
-                    enqueue=self._enqueue_event,
-                ).capture,
+                capture=self._capture(config).capture,
                 api=PostHogApi(
                     http=self.http,
                     keys=self._api_keys,
@@ -188,19 +179,18 @@ class PluginHost:
         setattr(meta, "global", shared_global)  # `global` is a Python keyword: reachable as meta.global_
         return meta
 
+    def _capture(self, config: PluginConfigInForce) -> PostHogCapture:
+        """`posthog.capture` for this config: events go into the ingestion queue as the team's."""
+        return PostHogCapture(
+            team_id=config.config.team_id or 0,
+            plugin_name=config.plugin.name,
+            plugin_id=config.plugin.id,
+            queue=self.settings.PLUGINS_CELERY_QUEUE,
+            enqueue=self._enqueue_event,
+        )
+
     async def _enqueue_event(self, message: bytes) -> None:
         await self.redis.lpush(self.settings.PLUGINS_CELERY_QUEUE, message)
-
-    async def _schedule_export_retry(self, vm: PluginVM, payload: dict[str, Any], delay: float) -> None:
-        await self.jobs.enqueue(
-            PluginJob(
-                type=EXPORT_RETRY_JOB,
-                payload=payload,
-                plugin_config_id=vm.plugin_config_id,
-                plugin_config_team=vm.config.config.team_id or 0,
-                run_at=datetime.now(UTC) + timedelta(seconds=delay),
-            )
-        )
 
     async def run_job(self, job: PluginJob) -> None:
         """Run a job or scheduled task from the job queue; an error fails the job (and is recorded)."""
@@ -264,20 +254,13 @@ class PluginHost:
             if not values:
                 continue
             plugin = vm.config.plugin
-            capture = PostHogCapture(
-                team_id=vm.config.config.team_id or 0,
-                plugin_name=plugin.name,
-                plugin_id=plugin.id,
-                queue=self.settings.PLUGINS_CELERY_QUEUE,
-                enqueue=self._enqueue_event,
-            )
             properties = {
                 **values,
                 "plugin_name": plugin.name,
                 "plugin_id": plugin.id,
                 "plugin_tag": plugin.tag,
             }
-            await capture.capture(PLUGIN_METRICS_EVENT, properties)
+            await self._capture(vm.config).capture(PLUGIN_METRICS_EVENT, properties)
 
 
 @contextlib.asynccontextmanager

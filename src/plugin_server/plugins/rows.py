@@ -15,36 +15,21 @@ ATTACHMENT_COLUMNS = "plugin_config_id, key, content_type, file_name, contents"
 
 
 def plugin_from_row(row: dict[str, Any]) -> PluginRow:
-    organization_id = row["organization_id"]
+    """A row of PLUGIN_COLUMNS (its keys are PluginRow's fields)."""
+    organization_id, archive = row["organization_id"], row["archive"]
     return PluginRow(
-        id=row["id"],
-        organization_id=None if organization_id is None else str(organization_id),
-        name=row["name"],
-        plugin_type=row["plugin_type"],
-        url=row["url"],
-        tag=row["tag"],
-        archive=None if row["archive"] is None else bytes(row["archive"]),
-        source=row["source"],
-        is_global=row["is_global"],
-        config_schema=row["config_schema"],
-        capabilities=row["capabilities"] or {},
-        metrics=row["metrics"],
-        public_jobs=row["public_jobs"],
-        updated_at=row["updated_at"],
+        **{
+            **row,
+            "organization_id": None if organization_id is None else str(organization_id),
+            "archive": None if archive is None else bytes(archive),
+            "capabilities": row["capabilities"] or {},
+        }
     )
 
 
 def config_from_row(row: dict[str, Any]) -> PluginConfigRow:
-    return PluginConfigRow(
-        id=row["id"],
-        team_id=row["team_id"],
-        plugin_id=row["plugin_id"],
-        enabled=row["enabled"],
-        order=row["order"],
-        config=row["config"] or {},
-        error=row["error"],
-        updated_at=row["updated_at"],
-    )
+    """A row of CONFIG_COLUMNS (its keys are PluginConfigRow's fields)."""
+    return PluginConfigRow(**{**row, "config": row["config"] or {}})
 
 
 def attachment_from_row(row: dict[str, Any]) -> PluginAttachment:

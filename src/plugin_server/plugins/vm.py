@@ -132,13 +132,7 @@ class PluginVM:
         self._instance, export_buffer, self.export_buffer = None, self.export_buffer, None
         self._unloading = unloading = asyncio.Event()
         try:
-            if export_buffer is not None:
-                await export_buffer.flush()
-            await instance.teardown()
-            self.logger.system("INFO", f"Plugin unloaded after being idle (instance ID {self.instance_id}).")
-        except Exception as error:
-            self.logger.system("ERROR", f"Plugin failed to unload (instance ID {self.instance_id}).")
-            await self.record_error(error)
+            await self._tear_down(instance, export_buffer, "Plugin unloaded after being idle")
         finally:
             self._unloading = None
             unloading.set()
@@ -158,13 +152,18 @@ class PluginVM:
             with contextlib.suppress(BaseException):
                 await self._loading
         instance, self._instance = self._instance, None
-        if instance is None:
-            return
+        if instance is not None:
+            await self._tear_down(instance, self.export_buffer, "Plugin unloaded")
+
+    async def _tear_down(
+        self, instance: PluginInstance, export_buffer: ExportBuffer | None, unloaded: str
+    ) -> None:
+        """Export what is buffered, run teardownPlugin, and log how it went (errors are recorded)."""
         try:
-            if self.export_buffer is not None:
-                await self.export_buffer.flush()
+            if export_buffer is not None:
+                await export_buffer.flush()
             await instance.teardown()
-            self.logger.system("INFO", f"Plugin unloaded (instance ID {self.instance_id}).")
+            self.logger.system("INFO", f"{unloaded} (instance ID {self.instance_id}).")
         except Exception as error:
             self.logger.system("ERROR", f"Plugin failed to unload (instance ID {self.instance_id}).")
             await self.record_error(error)

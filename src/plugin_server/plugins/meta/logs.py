@@ -165,9 +165,8 @@ class PluginLogWriter:
         task.add_done_callback(self._tasks.discard)
 
     async def _insert(self, batch: list[PluginLogEntry]) -> None:
-        columns: tuple[list[Any], ...] = tuple([] for _ in range(9))
-        for e in batch:
-            row = (
+        rows = [
+            (
                 e.id,
                 e.team_id,
                 e.plugin_id,
@@ -178,8 +177,9 @@ class PluginLogWriter:
                 e.message,
                 e.instance_id,
             )
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
+            for e in batch
+        ]
+        columns = [list(column) for column in zip(*rows, strict=True)]
         async with self._pool.connection() as connection:
             await connection.execute(_INSERT, columns)
         get_metrics().log_entries_created(len(batch))

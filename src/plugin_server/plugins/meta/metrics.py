@@ -7,7 +7,7 @@ offers only the operation of that type. The owner reads and resets the values pe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -27,6 +27,13 @@ EXPORT_EVENTS_METRICS: Mapping[str, str] = MappingProxyType(
         "other_errors": "sum",
     }
 )
+
+
+def declared_metrics(metrics: Mapping[str, Any], methods: Collection[str]) -> dict[str, Any]:
+    """What a plugin declares in its `metrics` export, plus EXPORT_EVENTS_METRICS if it exports events."""
+    if "exportEvents" in methods:
+        return {**EXPORT_EVENTS_METRICS, **metrics}
+    return dict(metrics)
 
 
 def validate_declared(declared: Mapping[str, Any]) -> dict[str, str]:
