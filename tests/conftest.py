@@ -6,9 +6,11 @@ When DATABASE_URL / REDIS_URL are set, those servers are used instead (a fresh d
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,14 @@ async def aredis(redis_client: redis.Redis, redis_url: str) -> AsyncIterator[aio
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Poll `condition` on the event loop until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 class FakeClock:

@@ -89,12 +89,12 @@ def migrate() -> None:
 @app.command()
 def healthcheck() -> None:
     """Exit 0 when the server is ready (its /_ready, or without the web its Redis ping key), 1 otherwise."""
-    from plugin_server.supervisor import PING_KEY
-
     settings = load_settings_or_exit()
     if not settings.DISABLE_WEB:
         _ask_ready_endpoint(settings)
         return
+    from plugin_server.supervisor import PING_KEY  # imports the whole server: only on this path
+
     url = redis_url(settings)
     if url is None:
         typer.echo("no Redis configured and no embedded server running", err=True)

@@ -231,20 +231,12 @@ class Settings(BaseModel):
     @field_validator("TRUSTED_PROXIES")
     @classmethod
     def _trusted_proxies(cls, value: str) -> str:
-        for part in (part.strip() for part in value.split(",") if part.strip()):
-            try:
-                ipaddress.ip_network(part, strict=False)
-            except ValueError:
-                raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+        _networks(value)
         return value
 
     @cached_property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(
-            ipaddress.ip_network(part.strip(), strict=False)
-            for part in self.TRUSTED_PROXIES.split(",")
-            if part.strip()
-        )
+        return _networks(self.TRUSTED_PROXIES)
 
     @property
     def worker_count(self) -> int:
@@ -270,6 +262,17 @@ class Settings(BaseModel):
             auth = f":{quote(self.POSTHOG_REDIS_PASSWORD, safe='')}@" if self.POSTHOG_REDIS_PASSWORD else ""
             return f"redis://{auth}{self.POSTHOG_REDIS_HOST}:{self.POSTHOG_REDIS_PORT}"
         return self.REDIS_URL or None
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """The comma-separated IPs or CIDRs of `text`; ValueError naming the first that is neither."""
+    networks = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

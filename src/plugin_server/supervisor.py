@@ -28,6 +28,7 @@ from plugin_server import __version__
 from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
+from plugin_server.ingestion.celery import parse_now
 from plugin_server.ingestion.pipeline import event_of
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
 from plugin_server.services.embedded import EmbeddedServices, start_embedded
@@ -194,15 +195,13 @@ class Supervisor:
                 next_ping = now + PING_INTERVAL_SECONDS
             for slot in self._slots:
                 if slot.process is not None and not slot.process.is_alive():
-                    slot.restarts += 1
-                    get_metrics().worker_restarted("exited")
                     log.error(
                         "worker %d exited with code %s; starting it again (restart %d)",
                         slot.index,
                         slot.process.exitcode,
-                        slot.restarts,
+                        slot.restarts + 1,
                     )
-                    self._spawn(slot)
+                    self._replace(slot, "exited")
             self._stop_runaway_plugins(client)
             self._restart_stalled(client)
             self._publish_worker_status()
@@ -236,11 +235,7 @@ class Supervisor:
                 self.settings.TASK_TIMEOUT,
                 current[1] if current else "?",
             )
-            slot.process.kill()
-            slot.process.join(5)
-            slot.restarts += 1
-            get_metrics().worker_restarted("runaway")
-            self._spawn(slot)
+            self._replace(slot, "runaway")
 
     def _restart_stalled(self, client: redis.Redis) -> None:
         limit = self.settings.STALENESS_RESTART_SECONDS
@@ -253,12 +248,16 @@ class Supervisor:
             log.error(
                 "worker %d ingested nothing for %.0fs while events wait; restarting it", slot.index, limit
             )
-            if slot.process is not None:
-                slot.process.kill()
-                slot.process.join(5)
-            slot.restarts += 1
-            get_metrics().worker_restarted("stalled")
-            self._spawn(slot)
+            self._replace(slot, "stalled")
+
+    def _replace(self, slot: _WorkerSlot, reason: str) -> None:
+        """Kill the slot's worker if it still runs, and start a new one."""
+        if slot.process is not None and slot.process.is_alive():
+            slot.process.kill()
+            slot.process.join(5)
+        slot.restarts += 1
+        get_metrics().worker_restarted(reason)
+        self._spawn(slot)
 
     # --- web
 
@@ -373,14 +372,9 @@ def _pid_alive(pid: int) -> bool:
 def _lag_seconds(message: bytes | None) -> float:
     """How long ago the event in `message` was captured; 0 when there is none or it cannot be read."""
     event = event_of(message) if message else None
-    try:
-        captured = datetime.fromisoformat(str(event["now"])) if event else None
-    except ValueError:
-        return 0.0
+    captured = parse_now(event["now"]) if event else None
     if captured is None:
         return 0.0
-    if captured.tzinfo is None:
-        captured = captured.replace(tzinfo=UTC)
     return max(0.0, (datetime.now(UTC) - captured).total_seconds())
 
 

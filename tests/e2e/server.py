@@ -16,6 +16,7 @@ import httpx
 import psycopg
 from celery import Celery
 
+from plugin_server.config import parse_bool
 from tests.kafka_broker import free_port
 
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class RunningServer:
 
     @property
     def web_enabled(self) -> bool:
-        return self.env.get("DISABLE_WEB", "").lower() not in ("1", "true", "yes", "y", "t", "on")
+        return not parse_bool(self.env.get("DISABLE_WEB", ""))
 
     def web_pid(self) -> int:
         """The web process, as its /_health tells (waiting for it to answer)."""

@@ -16,15 +16,16 @@ QUEUE = "posthog-plugins-enqueuer-test"
 
 
 def captured(request: int, index: int) -> CapturedEvent:
+    event_uuid = f"00000000-0000-0000-{request:04x}-{index:012x}"
     return CapturedEvent(
         distinct_id=f"person {request}",
         ip=None,
         site_url=None,
-        data={"event": f"request {request} event {index}", "properties": {}},
+        data={"event": f"request {request} event {index}", "properties": {}, "uuid": event_uuid},
         team_id=2,
         now="2026-11-28T09:00:00+00:00",
         sent_at=None,
-        uuid=f"00000000-0000-0000-{request:04x}-{index:012x}",
+        uuid=event_uuid,
     )
 
 

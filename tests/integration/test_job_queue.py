@@ -13,20 +13,18 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.jobs.celery_task import PLUGIN_JOB_TASK, job_from_celery_task
+from plugin_server.ingestion.celery import PLUGIN_JOB_TASK
+from plugin_server.jobs.celery_task import job_from_celery_task
 from plugin_server.jobs.queue import JobHandler, JobPayloadError, JobQueue, PluginJob
 from plugin_server.plugins.meta.jobs import PluginJobs, add_months, time_after
+from tests.conftest import wait_until
 
 CONFIG_ID, TEAM_ID = 39, 2
 
 
 @pytest.fixture
-def empty_queue(clean_db: psycopg.Connection[Any]) -> None:
-    clean_db.execute("TRUNCATE plugin_server_jobs, plugin_server_schedule_periods")
-
-
-@pytest.fixture
-def queue(empty_queue: None, pool: AsyncConnectionPool[Any]) -> JobQueue:
+def queue(clean_db: psycopg.Connection[Any], pool: AsyncConnectionPool[Any]) -> JobQueue:
+    """A queue over an empty job table (clean_db empties it)."""
     return JobQueue(pool, lease_seconds=1.0, poll_interval=0.05)
 
 
@@ -43,13 +41,6 @@ async def running(queue: JobQueue, handler: JobHandler, concurrency: int = 4) ->
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class Recorder:
@@ -70,6 +61,16 @@ async def rows(pool: AsyncConnectionPool[Any]) -> list[dict[str, Any]]:
         cursor = await connection.execute("SELECT * FROM plugin_server_jobs ORDER BY id")
         found: list[dict[str, Any]] = await cursor.fetchall()
     return found
+
+
+async def claimed_by_a_dead_runner(pool: AsyncConnectionPool[Any], *, attempts: int) -> None:
+    """Mark every job as claimed by runner 'dead', whose lease ran out after `attempts` runs."""
+    async with pool.connection() as connection:
+        await connection.execute(
+            """UPDATE plugin_server_jobs SET status = 'running', attempts = %s, locked_by = 'dead',
+                   lease_until = now() - interval '1 second'""",
+            (attempts,),
+        )
 
 
 async def test_a_job_to_run_now_runs_and_is_deleted(queue: JobQueue, pool: AsyncConnectionPool[Any]) -> None:
@@ -178,11 +179,7 @@ async def test_queue_depth_counts_due_waiting_jobs(queue: JobQueue) -> None:
 
 async def test_the_job_of_a_dead_runner_runs_again(queue: JobQueue, pool: AsyncConnectionPool[Any]) -> None:
     await queue.enqueue(job(payload="orphan"))
-    async with pool.connection() as connection:  # claimed by a runner that then died
-        await connection.execute(
-            """UPDATE plugin_server_jobs SET status = 'running', attempts = 1, locked_by = 'dead',
-                   lease_until = now() - interval '1 second'"""
-        )
+    await claimed_by_a_dead_runner(pool, attempts=1)
     recorder = Recorder()
     async with running(queue, recorder):
         await wait_until(lambda: len(recorder.jobs) == 1)
@@ -193,11 +190,7 @@ async def test_a_job_that_kills_every_runner_fails_after_max_attempts(
     queue: JobQueue, pool: AsyncConnectionPool[Any]
 ) -> None:
     await queue.enqueue(job())
-    async with pool.connection() as connection:
-        await connection.execute(
-            """UPDATE plugin_server_jobs SET status = 'running', attempts = 3, locked_by = 'dead',
-                   lease_until = now() - interval '1 second'"""
-        )
+    await claimed_by_a_dead_runner(pool, attempts=3)
     await queue.recover_and_prune()
     [row] = await rows(pool)
     assert row["status"] == "failed"

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.jobs.scheduler import SCHEDULE_LOCK_KEY, Scheduler, minute_start, tasks_due_at
+from tests.conftest import wait_until
 
 TTL = 1.0
 ALL_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
@@ -23,8 +24,7 @@ ALL_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
 
 @pytest.fixture
 def config_ids(clean_db: psycopg.Connection[Any], team: CreatedTeam) -> list[int]:
-    """Three enabled plugin configs of team 2."""
-    clean_db.execute("TRUNCATE plugin_server_jobs, plugin_server_schedule_periods")
+    """Three enabled plugin configs of team 2 (and, from clean_db, an empty job queue)."""
     [(plugin_id,)] = clean_db.execute(
         "INSERT INTO posthog_plugin (organization_id, name) VALUES (%s, 'scheduled') RETURNING id",
         (team.organization_id,),
@@ -60,13 +60,6 @@ async def queued(pool: AsyncConnectionPool[Any]) -> list[tuple[int, str, datetim
             (row["plugin_config_id"], row["type"], row["run_at"], row["status"])
             for row in await cursor.fetchall()
         ]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 # --- boundaries

@@ -210,14 +210,18 @@ def _distinct_id_text(value: Any) -> str:
     raise MalformedMessage(f"distinct_id {value!r} is not a string or a number")
 
 
-def _unix_ms(now: Any) -> int:
-    """`now` (ISO 8601, naive means UTC) in unix milliseconds, 0 when it cannot be read."""
+def parse_now(now: Any) -> datetime | None:
+    """The task's `now` argument (ISO 8601, naive means UTC) as an aware time; None when unreadable."""
     if not isinstance(now, str):
-        return 0
+        return None
     try:
         moment = datetime.fromisoformat(now)
     except ValueError:
-        return 0
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _MILLISECOND
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _unix_ms(now: Any) -> int:
+    """`now` in unix milliseconds, 0 when it cannot be read."""
+    moment = parse_now(now)
+    return 0 if moment is None else (moment - _EPOCH) // _MILLISECOND

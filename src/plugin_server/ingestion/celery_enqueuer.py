@@ -64,5 +64,4 @@ class CeleryEnqueuer:
 
 def celery_arguments(event: CapturedEvent) -> list[object]:
     """The task's positional arguments `[distinct_id, ip, site_url, data, team_id, now, sent_at]`."""
-    data = {**event.data, "uuid": event.uuid}
-    return [event.distinct_id, event.ip, event.site_url, data, event.team_id, event.now, event.sent_at]
+    return [event.distinct_id, event.ip, event.site_url, event.data, event.team_id, event.now, event.sent_at]

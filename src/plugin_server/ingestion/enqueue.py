@@ -18,7 +18,8 @@ from plugin_server.config import Settings
 
 @dataclass(frozen=True, slots=True)
 class CapturedEvent:
-    """One event as capture hands it to ingestion (`data` carries event, properties, timestamp...)."""
+    """One event as capture hands it to ingestion. `data` carries event, properties, timestamp... and
+    `uuid` too (the worker merges `data` over the other fields, so data's uuid is the one stored)."""
 
     distinct_id: str
     ip: str | None

@@ -33,13 +33,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import psycopg
 from cachetools import TTLCache
 from psycopg.errors import DeadlockDetected, IntegrityError, SerializationFailure
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.rules import is_illegal_distinct_id
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.jsvalues import js_string
@@ -199,11 +199,7 @@ def _keyed_rows(rows: Iterable[dict[str, Any]]) -> dict[Key, PersonRow]:
 
 def _jsonb(value: Any) -> Jsonb:
     """JSON for Postgres, with non-string keys written as strings, as the event sink and JSON.stringify do."""
-    return Jsonb(value, dumps=_dumps)
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return Jsonb(value, dumps=json_text)
 
 
 def _aware(value: datetime) -> datetime:
@@ -706,8 +702,8 @@ class PersonManager:
     ) -> None:
         self._pool = pool
         self._on_changes = on_changes
-        # "<team>::<distinct id>" of ids known to have a person (the original's DISTINCT_ID_LRU_SIZE).
-        self._seen: TTLCache[str, bool] | None = (
+        # (team, distinct id) of ids known to have a person (the original's DISTINCT_ID_LRU_SIZE).
+        self._seen: TTLCache[Key, bool] | None = (
             TTLCache(maxsize=lru_size, ttl=LRU_MAX_AGE_SECONDS) if lru_size > 0 else None
         )
         self.illegal_distinct_ids = 0
@@ -745,13 +741,12 @@ class PersonManager:
     def _recently_seen(self, key: Key) -> bool:
         if self._seen is None:
             return False
-        name = f"{key[0]}::{key[1]}"
-        if name not in self._seen:
+        if key not in self._seen:
             return False
-        self._seen[name] = True  # a hit makes the entry young again, as the original's updateAgeOnGet
+        self._seen[key] = True  # a hit makes the entry young again, as the original's updateAgeOnGet
         return True
 
     def _remember(self, keys: Iterable[Key]) -> None:
         if self._seen is not None:
-            for team_id, distinct_id in keys:
-                self._seen[f"{team_id}::{distinct_id}"] = True
+            for key in keys:
+                self._seen[key] = True
