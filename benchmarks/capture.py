@@ -39,7 +39,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tests.kafka_broker import KafkaBroker, free_port, read_topic
 
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
 
 LUA_SCRIPT = Path(__file__).with_suffix(".lua")
 CELERY_QUEUE = "posthog-plugins"
@@ -242,25 +242,19 @@ def web_process(database_url: str, redis_url: str, queue: Queue) -> Iterator[tup
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(WEB_COMMAND, env=env, stdout=log, stderr=log)
         url = f"http://127.0.0.1:{port}"
+
+        def exited() -> str | None:
+            if process.poll() is None:
+                return None
+            log.seek(0)
+            return f"the web process exited with {process.returncode}:\n{log.read().decode()}"
+
         try:
-            _wait_for_health(url, process, log)
+            wait_for_health(url, exited)
             yield url, process.pid
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
-
-
-def _wait_for_health(url: str, process: subprocess.Popen[bytes], log: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"the web process exited with {process.returncode}:\n{log.read().decode()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/_health", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("the web process did not answer /_health")
 
 
 def events_received(url: str) -> int:

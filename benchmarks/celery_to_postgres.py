@@ -19,12 +19,11 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
-import httpx
 import psycopg
 import redis
 from tests.kafka_broker import free_port
 
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 
 QUEUE = "posthog-plugins"
@@ -73,7 +72,8 @@ def run_once(database_url: str, redis_url: str, messages: list[bytes], plugin: s
         )
         try:
             _wait_for_ping(client)
-            _wait_for_web(web_port)
+            # the web process starts after the workers; its start-up (imports) would compete with them
+            wait_for_health(f"http://127.0.0.1:{web_port}")
             started = time.perf_counter()
             for offset in range(0, len(messages), 1000):
                 client.lpush(QUEUE, *messages[offset : offset + 1000])
@@ -95,20 +95,6 @@ def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:
             raise RuntimeError("the server did not start")
         time.sleep(0.05)
     time.sleep(1.0)  # workers connect after the first ping
-
-
-def _wait_for_web(port: int, timeout: float = 60) -> None:
-    """The web process starts after the workers; its start-up (imports) would compete with them."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/_health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the web process did not start")
-        time.sleep(0.05)
 
 
 def _wait_for_rows(database_url: str, expected: int, timeout: float = 300) -> None:

@@ -23,19 +23,14 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-import redis.asyncio as aioredis
 
 from benchmarks.plugin_step import make_events
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
-from plugin_server.config import load_settings
-from plugin_server.db.postgres import open_pool
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, find_plugin
-from plugin_server.plugins.host import PluginHost, open_plugin_host
+from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.js.runtime import JSPlugin
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker, SharedCallState
-from plugin_server.services.geoip import GeoIP
 
 MIB = 1024 * 1024
 
@@ -95,50 +90,41 @@ def open_isolates(host: PluginHost) -> int:
 
 async def run(database_url: str, redis_url: str, team_ids: list[int], batch_size: int) -> Result:
     # the sweep is off while loading, so that nothing is unloaded before it is measured
-    settings = load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url, PLUGIN_IDLE_UNLOAD_SECONDS=0)
-    pool = await open_pool(database_url, max_size=8)
-    redis = aioredis.Redis.from_url(redis_url)
-    tracker = CallTracker(SharedCallState())
-    try:
-        async with open_plugin_host(settings, pool, redis, geoip=GeoIP.disabled(), tracker=tracker) as host:
-            await host.registry.reload()
-            runner = PluginRunner(host.registry, host.hung)
-            # warm up: the transpiler, the pools and the first isolate's one-time costs are not per config
-            await runner.process_events(make_events(batch_size, team_ids[0]))
-            malloc_trim()
-            rss_start = rss_bytes()
-            load_seconds = []
-            for team_id in team_ids[1:]:
-                started = time.perf_counter()
-                results = await runner.process_events(make_events(batch_size, team_id))
-                load_seconds.append(time.perf_counter() - started)
-                assert all(result is not None and result["properties"]["processed"] for result in results)
-            malloc_trim()
-            rss_loaded = rss_bytes()
-            open_loaded = open_isolates(host)
-
+    async with plugin_host(database_url, redis_url, PLUGIN_IDLE_UNLOAD_SECONDS=0) as host:
+        runner = PluginRunner(host.registry, host.hung)
+        # warm up: the transpiler, the pools and the first isolate's one-time costs are not per config
+        await runner.process_events(make_events(batch_size, team_ids[0]))
+        malloc_trim()
+        rss_start = rss_bytes()
+        load_seconds = []
+        for team_id in team_ids[1:]:
             started = time.perf_counter()
-            host.registry.unload_idle(0)
-            await host.registry.settle()
-            unload_seconds = time.perf_counter() - started
-            gc.collect()
-            rss_unloaded = rss_bytes()
-            malloc_trim()
-            rss_trimmed = rss_bytes()
-            open_unloaded = open_isolates(host)
+            results = await runner.process_events(make_events(batch_size, team_id))
+            load_seconds.append(time.perf_counter() - started)
+            assert all(result is not None and result["properties"]["processed"] for result in results)
+        malloc_trim()
+        rss_loaded = rss_bytes()
+        open_loaded = open_isolates(host)
 
-            # a second round (set up again on next use, then unloaded again) shows whether memory leaks
-            for team_id in team_ids:
-                await runner.process_events(make_events(batch_size, team_id))
-            malloc_trim()
-            rss_reloaded = rss_bytes()
-            host.registry.unload_idle(0)
-            await host.registry.settle()
-            malloc_trim()
-            rss_second_trimmed = rss_bytes()
-    finally:
-        await redis.aclose()
-        await pool.close()
+        started = time.perf_counter()
+        host.registry.unload_idle(0)
+        await host.registry.settle()
+        unload_seconds = time.perf_counter() - started
+        gc.collect()
+        rss_unloaded = rss_bytes()
+        malloc_trim()
+        rss_trimmed = rss_bytes()
+        open_unloaded = open_isolates(host)
+
+        # a second round (set up again on next use, then unloaded again) shows whether memory leaks
+        for team_id in team_ids:
+            await runner.process_events(make_events(batch_size, team_id))
+        malloc_trim()
+        rss_reloaded = rss_bytes()
+        host.registry.unload_idle(0)
+        await host.registry.settle()
+        malloc_trim()
+        rss_second_trimmed = rss_bytes()
     return Result(
         configs=len(team_ids) - 1,
         rss_start=rss_start,

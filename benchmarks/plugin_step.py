@@ -15,35 +15,37 @@ import statistics
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
-from plugin_server.config import load_settings
-from plugin_server.db.postgres import open_pool
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.plugins.host import open_plugin_host
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker, SharedCallState
-from plugin_server.services.geoip import GeoIP
 
 NO_PLUGINS_TEAM = 999
 
 
-def make_events(count: int, team_id: int) -> list[dict[str, Any]]:
+def plugin_event(
+    team_id: int, name: str, distinct_id: str, properties: dict[str, Any], ip: str = "127.0.0.1"
+) -> dict[str, Any]:
+    """An event as the plugin step gets it from the Celery queue."""
     now = "2026-11-28T10:00:00.000Z"
+    return {
+        "distinct_id": distinct_id,
+        "ip": ip,
+        "site_url": "https://example.com",
+        "team_id": team_id,
+        "now": now,
+        "sent_at": now,
+        "uuid": uuidt(),
+        "event": name,
+        "timestamp": now,
+        "properties": properties,
+    }
+
+
+def make_events(count: int, team_id: int) -> list[dict[str, Any]]:
     return [
-        {
-            "distinct_id": f"person-{index % 100}",
-            "ip": "127.0.0.1",
-            "site_url": "https://example.com",
-            "team_id": team_id,
-            "now": now,
-            "sent_at": now,
-            "uuid": uuidt(),
-            "event": "$pageview",
-            "timestamp": now,
-            "properties": {f"property_{n}": f"value {n}" for n in range(10)},
-        }
+        plugin_event(
+            team_id, "$pageview", f"person-{index % 100}", {f"property_{n}": f"value {n}" for n in range(10)}
+        )
         for index in range(count)
     ]
 
@@ -62,20 +64,10 @@ async def measure(runner: PluginRunner, team_id: int, batches: int, batch_size: 
 
 
 async def run(database_url: str, redis_url: str, batches: int, batch_size: int) -> tuple[float, float]:
-    settings = load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url)
-    pool = await open_pool(database_url, max_size=8)
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        # tracked as in a worker
-        tracker = CallTracker(SharedCallState())
-        async with open_plugin_host(settings, pool, redis, geoip=GeoIP.disabled(), tracker=tracker) as host:
-            await host.registry.reload()
-            runner = PluginRunner(host.registry, host.hung)
-            with_plugin = await measure(runner, TEAM_ID, batches, batch_size)
-            without = await measure(runner, NO_PLUGINS_TEAM, batches, batch_size)
-    finally:
-        await redis.aclose()
-        await pool.close()
+    async with plugin_host(database_url, redis_url) as host:
+        runner = PluginRunner(host.registry, host.hung)
+        with_plugin = await measure(runner, TEAM_ID, batches, batch_size)
+        without = await measure(runner, NO_PLUGINS_TEAM, batches, batch_size)
     return with_plugin, without
 
 

@@ -5,15 +5,23 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psycopg
+import redis.asyncio as aioredis
 
+from plugin_server.config import load_settings
 from plugin_server.db.migrate import migrate
-from plugin_server.db.postgres import recreate_database
+from plugin_server.db.postgres import open_pool, recreate_database
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, install_plugin
+from plugin_server.plugins.host import PluginHost, open_plugin_host
+from plugin_server.plugins.tracking import CallTracker, SharedCallState
+from plugin_server.services.geoip import GeoIP
 
 BENCH_DATABASE = "plugin_server_bench"
 TEAM_ID = 2
@@ -41,9 +49,9 @@ def benchmark_services() -> Iterator[tuple[str, str]]:
                 embedded.stop()
 
 
-def fresh_database(server_url: str, plugin: str | None = None) -> str:
+def fresh_database(server_url: str, plugin: str | None = None, name: str = BENCH_DATABASE) -> str:
     """An empty, migrated database with team 2 (and `plugin` from benchmarks/plugins enabled for it)."""
-    url = recreate_database(server_url, BENCH_DATABASE)
+    url = recreate_database(server_url, name)
     migrate(url)
     with psycopg.connect(url, autocommit=True) as connection:
         create_organization_and_team(connection, team_id=TEAM_ID)
@@ -51,3 +59,38 @@ def fresh_database(server_url: str, plugin: str | None = None) -> str:
             installed = install_plugin(connection, PLUGINS / plugin)
             enable_plugin(connection, installed, TEAM_ID, {})
     return url
+
+
+@contextlib.asynccontextmanager
+async def plugin_host(
+    database_url: str, redis_url: str, *, geoip: GeoIP | None = None, **settings: Any
+) -> AsyncIterator[PluginHost]:
+    """A worker's plugin machinery (host, registry loaded, calls tracked as in a worker) in this process."""
+    pool = await open_pool(database_url, max_size=8)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        async with open_plugin_host(
+            load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url, **settings),
+            pool,
+            redis,
+            geoip=geoip or GeoIP.disabled(),
+            tracker=CallTracker(SharedCallState()),
+        ) as host:
+            await host.registry.reload()
+            yield host
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def wait_for_health(url: str, exited: Callable[[], str | None] = lambda: None, timeout: float = 60) -> None:
+    """Until the web process at `url` answers /_health; `exited` says why it never will (it died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (reason := exited()) is not None:
+            raise RuntimeError(reason)
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/_health", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the web process did not answer /_health")

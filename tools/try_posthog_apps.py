@@ -20,18 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis.asyncio as aioredis
-from benchmarks.services import TEAM_ID, benchmark_services
+from benchmarks.plugin_step import plugin_event
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
 
-from plugin_server.config import load_settings
-from plugin_server.db.migrate import migrate
-from plugin_server.db.postgres import open_pool, recreate_database
-from plugin_server.db.teams import create_organization_and_team
-from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost, open_plugin_host
+from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker
 from plugin_server.services.geoip import GeoIP
 
 MMDB = Path(__file__).parents[1] / "tests" / "assets" / "GeoLite2-City-Test.mmdb"
@@ -46,19 +40,7 @@ class Trial:
 
 
 def event(name: str, distinct_id: str = "user-1", **properties: Any) -> dict[str, Any]:
-    now = "2026-11-28T10:00:00.000Z"
-    return {
-        "distinct_id": distinct_id,
-        "ip": properties.pop("ip", "127.0.0.1"),
-        "site_url": "https://example.com",
-        "team_id": TEAM_ID,
-        "now": now,
-        "sent_at": now,
-        "uuid": uuidt(),
-        "event": name,
-        "timestamp": now,
-        "properties": properties,
-    }
+    return plugin_event(TEAM_ID, name, distinct_id, properties, ip=properties.pop("ip", "127.0.0.1"))
 
 
 TRIALS = [
@@ -117,17 +99,9 @@ async def run_trial(host: PluginHost, database_url: str, packages: Path, trial: 
 
 
 async def main_async(packages: Path, database_url: str, redis_url: str) -> None:
-    settings = load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url)
-    pool = await open_pool(database_url, max_size=8)
-    redis = aioredis.Redis.from_url(redis_url)
-    try:
-        geoip = GeoIP.from_file(MMDB)
-        async with open_plugin_host(settings, pool, redis, geoip=geoip, tracker=CallTracker(None)) as host:
-            for trial in TRIALS:
-                await run_trial(host, database_url, packages, trial)
-    finally:
-        await redis.aclose()
-        await pool.close()
+    async with plugin_host(database_url, redis_url, geoip=GeoIP.from_file(MMDB)) as host:
+        for trial in TRIALS:
+            await run_trial(host, database_url, packages, trial)
 
 
 def main() -> None:
@@ -137,10 +111,7 @@ def main() -> None:
     parser.add_argument("packages", type=Path, help="the packages/ folder of a PostHog/apps checkout")
     options = parser.parse_args()
     with benchmark_services() as (server_url, redis_url):
-        database_url = recreate_database(server_url, "plugin_server_apps_trial")
-        migrate(database_url)
-        with psycopg.connect(database_url, autocommit=True) as connection:
-            create_organization_and_team(connection, team_id=TEAM_ID)
+        database_url = fresh_database(server_url, name="plugin_server_apps_trial")
         asyncio.run(main_async(options.packages, database_url, redis_url))
 
 

@@ -23,11 +23,12 @@ Db = psycopg.Connection[Any]
 COUNT_EVENTS = "SELECT COUNT(*) FROM posthog_event"
 
 
-def write_plugin(folder: Path, name: str, source: str) -> Path:
+def write_plugin(folder: Path, name: str, source: str, main: str = "index.py") -> Path:
+    """A plugin folder `name` whose `main` file (.py, .js or .ts) holds `source`."""
     plugin = folder / name
     plugin.mkdir()
-    (plugin / "plugin.json").write_text(json.dumps({"name": name, "main": "index.py"}))
-    (plugin / "index.py").write_text(textwrap.dedent(source))
+    (plugin / "plugin.json").write_text(json.dumps({"name": name, "main": main}))
+    (plugin / main).write_text(textwrap.dedent(source))
     return plugin
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +10,7 @@ import psycopg
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 
-from .plugin_stack import Stack
+from .plugin_stack import Stack, write_plugin
 from .server import wait_until
 
 Db = psycopg.Connection[Any]
@@ -20,10 +18,7 @@ PLUGINS = Path(__file__).parents[1] / "assets" / "plugins"
 
 
 def install_js(db: Db, tmp_path: Path, team: CreatedTeam, name: str, main: str, source: str) -> int:
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "plugin.json").write_text(json.dumps({"name": name, "main": main}))
-    (folder / main).write_text(textwrap.dedent(source))
+    folder = write_plugin(tmp_path, name, source, main)
     return enable_plugin(db, install_plugin(db, folder), team.team_id, {"greeting": "hi"}).id
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 
 from ..conftest import TABLES
-from .plugin_stack import env
+from .plugin_stack import env, write_plugin
 from .server import RunningServer, celery_app, running_server, send_event, wait_for_count
 
 Db = psycopg.Connection[Any]
@@ -267,10 +266,7 @@ class Scenario:
 
 
 def _install(db: Db, folder: Path, team: CreatedTeam, name: str, source: str, order: int = 0) -> int:
-    plugin = folder / name
-    plugin.mkdir()
-    (plugin / "plugin.json").write_text(json.dumps({"name": name, "main": "index.js"}))
-    (plugin / "index.js").write_text(textwrap.dedent(source))
+    plugin = write_plugin(folder, name, source, "index.js")
     installed = install_plugin(db, plugin, organization_id=team.organization_id)
     return enable_plugin(db, installed, team.team_id, {}, order=order).id
 

@@ -159,13 +159,14 @@ class GeoIP:
             raise GeoIPUnavailableError()
         if not isinstance(ip, str):
             raise TypeError(f"geoip.locate expects an IP address string, got {type(ip).__name__}")
+        ip = ip.strip()
         try:
-            record, prefix_length = self._reader.get_with_prefix_len(ip.strip())
+            record, prefix_length = self._reader.get_with_prefix_len(ip)
         except ValueError:  # not an IP address
             return None
         if not isinstance(record, dict):
             return None
-        return city_model(record, ip.strip(), prefix_length)
+        return city_model(record, ip, prefix_length)
 
     def close(self) -> None:
         if self._reader is not None:

@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Annotated, Any, Self, TypeVar
 
 import psycopg
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -28,7 +27,7 @@ from redis.exceptions import RedisError
 from plugin_server.ingestion.redis_queue import dead_letter_count, read_dead_letters, replay_dead_letters
 from plugin_server.plugins import admin
 from plugin_server.plugins.archive import DEFAULT_LIMITS
-from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
+from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.web.context import WebContext, get_context
 
@@ -95,20 +94,6 @@ class PluginOut(BaseModel):
     error: Any = Field(None, description="the plugin's own error (e.g. it could not be loaded), or null")
     updated_at: datetime | None
     configs: list[PluginConfigOut]
-
-
-class LogEntryOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: str
-    team_id: int
-    plugin_id: int
-    plugin_config_id: int
-    timestamp: datetime
-    source: LogSource
-    type: LogType
-    message: str
-    instance_id: str
 
 
 class DeadLetterOut(BaseModel):
@@ -276,7 +261,7 @@ async def put_attachment(
     return await _changed(context, await _in_database(context, run))
 
 
-@router.get("/plugin-configs/{config_id}/logs", response_model=list[LogEntryOut])
+@router.get("/plugin-configs/{config_id}/logs", response_model=list[PluginLogEntry])
 async def get_logs(
     config_id: int,
     context: Context,
@@ -285,15 +270,14 @@ async def get_logs(
         str | None,
         Query(description="an entry id: the entries after it, to follow the log (else the newest)"),
     ] = None,
-) -> list[LogEntryOut]:
+) -> list[PluginLogEntry]:
     """A config's log entries, oldest first (like `plugins logs`)."""
 
     def run(connection: admin.Connection) -> list[PluginLogEntry]:
         admin.find_config(connection, config_id)  # 404 rather than an empty list
         return admin.read_logs(connection, config_id, limit=limit, after=after)
 
-    entries = await _in_database(context, run)
-    return [LogEntryOut.model_validate(entry) for entry in entries]
+    return await _in_database(context, run)
 
 
 # --- dead letters and reload
@@ -354,9 +338,10 @@ async def _changed(context: WebContext, answer: T) -> T:
 
 
 async def _publish_reload(context: WebContext) -> int:
-    client: aioredis.Redis = context.redis
     try:
-        return int(await client.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE))
+        return int(
+            await context.redis.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE)
+        )
     except RedisError as error:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -32,6 +32,21 @@ as a form with base64 `data`, or with `data=` in the query (GET); gzip (`compres
 `Content-Encoding: gzip`) and lz-string (`compression=lz64`) accepted. Answers `{"status": 1}` once every
 event is queued; 400 bad payload, 401 missing or unknown project token, 413 too large, 503 queue down."""
 
+# PostHog capture's CORS answer: any origin may send (browsers run posthog-js on any site).
+_CORS_HEADERS = {
+    "Access-Control-Allow-Credentials": "true",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type",
+    "Vary": "Origin",
+}
+_CAPTURED = b'{"status":1}'  # what JSONResponse({"status": 1}) renders, rendered once
+_UNAVAILABLE = {
+    "type": "server_error",
+    "code": "unavailable",
+    "detail": "The events could not be queued right now; send them again later.",
+    "attr": None,
+}
+
 
 class FrontDoor:
     """The ASGI application: capture requests (nearly all the traffic) go straight to the capture
@@ -89,21 +104,15 @@ def create_app(context: WebContext) -> FrontDoor:
             )
             await context.enqueuer.enqueue(events)
         except CaptureError as error:
-            return _with_cors(request, JSONResponse(error.body, status_code=error.status))
+            return JSONResponse(error.body, status_code=error.status, headers=_cors(request))
         except Exception:
             log.exception("capture request from %s failed", peer)
-            body = {
-                "type": "server_error",
-                "code": "unavailable",
-                "detail": "The events could not be queued right now; send them again later.",
-                "attr": None,
-            }
-            return _with_cors(request, JSONResponse(body, status_code=503))
+            return JSONResponse(_UNAVAILABLE, status_code=503, headers=_cors(request))
         get_metrics().events_received("capture", len(events))
-        return _with_cors(request, JSONResponse({"status": 1}))
+        return Response(_CAPTURED, media_type="application/json", headers=_cors(request))
 
     async def preflight(request: Request) -> Response:
-        return _with_cors(request, Response(status_code=200))
+        return Response(status_code=200, headers=_cors(request))
 
     for path in CAPTURE_PATHS:
         for variant in (path, path + "/"):  # clients post to both; a redirect would lose the body
@@ -171,11 +180,6 @@ def _check(problem: str | None) -> dict[str, Any]:
     return {"ok": True} if problem is None else {"ok": False, "error": problem}
 
 
-def _with_cors(request: Request, response: Response) -> Response:
-    """PostHog capture's CORS answer: any origin may send (browsers run posthog-js on any site)."""
-    response.headers["Access-Control-Allow-Origin"] = request.headers.get("origin") or "*"
-    response.headers["Access-Control-Allow-Credentials"] = "true"
-    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-    response.headers["Access-Control-Allow-Headers"] = "X-Requested-With, Content-Type"
-    response.headers["Vary"] = "Origin"
-    return response
+def _cors(request: Request) -> dict[str, str]:
+    """The CORS headers of a capture answer: the constant ones and the request's origin."""
+    return {"Access-Control-Allow-Origin": request.headers.get("origin") or "*", **_CORS_HEADERS}
