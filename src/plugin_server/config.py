@@ -171,6 +171,11 @@ class Settings(BaseModel):
         ge=1,
         description="largest capture request body, as sent and once decompressed; larger is refused with 413",
     )
+    CAPTURE_DECODE_TIMEOUT: float = Field(
+        2.0,
+        gt=0,
+        description="seconds a capture request may spend decompressing and parsing its body; past it 413",
+    )
     TRUSTED_PROXIES: str = Field(
         "",
         description="comma-separated IPs or CIDRs of proxies whose X-Forwarded-For gives the client IP",

@@ -3,9 +3,11 @@ what lands in the ingestion queue, and what is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,7 +26,7 @@ from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
 from plugin_server.web.health import WorkerStatus
 from tests.kafka_broker import free_port, read_topic, unique_topic
-from tests.unit.web.lz import lz64
+from tests.unit.web.lz import lz64, lz64_literals
 
 QUEUE = "posthog-plugins"
 
@@ -279,3 +281,24 @@ async def test_ready_names_what_is_down_and_capture_answers_503(
 def _received(source: str) -> float:
     value = get_metrics().registry.get_sample_value("plugin_server_events_received_total", {"source": source})
     return value or 0.0
+
+
+async def test_health_answers_at_once_while_a_large_body_decodes(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, team: CreatedTeam
+) -> None:
+    """Decoding happens in a thread: the event loop goes on answering while it runs."""
+    events = [{**event("e", n=i), "api_key": team.api_token} for i in range(3000)]
+    body = lz64_literals(json.dumps(events))  # slow to decode for its size
+    async with api(pool, aredis) as client:
+        capture = asyncio.create_task(client.post("/e?compression=lz64", content=body))
+        latencies = []
+        while not capture.done():
+            started = time.monotonic()
+            assert (await client.get("/_health")).status_code == 200
+            latencies.append(time.monotonic() - started)
+            await asyncio.sleep(0.01)
+        answer = await capture
+        assert answer.status_code == 200, answer.text
+    assert len(latencies) >= 5, "the decoding was too quick to watch"
+    assert max(latencies) < 0.1, latencies
+    assert await aredis.llen(QUEUE) == 3000

@@ -222,12 +222,14 @@ def test_malformed_envelopes(raw: bytes, reason: str) -> None:
 # --- events ---
 
 
-def test_event_fields_in_the_originals_order() -> None:
+def test_event_fields_from_the_task_arguments() -> None:
     event = event_from_task(
         task("d", "1.1.1.1", "http://site", {"event": "e"}, 2, NOW, "2021-01-01T00:00:00Z")
     )
 
-    assert list(event) == ["distinct_id", "ip", "site_url", "team_id", "now", "sent_at", "uuid", "event"]
+    assert sorted(event) == sorted(
+        ["distinct_id", "ip", "site_url", "team_id", "now", "sent_at", "uuid", "event"]
+    )
     assert event["ip"] == "1.1.1.1"
     assert event["site_url"] == "http://site"
     assert event["team_id"] == 2
@@ -235,14 +237,42 @@ def test_event_fields_in_the_originals_order() -> None:
     assert event["sent_at"] == "2021-01-01T00:00:00Z"
 
 
-def test_data_keys_win() -> None:
-    data = {"event": "e", "ip": "9.9.9.9", "distinct_id": 42, "uuid": "0178a3ab-d163-0000-4b55-bceadebb03fa"}
+def test_the_servers_fields_win_over_the_clients_copies_in_data() -> None:
+    """The original merged `data` over the arguments, so a client's `"team_id": 3` wrote into team 3."""
+    data = {
+        "event": "e",
+        "team_id": 3,
+        "ip": "9.9.9.9",
+        "distinct_id": 42,
+        "site_url": "http://evil",
+        "now": "2000-01-01T00:00:00Z",
+        "sent_at": "2000-01-01T00:00:00Z",
+        "properties": {"$ip": "9.9.9.9", "x": 1},
+        "uuid": "0178a3ab-d163-0000-4b55-bceadebb03fa",
+    }
 
     event = event_from_task(task("d", "1.1.1.1", "s", data, 2, NOW, None))
 
-    assert event["ip"] == "9.9.9.9"
-    assert event["distinct_id"] == "42"
-    assert event["uuid"] == "0178a3ab-d163-0000-4b55-bceadebb03fa"
+    assert (event["team_id"], event["ip"], event["distinct_id"]) == (2, "1.1.1.1", "d")
+    assert (event["site_url"], event["now"], event["sent_at"]) == ("s", NOW, None)
+    assert event["properties"] == {"x": 1}  # the connection's ip is stored, not the client's
+    assert event["uuid"] == "0178a3ab-d163-0000-4b55-bceadebb03fa"  # no uuid argument: data's
+
+
+def test_an_ip_property_stays_when_the_message_has_no_ip() -> None:
+    event = event_from_task(task("d", None, None, {"event": "e", "properties": {"$ip": "9.9.9.9"}}, 2, NOW))
+
+    assert event["properties"] == {"$ip": "9.9.9.9"}
+
+
+def test_nul_characters_and_lone_surrogates_are_scrubbed() -> None:
+    data = '{"event": "a\\u0000b", "properties": {"k\\u0000": "\\ud800x"}}'
+    event = event_from_task(
+        decode_message(encode_task(PROCESS_EVENT_TASK, ["d\x00", None, None, data, 2, NOW], queue="q"))
+    )
+
+    assert (event["event"], event["distinct_id"]) == ("ab", "d")
+    assert event["properties"] == {"k": "\ufffdx"}
 
 
 def test_data_may_be_a_json_string() -> None:
@@ -290,7 +320,7 @@ def test_distinct_id_becomes_text_as_in_javascript(value: Any, text: str) -> Non
         (task(None, None, None, {}, 2, NOW), "distinct_id None is not a string"),
         (task({"id": 1}, None, None, {}, 2, NOW), "distinct_id .* is not a string"),
         (task("d", None, None, {}, "2", NOW), "team_id '2' is not an integer"),
-        (task("d", None, None, {"team_id": None}, 2, NOW), "team_id None is not an integer"),
+        (task("d", None, None, {}, None, NOW), "team_id None is not an integer"),
         (CeleryTask(PLUGIN_JOB_TASK, None, [2, 1, "t", "start", {}], {}), "does not carry an event"),
     ],
 )

@@ -448,9 +448,9 @@ class TestIp:
         properties: dict[str, Any] = {}
         apply_ip(properties, "11.12.13.14", True)
         assert properties == {}
-        properties = {"$ip": "1.0.0.1"}
+        properties = {"$ip": "1.0.0.1"}  # the original kept a client's $ip around the team's setting
         apply_ip(properties, "11.12.13.14", True)
-        assert properties == {"$ip": "1.0.0.1"}
+        assert properties == {}
 
 
 class TestCampaignAndInitialProperties:

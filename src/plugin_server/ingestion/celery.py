@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from plugin_server.ingestion.message_fields import raw_event
+from plugin_server.ingestion.storable import int_like_orjson, may_need_scrubbing, scrub
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.ingestion.uuidt import uuidt, uuidt_for_message
 
@@ -98,10 +100,9 @@ def decode_message(raw: bytes | str) -> CeleryTask:
 
 
 def event_from_task(task: CeleryTask) -> RawEvent:
-    """The raw event of a `process_event_with_plugins` task, as the original built it.
-
-    `{distinct_id, ip, site_url, team_id, now, sent_at, uuid, **data}`: keys of `data` win. An event
-    without a uuid gets one derived from the task id and `now`, so a redelivered message keeps its uuid.
+    """The raw event of a `process_event_with_plugins` task: its arguments and `data`, the
+    arguments winning for the server's fields (see `message_fields`). An event without a uuid gets
+    one derived from the task id and `now`, so a redelivered message keeps its uuid.
     """
     if task.name != PROCESS_EVENT_TASK:
         raise MalformedMessage(f"task {task.name!r} does not carry an event")
@@ -111,16 +112,7 @@ def event_from_task(task: CeleryTask) -> RawEvent:
         data = _loads(data, "event data")
     if not isinstance(data, dict):
         raise MalformedMessage(f"event data is a {type(data).__name__}, not an object")
-    event: RawEvent = {
-        "distinct_id": arguments["distinct_id"],
-        "ip": arguments["ip"],
-        "site_url": arguments["site_url"],
-        "team_id": arguments["team_id"],
-        "now": arguments["now"],
-        "sent_at": arguments["sent_at"],
-        "uuid": None,
-        **data,
-    }
+    event = raw_event(arguments, data)
     event["distinct_id"] = _distinct_id_text(event["distinct_id"])
     team_id = event["team_id"]
     if not isinstance(team_id, int) or isinstance(team_id, bool):
@@ -162,15 +154,19 @@ def encode_task(
 
 
 def _loads(text: bytes | str, what: str) -> Any:
+    """JSON with NUL characters and lone surrogates scrubbed (they cannot be stored; see `storable`)."""
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
-        pass
-    # Python producers may write NaN/Infinity, which orjson rejects; the standard parser reads them.
-    try:
-        return json.loads(text)
-    except ValueError as error:  # also UnicodeDecodeError
-        raise MalformedMessage(f"{what} is not valid JSON ({error})") from None
+        # Python producers may write NaN/Infinity and lone surrogates, which orjson rejects; the
+        # standard parser reads them.
+        try:
+            value = json.loads(text, parse_int=int_like_orjson)
+        except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
+            raise MalformedMessage(f"{what} is not valid JSON ({error})") from None
+        return scrub(value)
+    raw = text.encode() if isinstance(text, str) else text
+    return scrub(value) if may_need_scrubbing(raw) else value
 
 
 def _event_arguments(task: CeleryTask) -> dict[str, Any]:

@@ -13,6 +13,11 @@ from plugin_server.jsvalues import js_string
 
 TEXT_LIMIT = 400
 HREF_LIMIT = 2048
+# The posthog_element columns: longer values are cut to fit, integers out of range are left out.
+TAG_NAME_LIMIT = 1000
+ATTR_ID_LIMIT = 10000
+CLASS_NAME_LIMIT = 200
+_INT32 = range(-(2**31), 2**31)
 
 # One element of a chain: everything up to a `;` that is not inside a quoted value. A quote inside a
 # value is written as `\"`; backslashes themselves are not escaped (the format has no way to say it).
@@ -33,21 +38,23 @@ def _optional_string(value: object, limit: int | None = None) -> str | None:
 def _optional_int(value: object) -> int | None:
     """The integer an SDK meant (1, 1.0, "1"), or None, so the value fits an integer column."""
     if type(value) is int:
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
-    return None
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and value.isascii() and value.isdigit()
+    ):
+        number = int(value)
+    else:
+        return None
+    return number if number in _INT32 else None
 
 
 def _classes(value: object) -> list[str] | None:
     # Sorted because the original's chain writer sorted the list in place before the element group
     # was hashed and stored, so every stored form of an element had its classes sorted.
     if isinstance(value, str):
-        return sorted(value.split(" "))
+        return sorted(name[:CLASS_NAME_LIMIT] for name in value.split(" "))
     if isinstance(value, list):
-        return sorted(js_string(item) for item in value)
+        return sorted(js_string(item)[:CLASS_NAME_LIMIT] for item in value)
     return None
 
 
@@ -59,10 +66,10 @@ def elements_from_properties(raw: list[dict[str, Any]]) -> list[Element]:
             continue
         elements.append(
             Element(
-                tag_name=_optional_string(item.get("tag_name")),
+                tag_name=_optional_string(item.get("tag_name"), TAG_NAME_LIMIT),
                 text=_optional_string(item.get("$el_text"), TEXT_LIMIT),
                 href=_optional_string(item.get("attr__href"), HREF_LIMIT),
-                attr_id=_optional_string(item.get("attr__id")),
+                attr_id=_optional_string(item.get("attr__id"), ATTR_ID_LIMIT),
                 attr_class=_classes(item.get("attr__class")),
                 nth_child=_optional_int(item.get("nth_child")),
                 nth_of_type=_optional_int(item.get("nth_of_type")),

@@ -60,7 +60,7 @@ _INSERT_GROUP_TYPES = """
 def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # orjson writes int64
         value = int(value)
     return orjson.dumps(value, default=str).decode()
 

@@ -13,10 +13,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from plugin_server.ingestion.elements import elements_from_properties
+from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH
 from plugin_server.ingestion.types import Element, InvalidEvent, PreparedEvent, RawEvent
 from plugin_server.jsvalues import js_string
 
 EVENT_NAME_LIMIT = 200
+SITE_URL_LIMIT = 200  # posthog_event.site_url is varchar(200)
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -202,9 +204,10 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
     return PreparedEvent(
         uuid=uuid,
         team_id=team_id,
-        distinct_id=js_string(distinct_id),
+        # Cut to their columns, as PostHog's capture cut them (a message may come from elsewhere).
+        distinct_id=js_string(distinct_id)[:MAX_DISTINCT_ID_LENGTH],
         ip=ip if isinstance(ip, str) and ip else None,
-        site_url=site_url if isinstance(site_url, str) else None,
+        site_url=site_url[:SITE_URL_LIMIT] if isinstance(site_url, str) else None,
         event=_event_name(raw["event"]),
         properties=properties,
         timestamp=_event_timestamp(raw, now, sent_at),
@@ -215,8 +218,11 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
 
 
 def apply_ip(properties: dict[str, Any], ip: str | None, anonymize_ips: bool) -> None:
-    """Rule 22: add the request ip as `$ip`, unless the team anonymizes ips or the event has one."""
-    if ip and not anonymize_ips and "$ip" not in properties:
+    """Rule 22: add the request ip as `$ip` unless the event has one. A team that anonymizes ips
+    stores no `$ip` at all (the original kept one the client sent, around the team's setting)."""
+    if anonymize_ips:
+        properties.pop("$ip", None)
+    elif ip and "$ip" not in properties:
         properties["$ip"] = ip
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugins.instance import PluginError
 
@@ -21,7 +22,8 @@ def checked_result(before: RawEvent, result: Any, function: str = "processEvent"
     """What a processEvent returned, if the server can take it; PluginError otherwise.
 
     A falsy result drops the event (as in the original). A result must be an object with the same
-    team_id, a text event name and a distinct_id, and nothing that cannot be stored as JSON."""
+    team_id, a text event name and a distinct_id of at most 200 characters, and nothing that cannot be
+    stored: values JSON cannot hold, lone surrogates, NUL characters (see `storable`)."""
     if not result:
         return None
     if not isinstance(result, dict):
@@ -30,15 +32,32 @@ def checked_result(before: RawEvent, result: Any, function: str = "processEvent"
         raise PluginError("Plugin tried to change event.team_id")
     if not isinstance(result.get("event"), str) or not result["event"]:
         raise PluginError(f"{function} returned an event without a name")
-    if result.get("distinct_id") in (None, ""):
+    distinct_id = result.get("distinct_id")
+    if distinct_id in (None, ""):
         raise PluginError(f"{function} returned an event without a distinct_id")
+    if isinstance(distinct_id, str) and len(distinct_id) > MAX_DISTINCT_ID_LENGTH:
+        raise PluginError(
+            f"{function} returned a distinct_id longer than {MAX_DISTINCT_ID_LENGTH} characters"
+        )
     if result.get("uuid") != before.get("uuid") and not _is_uuid(result.get("uuid")):
         raise PluginError(f"{function} set event.uuid to something that is not a UUID")
     try:
-        orjson.dumps(result)
-    except TypeError as error:
-        raise PluginError(f"{function} returned an event that is not JSON: {error}") from None
+        as_json = orjson.dumps(result)
+    except TypeError as error:  # also lone surrogates and nesting past orjson's limit
+        raise PluginError(f"{function} returned an event that cannot be stored: {error}") from None
+    if b"\\u0000" in as_json and _holds_nul(result):  # the text test is quick and may be a false alarm
+        raise PluginError(f"{function} returned an event with a NUL character, which cannot be stored")
     return result
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _is_uuid(value: Any) -> bool:

@@ -16,11 +16,11 @@ from plugin_server import __version__
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.services.metrics import get_metrics
 from plugin_server.web import admin, metrics_routes
-from plugin_server.web.capture import captured_events
+from plugin_server.web.capture import Unavailable, captured_events
 from plugin_server.web.client_ip import client_ip
 from plugin_server.web.context import WebContext
 from plugin_server.web.health import run_check, workers_problem
-from plugin_server.web.payload import CaptureError, read_capture_input
+from plugin_server.web.payload import CaptureError, DecodeLimits, read_capture_input
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,12 @@ _UNAVAILABLE = {
     "type": "server_error",
     "code": "unavailable",
     "detail": "The events could not be queued right now; send them again later.",
+    "attr": None,
+}
+_FAILED = {
+    "type": "server_error",
+    "code": "internal_error",
+    "detail": "The request could not be handled; it is logged.",
     "attr": None,
 }
 
@@ -91,22 +97,30 @@ def create_app(context: WebContext) -> FrontDoor:
     app.state.context = context
     teams = TeamManager(context.pool)
     settings = context.settings
+    decode_limits = DecodeLimits(settings.CAPTURE_MAX_BODY_BYTES, settings.CAPTURE_DECODE_TIMEOUT)
 
     async def capture(request: Request) -> Response:
         peer = request.client.host if request.client else None
         try:
-            received = await read_capture_input(request, settings.CAPTURE_MAX_BODY_BYTES)
+            received = await read_capture_input(request, decode_limits)
             events = await captured_events(
                 received,
                 team_by_token=teams.get_team_by_token,
                 ip=client_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxy_networks),
                 site_url=str(request.base_url).rstrip("/"),
             )
-            await context.enqueuer.enqueue(events)
         except CaptureError as error:
             return JSONResponse(error.body, status_code=error.status, headers=_cors(request))
+        except Unavailable:
+            log.exception("capture request from %s could not be checked", peer)
+            return JSONResponse(_UNAVAILABLE, status_code=503, headers=_cors(request))
         except Exception:
             log.exception("capture request from %s failed", peer)
+            return JSONResponse(_FAILED, status_code=500, headers=_cors(request))
+        try:
+            await context.enqueuer.enqueue(events)
+        except Exception:
+            log.exception("capture request from %s could not be queued", peer)
             return JSONResponse(_UNAVAILABLE, status_code=503, headers=_cors(request))
         get_metrics().events_received("capture", len(events))
         return Response(_CAPTURED, media_type="application/json", headers=_cors(request))

@@ -15,13 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plugin_server.ingestion.enqueue import CapturedEvent
+from plugin_server.ingestion.message_fields import SERVER_FIELDS
+from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH, unstorable_text
 from plugin_server.ingestion.types import Team
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.web.payload import CaptureError, CaptureInput
 
 TeamByToken = Callable[[str], Awaitable[Team | None]]
 
-MAX_DISTINCT_ID_LENGTH = 200
+MAX_TOKEN_LENGTH = 200  # posthog_team.api_token is varchar(200)
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
@@ -49,7 +51,7 @@ async def captured_events(
                 code="missing_api_key",
                 type="authentication_error",
             )
-        team = teams.get(token) or await team_by_token(token)
+        team = teams.get(token) or await _team_of(token, team_by_token)
         if team is None:
             raise CaptureError(
                 401,
@@ -60,6 +62,19 @@ async def captured_events(
         teams[token] = team
         captured.append(_captured(event, team, ip=ip, site_url=site_url, now=now_text, sent_at=sent_at))
     return captured
+
+
+class Unavailable(Exception):
+    """A dependency of capture (the database behind the token lookup) did not answer."""
+
+
+async def _team_of(token: str, team_by_token: TeamByToken) -> Team | None:
+    if len(token) > MAX_TOKEN_LENGTH or unstorable_text(token):
+        return None  # no team has such a token; the database is not asked
+    try:
+        return await team_by_token(token)
+    except Exception as error:
+        raise Unavailable(f"the project token could not be looked up: {error}") from error
 
 
 def events_of(payload: Any) -> list[dict[str, Any]]:
@@ -158,13 +173,17 @@ def _captured(
     properties = event.get("properties") or {}
     if not isinstance(properties, dict):
         raise CaptureError(400, "Event field `properties` must be an object.", attr="properties")
+    if "$ip" in properties:  # the connection's ip is stored, or none: see message_fields
+        properties = {key: value for key, value in properties.items() if key != "$ip"}
     event_uuid = _event_uuid(event.get("uuid"))
+    client_fields = {key: value for key, value in event.items() if key not in SERVER_FIELDS}
     return CapturedEvent(
         distinct_id=distinct_id,
         ip=None if team.anonymize_ips else ip,
         site_url=site_url,
-        # The uuid in `data` too: the worker merges `data` over the message's fields, so data's wins.
-        data={**event, "properties": properties, "uuid": event_uuid},
+        # The uuid travels in `data` (Celery task arguments have no slot for it). The fields the
+        # server decides are left out of `data`, so no consumer can take the client's copies.
+        data={**client_fields, "properties": properties, "uuid": event_uuid},
         team_id=team.id,
         now=now,
         sent_at=sent_at,

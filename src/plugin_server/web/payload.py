@@ -8,21 +8,38 @@ string (GET). It may be gzip (compression=gzip-js or Content-Encoding: gzip), lz
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import json
+import time
 import zlib
 from collections.abc import AsyncGenerator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from lzstring import LZString
 from starlette.datastructures import Headers
 from starlette.formparsers import FormParser, MultiPartParser
 from starlette.requests import Request
 
+from plugin_server.ingestion.storable import (
+    MAX_JSON_DEPTH,
+    TooDeep,
+    check_depth,
+    int_like_orjson,
+    may_need_scrubbing,
+    scrub,
+)
+from plugin_server.web.lzstring import OutputTooLarge, decompress_from_base64
+
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+INLINE_BYTES = 16_384  # payloads decoded on the event loop: plain JSON up to this size...
+INLINE_COMPRESSED_BYTES = 512  # ...compressed up to this (gzip inflates at most ~1000x)
+DECODE_THREADS = 2
+GUNZIP_PIECE_BYTES = 1 << 20
 
 
 class CaptureError(Exception):
@@ -51,13 +68,22 @@ class CaptureInput:
     form: Mapping[str, str]
 
 
-async def read_capture_input(request: Request, max_bytes: int) -> CaptureInput:
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """How much a request may cost while it is decoded: bytes as sent and once decompressed, and
+    seconds of decompressing and parsing."""
+
+    max_bytes: int
+    seconds: float
+
+
+async def read_capture_input(request: Request, limits: DecodeLimits) -> CaptureInput:
     query = dict(request.query_params)
     form: dict[str, str] = {}
     if request.method == "GET":
         data: bytes | str | None = query.get("data")
     else:
-        body = await read_body(request, max_bytes)
+        body = await read_body(request, limits.max_bytes)
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type in FORM_TYPES:
             form = await parse_form(request.headers, body)
@@ -73,7 +99,25 @@ async def read_capture_input(request: Request, max_bytes: int) -> CaptureInput:
     compression = (
         query.get("compression") or form.get("compression") or request.headers.get("content-encoding", "")
     )
-    return CaptureInput(decode_data(data, compression, max_bytes), query, form)
+    return CaptureInput(await decode_off_loop(data, compression, limits), query, form)
+
+
+async def decode_off_loop(data: bytes | str, compression: str, limits: DecodeLimits) -> Any:
+    """`decode_data`, in a thread of its own unless the payload is small enough to cost nothing.
+
+    A large or compressed payload can take a while to decode (at most `limits.seconds`); in a thread
+    the event loop goes on answering other requests meanwhile (health checks among them). At most
+    DECODE_THREADS such payloads are decoded at once; the others wait their turn."""
+    compressed = compression.strip().lower() in ("gzip", "gzip-js", "lz64")
+    if len(data) <= (INLINE_COMPRESSED_BYTES if compressed else INLINE_BYTES):
+        return decode_data(data, compression, limits)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decoders(), decode_data, data, compression, limits)
+
+
+@functools.cache
+def _decoders() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="capture-decode")
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -110,52 +154,71 @@ async def parse_form(headers: Mapping[str, str], body: bytes) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-def decode_data(data: bytes | str, compression: str, max_bytes: int) -> Any:
-    """The JSON value of a payload, after decompressing and base64 decoding as needed."""
+def decode_data(data: bytes | str, compression: str, limits: DecodeLimits) -> Any:
+    """The JSON value of a payload, after decompressing and base64 decoding as needed; strings
+    scrubbed of what cannot be stored (see `storable`), nesting at most MAX_JSON_DEPTH levels."""
+    deadline = time.monotonic() + limits.seconds
     compression = compression.strip().lower()
     raw = data.encode() if isinstance(data, str) else data
     if compression in ("gzip", "gzip-js"):
-        raw = gunzip(raw, max_bytes)
+        raw = gunzip(raw, limits.max_bytes, deadline)
     elif compression == "lz64":
-        raw = lz64_decode(raw, max_bytes)
+        raw = lz64_decode(raw, limits.max_bytes, deadline)
     try:
-        return parse_json(raw)
+        value, clean = parse_json(raw)
     except ValueError as error:
         decoded = _base64_or_none(raw)
         if decoded is None:
-            raise CaptureError(400, f"Malformed request data: Invalid JSON: {error}") from None
+            raise _invalid_json(error) from None
+        try:
+            value, clean = parse_json(decoded)
+        except ValueError as error:
+            raise _invalid_json(error) from None
     try:
-        return parse_json(decoded)
-    except ValueError as error:
-        raise CaptureError(400, f"Malformed request data: Invalid JSON: {error}") from None
+        check_depth(value)
+    except TooDeep as error:
+        raise CaptureError(400, f"Malformed request data: {error}.", code="too_deep") from None
+    return value if clean else scrub(value)
 
 
-def gunzip(raw: bytes, max_bytes: int) -> bytes:
+def gunzip(raw: bytes, max_bytes: int, deadline: float) -> bytes:
+    """gzip, inflated a piece at a time: at most `max_bytes` of output, refused past `deadline`."""
     if raw == b"undefined":
-        raise CaptureError(400, "Malformed request data: the gzip body is the literal string 'undefined'")
+        raise _undecompressable("the gzip body is the literal string 'undefined'")
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    pieces: list[bytes] = []
+    size = 0
+    pending = raw
     try:
-        out = inflater.decompress(raw, max_bytes + 1)
+        while pending and not inflater.eof:
+            piece = inflater.decompress(pending, GUNZIP_PIECE_BYTES)
+            pending = inflater.unconsumed_tail
+            size += len(piece)
+            if size > max_bytes:
+                raise _too_large(max_bytes, "once decompressed")
+            pieces.append(piece)
+            if time.monotonic() > deadline:
+                raise _too_slow()
     except zlib.error as error:
-        raise CaptureError(400, f"Malformed request data: Failed to decompress data. {error}") from None
-    if len(out) > max_bytes:
-        raise _too_large(max_bytes, "once decompressed")
+        raise _undecompressable(str(error)) from None
     if not inflater.eof:
-        raise CaptureError(
-            400, "Malformed request data: Failed to decompress data. The gzip data is truncated."
-        )
-    return out
+        raise _undecompressable("The gzip data is truncated.")
+    return b"".join(pieces)
 
 
-def lz64_decode(raw: bytes, max_bytes: int) -> bytes:
+def lz64_decode(raw: bytes, max_bytes: int, deadline: float) -> bytes:
     """posthog-js's `compression=lz64`: lz-string's base64 form of UTF-16 text."""
     text = raw.decode("ascii", errors="replace").replace(" ", "+")
     try:
-        decoded = LZString().decompressFromBase64(text)
-    except (KeyError, IndexError, TypeError, ValueError):
-        decoded = None
+        decoded = decompress_from_base64(text, max_bytes, deadline)
+    except OutputTooLarge:
+        raise _too_large(max_bytes, "once decompressed") from None
+    except TimeoutError:
+        raise _too_slow() from None
+    except ValueError as error:
+        raise _undecompressable(f"This is not lz-string base64: {error}.") from None
     if not decoded:
-        raise CaptureError(400, "Malformed request data: Failed to decompress data.")
+        raise _undecompressable("The lz-string data is empty.")
     # lz-string works on UTF-16 code units: astral characters come out as surrogate pairs.
     out: bytes = decoded.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()
     if len(out) > max_bytes:
@@ -163,20 +226,19 @@ def lz64_decode(raw: bytes, max_bytes: int) -> bytes:
     return out
 
 
-def parse_json(raw: bytes) -> Any:
-    """JSON, with NaN and ±Infinity read as null like PostHog's capture did. Raises ValueError."""
+def parse_json(raw: bytes) -> tuple[Any, bool]:
+    """JSON, with NaN and ±Infinity read as null like PostHog's capture did, and whether its
+    strings are known to need no scrubbing. Raises ValueError."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    # also raises UnicodeDecodeError (a ValueError)
-    return json.loads(raw, parse_constant=lambda _: None, parse_int=_int_like_orjson)
-
-
-def _int_like_orjson(text: str) -> int | float:
-    """An integer as orjson reads it: past 64 bits a float (the queue's encoder takes no bigger int)."""
-    value = int(text)
-    return value if -(2**63) <= value < 2**64 else float(value)
+        return orjson.loads(raw), not may_need_scrubbing(raw)
+    except orjson.JSONDecodeError as error:
+        if "depth" in str(error):
+            raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    # NaN, Infinity and lone surrogates, which orjson refuses (also raises UnicodeDecodeError)
+    try:
+        return json.loads(raw, parse_constant=lambda _: None, parse_int=int_like_orjson), False
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
 
 
 def _base64_or_none(raw: bytes) -> bytes | None:
@@ -186,6 +248,18 @@ def _base64_or_none(raw: bytes) -> bytes | None:
         return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
+
+
+def _invalid_json(error: ValueError) -> CaptureError:
+    return CaptureError(400, f"Malformed request data: Invalid JSON: {error}")
+
+
+def _undecompressable(reason: str) -> CaptureError:
+    return CaptureError(400, f"Malformed request data: Failed to decompress data. {reason}")
+
+
+def _too_slow() -> CaptureError:
+    return CaptureError(413, "Request body takes too long to decompress and read.", code="payload_too_large")
 
 
 def _too_large(max_bytes: int, when: str = "") -> CaptureError:

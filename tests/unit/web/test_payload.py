@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from plugin_server.web.payload import CaptureError, decode_data, parse_form
+from plugin_server.ingestion.storable import MAX_JSON_DEPTH
+from plugin_server.web.payload import CaptureError, DecodeLimits, decode_data, parse_form
 
-from .lz import lz64
+from .lz import lz64, lz64_bomb
 
 EVENT = {"event": "$pageview", "distinct_id": "u1", "properties": {"emoji": "é😀", "n": 1}}
-LIMIT = 1_000_000
+LIMIT = DecodeLimits(max_bytes=1_000_000, seconds=5)
 
 
 def test_plain_json() -> None:
@@ -85,3 +89,47 @@ async def test_multipart_form() -> None:
     )
     form = await parse_form({"content-type": "multipart/form-data; boundary=XX"}, body)
     assert form == {"data": "eyJhIjoxfQ==", "api_key": "phc_x"}
+
+
+def test_an_lz64_bomb_is_refused_while_it_decompresses() -> None:
+    """74 KB of lz-string that the `lzstring` package grew to 2 GB: stopped at the limit, at once."""
+    bomb = lz64_bomb(30_000).encode()  # 450 million characters once decompressed
+    assert len(bomb) < 75_000
+    started = time.monotonic()
+    with pytest.raises(CaptureError) as caught:
+        decode_data(bomb, "lz64", LIMIT)
+    assert caught.value.status == 413
+    assert time.monotonic() - started < 1
+
+
+def test_decompressing_past_the_time_limit_is_413() -> None:
+    text = json.dumps([{"event": str(i), "properties": {"n": i}} for i in range(5_000)])
+    with pytest.raises(CaptureError) as caught:
+        decode_data(lz64(text).encode(), "lz64", DecodeLimits(max_bytes=10**8, seconds=0.01))
+    assert (caught.value.status, caught.value.body["code"]) == (413, "payload_too_large")
+
+
+@settings(max_examples=300, database=None)
+@given(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/= $!", max_size=200))
+def test_any_lz64_text_is_decoded_or_refused_with_400_or_413(text: str) -> None:
+    try:
+        decode_data(text.encode(), "lz64", LIMIT)
+    except CaptureError as error:
+        assert error.status in (400, 413)
+
+
+def test_nesting_past_the_limit_is_400_whatever_the_parser() -> None:
+    for depth in (MAX_JSON_DEPTH + 1, 1100, 5000):
+        for extra in (b"", b", NaN"):  # orjson's reading, and the standard parser's
+            body = b"[" * depth + b"]" * depth
+            body = b'{"a": ' + body + extra + b"}" if extra else body
+            with pytest.raises(CaptureError) as caught:
+                decode_data(body, "", LIMIT)
+            assert caught.value.status == 400, (depth, extra)
+    assert decode_data(b"[" * 100 + b"]" * 100, "", LIMIT)
+
+
+def test_nul_characters_and_lone_surrogates_are_scrubbed_not_refused() -> None:
+    body = b'{"e\\u0000": "a\\u0000b", "s": "\\ud800x\\ud83d\\ude00", "n": NaN}'
+    assert decode_data(body, "", LIMIT) == {"e": "ab", "s": "\ufffdx😀", "n": None}
+    assert decode_data(b'{"a": "\\\\u0000"}', "", LIMIT) == {"a": "\\u0000"}  # an escaped backslash

@@ -1,0 +1,40 @@
+"""One raw event from a queued message's fields and its `data`, with the server's fields winning.
+
+A queued event carries fields that whoever queued it decided (`distinct_id`, `ip`, `site_url`,
+`team_id`, `now`, `sent_at`, `uuid`: the Celery task arguments, the Kafka message's keys) and `data`,
+the client's event as sent. The original merged `data` over the fields, so a client that put
+`"team_id": 3` in its event wrote into team 3 whatever its token was. Here:
+
+- `team_id`, `ip`, `site_url`, `now`, `sent_at` and `distinct_id` come from the message's fields only;
+  the copies in `data` are dropped (capture computed them from the token, the connection and the
+  event, and truncated the distinct id).
+- `uuid` comes from the fields when they carry one (Kafka), else from `data` (our Celery messages,
+  whose task arguments have no uuid slot), else it is derived by the caller.
+- A `$ip` property from the client is dropped when the message carries an ip, so the connection's ip
+  (after TRUSTED_PROXIES) is the one stored; without an ip (the team anonymizes ips, or a plugin's
+  `posthog.capture`) a `$ip` property stays, and the team's anonymize_ips setting removes it later.
+- Everything else (`event`, `properties`, `timestamp`, `offset`, `$set`, `$set_once`...) is `data`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from plugin_server.ingestion.types import RawEvent
+
+SERVER_FIELDS = ("distinct_id", "ip", "site_url", "team_id", "now", "sent_at")
+
+
+def raw_event(fields: Mapping[str, Any], data: Mapping[str, Any]) -> RawEvent:
+    """The raw event of one message: `data` without the server's fields, then the server's fields."""
+    event: RawEvent = {key: value for key, value in data.items() if key not in SERVER_FIELDS}
+    if fields.get("uuid") or "uuid" not in event:
+        event["uuid"] = fields.get("uuid")
+    for name in SERVER_FIELDS:
+        event[name] = fields.get(name)
+    if fields.get("ip"):
+        properties = event.get("properties")
+        if isinstance(properties, dict) and "$ip" in properties:
+            event["properties"] = {key: value for key, value in properties.items() if key != "$ip"}
+    return event
