@@ -115,7 +115,7 @@ class EgressPolicy:
         return forbidden_reason(address)
 
 
-_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
+_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*")
 
 
 def parse_ip(host: str) -> IPAddress | None:
@@ -145,5 +145,5 @@ def parse_ip(host: str) -> IPAddress | None:
 
 def _inet_aton_value(part: str) -> int:
     if part[:2] in ("0x", "0X"):
-        return int(part[2:] or "0", 16)
+        return int(part[2:], 16)
     return int(part, 8 if part.startswith("0") else 10)
