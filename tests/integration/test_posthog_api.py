@@ -19,7 +19,7 @@ from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from tests.conftest import Counted
-from tests.loopback import LoopbackService
+from tests.loopback import LoopbackService, loopback_plugin_http
 
 Db = psycopg.Connection[Any]
 QUEUE = "posthog-plugins-test"
@@ -34,7 +34,7 @@ def stub() -> Iterator[LoopbackService]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with loopback_plugin_http() as client:
         yield client
 
 
