@@ -72,21 +72,23 @@ def forget_requests(service: LoopbackService) -> None:
     service.requests.clear()
 
 
-async def fetch_with_host(
+async def run_in_host(
     db: Db,
     tmp_path: Path,
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
     redis: Any,
-    urls: list[str],
+    source: str,
+    config: dict[str, str],
     **env: Any,
-) -> dict[str, str]:
-    """What `fetch` gave for each url, in a JS plugin run by a plugin host with settings `env`."""
-    folder = tmp_path / f"fetcher-{uuid.uuid4().hex[:8]}"
+) -> dict[str, Any]:
+    """The properties of an event after the JS plugin `source` processed it, in a plugin host with
+    settings `env`."""
+    folder = tmp_path / f"plugin-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
-    (folder / "plugin.json").write_text(json.dumps({"name": "fetcher", "main": "index.js"}))
-    (folder / "index.js").write_text(textwrap.dedent(FETCH_ALL))
-    enable_plugin(db, install_plugin(db, folder), team.team_id, {"urls": json.dumps(urls)})
+    (folder / "plugin.json").write_text(json.dumps({"name": "egress", "main": "index.js"}))
+    (folder / "index.js").write_text(textwrap.dedent(source))
+    enable_plugin(db, install_plugin(db, folder), team.team_id, config)
     settings = load_settings({}, TASK_TIMEOUT=5, **env)
     async with open_plugin_host(
         settings, pool, redis, geoip=GeoIP.disabled(), tracker=CallTracker(None)
@@ -97,7 +99,24 @@ async def fetch_with_host(
             [{**event, "properties": {}}]
         )
     assert processed is not None
-    outcomes: dict[str, str] = processed["properties"]["outcomes"]
+    properties: dict[str, Any] = processed["properties"]
+    return properties
+
+
+async def fetch_with_host(
+    db: Db,
+    tmp_path: Path,
+    team: CreatedTeam,
+    pool: AsyncConnectionPool[Any],
+    redis: Any,
+    urls: list[str],
+    **env: Any,
+) -> dict[str, str]:
+    """What `fetch` gave for each url, in a JS plugin run by a plugin host with settings `env`."""
+    properties = await run_in_host(
+        db, tmp_path, team, pool, redis, FETCH_ALL, {"urls": json.dumps(urls)}, **env
+    )
+    outcomes: dict[str, str] = properties["outcomes"]
     return outcomes
 
 
@@ -177,6 +196,53 @@ async def test_allowed_networks_open_only_those_networks(
         assert outcomes[urls[0]] == "status 200"
         assert "may not connect to 127.0.0.2: it is a loopback address" in outcomes[urls[1]]
         assert other.requests == []
+
+
+POSTHOG_AND_FETCH = """
+async function processEvent(event, { config }) {
+    const attempt = async (name, call) => {
+        try {
+            event.properties[name] = `status ${(await call()).status}`
+        } catch (error) {
+            event.properties[name] = `${error.name}: ${error.message}`
+        }
+    }
+    const ownKeys = { projectApiKey: 'phc_own', personalApiKey: 'phx_own' }
+    await attempt('api', () => posthog.api.get('/api/projects/@current'))
+    await attempt('fetch', () => fetch(`${config.posthog}/fetched`))
+    await attempt('own keys elsewhere', () => posthog.api.get('/api/x', { host: config.other, ...ownKeys }))
+    await attempt('bot key elsewhere', () => posthog.api.get('/api/x', { host: config.other }))
+    return event
+}
+module.exports = { processEvent }
+"""
+
+
+async def test_posthog_api_reaches_the_configured_host_and_only_it_unchecked(
+    clean_db: Db,
+    tmp_path: Path,
+    team: CreatedTeam,
+    pool: AsyncConnectionPool[Any],
+    aredis: aioredis.Redis,
+    service: LoopbackService,
+) -> None:
+    """POSTHOG_API_HOST on loopback works without any allowance (the operator chose it); the same
+    service through fetch, or another loopback host through posthog.api, does not."""
+    with LoopbackService(_ok) as other:
+        config = {"posthog": service.url, "other": other.url}
+        outcome = await run_in_host(
+            clean_db, tmp_path, team, pool, aredis, POSTHOG_AND_FETCH, config, POSTHOG_API_HOST=service.url
+        )
+        assert other.requests == []
+
+    assert outcome["api"] == "status 200"
+    [request] = service.requests
+    assert request.path == "/api/projects/@current" and request.headers["authorization"].startswith(
+        "Bearer phx_"
+    )
+    assert "may not connect to 127.0.0.1: it is a loopback address" in outcome["fetch"]
+    assert "may not connect to 127.0.0.1: it is a loopback address" in outcome["own keys elsewhere"]
+    assert f"sends the organization's API key only to {service.url}" in outcome["bot key elsewhere"]
 
 
 # ---------------------------------------------------------------------- the client itself

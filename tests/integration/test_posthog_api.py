@@ -161,6 +161,48 @@ async def test_given_keys_need_no_bot_user(clean_db: Db, api_for: Apis) -> None:
     assert count(clean_db, "posthog_user") == 0
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://127.0.0.1:{other}",  # another port
+        "https://127.0.0.1:{port}",  # another scheme
+        "http://127.0.0.1:{port}@localhost:{other}",  # the configured address as user info
+        "http://localhost:{port}",  # another name, even for the same address
+    ],
+)
+async def test_the_organization_key_goes_only_to_the_configured_host(
+    clean_db: Db, api_for: Apis, stub: LoopbackService, host: str
+) -> None:
+    with (
+        LoopbackService(lambda _: (200, b"{}")) as other,
+        pytest.raises(ValueError, match="sends the organization's API key only to") as refused,
+    ):
+        await api_for().get("/api/event", {"host": host.format(port=stub.port, other=other.port)})
+
+    assert stub.url in str(refused.value) and "projectApiKey and personalApiKey" in str(refused.value)
+    assert stub.requests == [] and other.requests == []
+    assert count(clean_db, "posthog_user") == 0  # not even a bot user made for it
+
+
+async def test_a_full_url_as_the_path_stays_on_the_configured_host(
+    clean_db: Db, api_for: Apis, stub: LoopbackService
+) -> None:
+    await api_for().get("https://evil.stub.test/api/event")
+    assert [request.path for request in stub.requests] == ["/https://evil.stub.test/api/event"]
+
+
+async def test_a_redirect_away_from_the_posthog_host_loses_the_key(
+    clean_db: Db, api_for: Apis, stub: LoopbackService
+) -> None:
+    with LoopbackService(lambda _: (307, b""), {"Location": f"{stub.url}/landed"}) as posthog:
+        await api_for(default_host=posthog.url).post("/api/event", {"data": {"a": 1}})
+
+    [asked] = posthog.requests
+    [landed] = stub.requests
+    assert asked.headers["authorization"].startswith("Bearer phx_")
+    assert landed.path == "/landed" and "authorization" not in landed.headers
+
+
 # ---------------------------------------------------------------- the bot user's key
 
 
