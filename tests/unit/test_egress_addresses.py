@@ -10,9 +10,12 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from plugin_server.config import SettingsError, load_settings
+from plugin_server.plugins.egress import egress_policy
 from plugin_server.plugins.egress.addresses import EgressPolicy, IPAddress, embedded_ipv4, parse_ip
 
 DEFAULT = EgressPolicy()
@@ -187,3 +190,18 @@ def test_reasons_name_what_the_address_is() -> None:
     assert reason("2002:c0a8:0101::1") == "a private network address (192.168.1.1, inside 2002:c0a8:101::1)"
     assert reason("8.8.8.8") is None and reason("2606:4700:4700::1111") is None
     assert parse_ip("example.com") is None and parse_ip("1.2.3.4.5") is None and parse_ip("[::1") is None
+
+
+def test_the_settings_make_the_policy() -> None:
+    assert egress_policy(load_settings({})) == EgressPolicy()
+    settings = load_settings(
+        {
+            "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS": "yes",
+            "PLUGIN_HTTP_ALLOWED_NETWORKS": " 10.20.0.0/16, fd00:1::5 ",
+        }
+    )
+    assert egress_policy(settings) == EgressPolicy(
+        allow_private=True, allowed_networks=(ip_network("10.20.0.0/16"), ip_network("fd00:1::5/128"))
+    )
+    with pytest.raises(SettingsError, match=r"'intranet' is not an IP address or CIDR network"):
+        load_settings({"PLUGIN_HTTP_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"})
