@@ -15,8 +15,11 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
+from plugin_server.plugin_api import ForbiddenDestination
+from plugin_server.plugins.egress import plugin_http_client
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from tests.conftest import Counted
 from tests.loopback import LoopbackService, loopback_plugin_http
@@ -182,6 +185,24 @@ async def test_the_organization_key_goes_only_to_the_configured_host(
     assert stub.url in str(refused.value) and "projectApiKey and personalApiKey" in str(refused.value)
     assert stub.requests == [] and other.requests == []
     assert count(clean_db, "posthog_user") == 0  # not even a bot user made for it
+
+
+async def test_another_host_with_the_plugins_own_keys_is_held_to_the_egress_policy(
+    clean_db: Db, api_for: Apis, stub: LoopbackService
+) -> None:
+    """As the plugin host builds it: the configured host is reached on loopback without any allowance,
+    another loopback host is refused with the egress error, as for fetch."""
+    posthog_only = plugin_http_client(load_settings({}), trusted=[("127.0.0.1", stub.port)])
+    with LoopbackService(lambda _: (200, b"{}")) as other:
+        async with posthog_only as http:
+            api = replace(api_for, http=http)()
+            assert (await api.get("/api/event", GIVEN_KEYS)).status_code == 200
+            with pytest.raises(
+                ForbiddenDestination, match=r"may not connect to 127\.0\.0\.1: it is a loopback"
+            ):
+                await api.get("/api/event", {"host": other.url, **GIVEN_KEYS})
+
+    assert other.requests == [] and [request.path for request in stub.requests] == ["/api/event"]
 
 
 async def test_a_full_url_as_the_path_stays_on_the_configured_host(

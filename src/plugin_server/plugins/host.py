@@ -279,10 +279,11 @@ async def open_plugin_host(
 
     Plugin HTTP goes only where the egress policy allows (PLUGIN_HTTP_*); posthog.api's client also
     reaches the configured PostHog host wherever it is (the operator chose it)."""
-    _, posthog_host, posthog_port = origin(httpx.URL(settings.POSTHOG_API_HOST))
+    posthog_url = httpx.URL(settings.POSTHOG_API_HOST)
+    posthog_origin = (posthog_url.raw_host.decode("ascii"), origin(posthog_url)[2])  # as connections name it
     async with (
         plugin_http_client(settings) as http,
-        plugin_http_client(settings, trusted=[(posthog_host, posthog_port)]) as posthog_http,
+        plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
     ):
         logs = PluginLogWriter(pool)
         host = PluginHost(
