@@ -354,6 +354,14 @@ async def test_the_connection_goes_to_the_address_checked(service: LoopbackServi
     assert request.path == "/first" and request.headers["host"] == f"rebind.stub.test:{service.port}"
 
 
+async def test_the_next_checked_address_is_tried_when_one_refuses(service: LoopbackService) -> None:
+    dns = StubDns({"two.stub.test": [["127.0.0.2", "127.0.0.1"]]})  # nothing listens on 127.0.0.2
+    async with client(dns, allowed="127.0.0.0/8") as http:
+        response = await http.get(f"http://two.stub.test:{service.port}/both")
+
+    assert response.status_code == 200 and [request.path for request in service.requests] == ["/both"]
+
+
 class _Recorded(Exception):
     pass
 

@@ -92,8 +92,10 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         if not addresses:
             raise httpcore.ConnectError(f"{host} has no address")
+        # One address after the other, each with its share of the time left, so that an address that
+        # swallows packets (IPv6 without a route, say) leaves time for the next one.
         for index, address in enumerate(addresses):
-            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            left = None if deadline is None else max(deadline - loop.time(), 0.0) / (len(addresses) - index)
             try:
                 return await self._inner.connect_tcp(
                     str(address),
