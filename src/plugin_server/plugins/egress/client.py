@@ -64,16 +64,17 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             addresses = [literal] if literal is not None else await self._resolver(host, port)
         except OSError as error:
             raise httpcore.ConnectError(f"{host} could not be resolved: {error}") from None
+        unique = list(dict.fromkeys(addresses))
         if (host.lower(), port) in self._trusted:
-            return addresses
-        for address in addresses:
+            return unique
+        for address in unique:
             reason = self._policy.refusal(address)
             if reason is not None:
                 named = host if host == str(address) else f"{host} ({address})"
                 raise ForbiddenDestination(
                     f"plugin HTTP may not connect to {named}: it is {reason}; {ALLOW_HINT}"
                 )
-        return list(dict.fromkeys(addresses))
+        return unique
 
     async def connect_tcp(
         self,
