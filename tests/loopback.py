@@ -1,4 +1,6 @@
-"""A stand-in for an internet service: an HTTP server on 127.0.0.1 that records every request."""
+"""A stand-in for an internet service: an HTTP server on 127.0.0.1 that records every request; and the
+plugin HTTP client that may reach such stand-ins (plugin HTTP goes only to public addresses unless
+allowed)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from plugin_server.config import load_settings
+from plugin_server.plugins.egress import plugin_http_client
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,20 @@ class Request:
 Answer = Callable[[Request], tuple[int, bytes]]
 
 
-class LoopbackService:
-    """Use as a context manager; `url` is where it listens, `requests` what it received."""
+def loopback_plugin_http(timeout: float = 5) -> httpx.AsyncClient:
+    """Plugin HTTP as the host builds it, with PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS on for the stand-ins."""
+    return plugin_http_client(
+        load_settings({}, PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS=True, TASK_TIMEOUT=timeout)
+    )
 
-    def __init__(self, answer: Answer, extra_headers: dict[str, str] | None = None) -> None:
+
+class LoopbackService:
+    """Use as a context manager; `url` is where it listens (127.0.0.1, or any loopback `host`),
+    `requests` what it received."""
+
+    def __init__(
+        self, answer: Answer, extra_headers: dict[str, str] | None = None, *, host: str = "127.0.0.1"
+    ) -> None:
         self.requests: list[Request] = []
         service = self
 
@@ -63,8 +80,9 @@ class LoopbackService:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._server = ThreadingHTTPServer((host, 0), Handler)
+        self.port: int = self._server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> LoopbackService:

@@ -133,7 +133,16 @@ class Settings(BaseModel):
         1800, gt=0, description="how often plugin metrics are reported as $$plugin_metrics events"
     )
     POSTHOG_API_HOST: str = Field(
-        "https://app.posthog.com", description="default host of posthog.api calls by plugins"
+        "https://app.posthog.com",
+        description="PostHog host of posthog.api calls by plugins, the only host it sends its API key to",
+    )
+    PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS: bool = Field(
+        False,
+        description="let plugin HTTP (fetch, posthog.api) reach any address, not only public ones",
+    )
+    PLUGIN_HTTP_ALLOWED_NETWORKS: str = Field(
+        "",
+        description="comma-separated IPs or CIDRs that plugin HTTP may reach besides public addresses",
     )
 
     # --- ClickHouse and Kafka
@@ -214,6 +223,7 @@ class Settings(BaseModel):
         "KAFKA_ENABLED",
         "DISABLE_WEB",
         "DISABLE_MMDB",
+        "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS",
         mode="before",
     )
     @classmethod
@@ -233,15 +243,19 @@ class Settings(BaseModel):
                 raise ValueError(f"unknown job queue {name!r}; known: {', '.join(JOB_QUEUE_TYPES)}")
         return value
 
-    @field_validator("TRUSTED_PROXIES")
+    @field_validator("TRUSTED_PROXIES", "PLUGIN_HTTP_ALLOWED_NETWORKS")
     @classmethod
-    def _trusted_proxies(cls, value: str) -> str:
+    def _network_list(cls, value: str) -> str:
         _networks(value)
         return value
 
     @cached_property
     def trusted_proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return _networks(self.TRUSTED_PROXIES)
+
+    @cached_property
+    def plugin_http_allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return _networks(self.PLUGIN_HTTP_ALLOWED_NETWORKS)
 
     @property
     def worker_count(self) -> int:

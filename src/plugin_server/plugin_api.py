@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from plugin_server.plugins.egress.client import ForbiddenDestination
+
 
 class RetryError(Exception):
     """Raise it from `export_events` to have the same batch exported again later, with backoff."""
 
 
-__all__ = ["RetryError"]
+__all__ = ["ForbiddenDestination", "RetryError"]

@@ -351,6 +351,7 @@ def scenario(
             TASK_TIMEOUT="2",
             JS_HEAP_LIMIT_MB="32",
             JS_ARRAY_BUFFER_LIMIT_MB="64",
+            PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS="true",  # the hanging fetch goes to a loopback port
             **{SECRET_VARIABLE: secret},
         )
         with running_server(folder, settings) as server, MemoryWatch(server) as memory:

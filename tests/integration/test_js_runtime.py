@@ -38,7 +38,7 @@ from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.services.geoip import GeoIP
 from tests.integration.test_plugin_logs import insert_plugin_config
-from tests.loopback import LoopbackService, Request
+from tests.loopback import LoopbackService, Request, loopback_plugin_http
 
 Db = psycopg.Connection[Any]
 QUEUE = "posthog-plugins-js-test"
@@ -138,7 +138,7 @@ async def setup(
     plugin_id, config_id = insert_plugin_config(clean_db, team, name="js test")
     clean_db.execute("DELETE FROM plugin_server_jobs WHERE plugin_config_id = %s", (config_id,))
     await aredis.delete(QUEUE)
-    async with httpx.AsyncClient(timeout=5) as http:
+    async with loopback_plugin_http() as http:
         yield Setup(
             plugin_id, config_id, team, pool, aredis, PluginLogWriter(pool, flush_interval=3600), http
         )

@@ -15,11 +15,14 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
+from plugin_server.plugin_api import ForbiddenDestination
+from plugin_server.plugins.egress import plugin_http_client
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from tests.conftest import Counted
-from tests.loopback import LoopbackService
+from tests.loopback import LoopbackService, loopback_plugin_http
 
 Db = psycopg.Connection[Any]
 QUEUE = "posthog-plugins-test"
@@ -34,7 +37,7 @@ def stub() -> Iterator[LoopbackService]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=5) as client:
+    async with loopback_plugin_http() as client:
         yield client
 
 
@@ -159,6 +162,66 @@ async def test_given_keys_need_no_bot_user(clean_db: Db, api_for: Apis) -> None:
     await api_for().get("/api/event", GIVEN_KEYS)
 
     assert count(clean_db, "posthog_user") == 0
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "http://127.0.0.1:{other}",  # another port
+        "https://127.0.0.1:{port}",  # another scheme
+        "http://127.0.0.1:{port}@localhost:{other}",  # the configured address as user info
+        "http://localhost:{port}",  # another name, even for the same address
+    ],
+)
+async def test_the_organization_key_goes_only_to_the_configured_host(
+    clean_db: Db, api_for: Apis, stub: LoopbackService, host: str
+) -> None:
+    with (
+        LoopbackService(lambda _: (200, b"{}")) as other,
+        pytest.raises(ValueError, match="sends the organization's API key only to") as refused,
+    ):
+        await api_for().get("/api/event", {"host": host.format(port=stub.port, other=other.port)})
+
+    assert stub.url in str(refused.value) and "projectApiKey and personalApiKey" in str(refused.value)
+    assert stub.requests == [] and other.requests == []
+    assert count(clean_db, "posthog_user") == 0  # not even a bot user made for it
+
+
+async def test_another_host_with_the_plugins_own_keys_is_held_to_the_egress_policy(
+    clean_db: Db, api_for: Apis, stub: LoopbackService
+) -> None:
+    """As the plugin host builds it: the configured host is reached on loopback without any allowance,
+    another loopback host is refused with the egress error, as for fetch."""
+    posthog_only = plugin_http_client(load_settings({}), trusted=[("127.0.0.1", stub.port)])
+    with LoopbackService(lambda _: (200, b"{}")) as other:
+        async with posthog_only as http:
+            api = replace(api_for, http=http)()
+            assert (await api.get("/api/event", GIVEN_KEYS)).status_code == 200
+            with pytest.raises(
+                ForbiddenDestination, match=r"may not connect to 127\.0\.0\.1: it is a loopback"
+            ):
+                await api.get("/api/event", {"host": other.url, **GIVEN_KEYS})
+
+    assert other.requests == [] and [request.path for request in stub.requests] == ["/api/event"]
+
+
+async def test_a_full_url_as_the_path_stays_on_the_configured_host(
+    clean_db: Db, api_for: Apis, stub: LoopbackService
+) -> None:
+    await api_for().get("https://evil.stub.test/api/event")
+    assert [request.path for request in stub.requests] == ["/https://evil.stub.test/api/event"]
+
+
+async def test_a_redirect_away_from_the_posthog_host_loses_the_key(
+    clean_db: Db, api_for: Apis, stub: LoopbackService
+) -> None:
+    with LoopbackService(lambda _: (307, b""), {"Location": f"{stub.url}/landed"}) as posthog:
+        await api_for(default_host=posthog.url).post("/api/event", {"data": {"a": 1}})
+
+    [asked] = posthog.requests
+    [landed] = stub.requests
+    assert asked.headers["authorization"].startswith("Bearer phx_")
+    assert landed.path == "/landed" and "authorization" not in landed.headers
 
 
 # ---------------------------------------------------------------- the bot user's key

@@ -24,6 +24,7 @@ from structlog.contextvars import bound_contextvars
 from plugin_server.config import Settings
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
+from plugin_server.plugins.egress import plugin_http_client
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
 from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
@@ -33,7 +34,7 @@ from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
 from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
-from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
+from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture, origin
 from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginConfigInForce
 from plugin_server.plugins.registry import PluginRegistry
@@ -69,6 +70,7 @@ class PluginHost:
     pool: AsyncConnectionPool[Any]
     redis: aioredis.Redis
     http: httpx.AsyncClient
+    posthog_http: httpx.AsyncClient
     logs: PluginLogWriter
     jobs: JobQueue
     geoip: GeoIP
@@ -167,7 +169,7 @@ class PluginHost:
             posthog=SimpleNamespace(
                 capture=self._capture(config).capture,
                 api=PostHogApi(
-                    http=self.http,
+                    http=self.posthog_http,
                     keys=self._api_keys,
                     team_api_token=team.api_token,
                     organization_id=team.organization_id,
@@ -272,15 +274,24 @@ async def open_plugin_host(
     geoip: GeoIP,
     tracker: CallTracker,
 ) -> AsyncIterator[PluginHost]:
-    """A plugin host with its own HTTP client, log writer and job queue; on exit the plugins are torn
-    down and their logs flushed. Its registry is empty until `registry.reload()`."""
-    async with httpx.AsyncClient(timeout=settings.TASK_TIMEOUT, follow_redirects=True) as http:
+    """A plugin host with its own HTTP clients, log writer and job queue; on exit the plugins are torn
+    down and their logs flushed. Its registry is empty until `registry.reload()`.
+
+    Plugin HTTP goes only where the egress policy allows (PLUGIN_HTTP_*); posthog.api's client also
+    reaches the configured PostHog host wherever it is (the operator chose it)."""
+    posthog_url = httpx.URL(settings.POSTHOG_API_HOST)
+    posthog_origin = (posthog_url.raw_host.decode("ascii"), origin(posthog_url)[2])  # as connections name it
+    async with (
+        plugin_http_client(settings) as http,
+        plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
+    ):
         logs = PluginLogWriter(pool)
         host = PluginHost(
             settings=settings,
             pool=pool,
             redis=redis,
             http=http,
+            posthog_http=posthog_http,
             logs=logs,
             jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
             geoip=geoip,

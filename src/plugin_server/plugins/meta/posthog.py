@@ -22,6 +22,12 @@ BOT_EMAIL_DOMAIN = "posthogbot.user"
 KEY_CACHE_SECONDS = 30.0
 
 EnqueueMessage = Callable[[bytes], Awaitable[None]]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: httpx.URL) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, with the scheme's default port filled in."""
+    return url.scheme, url.host, url.port or DEFAULT_PORTS.get(url.scheme, 0)
 
 
 class PostHogCapture:
@@ -129,7 +135,12 @@ class PersonalApiKeys:
 
 
 class PostHogApi:
-    """`posthog.api.get/post/put/delete(path, {data, host, projectApiKey, personalApiKey})`."""
+    """`posthog.api.get/post/put/delete(path, {data, host, projectApiKey, personalApiKey})`.
+
+    Without keys it sends the team's token and the organization's bot key, and then only to the
+    configured PostHog host (`default_host`, POSTHOG_API_HOST): a plugin may name another `host` only
+    with keys of its own. Cross-origin redirects lose the Authorization header (httpx drops it).
+    """
 
     def __init__(
         self,
@@ -145,6 +156,7 @@ class PostHogApi:
         self._team_api_token = team_api_token
         self._organization_id = organization_id
         self._default_host = default_host
+        self._origin = origin(httpx.URL(default_host))
 
     async def get(self, path: str, options: dict[str, Any] | None = None) -> httpx.Response:
         return await self._request("GET", path, options)
@@ -165,17 +177,24 @@ class PostHogApi:
             raise ValueError(
                 "You must specify a personalApiKey if you specify a projectApiKey and vice-versa!"
             )
+        host = str(options.get("host") or self._default_host).rstrip("/")
+        url = httpx.URL(f"{host}/{path.lstrip('/')}")
         if not project_key:
+            if origin(url) != self._origin:
+                raise ValueError(
+                    f"posthog.api sends the organization's API key only to {self._default_host} "
+                    f"(POSTHOG_API_HOST), not to {url.scheme}://{url.netloc.decode('ascii')}; "
+                    "pass projectApiKey and personalApiKey to call another host"
+                )
             project_key = self._team_api_token
             personal_key = await self._keys.for_organization(self._organization_id)
-        host = str(options.get("host") or self._default_host).rstrip("/")
         data = options.get("data") or {}
         # GET and DELETE send data as query parameters (the original dropped it for DELETE: a bug).
         params = {**data, "token": project_key} if method in ("GET", "DELETE") else {"token": project_key}
         body = None if method in ("GET", "DELETE") else orjson.dumps(data)
         return await self._http.request(
             method,
-            f"{host}/{path.lstrip('/')}",
+            url,
             params=params,
             content=body,
             headers={"Authorization": f"Bearer {personal_key}", "Content-Type": "application/json"},
