@@ -2,7 +2,8 @@
 
 Every route needs `Authorization: Bearer <ADMIN_TOKEN>`. With ADMIN_TOKEN unset the API is off and
 every route answers 403 saying so (not 404, so that a missing setting is not mistaken for a wrong
-URL); a missing or wrong token gets 401. Changes to plugins publish the reload message, as the CLI
+URL); a missing or wrong token gets 401. Both are answered by `OperatorGate` before any of the body is
+read, and an authenticated body larger than ADMIN_MAX_BODY_BYTES gets 413. Changes to plugins publish the reload message, as the CLI
 does, so running servers pick them up at once.
 
 The plugin operations are the synchronous functions of `plugins.admin` that the CLI calls; they run
@@ -13,26 +14,25 @@ the async pool free for capture).
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Self, TypeVar
 
 import psycopg
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, UploadFile, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
+from plugin_server.config import Settings
 from plugin_server.ingestion.redis_queue import dead_letter_count, read_dead_letters, replay_dead_letters
 from plugin_server.plugins import admin
-from plugin_server.plugins.archive import DEFAULT_LIMITS
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.web.context import WebContext, get_context
+from plugin_server.web.operator_gate import OPERATOR_PREFIX, OperatorGate, token_refusal
 
 T = TypeVar("T")
-MAX_UPLOAD_BYTES = DEFAULT_LIMITS.max_total_bytes
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="ADMIN_TOKEN", description="the ADMIN_TOKEN setting")
 
@@ -41,23 +41,25 @@ async def require_admin_token(
     context: Annotated[WebContext, Depends(get_context)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """403 while ADMIN_TOKEN is unset; 401 unless the bearer token equals it (compared in constant time)."""
-    expected = context.settings.ADMIN_TOKEN
-    if not expected:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "the operator API is off: set ADMIN_TOKEN to turn it on"
-        )
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong admin token: send Authorization: Bearer <ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """The token check again, for a router included without `OperatorGate` in front (the gate
+    already refused what this refuses, before the body was read); it also names the security
+    scheme on the OpenAPI page."""
+    given = f"Bearer {credentials.credentials}" if credentials else None
+    refusal = token_refusal(context.settings.ADMIN_TOKEN, given)
+    if refusal is not None:
+        code, reason = refusal
+        headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
+        raise HTTPException(code, reason, headers=headers)
 
 
-router = APIRouter(prefix="/api/admin", tags=["operator"], dependencies=[Depends(require_admin_token)])
+router = APIRouter(prefix=OPERATOR_PREFIX, tags=["operator"], dependencies=[Depends(require_admin_token)])
 Context = Annotated[WebContext, Depends(get_context)]
+
+
+def include_operator_api(app: FastAPI, settings: Settings) -> None:
+    """Serve the operator API from `app`, behind its gate (token first, body capped)."""
+    app.include_router(router)
+    app.add_middleware(OperatorGate, settings=settings)
 
 
 # --- answers
@@ -201,7 +203,7 @@ async def install_archive(
     ] = None,
 ) -> PluginOut:
     """Install (or replace the code of) a plugin from an uploaded archive."""
-    data = await _read_upload(archive)
+    data = await archive.read()
     name = admin.strip_archive_suffix(archive.filename or "plugin")
 
     def run(connection: admin.Connection) -> admin.InstalledPlugin:
@@ -252,7 +254,7 @@ async def put_attachment(
         key=key,
         content_type=file.content_type or admin.guess_content_type(name),
         file_name=name,
-        contents=await _read_upload(file),
+        contents=await file.read(),
     )
 
     def run(connection: admin.Connection) -> PluginConfigOut:
@@ -347,10 +349,3 @@ async def _publish_reload(context: WebContext) -> int:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"saved, but could not tell running servers to reload ({error}); POST /api/admin/reload to retry",
         ) from None
-
-
-async def _read_upload(upload: UploadFile) -> bytes:
-    data = await upload.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"larger than {MAX_UPLOAD_BYTES} bytes")
-    return data
