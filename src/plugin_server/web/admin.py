@@ -18,8 +18,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Self, TypeVar
 
+import orjson
 import psycopg
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import Path as FastApiPath
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
@@ -30,9 +32,13 @@ from plugin_server.plugins import admin
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.web.context import WebContext, get_context
+from plugin_server.web.error_answers import answer_errors_safely
 from plugin_server.web.operator_gate import OPERATOR_PREFIX, OperatorGate, token_refusal
 
 T = TypeVar("T")
+# Ids, team ids and orders are Postgres `integer` columns: a number past them is refused with 422.
+DbInt = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+ConfigId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1, description="a plugin config id")]
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="ADMIN_TOKEN", description="the ADMIN_TOKEN setting")
 
@@ -57,9 +63,11 @@ Context = Annotated[WebContext, Depends(get_context)]
 
 
 def include_operator_api(app: FastAPI, settings: Settings) -> None:
-    """Serve the operator API from `app`, behind its gate (token first, body capped)."""
+    """Serve the operator API from `app`, behind its gate (token first, body capped), its errors
+    answered without echoing what cannot be encoded."""
     app.include_router(router)
     app.add_middleware(OperatorGate, settings=settings)
+    answer_errors_safely(app)
 
 
 # --- answers
@@ -145,9 +153,9 @@ class InstallRequest(BaseModel):
 
 class EnableRequest(BaseModel):
     plugin: str = Field(description="plugin id or name")
-    team_id: int
+    team_id: DbInt
     config: dict[str, Any] = Field(default_factory=dict, description="settings, merged into the current ones")
-    order: int | None = Field(None, description="position among the team's plugins (lower runs first)")
+    order: DbInt | None = Field(None, description="position among the team's plugins (lower runs first)")
 
 
 class ConfigPatch(BaseModel):
@@ -155,11 +163,13 @@ class ConfigPatch(BaseModel):
 
     enabled: bool | None = None
     config: dict[str, Any] | None = Field(None, description="settings, merged into the current ones")
-    order: int | None = Field(None, description="position among the team's plugins (lower runs first)")
+    order: DbInt | None = Field(None, description="position among the team's plugins (lower runs first)")
 
 
 class ReplayRequest(BaseModel):
-    limit: int | None = Field(None, ge=1, description="replay at most this many, oldest first; null: all")
+    limit: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="replay at most this many, oldest first; null: all"
+    )
 
 
 # --- plugins
@@ -229,7 +239,7 @@ async def enable(request: EnableRequest, context: Context) -> PluginConfigOut:
 
 
 @router.patch("/plugin-configs/{config_id}", response_model=PluginConfigOut)
-async def update_config(config_id: int, patch: ConfigPatch, context: Context) -> PluginConfigOut:
+async def update_config(config_id: ConfigId, patch: ConfigPatch, context: Context) -> PluginConfigOut:
     """Enable or disable a config, change its settings or its order."""
 
     def run(connection: admin.Connection) -> PluginConfigOut:
@@ -243,8 +253,8 @@ async def update_config(config_id: int, patch: ConfigPatch, context: Context) ->
 
 @router.put("/plugin-configs/{config_id}/attachments/{key}", response_model=PluginConfigOut)
 async def put_attachment(
-    config_id: int,
-    key: str,
+    config_id: ConfigId,
+    key: Annotated[str, FastApiPath(max_length=200, description="the attachment's key")],
     file: Annotated[UploadFile, File(description="the attachment's contents")],
     context: Context,
 ) -> PluginConfigOut:
@@ -265,7 +275,7 @@ async def put_attachment(
 
 @router.get("/plugin-configs/{config_id}/logs", response_model=list[PluginLogEntry])
 async def get_logs(
-    config_id: int,
+    config_id: ConfigId,
     context: Context,
     limit: Annotated[int, Query(ge=1, le=10_000, description="how many entries")] = 100,
     after: Annotated[
@@ -331,6 +341,18 @@ async def _in_database(context: WebContext, action: Callable[[admin.Connection],
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except admin.AdminError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+    except psycopg.DataError as error:  # too long, out of range, NUL in text or jsonb...
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"cannot store that: {error.diag.message_primary}"
+        ) from None
+    except (UnicodeEncodeError, orjson.JSONEncodeError) as error:  # text or JSON that Postgres cannot hold
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cannot store that: {error}") from None
+    except psycopg.IntegrityError as error:  # e.g. what the request names was deleted meanwhile
+        raise HTTPException(status.HTTP_409_CONFLICT, error.diag.message_primary or str(error)) from None
+    except psycopg.OperationalError as error:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"the database is unavailable: {error}"
+        ) from None
 
 
 async def _changed(context: WebContext, answer: T) -> T:

@@ -19,10 +19,11 @@ import hmac
 
 from fastapi import HTTPException, status
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from plugin_server.config import Settings
+from plugin_server.web.error_answers import error_answer
 
 OPERATOR_PREFIX = "/api/admin"
 API_OFF = "the operator API is off: set ADMIN_TOKEN to turn it on"
@@ -87,12 +88,12 @@ def is_operator_path(path: str) -> bool:
     return path == OPERATOR_PREFIX or path.startswith(OPERATOR_PREFIX + "/")
 
 
-def _refuse(code: int, reason: str) -> JSONResponse:
+def _refuse(code: int, reason: str) -> Response:
     """The answer to a request whose body is not read: `{"detail": reason}`, closing the connection."""
     headers = {"Connection": "close"}
     if code == status.HTTP_401_UNAUTHORIZED:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"detail": reason}, status_code=code, headers=headers)
+    return error_answer(code, reason, headers)
 
 
 class _CappedBody:
