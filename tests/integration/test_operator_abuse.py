@@ -36,6 +36,7 @@ from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
 from tests.e2e.server import RunningServer, running_server
 from tests.integration.test_admin_api import AUTH, PLUGINS, TOKEN, zipped
+from tests.kafka_broker import free_port
 
 Db = psycopg.Connection[Any]
 HUGE = 300_000_000  # what a client announces and would send, if the server read it
@@ -319,6 +320,7 @@ class OperatorClient:
     hypothesis can drive it from a plain function."""
 
     def __init__(self, context: WebContext) -> None:
+        self.context = context
         self.loop = asyncio.new_event_loop()
         transport = httpx.ASGITransport(app=create_app(context), raise_app_exceptions=False)
         self.client = httpx.AsyncClient(transport=transport, base_url="http://operator")
@@ -328,7 +330,17 @@ class OperatorClient:
 
     def close(self) -> None:
         self.loop.run_until_complete(self.client.aclose())
+        self.loop.run_until_complete(self.context.redis.aclose())
         self.loop.close()
+
+
+def operator_context(database_url: str, redis_url: str, **settings: Any) -> WebContext:
+    """The web context of the operator API on these services (the pool is not opened: the operator
+    routes use only its conninfo)."""
+    app_settings = load_settings({}, ADMIN_TOKEN=TOKEN, **settings)
+    redis_client = aioredis.Redis.from_url(redis_url)
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, open=False)
+    return WebContext(app_settings, pool, redis_client, open_enqueuer(app_settings, redis_client))
 
 
 @pytest.fixture
@@ -340,14 +352,8 @@ def operator_client(
     shutil.copytree(PLUGINS / "hello-python", tmp_path / "plugin")
     for name in ("hello-python", "hello-js"):
         enable_plugin(clean_db, install_archive(clean_db, zipped(name), name), team.team_id)
-    settings = load_settings({}, ADMIN_TOKEN=TOKEN, BASE_DIR=str(tmp_path))
-    redis_client = aioredis.Redis.from_url(redis_url)
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        database_url, open=False
-    )  # only its conninfo is used
-    client = OperatorClient(WebContext(settings, pool, redis_client, open_enqueuer(settings, redis_client)))
+    client = OperatorClient(operator_context(database_url, redis_url, BASE_DIR=str(tmp_path)))
     yield client
-    client.loop.run_until_complete(redis_client.aclose())
     client.close()
 
 
@@ -383,12 +389,15 @@ def with_examples(requests: list[tuple[str, str, dict[str, Any]]]) -> Any:
     return decorate
 
 
-@hypothesis.settings(
+FUZZ = hypothesis.settings(
     max_examples=int(os.environ.get("OPERATOR_FUZZ_EXAMPLES", "300")),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@FUZZ
 @with_examples(FOUND_BEFORE)
 @given(request=operator_requests())
 def test_generated_requests_with_the_token_get_no_5xx(
@@ -399,3 +408,64 @@ def test_generated_requests_with_the_token_get_no_5xx(
     assert answer.status_code < 500, (answer.status_code, answer.text[:500])
     if answer.status_code >= 400:
         assert "detail" in answer.json()
+
+
+SCHEMES = st.sampled_from([b"Bearer", b"bearer", b"BEARER", b"Basic", b"Token", b""])
+NEAR_MISSES = st.sampled_from(
+    [b"", TOKEN[:-1].encode(), (TOKEN + "x").encode(), TOKEN.upper().encode(), f"{TOKEN},{TOKEN}".encode()]
+)
+HEADER_BYTES = st.binary(max_size=60).filter(lambda value: not set(value) & set(b"\r\n\x00"))
+WRONG_AUTHORIZATIONS = st.one_of(
+    HEADER_BYTES,
+    st.builds(
+        lambda scheme, given: scheme + b" " + given,
+        SCHEMES,
+        st.one_of(NEAR_MISSES, HEADER_BYTES).filter(lambda given: given.strip() != TOKEN.encode()),
+    ),
+    st.builds(
+        lambda scheme: scheme + b" " + TOKEN.encode(),
+        SCHEMES.filter(lambda scheme: scheme.lower() != b"bearer"),
+    ),
+)
+
+
+@FUZZ
+@given(request=operator_requests(), authorization=st.one_of(st.none(), WRONG_AUTHORIZATIONS))
+def test_generated_requests_without_the_token_get_401(
+    operator_client: OperatorClient, request: tuple[str, str, dict[str, Any]], authorization: bytes | None
+) -> None:
+    method, url, arguments = request
+    headers = {name: value for name, value in arguments.pop("headers").items() if name != "Authorization"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    answer = operator_client.request(method, url, headers=headers, **arguments)
+    assert (answer.status_code, answer.headers.get("www-authenticate")) == (401, "Bearer"), answer.text
+
+
+@pytest.mark.parametrize(
+    ("down", "method", "path"),
+    [
+        ("database", "GET", "/api/admin/plugins"),
+        ("database", "PATCH", "/api/admin/plugin-configs/1"),
+        ("redis", "GET", "/api/admin/dead-letters"),
+        ("redis", "POST", "/api/admin/dead-letters/replay"),
+        ("redis", "POST", "/api/admin/reload"),
+    ],
+)
+def test_a_dependency_that_is_down_is_a_503(
+    database_url: str, redis_url: str, down: str, method: str, path: str
+) -> None:
+    nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
+    if down == "database":
+        database_url = f"postgresql://postgres@{nowhere}/nothing"
+    else:
+        redis_url = f"redis://{nowhere}"
+    client = OperatorClient(operator_context(database_url, redis_url))
+    try:
+        answer = client.request(
+            method, path, headers=AUTH, json={"enabled": True} if method == "PATCH" else None
+        )
+    finally:
+        client.close()
+    assert answer.status_code == 503, answer.text
+    assert "unavailable" in answer.json()["detail"]

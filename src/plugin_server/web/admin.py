@@ -327,7 +327,9 @@ async def reload(context: Context) -> ReloadOut:
 
 
 async def _in_database(context: WebContext, action: Callable[[admin.Connection], T]) -> T:
-    """Run a `plugins.admin` operation in a thread; its errors become 404 (not found) or 400."""
+    """Run a `plugins.admin` operation in a thread; its errors become 404 (not found), 400 (refused, or
+    a value the database cannot hold) or 409 (a conflict). A database that is down is a 503 (the
+    app's handler, `error_answers`)."""
     conninfo = context.pool.conninfo
     assert isinstance(conninfo, str), "the pool is opened with a fixed database url (db.postgres.open_pool)"
 
@@ -349,25 +351,21 @@ async def _in_database(context: WebContext, action: Callable[[admin.Connection],
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cannot store that: {error}") from None
     except psycopg.IntegrityError as error:  # e.g. what the request names was deleted meanwhile
         raise HTTPException(status.HTTP_409_CONFLICT, error.diag.message_primary or str(error)) from None
-    except psycopg.OperationalError as error:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"the database is unavailable: {error}"
-        ) from None
 
 
 async def _changed(context: WebContext, answer: T) -> T:
     """After a saved change: tell running servers, then answer."""
-    await _publish_reload(context)
-    return answer
-
-
-async def _publish_reload(context: WebContext) -> int:
     try:
-        return int(
-            await context.redis.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE)
-        )
+        await _publish_reload(context)
     except RedisError as error:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"saved, but could not tell running servers to reload ({error}); POST /api/admin/reload to retry",
         ) from None
+    return answer
+
+
+async def _publish_reload(context: WebContext) -> int:
+    return int(
+        await context.redis.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE)
+    )
