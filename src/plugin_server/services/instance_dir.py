@@ -12,14 +12,14 @@ import shutil
 from pathlib import Path
 
 
-def instance_dir(parent: Path, pid: int | None = None) -> Path:
-    """An empty folder `parent/<pid>` (default: this process's pid), after removing the folders there
-    whose process is gone. Raises OSError when it cannot be made."""
+def instance_dir(parent: Path) -> Path:
+    """An empty folder `parent/<this process's pid>`, after removing the folders there whose process is
+    gone. Raises OSError when it cannot be made."""
     parent.mkdir(parents=True, exist_ok=True)
     for folder in parent.iterdir():
         if folder.name.isdigit() and folder.is_dir() and not pid_alive(int(folder.name)):
             shutil.rmtree(folder, ignore_errors=True)
-    own = parent / str(os.getpid() if pid is None else pid)
+    own = parent / str(os.getpid())
     shutil.rmtree(own, ignore_errors=True)  # left by an earlier process that had this pid
     own.mkdir()
     return own

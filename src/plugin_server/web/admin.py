@@ -2,9 +2,9 @@
 
 Every route needs `Authorization: Bearer <ADMIN_TOKEN>`. With ADMIN_TOKEN unset the API is off and
 every route answers 403 saying so (not 404, so that a missing setting is not mistaken for a wrong
-URL); a missing or wrong token gets 401. Both are answered by `OperatorGate` before any of the body is
-read, and an authenticated body larger than ADMIN_MAX_BODY_BYTES gets 413. Changes to plugins publish the reload message, as the CLI
-does, so running servers pick them up at once.
+URL); a missing or wrong token gets 401. Both are answered by `OperatorGate` before any of the body
+is read, and an authenticated body larger than ADMIN_MAX_BODY_BYTES gets 413. Changes to plugins
+publish the reload message, as the CLI does, so running servers pick them up at once.
 
 The plugin operations are the synchronous functions of `plugins.admin` that the CLI calls; they run
 in a thread, on a connection of their own for the request (operator calls are rare, and this keeps
