@@ -1,6 +1,8 @@
 """The operator API under attack: bodies sent without the token or past the cap are refused before they
-are read (a real server on loopback, its memory watched), and generated requests with the token get a
-4xx, never a 5xx."""
+are read (a real server on loopback, its memory watched); generated requests with the token get a 4xx,
+never a 5xx, and without it a 401; a dependency that is down is a 503.
+
+The generated suites try 300 requests each; OPERATOR_FUZZ_EXAMPLES=3000 (say) tries more."""
 
 from __future__ import annotations
 
