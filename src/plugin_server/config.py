@@ -193,6 +193,12 @@ class Settings(BaseModel):
         None,
         description="bearer token of the operator API (/api/admin); unset turns that API off (403)",
     )
+    ADMIN_MAX_BODY_BYTES: int = Field(
+        67_108_864,
+        ge=1,
+        description="largest operator API request body (e.g. a plugin archive upload); larger is refused "
+        "with 413 before it is read",
+    )
     LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field(
         "info", description="minimum log level"
     )

@@ -22,7 +22,7 @@ from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.redis_queue import ReliableQueue
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.archive import pack_zip, read_folder
-from plugin_server.web.admin import router
+from plugin_server.web.admin import include_operator_api
 from plugin_server.web.context import WebContext
 from tests.e2e.server import celery_app, running_server, send_event, wait_for_count
 from tests.loopback import LoopbackService
@@ -63,7 +63,7 @@ async def client_for(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> 
         app.state.context = WebContext(
             settings=app_settings, pool=pool, redis=aredis, enqueuer=open_enqueuer(app_settings, aredis)
         )
-        app.include_router(router)
+        include_operator_api(app, app_settings)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin")
         clients.append(client)
         return client

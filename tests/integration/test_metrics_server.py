@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import textwrap
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 import redis
 
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.plugins.admin import enable_plugin, install_plugin
+from tests.conftest import TEAM_ID
 from tests.e2e.server import RunningServer, celery_app, running_server, send_event, wait_for_count, wait_until
 from tests.loopback import LoopbackUdp
 from tests.unit.test_metrics import parse
@@ -143,3 +146,50 @@ def test_metrics_statsd_and_logs_of_a_running_server(
         line for line in lines if "plugin sorter" in line["event"] and "failed on 1 events" in line["event"]
     )
     assert (failed["team_id"], failed["plugin_config_id"]) == (team.team_id, config_id)
+
+
+@pytest.fixture
+def sorter(tmp_path: Path, team: CreatedTeam, clean_db: psycopg.Connection[Any]) -> int:
+    """The sorter plugin enabled for team 2; its config id."""
+    return install_sorter(clean_db, tmp_path, team.team_id)
+
+
+def test_servers_from_one_checkout_keep_their_own_metrics_and_a_lost_directory_costs_no_event(
+    tmp_path: Path, database_url: str, redis_url: str, sorter: int, redis_client: redis.Redis
+) -> None:
+    data = tmp_path / "data"
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "WORKER_CONCURRENCY": "1",
+        "PLUGIN_SERVER_DATA_DIR": str(data),
+    }
+    app = celery_app(redis_url)
+    with running_server(tmp_path, env) as first:
+        first.wait_for_log("All systems go")
+        own = data / "prometheus" / str(first.process.pid)
+        assert own.is_dir()
+        with running_server(tmp_path, {**env, "DISABLE_WEB": "1"}) as second:
+            second.wait_for_log("All systems go")
+            assert (data / "prometheus" / str(second.process.pid)).is_dir() and own.is_dir()
+            assert second.stop() == 0
+        assert own.is_dir() and not (data / "prometheus" / str(second.process.pid)).exists()
+
+        shutil.rmtree(own)  # what the other server's start used to do
+        for index in range(6):
+            send_event(app, team_id=TEAM_ID, distinct_id=f"user-{index}", event="$pageview")
+        assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 6) == 6
+        assert redis_client.llen("posthog-plugins:dead-letter") == 0
+
+        def counted() -> dict[str, float] | None:
+            samples = scrape(first)
+            failed = samples.get("plugin_server_telemetry_errors_total{method=plugin_call_done}", 0)
+            return (
+                samples if failed >= 1 and samples.get("plugin_server_events_ingested_total") == 6 else None
+            )
+
+        try:
+            wait_until(counted, timeout=30)
+        except AssertionError:
+            raise AssertionError(f"metrics: {scrape(first)}") from None
+        assert "recording the metric plugin_call_done failed" in first.log()

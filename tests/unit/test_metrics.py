@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import statsd
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
 from plugin_server.config import load_settings
@@ -21,6 +24,7 @@ from plugin_server.services.metrics import (
     Metrics,
     PluginLabels,
     configure_metrics,
+    get_metrics,
     process_exited,
     remove_multiprocess_dir,
     render,
@@ -145,12 +149,13 @@ def test_values_of_every_process_are_merged_and_dead_processes_gauges_forgotten(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(MULTIPROC_DIR_ENV, "")  # restored after the test
-    stale = tmp_path / "prometheus"
-    stale.mkdir()
-    (stale / "counter_1.db").write_bytes(b"left by an earlier run")
+    gone = tmp_path / "prometheus" / str(gone_pid())
+    gone.mkdir(parents=True)
+    (gone / "counter_1.db").write_bytes(b"left by a server that is gone")
     directory = use_multiprocess_dir(load_settings({"PLUGIN_SERVER_DATA_DIR": str(tmp_path)}))
-    assert directory == stale and os.environ[MULTIPROC_DIR_ENV] == str(directory)
-    assert list(directory.iterdir()) == []
+    assert directory == tmp_path / "prometheus" / str(os.getpid())
+    assert os.environ[MULTIPROC_DIR_ENV] == str(directory)
+    assert list(directory.iterdir()) == [] and not gone.exists()
 
     context = multiprocessing.get_context("spawn")
     children = [context.Process(target=_record_in_child, args=(str(directory), n, n - 1)) for n in (3, 4)]
@@ -190,3 +195,82 @@ def parse(text: bytes) -> dict[str, float]:
 def test_plugin_names_are_made_safe_for_statsd_lines() -> None:
     assert PluginLabels(1, "a b:c|d@e,f=g", 2).statsd_name == "a_b_c_d_e_f_g"
     assert PluginLabels(1, "geoip-plugin_v2", 2).log_context() == {"team_id": 2, "plugin_config_id": 1}
+
+
+def gone_pid() -> int:
+    """The pid of a process that ran and is gone."""
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,))
+    process.start()
+    process.join()
+    assert process.pid is not None
+    return process.pid
+
+
+def _other_server(data_dir: str, ready: Any, stop: Any, rendered: Any) -> None:
+    """A second server's supervisor from the same checkout: its own metrics folder, one event counted."""
+    os.environ.pop(MULTIPROC_DIR_ENV, None)
+    use_multiprocess_dir(load_settings({"PLUGIN_SERVER_DATA_DIR": data_dir}))
+    configure_metrics(load_settings({})).events_received("celery", 1)
+    ready.set()
+    stop.wait(30)
+    rendered.put(parse(render())["plugin_server_events_received_total{source=celery}"])
+
+
+def test_two_servers_from_one_data_dir_keep_their_own_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, "")
+    context = multiprocessing.get_context("spawn")
+    ready, stop, rendered = context.Event(), context.Event(), context.Queue()
+    other = context.Process(target=_other_server, args=(str(tmp_path), ready, stop, rendered))
+    other.start()
+    try:
+        assert ready.wait(30)
+        directory = use_multiprocess_dir(load_settings({"PLUGIN_SERVER_DATA_DIR": str(tmp_path)}))
+        children = [context.Process(target=_record_in_child, args=(str(directory), 5, 5)) for _ in range(2)]
+        for child in children:
+            child.start()
+            child.join(30)
+        assert parse(render())["plugin_server_events_received_total{source=celery}"] == 10
+        assert (tmp_path / "prometheus" / str(other.pid)).is_dir()  # started first, left alone
+    finally:
+        stop.set()
+    assert rendered.get(timeout=30) == 1  # this server's counts are not in the other's
+    other.join(30)
+    remove_multiprocess_dir(directory)
+
+
+def _record_after_the_directory_is_deleted(directory: str) -> None:
+    os.environ[MULTIPROC_DIR_ENV] = directory
+    metrics = configure_metrics(load_settings({}))
+    metrics.events_received("celery", 3)
+    shutil.rmtree(directory)  # e.g. another server's cleanup, as happened
+    with metrics.plugin_call(PLUGIN, PROCESS_EVENT, calls=3):  # its first histogram: a new file
+        pass
+    get_metrics().batch_ingested(3, 0)
+    with get_metrics().plugin_call(PLUGIN, PROCESS_EVENT, calls=3):
+        pass
+
+
+def test_a_deleted_directory_costs_no_event_and_is_counted(tmp_path: Path) -> None:
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_record_after_the_directory_is_deleted, args=(str(directory),)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0  # nothing raised
+    samples = parse_directory(directory)
+    assert samples["plugin_server_telemetry_errors_total{method=plugin_call_done}"] == 1
+    # Made again: what was recorded after the failure is there; what was before is lost with the files.
+    assert samples["plugin_server_events_ingested_total"] == 3
+    labels = "method=processEvent,plugin=Currency: normaliser,plugin_config_id=7"
+    assert samples[f"plugin_server_plugin_calls_total{{{labels}}}"] == 3
+    assert "plugin_server_events_received_total{source=celery}" not in samples
+
+
+def parse_directory(directory: Path) -> dict[str, float]:
+    registry = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    return parse(generate_latest(registry))

@@ -400,6 +400,13 @@ def publish_reload(client: redis.Redis, channel: str) -> int:
 
 def _plugin_code(path: Path, local: bool) -> tuple[bytes | None, str | None]:
     """(archive, url) to store for a folder or an archive file."""
+    try:
+        return _read_plugin_code(path, local)
+    except OSError as error:  # a name too long, a folder it may not read...
+        raise AdminError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _read_plugin_code(path: Path, local: bool) -> tuple[bytes | None, str | None]:
     if local:
         if not path.is_dir():
             raise AdminError(f"{path} is not a folder: only a folder can be installed as a local plugin")
@@ -469,8 +476,8 @@ def _download(url: str) -> bytes:
                 data += chunk
                 if len(data) > limit:
                     raise AdminError(f"could not download {url}: bigger than {limit} bytes")
-    except httpx.HTTPError as error:
-        raise AdminError(f"could not download {url}: {error}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as error:  # InvalidURL is no HTTPError
+        raise AdminError(f"could not download {url!r}: {error}") from None
     return bytes(data)
 
 

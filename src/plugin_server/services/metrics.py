@@ -2,9 +2,15 @@
 
 Prometheus: the supervisor, the web process and the workers are separate processes, so their values
 live in prometheus_client's multiprocess files under PROMETHEUS_MULTIPROC_DIR. The supervisor creates
-that directory fresh before it starts any child (`use_multiprocess_dir`), children inherit it through
-their environment, and `/metrics` merges the files of all of them (`render`). Without the directory
-(one process, e.g. tests) values stay in the recording process's own registry.
+that directory, a folder of its own under PLUGIN_SERVER_DATA_DIR/prometheus (`use_multiprocess_dir`),
+before it starts any child; children inherit it through their environment, and `/metrics` merges the
+files of all of them (`render`). Without the directory (one process, e.g. tests) values stay in the
+recording process's own registry.
+
+Recording never fails its caller: a metric is not a reason to drop or dead-letter an event. What goes
+wrong (the directory deleted under a running server, a full disk) is logged, at most once a minute per
+method, and counted in plugin_server_telemetry_errors_total; when the directory is gone it is made
+again and this process's metrics start new files there (what was counted before is lost to /metrics).
 
 StatsD: the original's names (reference section 7.2) under STATSD_PREFIX, with tags in the Telegraf
 form (`name,tag=value`) its hot-shots client sent.
@@ -14,15 +20,18 @@ Callers count per batch, not per event: recording is a dictionary lookup and a m
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Concatenate, ParamSpec
 
 import statsd
 from prometheus_client import (
@@ -37,6 +46,10 @@ from prometheus_client import (
 )
 
 from plugin_server.config import Settings
+from plugin_server.services.instance_dir import instance_dir
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -47,6 +60,8 @@ ON_EVENT = "onEvent"
 EXPORT_EVENTS = "exportEvents"
 
 _STATSD_UNSAFE = re.compile(r"[\s:|@,=]")
+TELEMETRY_ERROR_LOG_SECONDS = 60.0
+_next_failure_log: dict[str, float] = {}  # method -> when its next failure may be logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +87,21 @@ class PluginCall:
     """What the caller reports about a call while it is timed: how many events failed in it."""
 
     errors: int = 0
+
+
+def _never_raises(
+    record: Callable[Concatenate[Metrics, P], None],
+) -> Callable[Concatenate[Metrics, P], None]:
+    """A recording method that logs and counts its failure (`recording_failed`) instead of raising."""
+
+    def guarded(self: Metrics, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            record(self, *args, **kwargs)
+        except Exception as error:
+            self.recording_failed(record.__name__.strip("_"), error)
+
+    functools.update_wrapper(guarded, record)
+    return guarded
 
 
 class Metrics:
@@ -145,31 +175,60 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._telemetry_errors = Counter(
+            "plugin_server_telemetry_errors",
+            "Metrics that could not be recorded (the events they were about went on)",
+            ["method"],
+            registry=r,
+        )
         self._plugin_children: dict[tuple[PluginLabels, str], tuple[Counter, Histogram, Counter]] = {}
+
+    def recording_failed(self, method: str, error: Exception) -> None:
+        """Log (once a minute per method) and count a metric that could not be recorded; when the
+        multiprocess directory was deleted, make it again and start this process's metrics afresh."""
+        now = time.monotonic()
+        if now >= _next_failure_log.get(method, 0.0):
+            _next_failure_log[method] = now + TELEMETRY_ERROR_LOG_SECONDS
+            log.error("recording the metric %s failed (events go on; said once a minute): %r", method, error)
+        directory = os.environ.get(MULTIPROC_DIR_ENV)
+        try:
+            counting = self
+            if isinstance(error, OSError) and directory and not os.path.isdir(directory):
+                Path(directory).mkdir(parents=True, exist_ok=True)
+                counting = _start_metrics(self._statsd)
+            counting._telemetry_errors.labels(method).inc()
+        except Exception:  # nothing more to do: it is logged
+            return
 
     # --- ingestion
 
+    @_never_raises
     def events_received(self, source: str, count: int) -> None:
         self._received.labels(source).inc(count)
 
+    @_never_raises
     def batch_ingested(self, stored: int, dropped: int) -> None:
         if stored:
             self._ingested.inc(stored)
         if dropped:
             self._dropped.inc(dropped)
 
+    @_never_raises
     def dead_lettered(self, count: int) -> None:
         if count:
             self._dead_letters.inc(count)
             self._incr("events_added_to_dead_letter_queue", count)
 
+    @_never_raises
     def queue_sampled(self, queue: str, depth: int, lag_seconds: float) -> None:
         self._queue_depth.labels(queue).set(depth)
         self._queue_lag.labels(queue).set(lag_seconds)
 
+    @_never_raises
     def job_queue_sampled(self, depth: int) -> None:
         self._job_queue_depth.set(depth)
 
+    @_never_raises
     def worker_restarted(self, reason: str) -> None:
         self._worker_restarts.labels(reason).inc()
         if reason == "stalled":
@@ -193,6 +252,7 @@ class Metrics:
         finally:
             self._plugin_call_done(plugin, method, calls, call.errors, time.perf_counter() - started)
 
+    @_never_raises
     def _plugin_call_done(
         self, plugin: PluginLabels, method: str, calls: int, errors: int, seconds: float
     ) -> None:
@@ -231,11 +291,13 @@ class Metrics:
             kind, task = ("job", method[5:]) if method.startswith("jobs.") else ("schedule", method)
             self._statsd.incr(f"plugin.task.{kind}.{task}.{plugin.plugin_config_id}.ERROR", errors)
 
+    @_never_raises
     def export_retry(self, enqueued: bool) -> None:
         outcome = "enqueued" if enqueued else "dropped"
         self._export_retries.labels(outcome).inc()
         self._incr(f"plugin.export_events.retry_{outcome}")
 
+    @_never_raises
     def log_entries_created(self, count: int) -> None:
         self._log_entries.inc(count)
         self._incr("logs.entries_created", count)
@@ -259,27 +321,30 @@ def get_metrics() -> Metrics:
 def configure_metrics(settings: Settings) -> Metrics:
     """Set this process's metrics up: multiprocess files if the supervisor made the directory,
     and StatsD when STATSD_HOST is set. Call once at process start, before anything is recorded."""
-    global _metrics
-    # prometheus_client picks its value store when imported, which in the supervisor is before the
-    # directory exists: pick again now.
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     client = None
     if settings.STATSD_HOST:
         client = statsd.StatsClient(
             settings.STATSD_HOST, settings.STATSD_PORT, prefix=settings.STATSD_PREFIX.rstrip(".") or None
         )
+    return _start_metrics(client)
+
+
+def _start_metrics(client: statsd.StatsClient | None) -> Metrics:
+    global _metrics
+    # prometheus_client picks its value store (and forgets the files it opened) here: at import, which
+    # in the supervisor is before the directory exists, is too early.
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     _metrics = Metrics(client)
     return _metrics
 
 
 def use_multiprocess_dir(settings: Settings) -> Path:
-    """Create a fresh PROMETHEUS_MULTIPROC_DIR (under the data dir, else a temporary one) and export it
-    for the child processes. The supervisor calls it before starting any; `remove_multiprocess_dir`
-    on the way out."""
+    """Create this server's PROMETHEUS_MULTIPROC_DIR, PLUGIN_SERVER_DATA_DIR/prometheus/<its pid> (else a
+    temporary one), and export it for the child processes. Other servers' folders there are left alone,
+    but for those of servers that are gone. The supervisor calls it before starting any child;
+    `remove_multiprocess_dir` on the way out."""
     try:
-        directory = Path(settings.PLUGIN_SERVER_DATA_DIR) / "prometheus"
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
+        directory = instance_dir(Path(settings.PLUGIN_SERVER_DATA_DIR) / "prometheus")
     except OSError:
         directory = Path(tempfile.mkdtemp(prefix="plugin-server-prometheus-"))
     os.environ[MULTIPROC_DIR_ENV] = str(directory)
@@ -305,6 +370,7 @@ def render() -> bytes:
     directory = os.environ.get(MULTIPROC_DIR_ENV)
     if not directory:
         return generate_latest(get_metrics().registry)
+    Path(directory).mkdir(parents=True, exist_ok=True)  # deleted under us: show what is recorded anew
     registry = CollectorRegistry(auto_describe=False)
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     return generate_latest(registry)

@@ -2,8 +2,9 @@
 
 Every route needs `Authorization: Bearer <ADMIN_TOKEN>`. With ADMIN_TOKEN unset the API is off and
 every route answers 403 saying so (not 404, so that a missing setting is not mistaken for a wrong
-URL); a missing or wrong token gets 401. Changes to plugins publish the reload message, as the CLI
-does, so running servers pick them up at once.
+URL); a missing or wrong token gets 401. Both are answered by `OperatorGate` before any of the body
+is read, and an authenticated body larger than ADMIN_MAX_BODY_BYTES gets 413. Changes to plugins
+publish the reload message, as the CLI does, so running servers pick them up at once.
 
 The plugin operations are the synchronous functions of `plugins.admin` that the CLI calls; they run
 in a thread, on a connection of their own for the request (operator calls are rare, and this keeps
@@ -13,26 +14,31 @@ the async pool free for capture).
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Self, TypeVar
 
+import orjson
 import psycopg
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, UploadFile, status
+from fastapi import Path as FastApiPath
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
+from plugin_server.config import Settings
 from plugin_server.ingestion.redis_queue import dead_letter_count, read_dead_letters, replay_dead_letters
 from plugin_server.plugins import admin
-from plugin_server.plugins.archive import DEFAULT_LIMITS
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.web.context import WebContext, get_context
+from plugin_server.web.error_answers import answer_errors_safely
+from plugin_server.web.operator_gate import OPERATOR_PREFIX, OperatorGate, token_refusal
 
 T = TypeVar("T")
-MAX_UPLOAD_BYTES = DEFAULT_LIMITS.max_total_bytes
+# Ids, team ids and orders are Postgres `integer` columns: a number past them is refused with 422.
+DbInt = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+ConfigId = Annotated[int, FastApiPath(ge=1, le=2**31 - 1, description="a plugin config id")]
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="ADMIN_TOKEN", description="the ADMIN_TOKEN setting")
 
@@ -41,23 +47,27 @@ async def require_admin_token(
     context: Annotated[WebContext, Depends(get_context)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """403 while ADMIN_TOKEN is unset; 401 unless the bearer token equals it (compared in constant time)."""
-    expected = context.settings.ADMIN_TOKEN
-    if not expected:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, "the operator API is off: set ADMIN_TOKEN to turn it on"
-        )
-    given = credentials.credentials if credentials else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing or wrong admin token: send Authorization: Bearer <ADMIN_TOKEN>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    """The token check again, for a router included without `OperatorGate` in front (the gate
+    already refused what this refuses, before the body was read); it also names the security
+    scheme on the OpenAPI page."""
+    given = f"Bearer {credentials.credentials}" if credentials else None
+    refusal = token_refusal(context.settings.ADMIN_TOKEN, given)
+    if refusal is not None:
+        code, reason = refusal
+        headers = {"WWW-Authenticate": "Bearer"} if code == status.HTTP_401_UNAUTHORIZED else None
+        raise HTTPException(code, reason, headers=headers)
 
 
-router = APIRouter(prefix="/api/admin", tags=["operator"], dependencies=[Depends(require_admin_token)])
+router = APIRouter(prefix=OPERATOR_PREFIX, tags=["operator"], dependencies=[Depends(require_admin_token)])
 Context = Annotated[WebContext, Depends(get_context)]
+
+
+def include_operator_api(app: FastAPI, settings: Settings) -> None:
+    """Serve the operator API from `app`, behind its gate (token first, body capped), its errors
+    answered without echoing what cannot be encoded."""
+    app.include_router(router)
+    app.add_middleware(OperatorGate, settings=settings)
+    answer_errors_safely(app)
 
 
 # --- answers
@@ -143,9 +153,9 @@ class InstallRequest(BaseModel):
 
 class EnableRequest(BaseModel):
     plugin: str = Field(description="plugin id or name")
-    team_id: int
+    team_id: DbInt
     config: dict[str, Any] = Field(default_factory=dict, description="settings, merged into the current ones")
-    order: int | None = Field(None, description="position among the team's plugins (lower runs first)")
+    order: DbInt | None = Field(None, description="position among the team's plugins (lower runs first)")
 
 
 class ConfigPatch(BaseModel):
@@ -153,11 +163,13 @@ class ConfigPatch(BaseModel):
 
     enabled: bool | None = None
     config: dict[str, Any] | None = Field(None, description="settings, merged into the current ones")
-    order: int | None = Field(None, description="position among the team's plugins (lower runs first)")
+    order: DbInt | None = Field(None, description="position among the team's plugins (lower runs first)")
 
 
 class ReplayRequest(BaseModel):
-    limit: int | None = Field(None, ge=1, description="replay at most this many, oldest first; null: all")
+    limit: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="replay at most this many, oldest first; null: all"
+    )
 
 
 # --- plugins
@@ -201,7 +213,7 @@ async def install_archive(
     ] = None,
 ) -> PluginOut:
     """Install (or replace the code of) a plugin from an uploaded archive."""
-    data = await _read_upload(archive)
+    data = await archive.read()
     name = admin.strip_archive_suffix(archive.filename or "plugin")
 
     def run(connection: admin.Connection) -> admin.InstalledPlugin:
@@ -227,7 +239,7 @@ async def enable(request: EnableRequest, context: Context) -> PluginConfigOut:
 
 
 @router.patch("/plugin-configs/{config_id}", response_model=PluginConfigOut)
-async def update_config(config_id: int, patch: ConfigPatch, context: Context) -> PluginConfigOut:
+async def update_config(config_id: ConfigId, patch: ConfigPatch, context: Context) -> PluginConfigOut:
     """Enable or disable a config, change its settings or its order."""
 
     def run(connection: admin.Connection) -> PluginConfigOut:
@@ -241,8 +253,8 @@ async def update_config(config_id: int, patch: ConfigPatch, context: Context) ->
 
 @router.put("/plugin-configs/{config_id}/attachments/{key}", response_model=PluginConfigOut)
 async def put_attachment(
-    config_id: int,
-    key: str,
+    config_id: ConfigId,
+    key: Annotated[str, FastApiPath(max_length=200, description="the attachment's key")],
     file: Annotated[UploadFile, File(description="the attachment's contents")],
     context: Context,
 ) -> PluginConfigOut:
@@ -252,7 +264,7 @@ async def put_attachment(
         key=key,
         content_type=file.content_type or admin.guess_content_type(name),
         file_name=name,
-        contents=await _read_upload(file),
+        contents=await file.read(),
     )
 
     def run(connection: admin.Connection) -> PluginConfigOut:
@@ -263,7 +275,7 @@ async def put_attachment(
 
 @router.get("/plugin-configs/{config_id}/logs", response_model=list[PluginLogEntry])
 async def get_logs(
-    config_id: int,
+    config_id: ConfigId,
     context: Context,
     limit: Annotated[int, Query(ge=1, le=10_000, description="how many entries")] = 100,
     after: Annotated[
@@ -315,7 +327,9 @@ async def reload(context: Context) -> ReloadOut:
 
 
 async def _in_database(context: WebContext, action: Callable[[admin.Connection], T]) -> T:
-    """Run a `plugins.admin` operation in a thread; its errors become 404 (not found) or 400."""
+    """Run a `plugins.admin` operation in a thread; its errors become 404 (not found), 400 (refused, or
+    a value the database cannot hold) or 409 (a conflict). A database that is down is a 503 (the
+    app's handler, `error_answers`)."""
     conninfo = context.pool.conninfo
     assert isinstance(conninfo, str), "the pool is opened with a fixed database url (db.postgres.open_pool)"
 
@@ -329,28 +343,29 @@ async def _in_database(context: WebContext, action: Callable[[admin.Connection],
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
     except admin.AdminError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
+    except psycopg.DataError as error:  # too long, out of range, NUL in text or jsonb...
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"cannot store that: {error.diag.message_primary}"
+        ) from None
+    except (UnicodeEncodeError, orjson.JSONEncodeError) as error:  # text or JSON that Postgres cannot hold
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"cannot store that: {error}") from None
+    except psycopg.IntegrityError as error:  # e.g. what the request names was deleted meanwhile
+        raise HTTPException(status.HTTP_409_CONFLICT, error.diag.message_primary or str(error)) from None
 
 
 async def _changed(context: WebContext, answer: T) -> T:
     """After a saved change: tell running servers, then answer."""
-    await _publish_reload(context)
-    return answer
-
-
-async def _publish_reload(context: WebContext) -> int:
     try:
-        return int(
-            await context.redis.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE)
-        )
+        await _publish_reload(context)
     except RedisError as error:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             f"saved, but could not tell running servers to reload ({error}); POST /api/admin/reload to retry",
         ) from None
+    return answer
 
 
-async def _read_upload(upload: UploadFile) -> bytes:
-    data = await upload.read(MAX_UPLOAD_BYTES + 1)
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"larger than {MAX_UPLOAD_BYTES} bytes")
-    return data
+async def _publish_reload(context: WebContext) -> int:
+    return int(
+        await context.redis.publish(context.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL, admin.RELOAD_MESSAGE)
+    )

@@ -153,7 +153,7 @@ def create_app(context: WebContext) -> FrontDoor:
         return JSONResponse(body, status_code=503 if failed else 200)
 
     app.include_router(metrics_routes.router)
-    app.include_router(admin.router)
+    admin.include_operator_api(app, settings)
     return FrontDoor(app, capture, preflight)
 
 
