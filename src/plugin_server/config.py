@@ -73,6 +73,18 @@ class Settings(BaseModel):
         500, ge=1, description="most events a worker takes from the queue at once"
     )
     TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
+    SLOW_PLUGIN_PATIENCE_MS: float = Field(
+        250,
+        ge=0,
+        description="milliseconds a micro-batch waits for a team's processEvent plugins before storing the "
+        "other teams' events without waiting for that team (whose events are stored when its plugins finish)",
+    )
+    SLOW_PLUGIN_BACKLOG: int = Field(
+        100,
+        ge=1,
+        description="most teams' shares of micro-batches a worker holds for slow plugins at once; "
+        "past it, the worker takes no more events until one is done",
+    )
     JS_HEAP_LIMIT_MB: float = Field(
         64, gt=0, description="V8 heap limit of each JavaScript plugin config's isolate"
     )
