@@ -36,6 +36,7 @@ from plugin_server.plugins.admin import enable_plugin, install_plugin
 
 SLOW_TEAM_ID = 3
 POLL_SECONDS = 0.01
+LOOK_BACK_ROWS = 1000
 
 
 def message(team_id: int, event_uuid: str, index: int) -> bytes:
@@ -80,8 +81,10 @@ class RowWatcher:
         last_id = 0
         with psycopg.connect(self._database_url, autocommit=True) as connection:
             while not self._stop.is_set():
+                # Rows commit out of id order (batches are written concurrently): look back a little.
                 rows = connection.execute(
-                    "SELECT id, uuid::text, team_id FROM posthog_event WHERE id > %s ORDER BY id", (last_id,)
+                    "SELECT id, uuid::text, team_id FROM posthog_event WHERE id > %s",
+                    (last_id - LOOK_BACK_ROWS,),
                 ).fetchall()
                 now = time.perf_counter()
                 for row_id, event_uuid, team_id in rows:

@@ -94,6 +94,24 @@ class Settings(BaseModel):
         description="most memory each JavaScript plugin config may hold in ArrayBuffers and typed arrays "
         "(outside the V8 heap)",
     )
+    JS_MAX_TIMERS: int = Field(
+        100,
+        ge=1,
+        description="most timers (setTimeout, setInterval...) a JavaScript plugin config may have pending",
+    )
+    JS_TIMER_MIN_INTERVAL_MS: float = Field(
+        10,
+        ge=0,
+        description="least milliseconds between two rounds of timer firings of a JavaScript plugin config "
+        "(the timers due by then fire together)",
+    )
+    JS_TIMER_CPU_SHARE: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="share of the time a JavaScript plugin config's timer callbacks may keep it busy; past it "
+        "for TASK_TIMEOUT seconds in all, its timers are cleared and the error recorded",
+    )
     PLUGIN_IDLE_UNLOAD_SECONDS: float = Field(
         600,
         ge=0,
