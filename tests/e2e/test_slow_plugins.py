@@ -61,7 +61,9 @@ def send_and_time(stack: Stack, team: CreatedTeam, prefix: str, count: int) -> l
 
     def look() -> None:
         now = time.monotonic()
-        arrived.update((name, now) for name in stored(stack, team.team_id) if name in sent and name not in arrived)
+        arrived.update(
+            (name, now) for name in stored(stack, team.team_id) if name in sent and name not in arrived
+        )
 
     for index in range(count):
         name = f"{prefix}{index}"
@@ -90,7 +92,8 @@ def test_a_looping_plugin_delays_only_its_own_team(stack: Stack) -> None:
         assert max(latencies) < MOST_SECONDS, sorted(latencies)
         assert all(properties["tagged"] for properties in stored(stack, stack.team.team_id).values())
         wait_until(
-            lambda: len(stored(stack, slow.team_id)) == SLOW_EVENTS, timeout=SLOW_EVENTS * (TASK_TIMEOUT + 2) + 10
+            lambda: len(stored(stack, slow.team_id)) == SLOW_EVENTS,
+            timeout=SLOW_EVENTS * (TASK_TIMEOUT + 2) + 10,
         )
         slow_events = stored(stack, slow.team_id)
     assert {name: properties["$plugins_failed"] for name, properties in slow_events.items()} == {
