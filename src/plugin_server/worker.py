@@ -228,7 +228,7 @@ class Worker:
             get_metrics().events_received("celery", len(batch.messages))
             task = self._spawn(self._handle(queue, pipeline, batch, self._turnstile.ticket()))
             task.add_done_callback(lambda _: slots.release())
-        if self._in_flight:
+        while self._in_flight:  # batches may still set slow teams' events aside in tasks of their own
             await asyncio.gather(*self._in_flight)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

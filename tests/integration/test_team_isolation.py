@@ -32,14 +32,15 @@ PATIENCE = 0.05
 
 
 class GatedPlugins:
-    """Stands in for the PluginRunner: the events of a slow team wait until `release()`."""
+    """Stands in for the PluginRunner: a call with a slow event (named in `slow_names`) waits until
+    `gate` is set."""
 
-    def __init__(self, slow: set[int]) -> None:
-        self.slow = slow
+    def __init__(self, slow_names: frozenset[str] = frozenset()) -> None:
+        self.slow_names = slow_names
         self.gate = asyncio.Event()
 
     async def process_events(self, events: Sequence[RawEvent]) -> list[RawEvent | None]:
-        if any(event.get("team_id") in self.slow for event in events):
+        if any(event.get("event") in self.slow_names for event in events):
             await self.gate.wait()
         return [{**event, "properties": {**event.get("properties", {}), "plugin": True}} for event in events]
 
@@ -85,39 +86,56 @@ def stored_uuids(db: Db, uuids: Sequence[str]) -> list[str]:
     return [row[0] for row in found]
 
 
+# Batches of events: (team, person, whether the event's plugins are slow).
 batches_strategy = st.lists(
-    st.lists(st.tuples(st.sampled_from(TEAMS), st.integers(0, 2)), min_size=1, max_size=6),
+    st.lists(st.tuples(st.sampled_from(TEAMS), st.integers(0, 2), st.booleans()), min_size=1, max_size=6),
     min_size=1,
     max_size=4,
 )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(batches=batches_strategy, slow=st.sets(st.sampled_from(TEAMS), max_size=2))
-async def test_slow_teams_hold_up_only_themselves_and_every_event_is_stored_once_in_team_order(
-    batches: list[list[tuple[int, int]]],
-    slow: set[int],
+def expected_aside(batches: list[list[tuple[int, int, bool]]]) -> set[int]:
+    """The indexes of the events set aside: a team's share of a batch is, when it has a slow event or
+    an earlier share of that team was set aside."""
+    aside: set[int] = set()
+    late_teams: set[int] = set()
+    indexes = itertools.count()
+    for batch in batches:
+        shares: dict[int, list[tuple[int, bool]]] = {}
+        for team_id, _, slow in batch:
+            shares.setdefault(team_id, []).append((next(indexes), slow))
+        for team_id, share in shares.items():
+            if team_id in late_teams or any(slow for _, slow in share):
+                late_teams.add(team_id)
+                aside.update(index for index, _ in share)
+    return aside
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=batches_strategy)
+async def test_slow_events_hold_up_only_their_team_and_every_event_is_stored_once_in_team_order(
+    batches: list[list[tuple[int, int, bool]]],
     teams: tuple[int, ...],
     pool: AsyncConnectionPool[Any],
     clean_db: Db,
 ) -> None:
-    plugins = GatedPlugins(slow)
+    counter = itertools.count()
+    sent: list[tuple[str, bytes]] = []  # (uuid, message), in sending order
+    claimed, slow_names = [], set()
+    for batch in batches:
+        messages = []
+        for team_id, person, slow in batch:
+            index, event_uuid = next(counter), str(uuid.uuid4())
+            if slow:
+                slow_names.add(f"e{index}")
+            messages.append(message(team_id, f"person-{person}", {"event": f"e{index}", "uuid": event_uuid}))
+            sent.append((event_uuid, messages[-1]))
+        claimed.append(messages)
+    plugins = GatedPlugins(slow_names=frozenset(slow_names))
     built = pipeline(pool)
     built.plugins = plugins  # type: ignore[assignment]
     persons = RecordingPersons(built)
-    counter = itertools.count()
-    sent: list[tuple[int, str, bytes]] = []  # (team, uuid, message), in sending order
-    claimed = []
-    for batch in batches:
-        messages = []
-        for team_id, person in batch:
-            index, event_uuid = next(counter), str(uuid.uuid4())
-            data = {"event": f"e{index}", "uuid": event_uuid, "properties": {}}
-            messages.append(message(team_id, f"person-{person}", data))
-            sent.append((team_id, event_uuid, messages[-1]))
-        claimed.append(messages)
-    lane = AsideLane()
-    turnstile = Turnstile()
+    lane, turnstile = AsideLane(), Turnstile()
     lanes = Lanes(patience=PATIENCE, set_aside=lane.set_aside)
 
     async def handle(messages: list[bytes]) -> BatchOutcome:
@@ -129,28 +147,59 @@ async def test_slow_teams_hold_up_only_themselves_and_every_event_is_stored_once
 
     outcomes = await asyncio.wait_for(asyncio.gather(*(handle(messages) for messages in claimed)), 30)
 
-    fast = [event_uuid for team_id, event_uuid, _ in sent if team_id not in slow]
-    slow_messages = [sent_message for team_id, _, sent_message in sent if team_id in slow]
-    assert sorted(stored_uuids(clean_db, fast)) == sorted(fast)  # stored while the slow teams still wait
-    assert sorted(lane.messages) == sorted(slow_messages)  # and exactly the slow teams' were set aside
-    assert stored_uuids(clean_db, [event_uuid for team_id, event_uuid, _ in sent if team_id in slow]) == []
+    aside = expected_aside(batches)
+    on_time = [event_uuid for index, (event_uuid, _) in enumerate(sent) if index not in aside]
+    assert sorted(stored_uuids(clean_db, on_time)) == sorted(on_time)  # stored while slow ones still wait
+    assert sorted(lane.messages) == sorted(sent[index][1] for index in aside)  # exactly those set aside
+    assert stored_uuids(clean_db, [sent[index][0] for index in aside]) == []
 
     plugins.gate.set()
     late = await asyncio.wait_for(asyncio.gather(*lane.tasks), 30)
     assert sum(outcome.stored for outcome in (*outcomes, *late)) == len(sent)
-    assert sorted(stored_uuids(clean_db, [event_uuid for _, event_uuid, _ in sent])) == sorted(
-        event_uuid for _, event_uuid, _ in sent
-    )
+    everything = [event_uuid for event_uuid, _ in sent]
+    assert sorted(stored_uuids(clean_db, everything)) == sorted(everything)  # each exactly once
     for team_id in TEAMS:
         order = [index for seen_team, index in persons.seen if seen_team == team_id]
         assert order == sorted(order), f"team {team_id}'s events reached the person step out of order"
+
+
+async def test_a_team_behind_its_own_earlier_slow_events_is_set_aside_too(
+    teams: tuple[int, ...], pool: AsyncConnectionPool[Any], clean_db: Db
+) -> None:
+    """Batch 1 holds a slow event of team 3; batch 2 a quick one of team 3 and one of team 4: team 4's is
+    stored at once, team 3's waits (set aside) for batch 1's, and they reach the person step in order."""
+    plugins = GatedPlugins(frozenset({"e0"}))
+    built = pipeline(pool)
+    built.plugins = plugins  # type: ignore[assignment]
+    persons = RecordingPersons(built)
+    first = [message(3, "p", {"event": "e0", "properties": {}})]
+    second = [
+        message(3, "p", {"event": "e1", "properties": {}}),
+        message(4, "p", {"event": "e2", "properties": {}}),
+    ]
+    lane, turnstile = AsideLane(), Turnstile()
+    turns = [turnstile.ticket(), turnstile.ticket()]
+    outcomes = await asyncio.gather(
+        *(
+            process_until_done(built, batch, turn, Lanes(PATIENCE, lane.set_aside))
+            for batch, turn in zip((first, second), turns, strict=True)
+        )
+    )
+    for turn in turns:
+        await turn.finish()
+    assert [outcome.stored for outcome in outcomes] == [0, 1]
+    assert lane.messages == [first[0], second[0]]
+    assert persons.seen == [(4, 2)]
+    plugins.gate.set()
+    await asyncio.wait_for(asyncio.gather(*lane.tasks), 30)
+    assert persons.seen == [(4, 2), (3, 0), (3, 1)]
 
 
 async def test_without_slow_teams_a_batch_is_ingested_together(
     teams: tuple[int, ...], pool: AsyncConnectionPool[Any], clean_db: Db
 ) -> None:
     built = pipeline(pool)
-    built.plugins = GatedPlugins(set())  # type: ignore[assignment]
+    built.plugins = GatedPlugins()  # type: ignore[assignment]
     writes: list[int] = []
     write = built.sink.write
 

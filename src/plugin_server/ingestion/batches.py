@@ -109,9 +109,10 @@ async def _processed(pipeline: EventPipeline, part: ProcessedBatch) -> Processed
 
 async def _late_parts(parts: list[_Part], turn: Turn, patience: float) -> list[_Part]:
     """The parts still processing after `patience` seconds, and those waiting behind an earlier batch's
-    part of their team that was set aside."""
+    part of their team that was set aside (known once the earlier batches decided)."""
     if parts:
         await asyncio.wait([part.processing for part in parts], timeout=patience)
+    await turn.earlier_decided()
     return [part for part in parts if not part.processing.done() or turn.behind_late(part.team)]
 
 

@@ -5,8 +5,9 @@ freely, but person updates must happen in the order events arrived. Persons belo
 order is kept per team: each batch takes a ticket when it is claimed, declares its teams once it has
 decoded its messages (in ticket order), and before its person step for some teams waits until the
 earlier batches with those teams are finished with them. A batch may finish its teams at different
-times: a team whose plugins are slow is finished later (see batches.py), and only the later batches
-of that same team wait for it.
+times: a team whose plugins are slow is set aside and finished later (see batches.py), and only the
+later batches of that same team wait for it. A batch decides which of its teams it sets aside after
+the earlier batches with those teams decided theirs, so that it knows whether it is behind one.
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ class _Hold:
     """One batch's hold on one team: done once the batch finished that team and so did every earlier
     holder of it (so finishing early never lets a later batch overtake an earlier one)."""
 
-    __slots__ = ("done", "late", "previous")
+    __slots__ = ("decided", "done", "late", "previous")
 
     def __init__(self, previous: _Hold | None) -> None:
         self.previous = previous
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.decided: asyncio.Future[None] = loop.create_future()  # whether `late` is known
         self.late = False
 
+    def decide(self) -> None:
+        if not self.decided.done():
+            self.decided.set_result(None)
+
     def release(self) -> None:
+        self.decide()
+
         def settle(_: object = None) -> None:
             if not self.done.done():
                 self.previous = None  # the chain behind a finished hold is not needed any more
@@ -100,12 +109,25 @@ class Turn:
         hold = self._holds.get(key)
         return hold is not None and hold.behind_late()
 
+    async def earlier_decided(self) -> None:
+        """Wait until the earlier batches holding this batch's keys decided what they set aside."""
+        earlier = [
+            hold.previous.decided
+            for hold in self._holds.values()
+            if hold.previous is not None and not hold.previous.done.done()
+        ]
+        if earlier:
+            await asyncio.gather(*(asyncio.shield(decided) for decided in earlier))
+
     def set_aside(self, keys: Iterable[Hashable]) -> None:
-        """Mark these keys as finished later, on their own (`finish()` without keys leaves them)."""
+        """Mark these keys as finished later, on their own (`finish()` without keys leaves them); the
+        batch's decision is then made, for all its keys."""
         for key in keys:
             if key in self._holds:
                 self._holds[key].late = True
                 self._aside.add(key)
+        for hold in self._holds.values():
+            hold.decide()
 
     async def wait(self, keys: Iterable[Hashable] | None = None) -> None:
         holds = [hold for key, hold in self._holds.items() if key in self._keys(keys)]

@@ -51,7 +51,7 @@
 //   ["$timer", timerId, [ms]]    fire timer `timerId` in `ms` milliseconds (deliver [timerId, 2])
 //   ["$untimer", timerId, []]    forget that timer
 //   ["$uncaught", 0, [error]]    a timer callback threw
-//   ["$timerLimit", 0, []]       the plugin was refused a timer (more than maxTimers pending)
+//   ["$timerLimit", 0, []]       the plugin was first refused a timer (more than maxTimers pending)
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
@@ -154,8 +154,8 @@
     }
 
     // Plugin timers have positive ids, the runtime's own negative ones (a plugin cannot clear them).
-    // At most maxTimers plugin timers are pending at once (timers.py); a refusal is reported once
-    // until the plugin is under the limit again.
+    // At most maxTimers plugin timers are pending at once (timers.py); the first refusal is reported
+    // (once per isolate, so that a plugin living at the limit does not flood its error records).
     const timers = new Map();
     let nextPluginTimer = 1;
     let nextInternalTimer = -1;
@@ -183,7 +183,6 @@
             }
             throw new NativeRangeError(`Too many timers: at most ${maxTimers} may be pending at once`);
         }
-        limitReported = false;
         pluginTimers++;
         const id = nextPluginTimer++;
         schedule(id, { fn, args, repeat: repeat ? delayOf(ms) : undefined }, ms);
