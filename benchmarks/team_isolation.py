@@ -131,7 +131,11 @@ def run(database_url: str, redis_url: str, options: argparse.Namespace) -> None:
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    latencies = sorted(rows.seen[event_uuid][1] - at for event_uuid, at in sent.items())
+    # (latency, when it was sent into the run), slowest first
+    timed = sorted(
+        ((rows.seen[event_uuid][1] - at, at - started) for event_uuid, at in sent.items()), reverse=True
+    )
+    latencies = sorted(latency for latency, _ in timed)
     slow_stored = sum(1 for team_id, _ in rows.seen.values() if team_id == SLOW_TEAM_ID)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(
@@ -142,6 +146,9 @@ def run(database_url: str, redis_url: str, options: argparse.Namespace) -> None:
     print(
         f"team {TEAM_ID} queue-to-row latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
         f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    )
+    print(
+        "slowest (latency s @ s into the run): " + ", ".join(f"{lat:.2f}@{at:.1f}" for lat, at in timed[:8])
     )
 
 
