@@ -264,7 +264,8 @@ class Worker:
         except BaseException:
             self._backlog.release()
             raise
-        log.info("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
+        get_metrics().events_set_aside(len(messages))
+        log.debug("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
         self._spawn(self._handle_late(queue, part, work))
 
     async def _handle_late(self, queue: ReliableQueue, part: ClaimedBatch, work: LateWork) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
+
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 
@@ -83,7 +85,7 @@ def test_a_looping_plugin_delays_only_its_own_team(stack: Stack) -> None:
     slow = create_organization_and_team(stack.db, team_name="looping", team_id=3)
     enable(stack, stack.team, "tag", TAG)
     loop_config = enable(stack, slow, "loop", LOOP)
-    with stack.server(TASK_TIMEOUT=str(TASK_TIMEOUT)):
+    with stack.server(TASK_TIMEOUT=str(TASK_TIMEOUT)) as server:
         warm_up(stack, stack.team)
         for index in range(SLOW_EVENTS):
             send_event(stack.app, team_id=slow.team_id, distinct_id="s", event=f"slow{index}")
@@ -96,6 +98,8 @@ def test_a_looping_plugin_delays_only_its_own_team(stack: Stack) -> None:
             timeout=SLOW_EVENTS * (TASK_TIMEOUT + 2) + 10,
         )
         slow_events = stored(stack, slow.team_id)
+        metrics = httpx.get(f"{server.web_url}/metrics", timeout=5).text
+    assert f"plugin_server_events_set_aside_total {float(SLOW_EVENTS)}" in metrics
     assert {name: properties["$plugins_failed"] for name, properties in slow_events.items()} == {
         f"slow{index}": [f"loop ({loop_config})"] for index in range(SLOW_EVENTS)
     }
