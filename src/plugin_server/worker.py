@@ -92,7 +92,10 @@ class Worker:
         self._stopping = asyncio.Event()
         self._turnstile = Turnstile()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._backlog = asyncio.Semaphore(settings.SLOW_PLUGIN_BACKLOG)
+        # Shares of batches set aside for slow plugins and not done yet; at SLOW_PLUGIN_BACKLOG, no claims.
+        self._aside = 0
+        self._room_aside = asyncio.Event()
+        self._room_aside.set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -214,6 +217,7 @@ class Worker:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
             await slots.acquire()
+            await self._room_aside.wait()
             self.stats.touch()
             try:
                 batch = await queue.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
@@ -257,13 +261,12 @@ class Worker:
         self, queue: ReliableQueue, batch: ClaimedBatch, messages: list[bytes], work: LateWork
     ) -> None:
         """Give the messages of a team whose plugins are slow a queue entry of their own, acknowledged
-        when `work` is done. At most SLOW_PLUGIN_BACKLOG of these are held at once."""
-        await self._backlog.acquire()
-        try:
-            part = await until_available(lambda: queue.split_off(batch, messages))
-        except BaseException:
-            self._backlog.release()
-            raise
+        when `work` is done. While SLOW_PLUGIN_BACKLOG of these are held, no more events are claimed
+        (waiting here instead could hold up, in a full backlog, a turn that the backlog waits for)."""
+        part = await until_available(lambda: queue.split_off(batch, messages))
+        self._aside += 1
+        if self._aside >= self.settings.SLOW_PLUGIN_BACKLOG:
+            self._room_aside.clear()
         get_metrics().events_set_aside(len(messages))
         log.debug("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
         self._spawn(self._handle_late(queue, part, work))
@@ -274,7 +277,9 @@ class Worker:
         except Exception:
             log.exception("handling slow events failed; their messages stay in Redis and will be redelivered")
         finally:
-            self._backlog.release()
+            self._aside -= 1
+            if self._aside < self.settings.SLOW_PLUGIN_BACKLOG:
+                self._room_aside.set()
 
     async def _finish(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
         await self._ack_until_done(queue, batch, outcome)

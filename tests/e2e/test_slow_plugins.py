@@ -133,3 +133,23 @@ def test_twenty_thousand_zero_delay_intervals_are_refused_and_the_worker_goes_on
     assert {properties["refused"] for properties in stored(stack, stack.team.team_id).values()} == {19_900}
     error = stack.config_error(intervals_config)
     assert error is not None and error["message"] == "the plugin asked for more than 100 timers"
+
+
+def test_a_full_backlog_of_slow_events_pauses_the_worker_and_loses_nothing(stack: Stack) -> None:
+    """SLOW_PLUGIN_BACKLOG=1: while the looping team's first event is set aside, the worker claims
+    nothing new; the next events wait in the queue (not lost), and everything is stored once."""
+    slow = create_organization_and_team(stack.db, team_name="looping", team_id=3)
+    enable(stack, slow, "loop", LOOP)
+    with stack.server(TASK_TIMEOUT=str(TASK_TIMEOUT), SLOW_PLUGIN_BACKLOG="1"):
+        warm_up(stack, stack.team)
+        send_event(stack.app, team_id=slow.team_id, distinct_id="s", event="slow0")
+        time.sleep(0.5)  # claimed and set aside: the backlog is full
+        # The claim already under way takes one more batch; the next claim waits for room.
+        send_event(stack.app, team_id=stack.team.team_id, distinct_id="d", event="taken")
+        wait_until(lambda: "taken" in stored(stack, stack.team.team_id))
+        send_event(stack.app, team_id=stack.team.team_id, distinct_id="d", event="waits")
+        wait_until(lambda: "waits" in stored(stack, stack.team.team_id), timeout=TASK_TIMEOUT + 10)
+    ids = dict(stack.db.execute("SELECT event, id FROM posthog_event").fetchall())
+    assert ids["slow0"] < ids["waits"]  # claimed only once the looping team's event was stored
+    counted = stack.db.execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM posthog_event").fetchone()
+    assert counted == (4, 4)
