@@ -79,7 +79,7 @@ async def process_until_done(
     teams = decoded.by_team()
     await turn.declare(teams)
     parts = [
-        _Part(team, part, asyncio.create_task(_processed(pipeline, part))) for team, part in teams.items()
+        _Part(team, share, asyncio.create_task(_processed(pipeline, share))) for team, share in teams.items()
     ]
     late = await _late_parts(parts, turn, lanes.patience) if lanes is not None else []
     turn.set_aside(part.team for part in late)
@@ -94,8 +94,7 @@ async def process_until_done(
             raise
     on_time = [part for part in parts if part not in late]
     outcome = await _ingest_parts(pipeline, on_time, turn)
-    outcome.dropped += decoded.outcome.dropped
-    outcome.dead_letters[:0] = decoded.outcome.dead_letters
+    outcome.dead_letters[:0] = decoded.outcome.dead_letters  # messages that did not decode
     return outcome
 
 
