@@ -163,6 +163,27 @@ async def test_timers_that_keep_the_isolate_busy_are_cleared_and_the_error_recor
     assert (await process_one(plugin, {}))["properties"]["ticks"] == first  # no timer fires any more
 
 
+async def test_the_time_of_the_plugins_other_calls_is_not_charged_to_its_timers(load: Load) -> None:
+    """Rounds of timers wait while processEvent keeps the isolate busy: that wait is not theirs."""
+    plugin, recorder = await load(
+        """
+        let ticks = 0
+        export function setupPlugin() { setInterval(() => { ticks++ }, 0) }
+        export function processEvent(event) {
+            const start = Date.now()
+            while (Date.now() - start < 700) {}
+            event.properties.ticks = ticks
+            return event
+        }
+        """
+    )
+    for _ in range(3):  # 2.1 s of processEvent, more than the timers' whole budget (TASK_TIMEOUT)
+        before = (await process_one(plugin, {}))["properties"]["ticks"]
+    await asyncio.sleep(0.1)
+    assert (await process_one(plugin, {}))["properties"]["ticks"] > before
+    assert recorder.errors == []
+
+
 async def test_a_chain_of_zero_delay_timeouts_is_paced(load: Load) -> None:
     plugin, _ = await load(
         """

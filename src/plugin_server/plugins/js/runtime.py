@@ -33,6 +33,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
 
@@ -85,6 +86,9 @@ BROKEN = "the plugin broke its JavaScript runtime"
 
 Operation = Callable[..., Awaitable[Any]]
 RecordError = Callable[[BaseException], Awaitable[None]]
+
+# While a round of timer firings runs (in the isolate's pump task): the seconds its scripts took.
+_TIMER_TIME: ContextVar[list[float] | None] = ContextVar("timer_time", default=None)
 
 # Operations a plugin's isolate may ask for, by the name prelude.js uses: the meta method they call.
 META_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -353,7 +357,6 @@ class Isolate:
         self._round: asyncio.TimerHandle | None = None
         self._last_round = -timers.min_interval
         self._timer_budget = TimerBudget(timeout, timers.cpu_share, self._loop.time())
-        self._busy = 0.0  # seconds spent running scripts, all told
         self._operations: set[asyncio.Task[Any]] = set()
         self._running: asyncio.Task[Any] | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -563,7 +566,9 @@ class Isolate:
             raise
         finally:
             self._running = None
-            self._busy += self._loop.time() - started
+            timer_time = _TIMER_TIME.get()
+            if timer_time is not None:
+                timer_time[0] += self._loop.time() - started
 
     def _closed_error(self) -> PluginError:
         return _copy(self.lost or PluginError("the plugin's isolate is closed"))
@@ -707,10 +712,14 @@ class Isolate:
     async def _run_timers(self) -> None:
         """Fire the timers of a round; the time their callbacks take is charged to the plugin."""
         idents, self._timer_inbox = self._timer_inbox, []
-        before = self._busy
+        spent = [0.0]
+        token = _TIMER_TIME.set(spent)  # this task's scripts only: other calls' run in other tasks
         items = b",".join(b"[%d,2,null]" % ident for ident in idents)
-        await self._request(b'["deliver",[' + items + b"]]", resume=b'["recover"]')
-        if not self._timer_budget.charge(self._busy - before, self._loop.time()):
+        try:
+            await self._request(b'["deliver",[' + items + b"]]", resume=b'["recover"]')
+        finally:
+            _TIMER_TIME.reset(token)
+        if not self._timer_budget.charge(spent[0], self._loop.time()):
             await self._clear_timers()
 
     async def _clear_timers(self) -> None:
