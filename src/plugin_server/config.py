@@ -73,6 +73,18 @@ class Settings(BaseModel):
         500, ge=1, description="most events a worker takes from the queue at once"
     )
     TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
+    SLOW_PLUGIN_PATIENCE_MS: float = Field(
+        250,
+        ge=0,
+        description="milliseconds a micro-batch waits for a team's processEvent plugins before storing the "
+        "other teams' events without waiting for that team (whose events are stored when its plugins finish)",
+    )
+    SLOW_PLUGIN_BACKLOG: int = Field(
+        100,
+        ge=1,
+        description="most teams' shares of micro-batches a worker holds for slow plugins at once; "
+        "past it, the worker takes no more events until one is done",
+    )
     JS_HEAP_LIMIT_MB: float = Field(
         64, gt=0, description="V8 heap limit of each JavaScript plugin config's isolate"
     )
@@ -81,6 +93,24 @@ class Settings(BaseModel):
         gt=0,
         description="most memory each JavaScript plugin config may hold in ArrayBuffers and typed arrays "
         "(outside the V8 heap)",
+    )
+    JS_MAX_TIMERS: int = Field(
+        100,
+        ge=1,
+        description="most timers (setTimeout, setInterval...) a JavaScript plugin config may have pending",
+    )
+    JS_TIMER_MIN_INTERVAL_MS: float = Field(
+        10,
+        ge=0,
+        description="least milliseconds between two rounds of timer firings of a JavaScript plugin config "
+        "(the timers due by then fire together)",
+    )
+    JS_TIMER_CPU_SHARE: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="share of the time a JavaScript plugin config's timer callbacks may keep it busy; past it "
+        "for TASK_TIMEOUT seconds in all, its timers are cleared and the error recorded",
     )
     PLUGIN_IDLE_UNLOAD_SECONDS: float = Field(
         600,

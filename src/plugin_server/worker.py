@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Coroutine
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
@@ -23,7 +24,13 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
 from plugin_server.db.redis import open_redis
-from plugin_server.ingestion.batches import TRANSIENT_ERRORS, process_until_done, until_available
+from plugin_server.ingestion.batches import (
+    TRANSIENT_ERRORS,
+    Lanes,
+    LateWork,
+    process_until_done,
+    until_available,
+)
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
@@ -85,6 +92,10 @@ class Worker:
         self._stopping = asyncio.Event()
         self._turnstile = Turnstile()
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Shares of batches set aside for slow plugins and not done yet; at SLOW_PLUGIN_BACKLOG, no claims.
+        self._aside = 0
+        self._room_aside = asyncio.Event()
+        self._room_aside.set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -206,6 +217,7 @@ class Worker:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
             await slots.acquire()
+            await self._room_aside.wait()
             self.stats.touch()
             try:
                 batch = await queue.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
@@ -218,28 +230,62 @@ class Worker:
                 slots.release()
                 continue
             get_metrics().events_received("celery", len(batch.messages))
-            task = asyncio.create_task(self._handle(queue, pipeline, batch, self._turnstile.ticket()))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task = self._spawn(self._handle(queue, pipeline, batch, self._turnstile.ticket()))
             task.add_done_callback(lambda _: slots.release())
-        if self._in_flight:
+        while self._in_flight:  # batches may still set slow teams' events aside in tasks of their own
             await asyncio.gather(*self._in_flight)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task that shutdown waits for."""
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return task
 
     async def _handle(
         self, queue: ReliableQueue, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn
     ) -> None:
+        lanes = Lanes(
+            patience=self.settings.SLOW_PLUGIN_PATIENCE_MS / 1000,
+            set_aside=lambda messages, work: self._set_aside(queue, batch, messages, work),
+        )
         try:
-            outcome = await process_until_done(pipeline, batch.messages, turn)
-            await self._ack_until_done(queue, batch, outcome)
-            self.stats.record(outcome)
-            for message, reason in outcome.dead_letters:
-                log.warning(
-                    "dead letter: %s (%d bytes)", reason, len(message), extra=message_context(message)
-                )
+            outcome = await process_until_done(pipeline, batch.messages, turn, lanes)
+            await self._finish(queue, batch, outcome)
         except Exception:
             log.exception("handling a batch failed; its messages stay in Redis and will be redelivered")
         finally:
             await turn.finish()
+
+    async def _set_aside(
+        self, queue: ReliableQueue, batch: ClaimedBatch, messages: list[bytes], work: LateWork
+    ) -> None:
+        """Give the messages of a team whose plugins are slow a queue entry of their own, acknowledged
+        when `work` is done. While SLOW_PLUGIN_BACKLOG of these are held, no more events are claimed
+        (waiting here instead could hold up, in a full backlog, a turn that the backlog waits for)."""
+        part = await until_available(lambda: queue.split_off(batch, messages))
+        self._aside += 1
+        if self._aside >= self.settings.SLOW_PLUGIN_BACKLOG:
+            self._room_aside.clear()
+        get_metrics().events_set_aside(len(messages))
+        log.debug("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
+        self._spawn(self._handle_late(queue, part, work))
+
+    async def _handle_late(self, queue: ReliableQueue, part: ClaimedBatch, work: LateWork) -> None:
+        try:
+            await self._finish(queue, part, await work)
+        except Exception:
+            log.exception("handling slow events failed; their messages stay in Redis and will be redelivered")
+        finally:
+            self._aside -= 1
+            if self._aside < self.settings.SLOW_PLUGIN_BACKLOG:
+                self._room_aside.set()
+
+    async def _finish(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
+        await self._ack_until_done(queue, batch, outcome)
+        self.stats.record(outcome)
+        for message, reason in outcome.dead_letters:
+            log.warning("dead letter: %s (%d bytes)", reason, len(message), extra=message_context(message))
 
     async def _ack_until_done(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
         await until_available(lambda: queue.ack(batch, outcome.dead_letters))

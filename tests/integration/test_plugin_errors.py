@@ -129,6 +129,22 @@ async def test_clear_writes_only_when_an_error_is_set(
     assert config_row(clean_db, config_ids[1])[0] is None
 
 
+async def test_clear_older_than_keeps_an_error_recorded_since(
+    pool: AsyncConnectionPool[Any], clean_db: Db, config_ids: tuple[int, int]
+) -> None:
+    def set_error_at(time: str) -> None:
+        error = f'{{"message": "m", "time": "{time}"}}'
+        clean_db.execute("UPDATE posthog_pluginconfig SET error = %s WHERE id = %s", (error, config_ids[1]))
+
+    loading_since = datetime(2026, 12, 3, 10, 0, 0, 500_000, tzinfo=UTC)
+    set_error_at("2026-12-03T10:00:00.501Z")  # recorded while loading: stays
+    await clear_plugin_error(pool, config_ids[1], older_than=loading_since)
+    assert config_row(clean_db, config_ids[1])[0] == {"message": "m", "time": "2026-12-03T10:00:00.501Z"}
+    set_error_at("2026-12-03T10:00:00.499Z")  # from before: cleared
+    await clear_plugin_error(pool, config_ids[1], older_than=loading_since)
+    assert config_row(clean_db, config_ids[1])[0] is None
+
+
 async def test_disable(pool: AsyncConnectionPool[Any], clean_db: Db, config_ids: tuple[int, int]) -> None:
     assert config_row(clean_db, config_ids[1])[1] is True
     await disable_plugin_config(pool, config_ids[1])

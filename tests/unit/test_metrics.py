@@ -100,6 +100,7 @@ def test_ingestion_counters_and_the_original_statsd_names(udp: LoopbackUdp) -> N
     metrics.batch_ingested(stored=480, dropped=15)
     metrics.dead_lettered(5)
     metrics.dead_lettered(0)
+    metrics.events_set_aside(3)
     metrics.export_retry(enqueued=True)
     metrics.export_retry(enqueued=False)
     metrics.log_entries_created(12)
@@ -113,6 +114,7 @@ def test_ingestion_counters_and_the_original_statsd_names(udp: LoopbackUdp) -> N
     assert get("plugin_server_events_ingested_total") == 480
     assert get("plugin_server_events_dropped_total") == 15
     assert get("plugin_server_dead_letters_total") == 5
+    assert get("plugin_server_events_set_aside_total") == 3
     assert get("plugin_server_export_retries_total", {"outcome": "enqueued"}) == 1
     assert get("plugin_server_export_retries_total", {"outcome": "dropped"}) == 1
     assert get("plugin_server_plugin_log_entries_total") == 12

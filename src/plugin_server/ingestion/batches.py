@@ -1,27 +1,34 @@
 """Getting a micro-batch through the pipeline whatever happens, without running plugins twice.
 
-The batch is processed (decode, processEvent) once, then ingested. A step that fails because the
-database or Redis is unavailable is retried with a growing delay until it succeeds. A step that fails
-for another reason (a bug meeting an unexpected event) splits the batch, so that one bad event cannot
-hold back the others: after processing, the processed events are ingested one by one (plugins do not
-run again); if processing itself failed, the messages are run one by one. An event that still fails
-on its own becomes a dead letter.
+The batch is decoded, then each team's events go through their plugins (processEvent) at the same
+time, so that one team's slow plugin holds up nobody else's: the teams whose plugins are done within
+`Lanes.patience` are ingested together; each team still running then is set aside (`Lanes.set_aside`,
+which gives its messages a queue entry of their own) and ingested on its own once its plugins are done.
+Person order is kept per team (ordering.py): later batches of a team set aside wait for it, and are set
+aside in their turn, while other teams go on.
+
+A step that fails because the database or Redis is unavailable is retried with a growing delay until it
+succeeds. A step that fails for another reason (a bug meeting an unexpected event) splits the batch, so
+that one bad event cannot hold back the others: after processing, the processed events are ingested one
+by one (plugins do not run again); if processing itself failed, the messages are run one by one. An
+event that still fails on its own becomes a dead letter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import redis.exceptions
 from psycopg_pool import PoolTimeout
 
 from plugin_server.ingestion.ordering import Turn
-from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline
+from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, ProcessedBatch, event_of
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -37,24 +44,125 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 MAX_RETRY_DELAY_SECONDS = 30.0
 
+LateWork = Coroutine[Any, Any, BatchOutcome]
 
-async def process_until_done(pipeline: EventPipeline, messages: list[bytes], turn: Turn) -> BatchOutcome:
+
+@dataclass(frozen=True)
+class Lanes:
+    """How a batch treats teams whose plugins are slow: after `patience` seconds, each is handed to
+    `set_aside(messages, work)`, which must take those messages out of the batch (its acknowledgement)
+    and then await `work` (their outcome) on its own time."""
+
+    patience: float
+    set_aside: Callable[[list[bytes], LateWork], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Part:
+    """One team's events of a batch, and their processing under way (None: it failed, run them alone)."""
+
+    team: Hashable
+    decoded: ProcessedBatch
+    processing: asyncio.Task[ProcessedBatch | None]
+
+
+async def process_until_done(
+    pipeline: EventPipeline, messages: list[bytes], turn: Turn, lanes: Lanes | None = None
+) -> BatchOutcome:
     try:
-        processed = await until_available(lambda: pipeline.process(messages))
+        decoded = await until_available(lambda: pipeline.decode(messages))
     except Exception:
-        log.exception("processing a batch of %d failed; running its messages one by one", len(messages))
+        log.exception("decoding a batch of %d failed; running its messages one by one", len(messages))
+        await turn.declare(_teams_of(messages))
         await turn.wait()
         return await _one_by_one([(message, partial(pipeline.run, [message])) for message in messages])
+    teams = decoded.by_team()
+    await turn.declare(teams)
+    parts = [
+        _Part(team, share, asyncio.create_task(_processed(pipeline, share))) for team, share in teams.items()
+    ]
+    late = await _late_parts(parts, turn, lanes.patience) if lanes is not None else []
+    turn.set_aside(part.team for part in late)
+    for index, part in enumerate(late):
+        assert lanes is not None
+        work = _ingest_alone(pipeline, part, turn)
+        try:
+            await lanes.set_aside(_messages(part.decoded), work)
+        except BaseException:
+            work.close()  # these messages stay in the batch, which is not acknowledged: redelivered
+            await turn.finish([later.team for later in late[index:]])
+            raise
+    on_time = [part for part in parts if part not in late]
+    outcome = await _ingest_parts(pipeline, on_time, turn)
+    outcome.dead_letters[:0] = decoded.outcome.dead_letters  # messages that did not decode
+    return outcome
+
+
+async def _processed(pipeline: EventPipeline, part: ProcessedBatch) -> ProcessedBatch | None:
     try:
-        return await until_available(lambda: pipeline.ingest(processed, turn.wait))
+        return await until_available(lambda: pipeline.run_plugins(part))
     except Exception:
-        log.exception("ingesting a batch of %d failed; ingesting its events one by one", len(messages))
-        await turn.wait()
+        log.exception("processing %d events failed; running them one by one", len(part.events))
+        return None
+
+
+async def _late_parts(parts: list[_Part], turn: Turn, patience: float) -> list[_Part]:
+    """The parts still processing after `patience` seconds, and those waiting behind an earlier batch's
+    part of their team that was set aside (known once the earlier batches decided)."""
+    if parts:
+        await asyncio.wait([part.processing for part in parts], timeout=patience)
+    await turn.earlier_decided()
+    return [part for part in parts if not part.processing.done() or turn.behind_late(part.team)]
+
+
+async def _ingest_alone(pipeline: EventPipeline, part: _Part, turn: Turn) -> BatchOutcome:
+    try:
+        return await _ingest_parts(pipeline, [part], turn)
+    finally:
+        await turn.finish([part.team])
+
+
+async def _ingest_parts(pipeline: EventPipeline, parts: Sequence[_Part], turn: Turn) -> BatchOutcome:
+    """Ingest the processed parts together (after their teams' turn); parts whose processing failed are
+    run message by message."""
+    teams = [part.team for part in parts]
+    results = [(part, await part.processing) for part in parts]
+    processed = ProcessedBatch.merged([result for _, result in results if result is not None])
+    outcome = await _ingest_processed(pipeline, processed, partial(turn.wait, teams))
+    failed = [message for part, result in results if result is None for message in _messages(part.decoded)]
+    if failed:
+        await turn.wait(teams)
+        alone = await _one_by_one([(message, partial(pipeline.run, [message])) for message in failed])
+        outcome.stored += alone.stored
+        outcome.dropped += alone.dropped
+        outcome.dead_letters.extend(alone.dead_letters)
+    return outcome
+
+
+async def _ingest_processed(
+    pipeline: EventPipeline, processed: ProcessedBatch, wait_for_turn: Callable[[], Awaitable[None]]
+) -> BatchOutcome:
+    if not processed.events:
+        return processed.outcome
+    try:
+        return await until_available(lambda: pipeline.ingest(processed, wait_for_turn))
+    except Exception:
+        count = len(processed.events)
+        log.exception("ingesting a batch of %d failed; ingesting its events one by one", count)
+        await wait_for_turn()
         single = [(one.events[0][0], partial(pipeline.ingest, one)) for one in processed.one_by_one()]
         total = await _one_by_one(single)
         total.dropped += processed.outcome.dropped
         total.dead_letters[:0] = processed.outcome.dead_letters
         return total
+
+
+def _messages(batch: ProcessedBatch) -> list[bytes]:
+    return [message for message, _ in batch.events]
+
+
+def _teams_of(messages: Sequence[bytes]) -> set[Hashable]:
+    return {event.get("team_id") for message in messages if (event := event_of(message)) is not None}
 
 
 async def until_available(step: Callable[[], Awaitable[T]]) -> T:

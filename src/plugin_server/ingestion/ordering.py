@@ -1,53 +1,154 @@
 """Keeps concurrently processed micro-batches in claim order where order matters (the person step).
 
 A worker works on up to TASKS_PER_WORKER batches at once. Decoding, plugins and lookups may overlap
-freely, but person updates must happen in the order events arrived, so each batch takes a ticket
-when it is claimed and waits for its turn before its person step.
+freely, but person updates must happen in the order events arrived. Persons belong to a team, so the
+order is kept per team: each batch takes a ticket when it is claimed, declares its teams once it has
+decoded its messages (in ticket order), and before its person step for some teams waits until the
+earlier batches with those teams are finished with them. A batch may finish its teams at different
+times: a team whose plugins are slow is set aside and finished later (see batches.py), and only the
+later batches of that same team wait for it. A batch decides which of its teams it sets aside after
+the earlier batches with those teams decided theirs, so that it knows whether it is behind one.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable, Iterable
+
+
+class _Hold:
+    """One batch's hold on one team: done once the batch finished that team and so did every earlier
+    holder of it (so finishing early never lets a later batch overtake an earlier one)."""
+
+    __slots__ = ("decided", "done", "late", "previous")
+
+    def __init__(self, previous: _Hold | None) -> None:
+        self.previous = previous
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.decided: asyncio.Future[None] = loop.create_future()  # whether `late` is known
+        self.late = False
+
+    def decide(self) -> None:
+        if not self.decided.done():
+            self.decided.set_result(None)
+
+    def release(self) -> None:
+        self.decide()
+
+        def settle(_: object = None) -> None:
+            if not self.done.done():
+                self.previous = None  # the chain behind a finished hold is not needed any more
+                self.done.set_result(None)
+
+        if self.previous is None or self.previous.done.done():
+            settle()
+        else:
+            self.previous.done.add_done_callback(settle)
+
+    def behind_late(self) -> bool:
+        """Whether an unfinished earlier holder of this team was set aside as late."""
+        earlier = self.previous
+        while earlier is not None and not earlier.done.done():
+            if earlier.late:
+                return True
+            earlier = earlier.previous
+        return False
 
 
 class Turnstile:
-    """Issues tickets and lets their holders through one at a time, in ticket order."""
+    """Issues tickets in claim order and keeps, per team, which batch holds it last."""
 
     def __init__(self) -> None:
-        self._issued = 0
-        self._serving = 0
-        self._changed = asyncio.Condition()
+        self._last_declared: asyncio.Future[None] | None = None
+        self._holders: dict[Hashable, _Hold] = {}
 
     def ticket(self) -> Turn:
-        turn = Turn(self, self._issued)
-        self._issued += 1
+        turn = Turn(self, self._last_declared)
+        self._last_declared = turn._declared
         return turn
 
-    async def _wait(self, number: int) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self._serving == number)
+    def _hold(self, key: Hashable) -> _Hold:
+        hold = _Hold(self._holders.get(key))
+        self._holders[key] = hold
+        hold.done.add_done_callback(lambda _: self._forget(key, hold))
+        return hold
 
-    async def _advance(self) -> None:
-        async with self._changed:
-            self._serving += 1
-            self._changed.notify_all()
+    def _forget(self, key: Hashable, hold: _Hold) -> None:
+        if self._holders.get(key) is hold:
+            del self._holders[key]
 
 
 class Turn:
-    """One batch's place in line. `wait()` returns once all earlier turns are finished;
-    `finish()` (safe to call more than once, and without waiting first) lets the next one through."""
+    """One batch's place in line.
 
-    def __init__(self, turnstile: Turnstile, number: int) -> None:
+    `declare(keys)` (once; later calls are ignored) takes the batch's place for those keys after every
+    earlier ticket declared its own. `wait(keys)` returns once the earlier batches are finished with
+    those keys; `finish(keys)` lets the next ones through (safe to call more than once, and without
+    waiting first). Keys default to all of the batch's keys not set aside with `set_aside`; a batch
+    that finishes without declaring declares nothing, so it holds nobody up."""
+
+    def __init__(self, turnstile: Turnstile, previous: asyncio.Future[None] | None) -> None:
         self._turnstile = turnstile
-        self._number = number
-        self._finished = False
+        self._previous = previous
+        self._declared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._holds: dict[Hashable, _Hold] = {}
+        self._aside: set[Hashable] = set()
 
-    async def wait(self) -> None:
-        await self._turnstile._wait(self._number)
-
-    async def finish(self) -> None:
-        if self._finished:
+    async def declare(self, keys: Iterable[Hashable]) -> None:
+        if self._declared.done():
             return
-        self._finished = True
-        await self._turnstile._wait(self._number)
-        await self._turnstile._advance()
+        if self._previous is not None:
+            await asyncio.shield(self._previous)
+        if not self._declared.done():
+            self._holds = {key: self._turnstile._hold(key) for key in dict.fromkeys(keys)}
+            self._declared.set_result(None)
+
+    def behind_late(self, key: Hashable) -> bool:
+        """Whether this batch's turn for `key` waits on an earlier batch that set `key` aside."""
+        hold = self._holds.get(key)
+        return hold is not None and hold.behind_late()
+
+    async def earlier_decided(self) -> None:
+        """Wait until the earlier batches holding this batch's keys decided what they set aside."""
+        earlier = [
+            hold.previous.decided
+            for hold in self._holds.values()
+            if hold.previous is not None and not hold.previous.done.done()
+        ]
+        if earlier:
+            await asyncio.gather(*(asyncio.shield(decided) for decided in earlier))
+
+    def set_aside(self, keys: Iterable[Hashable]) -> None:
+        """Mark these keys as finished later, on their own (`finish()` without keys leaves them); the
+        batch's decision is then made, for all its keys."""
+        for key in keys:
+            if key in self._holds:
+                self._holds[key].late = True
+                self._aside.add(key)
+        for hold in self._holds.values():
+            hold.decide()
+
+    async def wait(self, keys: Iterable[Hashable] | None = None) -> None:
+        holds = [hold for key, hold in self._holds.items() if key in self._keys(keys)]
+        earlier = [hold.previous.done for hold in holds if hold.previous is not None]
+        if earlier:
+            await asyncio.gather(*(asyncio.shield(done) for done in earlier))
+
+    async def finish(self, keys: Iterable[Hashable] | None = None) -> None:
+        if not self._declared.done():  # never declared (it failed first): let later tickets declare
+            if self._previous is not None:
+                self._previous.add_done_callback(lambda _: self._close())
+            else:
+                self._close()
+        for key in self._keys(keys):
+            hold = self._holds.get(key)
+            if hold is not None:
+                hold.release()
+
+    def _close(self) -> None:
+        if not self._declared.done():
+            self._declared.set_result(None)
+
+    def _keys(self, keys: Iterable[Hashable] | None) -> set[Hashable]:
+        return set(self._holds).difference(self._aside) if keys is None else set(keys)

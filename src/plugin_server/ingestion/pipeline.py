@@ -69,6 +69,25 @@ class ProcessedBatch:
         """A batch per event, with nothing of this batch's outcome (count that once, separately)."""
         return [ProcessedBatch([pair], BatchOutcome()) for pair in self.events]
 
+    def by_team(self) -> dict[Any, ProcessedBatch]:
+        """A batch per team (the `team_id` the event came with), each with nothing of this batch's
+        outcome."""
+        teams: dict[Any, ProcessedBatch] = {}
+        for message, event in self.events:
+            teams.setdefault(event.get("team_id"), ProcessedBatch([], BatchOutcome())).events.append(
+                (message, event)
+            )
+        return teams
+
+    @classmethod
+    def merged(cls, batches: Sequence[ProcessedBatch]) -> ProcessedBatch:
+        """One batch of the events and outcomes of several."""
+        outcome = BatchOutcome()
+        for batch in batches:
+            outcome.dropped += batch.outcome.dropped
+            outcome.dead_letters.extend(batch.outcome.dead_letters)
+        return cls([pair for batch in batches for pair in batch.events], outcome)
+
 
 @dataclass
 class _Item:
@@ -106,11 +125,20 @@ class EventPipeline:
         return await self.ingest(await self.process(messages), wait_for_person_turn)
 
     async def process(self, messages: Sequence[bytes]) -> ProcessedBatch:
+        return await self.run_plugins(await self.decode(messages))
+
+    async def decode(self, messages: Sequence[bytes]) -> ProcessedBatch:
+        """The events of the messages, before plugins (plugin jobs are queued; bad messages are dead
+        letters)."""
         outcome = BatchOutcome()
-        raw_events = await self._decode(messages, outcome)
-        if self.plugins is not None:
-            raw_events = await self._process_with_plugins(raw_events, outcome)
-        return ProcessedBatch(raw_events, outcome)
+        return ProcessedBatch(await self._decode(messages, outcome), outcome)
+
+    async def run_plugins(self, batch: ProcessedBatch) -> ProcessedBatch:
+        """The decoded batch after its teams' processEvent (its outcome counts the events dropped)."""
+        if self.plugins is None:
+            return batch
+        outcome = replace(batch.outcome, dead_letters=list(batch.outcome.dead_letters))
+        return ProcessedBatch(await self._process_with_plugins(batch.events, outcome), outcome)
 
     async def ingest(
         self, batch: ProcessedBatch, wait_for_person_turn: Callable[[], Awaitable[None]] | None = None

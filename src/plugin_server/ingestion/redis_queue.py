@@ -81,19 +81,36 @@ return items or {}
 )
 
 # KEYS: batch, batches, dead letters. ARGV: dead letter entries.
-# A batch that is gone was requeued by a recovering consumer (this one looked dead); its messages will
-# be processed again, so its dead letters are not stored twice.
+# A batch that is no longer registered was requeued by a recovering consumer (this one looked dead); its
+# messages will be processed again, so its dead letters are not stored twice. (A registered batch list
+# may be empty, and so missing: its messages were all split off.)
 _ACK = (
     _PUSH_CHUNKED
     + """
-redis.call('ZREM', KEYS[2], KEYS[1])
-if redis.call('DEL', KEYS[1]) == 0 then
+if redis.call('ZREM', KEYS[2], KEYS[1]) == 0 then
   return 0
 end
+redis.call('DEL', KEYS[1])
 push_chunked('LPUSH', KEYS[3], ARGV)
 return 1
 """
 )
+
+# KEYS: batch, batches, new batch. ARGV: messages. Moves those messages from the batch list into a new
+# batch list registered with the same claim time, in one step; nothing when the batch was requeued.
+_SPLIT = """
+local claimed = redis.call('ZSCORE', KEYS[2], KEYS[1])
+if not claimed then
+  return 0
+end
+for i = 1, #ARGV do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
+    redis.call('RPUSH', KEYS[3], ARGV[i])
+  end
+end
+redis.call('ZADD', KEYS[2], claimed, KEYS[3])
+return 1
+"""
 
 # KEYS: consumers. ARGV: consumer id.
 _HEARTBEAT = (
@@ -263,6 +280,7 @@ class ReliableQueue:
         self._given_up: set[str] = set()
         self._claim = redis.register_script(_CLAIM)
         self._ack = redis.register_script(_ACK)
+        self._split = redis.register_script(_SPLIT)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._dead_consumers = redis.register_script(_DEAD_CONSUMERS)
         self._recover_dead = redis.register_script(_RECOVER_DEAD)
@@ -321,6 +339,13 @@ class ReliableQueue:
         if acknowledged:
             get_metrics().dead_lettered(len(entries))
         return acknowledged
+
+    async def split_off(self, batch: ClaimedBatch, messages: Sequence[bytes]) -> ClaimedBatch:
+        """Move `messages` of a claimed batch into a batch of their own, acknowledged on its own (the
+        rest of `batch` can then be acknowledged without them)."""
+        part = ClaimedBatch(f"{self._own_prefix}{next(self._sequence)}", list(messages))
+        await self._split(keys=[batch.key, self._batches_key, part.key], args=part.messages)
+        return part
 
     async def heartbeat(self) -> None:
         """Record this consumer as alive now."""

@@ -28,6 +28,7 @@ from plugin_server.plugins.egress import plugin_http_client
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
 from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
+from plugin_server.plugins.js.timers import TimerLimits
 from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
 from plugin_server.plugins.meta.cache import PluginCache
@@ -133,6 +134,12 @@ class PluginHost:
                 http=self.http,
                 guards_name=transpiler.guards_name,
                 file_name=code.main,
+                timers=TimerLimits(
+                    max_timers=self.settings.JS_MAX_TIMERS,
+                    min_interval=self.settings.JS_TIMER_MIN_INTERVAL_MS / 1000,
+                    cpu_share=self.settings.JS_TIMER_CPU_SHARE,
+                ),
+                record_error=vm.record_error,
             )
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
             vm.metrics = PluginMetrics(declared_metrics(instance.metrics, instance.methods))

@@ -1,6 +1,6 @@
 """Running the team's plugins over a micro-batch: processEvent before storing, onEvent after.
 
-processEvent runs plugin by plugin in the team's `order`, each plugin over the whole batch at once
+Teams run at the same time; processEvent runs plugin by plugin in the team's `order`, each plugin over the whole batch at once
 (one call per plugin per batch for the JS runtime), while every event keeps its own outcome: a plugin
 that returns nothing drops that event, a plugin that fails on an event leaves that event as it was
 before the plugin (the error goes to posthog_pluginconfig.error and the plugin's logs), and the
@@ -59,8 +59,16 @@ class PluginRunner:
             if isinstance(team_id, int) and (vms := self.registry.for_team(team_id))
         }
         hung = await self._hung.of_many(vm.plugin_config_id for vms in chains.values() for vm in vms)
-        for team_id, vms in chains.items():
-            await self._run_chain(vms, by_team[team_id], results, hung)
+        # Teams' chains run at the same time: a plugin config belongs to one team (its own isolate), so
+        # one team's slow plugin does not hold up the others' (each chain writes only its own indexes).
+        # A chain that fails (e.g. Redis is down) fails the call once every chain is over, not before.
+        ends = await asyncio.gather(
+            *(self._run_chain(vms, by_team[team_id], results, hung) for team_id, vms in chains.items()),
+            return_exceptions=True,
+        )
+        for end in ends:
+            if isinstance(end, BaseException):
+                raise end
         return results
 
     async def _run_chain(

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -169,6 +170,7 @@ class PluginVM:
             await self.record_error(error)
 
     async def _load(self) -> PluginInstance | None:
+        loading_since = datetime.now(UTC)
         try:
             if self._unloading is not None:  # set up again only once the idle instance is torn down
                 await self._unloading.wait()
@@ -187,7 +189,8 @@ class PluginVM:
         self._failures = 0
         self.logger.system("INFO", f"Plugin loaded (instance ID {self.instance_id}).")
         if self.config.config.error is not None or self._error_recorded:
-            await clear_plugin_error(self._pool, self.config.id)
+            # An error recorded while it was set up (one of its timers') is new: it stays.
+            await clear_plugin_error(self._pool, self.config.id, older_than=loading_since)
         await self._store_capabilities(instance)
         return instance
 

@@ -121,6 +121,11 @@ class Metrics:
         self._dead_letters = Counter(
             "plugin_server_dead_letters", "Messages sent to the dead letter store", registry=r
         )
+        self._set_aside = Counter(
+            "plugin_server_events_set_aside",
+            "Events split off from their micro-batch because their team's plugins were slow",
+            registry=r,
+        )
         plugin_labels = ["plugin_config_id", "plugin", "method"]
         self._plugin_calls = Counter(
             "plugin_server_plugin_calls",
@@ -218,6 +223,10 @@ class Metrics:
         if count:
             self._dead_letters.inc(count)
             self._incr("events_added_to_dead_letter_queue", count)
+
+    @_never_raises
+    def events_set_aside(self, count: int) -> None:
+        self._set_aside.inc(count)
 
     @_never_raises
     def queue_sampled(self, queue: str, depth: int, lag_seconds: float) -> None:

@@ -12,7 +12,7 @@
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
-//   options             {timeoutMs, config, attachments: {key: {content_type, file_name, base64}},
+//   options             {timeoutMs, maxTimers, config, attachments: {key: {content_type, file_name, base64}},
 //                       randomSeed: 64 hex digits from the host's secure random source}
 //   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
@@ -37,6 +37,7 @@
 //                                  processed times out, the others go on
 //   ["deliver", items]             answers and timer firings: [[id, status, value], ...]
 //   ["recover"]                    after Python stopped a deliver (a timer callback ran too long)
+//   ["clearTimers"]                forget every plugin timer (they used more time than allowed)
 //   ["declareMetrics", types]      the plugin's metric types, for meta.metrics
 // Besides run(), `<entry>.load(callId, moduleFunction)` runs the transpiled module (its $done
 // carries what it exports) and `<entry>.poll()` only collects messages. The shared buffers are not
@@ -50,6 +51,7 @@
 //   ["$timer", timerId, [ms]]    fire timer `timerId` in `ms` milliseconds (deliver [timerId, 2])
 //   ["$untimer", timerId, []]    forget that timer
 //   ["$uncaught", 0, [error]]    a timer callback threw
+//   ["$timerLimit", 0, []]       the plugin was first refused a timer (more than maxTimers pending)
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
@@ -80,6 +82,7 @@
     const MAX_DELAY_MS = 2147483647;
 
     const timeoutMs = options.timeoutMs;
+    const maxTimers = options.maxTimers;
 
     function then(promise, onValue, onError) {
         return apply(promiseThen, promiseResolve(promise), [onValue, onError]);
@@ -151,9 +154,13 @@
     }
 
     // Plugin timers have positive ids, the runtime's own negative ones (a plugin cannot clear them).
+    // At most maxTimers plugin timers are pending at once (timers.py); the first refusal is reported
+    // (once per isolate, so that a plugin living at the limit does not flood its error records).
     const timers = new Map();
     let nextPluginTimer = 1;
     let nextInternalTimer = -1;
+    let pluginTimers = 0;
+    let limitReported = false;
 
     function delayOf(ms) {
         const number = +ms;
@@ -169,16 +176,41 @@
         if (typeof fn !== "function") {
             throw new NativeTypeError("The \"callback\" argument must be of type function");
         }
+        if (pluginTimers >= maxTimers) {
+            if (!limitReported) {
+                limitReported = true;
+                post("[\"$timerLimit\",0,[]]");
+            }
+            throw new NativeRangeError(`Too many timers: at most ${maxTimers} may be pending at once`);
+        }
+        pluginTimers++;
         const id = nextPluginTimer++;
         schedule(id, { fn, args, repeat: repeat ? delayOf(ms) : undefined }, ms);
         return id;
     }
 
+    function forgetPluginTimer(id) {
+        if (timers.delete(id)) {
+            pluginTimers--;
+            return true;
+        }
+        return false;
+    }
+
     function clearPluginTimer(id) {
         const number = +id;
-        if (number > 0 && timers.delete(number)) {
+        if (number > 0 && forgetPluginTimer(number)) {
             post("[\"$untimer\"," + number + ",[]]");
         }
+    }
+
+    function clearTimers() {
+        for (const id of [...timers.keys()]) {
+            if (id > 0) {
+                forgetPluginTimer(id);
+            }
+        }
+        return takeOutbox();
     }
 
     function internalTimer(fn, ms) {
@@ -193,7 +225,11 @@
             return;
         }
         if (timer.repeat === undefined) {
-            timers.delete(id);
+            if (id > 0) {
+                forgetPluginTimer(id);
+            } else {
+                timers.delete(id);
+            }
         } else {
             post("[\"$timer\"," + id + ",[" + timer.repeat + "]]");
         }
@@ -1469,7 +1505,7 @@
     global.__timer_manager = undefined;
 
     const REQUESTS = {
-        batch, call, job, resume, deliver,
+        batch, call, job, resume, deliver, clearTimers,
         recover: drain,
         declareMetrics: (types) => {
             declaredMetrics = types;

@@ -33,6 +33,7 @@ import itertools
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
 
@@ -45,6 +46,7 @@ from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.js.engine import js_source, new_racer
+from plugin_server.plugins.js.timers import DEFAULT_TIMER_LIMITS, TimerBudget, TimerLimits
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
 
@@ -83,6 +85,10 @@ METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
 BROKEN = "the plugin broke its JavaScript runtime"
 
 Operation = Callable[..., Awaitable[Any]]
+RecordError = Callable[[BaseException], Awaitable[None]]
+
+# While a round of timer firings runs (in the isolate's pump task): the seconds its scripts took.
+_TIMER_TIME: ContextVar[list[float] | None] = ContextVar("timer_time", default=None)
 
 # Operations a plugin's isolate may ask for, by the name prelude.js uses: the meta method they call.
 META_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -233,9 +239,10 @@ def _copy(error: PluginError) -> PluginError:
 class HostOperations:
     """What a plugin's isolate may ask Python to do: the meta operations of one plugin config."""
 
-    def __init__(self, meta: Any, http: httpx.AsyncClient) -> None:
+    def __init__(self, meta: Any, http: httpx.AsyncClient, record_error: RecordError | None = None) -> None:
         self._meta = meta
         self._http = http
+        self._record_error = record_error
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,
             "jobs.run": self._run_job,
@@ -268,6 +275,13 @@ class HostOperations:
     def uncaught(self, error: Any) -> None:
         exception = js_exception(error)
         self._meta.logger.plugin_error(f"Uncaught {type(exception).__name__} in a timer: {exception}")
+
+    async def record(self, error: PluginError) -> None:
+        """Record an error of the plugin config that no call raises (one of its timers')."""
+        if self._record_error is not None:
+            await self._record_error(error)
+        else:
+            self._meta.logger.plugin_error(str(error))
 
     async def _run_job(self, name: str, payload: Any, how: str, *args: Any) -> None:
         runner = self._meta.jobs[name](payload)
@@ -312,11 +326,19 @@ class HostOperations:
 class Isolate:
     """One V8 isolate running one plugin config's code, and the exchange of messages with it."""
 
-    def __init__(self, racer: MiniRacer, host: HostOperations, timeout: float, memory: MemoryLimits) -> None:
+    def __init__(
+        self,
+        racer: MiniRacer,
+        host: HostOperations,
+        timeout: float,
+        memory: MemoryLimits,
+        timers: TimerLimits = DEFAULT_TIMER_LIMITS,
+    ) -> None:
         self._racer: MiniRacer | None = racer
         self._host = host
         self._timeout = timeout
         self._memory = memory
+        self._timer_limits = timers
         self._collect_above = memory.array_buffer_bytes // 2
         self._entry = f"__pluginServer_{secrets.token_hex(8)}"
         self._run = f"{self._entry}.run()"
@@ -329,6 +351,12 @@ class Isolate:
         self._poll = False  # whether promise continuations may have posted messages since the last script
         self._wake = asyncio.Event()
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        # Timer firings wait in `_due` for the next round (timers.py), then in `_timer_inbox` for the pump.
+        self._due: list[int] = []
+        self._timer_inbox: list[int] = []
+        self._round: asyncio.TimerHandle | None = None
+        self._last_round = -timers.min_interval
+        self._timer_budget = TimerBudget(timeout, timers.cpu_share, self._loop.time())
         self._operations: set[asyncio.Task[Any]] = set()
         self._running: asyncio.Task[Any] | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -339,7 +367,13 @@ class Isolate:
 
     @classmethod
     async def start(
-        cls, host: HostOperations, *, timeout: float, memory: MemoryLimits, options: dict[str, Any]
+        cls,
+        host: HostOperations,
+        *,
+        timeout: float,
+        memory: MemoryLimits,
+        options: dict[str, Any],
+        timers: TimerLimits = DEFAULT_TIMER_LIMITS,
     ) -> Isolate:
         """A new isolate (in the running event loop) with the prelude installed."""
         racer = new_racer()
@@ -347,7 +381,7 @@ class Isolate:
         # The hard limit is checked against the heap used after any collection, garbage included; past
         # the soft limit V8 is told memory is tight and collects old garbage sooner.
         racer.set_soft_memory_limit(memory.heap_bytes // 2)
-        isolate = cls(racer, host, timeout, memory)
+        isolate = cls(racer, host, timeout, memory, timers)
         try:
             await isolate._install(options)
         except BaseException:
@@ -507,6 +541,7 @@ class Isolate:
         """The value of a script, run under the watchdog (see _watch)."""
         running = self._loop.create_task(racer.eval_cancelable(script))
         self._running = running
+        started = self._loop.time()
         try:
             if not await self._watch(running, self._timeout + WATCHDOG_GRACE_SECONDS):
                 await self._terminate(running)
@@ -531,6 +566,9 @@ class Isolate:
             raise
         finally:
             self._running = None
+            timer_time = _TIMER_TIME.get()
+            if timer_time is not None:
+                timer_time[0] += self._loop.time() - started
 
     def _closed_error(self) -> PluginError:
         return _copy(self.lost or PluginError("the plugin's isolate is closed"))
@@ -616,6 +654,9 @@ class Isolate:
                 timer = self._timers.pop(ident, None)
                 if timer is not None:
                     timer.cancel()
+            elif op == "$timerLimit":
+                limit = self._timer_limits.max_timers
+                self._spawn(self._host.record(PluginError(f"the plugin asked for more than {limit} timers")))
             elif isinstance(args, list):
                 self._host_message(op, ident, args)
 
@@ -648,11 +689,53 @@ class Isolate:
         old = self._timers.pop(ident, None)
         if old is not None:
             old.cancel()
+        elif ident > 0 and sum(1 for key in self._timers if key > 0) >= self._timer_limits.max_timers:
+            return  # prelude.js refuses it first; this only stands if the runtime was broken
         self._timers[ident] = self._loop.call_later(max(0.0, delay / 1000), self._fire_timer, ident)
 
     def _fire_timer(self, ident: int) -> None:
         self._timers.pop(ident, None)
-        self._deliver(b"[%d,2,null]" % ident)
+        if self._racer is None:
+            return
+        self._due.append(ident)
+        if self._round is None:
+            at = max(self._loop.time(), self._last_round + self._timer_limits.min_interval)
+            self._round = self._loop.call_at(at, self._start_round)
+
+    def _start_round(self) -> None:
+        self._round = None
+        self._last_round = self._loop.time()
+        self._timer_inbox.extend(self._due)
+        self._due.clear()
+        self._wake.set()
+
+    async def _run_timers(self) -> None:
+        """Fire the timers of a round; the time their callbacks take is charged to the plugin."""
+        idents, self._timer_inbox = self._timer_inbox, []
+        spent = [0.0]
+        token = _TIMER_TIME.set(spent)  # this task's scripts only: other calls' run in other tasks
+        items = b",".join(b"[%d,2,null]" % ident for ident in idents)
+        try:
+            await self._request(b'["deliver",[' + items + b"]]", resume=b'["recover"]')
+        finally:
+            _TIMER_TIME.reset(token)
+        if not self._timer_budget.charge(spent[0], self._loop.time()):
+            await self._clear_timers()
+
+    async def _clear_timers(self) -> None:
+        """Forget every plugin timer (the runtime's own stay): they used more time than allowed."""
+        for ident in [ident for ident in self._timers if ident > 0]:
+            self._timers.pop(ident).cancel()
+        self._due = [ident for ident in self._due if ident < 0]
+        self._timer_inbox = [ident for ident in self._timer_inbox if ident < 0]
+        await self._request(b'["clearTimers"]')
+        share = self._timer_limits.cpu_share
+        await self._host.record(
+            PluginTimeout(
+                f"the plugin's timers kept it busy more than {share:.0%} of the time, for "
+                f"{self._timeout:g} second(s) in all; its timers were cleared"
+            )
+        )
 
     def _deliver(self, item: bytes) -> None:
         if self._racer is not None:
@@ -666,10 +749,12 @@ class Isolate:
             while self._racer is not None:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._racer is not None and (self._inbox or self._poll):
+                while self._racer is not None and (self._inbox or self._timer_inbox or self._poll):
                     if self._inbox:
                         items, self._inbox = self._inbox, []
                         await self._request(b'["deliver",[' + b",".join(items) + b"]]", resume=b'["recover"]')
+                    elif self._timer_inbox:
+                        await self._run_timers()
                     else:
                         self._poll = False
                         try:
@@ -721,6 +806,10 @@ class Isolate:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._round is not None:
+            self._round.cancel()
+        self._due.clear()
+        self._timer_inbox.clear()
         self._inbox.clear()
         racer.close()
 
@@ -734,6 +823,8 @@ class JSPluginOptions(TypedDict):
     http: httpx.AsyncClient
     guards_name: str  # the guards name of the Transpiler that produced the code
     file_name: NotRequired[str]  # for stack traces; "index.js" when not given
+    timers: NotRequired[TimerLimits]  # DEFAULT_TIMER_LIMITS when not given
+    record_error: NotRequired[RecordError]  # where errors of timers go; the plugin's log when not given
 
 
 class JSPlugin:
@@ -752,6 +843,8 @@ class JSPlugin:
         self._timeout = options["timeout"]
         self._memory = options["memory"]
         self._http = options["http"]
+        self._timers = options.get("timers", DEFAULT_TIMER_LIMITS)
+        self._record_error = options.get("record_error")
         self._isolate: Isolate | None = None
         self._building = asyncio.Lock()
         self._set_up = False
@@ -770,10 +863,11 @@ class JSPlugin:
 
     async def _build(self) -> Isolate:
         isolate = await Isolate.start(
-            HostOperations(self.meta, self._http),
+            HostOperations(self.meta, self._http, self._record_error),
             timeout=self._timeout,
             memory=self._memory,
             options=self._options(),
+            timers=self._timers,
         )
         try:
             self._learn(await isolate.load(self._module, self._source_url))
@@ -794,6 +888,7 @@ class JSPlugin:
         }
         return {
             "timeoutMs": self._timeout * 1000,
+            "maxTimers": self._timers.max_timers,
             "config": self.meta.config,
             "attachments": attachments,
             "randomSeed": secrets.token_hex(32),  # for require('crypto'): V8 alone has no secure source

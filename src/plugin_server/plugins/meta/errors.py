@@ -23,7 +23,7 @@ def plugin_error_json(
     error: BaseException | str, event: dict[str, Any] | None, time: datetime
 ) -> dict[str, Any]:
     """The original's PluginError: `{message, time}` for a string, plus name, stack and event for an error."""
-    iso_time = time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    iso_time = error_time(time)
     if isinstance(error, str):
         return {"message": error, "time": iso_time}
     body: dict[str, Any] = {
@@ -66,12 +66,22 @@ async def record_plugin_error(
         log.exception("could not record the error of plugin config %s", plugin_config_id)
 
 
-async def clear_plugin_error(pool: AsyncConnectionPool[Any], plugin_config_id: int) -> None:
-    """Clear the config's error; no write at all when none is set."""
+def error_time(time: datetime) -> str:
+    """The `time` of an error record: ISO 8601 in UTC to the millisecond, so records sort as text."""
+    return time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def clear_plugin_error(
+    pool: AsyncConnectionPool[Any], plugin_config_id: int, *, older_than: datetime | None = None
+) -> None:
+    """Clear the config's error (only one recorded before `older_than`, when given); no write at all
+    when none is set."""
+    bound = error_time(older_than) if older_than is not None else None
     async with pool.connection() as connection:
         await connection.execute(
-            "UPDATE posthog_pluginconfig SET error = NULL WHERE id = %s AND error IS NOT NULL",
-            (plugin_config_id,),
+            "UPDATE posthog_pluginconfig SET error = NULL WHERE id = %s AND error IS NOT NULL"
+            " AND (%s::text IS NULL OR COALESCE(error->>'time', '') < %s)",
+            (plugin_config_id, bound, bound),
         )
 
 
