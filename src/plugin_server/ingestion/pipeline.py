@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from plugin_server.actions.service import ActionService
 from plugin_server.ingestion.celery import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
@@ -91,6 +92,7 @@ class EventPipeline:
         sink: PostgresEventSink,
         plugins: PluginRunner | None = None,
         jobs: JobQueue | None = None,
+        actions: ActionService | None = None,
     ) -> None:
         self.teams = teams
         self.definitions = definitions
@@ -99,6 +101,7 @@ class EventPipeline:
         self.sink = sink
         self.plugins = plugins
         self.jobs = jobs
+        self.actions = actions
 
     async def run(
         self, messages: Sequence[bytes], wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
@@ -123,6 +126,8 @@ class EventPipeline:
             await wait_for_person_turn()
         await self.persons.process_batch([_person_update(item.event) for item in items])
         await self.sink.write([item.event for item in items])
+        if self.actions is not None:
+            await self.actions.on_stored([item.event for item in items])
         outcome.stored = len(items)
         get_metrics().batch_ingested(outcome.stored, outcome.dropped)
         await self._mark_first_events(items)

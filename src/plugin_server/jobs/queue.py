@@ -31,12 +31,13 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
-JobKind = Literal["job", "schedule"]
+JobKind = Literal["job", "schedule", "hook"]
 
 
 @dataclass(frozen=True, slots=True)
 class PluginJob:
-    """One run of `jobs[type](payload, meta)` (kind 'job') or of the scheduled task `type` (kind 'schedule').
+    """One run of `jobs[type](payload, meta)` (kind 'job'), of the scheduled task `type` (kind 'schedule'),
+    or a delivery of an action's hook (kind 'hook', plugin config id 0; see plugin_server.actions.delivery).
 
     `payload` is any JSON value (the original's plugins pass strings as well as objects)."""
 
@@ -173,6 +174,29 @@ class JobQueue:
             )
         if run_at <= datetime.now(UTC):
             self._due.set()
+
+    async def enqueue_many(self, jobs: Sequence[PluginJob], connection: psycopg.AsyncConnection[Any]) -> None:
+        """Queue jobs on the caller's connection, so that they are queued only if its transaction commits
+        (call `wake` after the commit for this process's runner to look at once)."""
+        rows = [
+            (
+                j.kind,
+                j.type,
+                encode_payload(j.payload),
+                j.plugin_config_id,
+                j.plugin_config_team,
+                _as_utc(j.run_at),
+            )
+            for j in jobs
+        ]
+        if not rows:
+            return
+        async with connection.cursor() as cursor:
+            await cursor.executemany(_INSERT, rows)
+
+    def wake(self) -> None:
+        """Make this process's runner look for due jobs now rather than at its next poll."""
+        self._due.set()
 
     async def enqueue_scheduled(self, period_start: datetime, tasks: Mapping[int, Sequence[str]]) -> int:
         """Queue each (plugin config, task) for the period starting at `period_start`, at most once per
