@@ -16,7 +16,9 @@ from plugin_server.ingestion.types import Element
 def team_actions(*steps_of_actions: list[dict[str, Any]]) -> TeamActions:
     actions = []
     for action_id, steps in enumerate(steps_of_actions, start=1):
-        built = tuple(ActionStep(id=action_id * 100 + i, action_id=action_id, **step) for i, step in enumerate(steps))
+        built = tuple(
+            ActionStep(id=action_id * 100 + i, action_id=action_id, **step) for i, step in enumerate(steps)
+        )
         actions.append(Action(id=action_id, team_id=2, name=f"action {action_id}", steps=built))
     return TeamActions(actions)
 
@@ -88,7 +90,9 @@ def test_property_operators(kind: str, operator: str | None, value: Any, expecte
     [("gt", {"7", "9999999"}), ("lt", {"-1", "true"})],  # true counts as 1
 )
 def test_greater_and_less_than(operator: str, expected: set[str]) -> None:
-    actions = team_actions([{"properties": [{"type": "event", "key": "foo", "value": 5, "operator": operator}]}])
+    actions = team_actions(
+        [{"properties": [{"type": "event", "key": "foo", "value": 5, "operator": operator}]}]
+    )
     values: dict[str, Any] = {
         **{name: props.get("foo") for name, props in VALUES.items() if "foo" in props},
         "-1": -1,
@@ -128,7 +132,13 @@ def test_url_contains_like_wildcards() -> None:
 
 def test_url_regex_is_re2() -> None:
     actions = team_actions(
-        [{"url": r"^https?:\/\/example\.com\/\d+(\/[a-r]*\/?)?$", "url_matching": "regex", "event": "$pageview"}],
+        [
+            {
+                "url": r"^https?:\/\/example\.com\/\d+(\/[a-r]*\/?)?$",
+                "url_matching": "regex",
+                "event": "$pageview",
+            }
+        ],
         [{"url": r"(?=look)ahead", "url_matching": "regex"}],  # not RE2: never matches
     )
     for url in ("https://example.com/23/hello", "https://example.com/3/abc/"):
@@ -145,7 +155,9 @@ def test_url_regex_is_re2() -> None:
 
 
 def test_url_exact() -> None:
-    actions = team_actions([{"url": "https://www.mozilla.org/de/", "url_matching": "exact", "event": "$pageview"}])
+    actions = team_actions(
+        [{"url": "https://www.mozilla.org/de/", "url_matching": "exact", "event": "$pageview"}]
+    )
     assert matched(actions, properties={"$current_url": "https://www.mozilla.org/de/"}) == [1]
     assert matched(actions, properties={"$current_url": "https://www.mozilla.org/de"}) == []
     assert matched(actions, properties={"$current_url": "https://www.mozilla.org/de/firefox/"}) == []
@@ -232,13 +244,22 @@ def test_casting_across_steps() -> None:
             {
                 "properties": [
                     {"key": "insight", "type": "event", "value": ["STICKINESS"], "operator": "exact"},
-                    {"key": "total_event_action_filters_count", "type": "event", "value": "0", "operator": "exact"},
+                    {
+                        "key": "total_event_action_filters_count",
+                        "type": "event",
+                        "value": "0",
+                        "operator": "exact",
+                    },
                     {"key": "total_event_actions_count", "type": "event", "value": "0", "operator": "gt"},
                 ]
             },
         ]
     )
-    properties = {"insight": "STICKINESS", "total_event_action_filters_count": 0, "total_event_actions_count": 4}
+    properties = {
+        "insight": "STICKINESS",
+        "total_event_action_filters_count": 0,
+        "total_event_actions_count": 4,
+    }
     assert matched(actions, event="meow", properties=properties) == [1]
     assert matched(actions, event="meow", properties={**properties, "total_event_actions_count": 0}) == []
     assert matched(actions, event="tenet") == [1]
@@ -262,7 +283,12 @@ SELECTOR_ELEMENTS = {
         h("main"),
     ],
     "three": [h("h1", attr_class=["headline"]), h("div", attr_class=["top"]), h("main")],
-    "four": [h("h1", attr_class=["headline"]), h("div", attr_class=["inner"]), h("div", attr_class=["outer"]), h("main")],
+    "four": [
+        h("h1", attr_class=["headline"]),
+        h("div", attr_class=["inner"]),
+        h("div", attr_class=["outer"]),
+        h("main"),
+    ],
     "seven": [h("span"), h("div"), h("a"), h("div"), h("div"), h("aside"), h("section")],
     "nth": [h("span", nth_child=2, nth_of_type=1), h("section")],
 }

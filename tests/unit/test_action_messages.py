@@ -18,7 +18,11 @@ from plugin_server.actions.messages import (
 from plugin_server.actions.models import Action, Person
 
 SITE = "https://localhost:8000"
-EVENT = {"distinct_id": "2", "event": "$pageview", "properties": {"$browser": "Chrome", "page_title": "Pricing"}}
+EVENT = {
+    "distinct_id": "2",
+    "event": "$pageview",
+    "properties": {"$browser": "Chrome", "page_title": "Pricing"},
+}
 NOBODY = Person(id=1, properties={})
 
 
@@ -50,13 +54,17 @@ def test_user_and_action_details() -> None:
     assert action_details(action, SITE, WebhookType.DISCORD) == ("action1", f"[action1]({SITE}/action/1)")
 
 
-def message(template: str, person: Person | None = NOBODY, kind: WebhookType = WebhookType.SLACK) -> tuple[str, str]:
+def message(
+    template: str, person: Person | None = NOBODY, kind: WebhookType = WebhookType.SLACK
+) -> tuple[str, str]:
     action = Action(id=1, team_id=2, name="action1", slack_message_format=template)
     return format_message(action, EVENT, person, SITE, kind)
 
 
 def test_custom_format() -> None:
-    template = "[user.name] from [user.browser] on [event.properties.page_title] page with [event.properties.fruit]"
+    template = (
+        "[user.name] from [user.browser] on [event.properties.page_title] page with [event.properties.fruit]"
+    )
     assert message(template) == (
         "2 from Chrome on Pricing page with undefined",
         f"<{SITE}/person/2|2> from Chrome on Pricing page with undefined",
@@ -68,7 +76,10 @@ def test_default_format() -> None:
         "action1 was triggered by 2",
         f"<{SITE}/action/1|action1> was triggered by <{SITE}/person/2|2>",
     )
-    assert message("", kind=WebhookType.TEAMS)[1] == f"[action1]({SITE}/action/1) was triggered by [2]({SITE}/person/2)"
+    assert (
+        message("", kind=WebhookType.TEAMS)[1]
+        == f"[action1]({SITE}/action/1) was triggered by [2]({SITE}/person/2)"
+    )
 
 
 def test_missing_properties_and_event_name() -> None:
@@ -81,9 +92,12 @@ def test_missing_properties_and_event_name() -> None:
 
 def test_unknown_token_root_is_a_formatting_error() -> None:
     text, markdown = message("[user.name] and [foo.bar]")
-    assert text == '⚠ Error: There are one or more formatting errors in the message template for action "action1".'
+    assert (
+        text
+        == '⚠ Error: There are one or more formatting errors in the message template for action "action1".'
+    )
     assert markdown == (
-        '*⚠ Error: There are one or more formatting errors in the message template for action '
+        "*⚠ Error: There are one or more formatting errors in the message template for action "
         f'"<{SITE}/action/1|action1>".*'
     )
     assert message("[]")[0].startswith("⚠ Error")
@@ -103,7 +117,10 @@ def test_webhook_bodies() -> None:
         "blocks": [
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"<{SITE}/action/1|action1> was triggered by <{SITE}/person/2|2>"},
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"<{SITE}/action/1|action1> was triggered by <{SITE}/person/2|2>",
+                },
             }
         ],
     }
