@@ -12,42 +12,33 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from plugin_server.actions.filters import Check, cohort_ids, compile_filter, needs_person
 from plugin_server.actions.models import Action, ActionStep, EventFacts
-from plugin_server.actions.regex import InvalidRegex, compile_re2
+from plugin_server.actions.regex import InvalidRegex, Pattern, compile_re2
 from plugin_server.actions.selector import parse_selector, selector_matches
 from plugin_server.services.metrics import get_metrics
 
 log = logging.getLogger(__name__)
 
 
-def _like(pattern: str) -> Check:
-    """`url` contains `pattern`, where `%` stands for any run of characters and `_` for any one."""
-    if "%" not in pattern and "_" not in pattern:
-        return lambda facts: _url_check(facts, lambda url: pattern in url)
-    expression = re.compile(re.escape(pattern).replace("_", ".").replace("%", ".*"))
-    return lambda facts: _url_check(facts, lambda url: expression.search(url) is not None)
-
-
-def _url_check(facts: EventFacts, test: Callable[[str], bool]) -> bool:
-    url = facts.properties.get("$current_url")
-    return isinstance(url, str) and bool(url) and test(url)
-
-
 def _url(step: ActionStep) -> Check:
+    """`$current_url` against the step's url: contains (SQL LIKE's `%` and `_` as wildcards), regex or exact."""
     url = step.url or ""
     if step.url_matching == "exact":
-        return lambda facts: facts.properties.get("$current_url") == url
+        return lambda facts: facts.url == url
     if step.url_matching == "regex":
         try:
-            pattern = compile_re2(url)
+            pattern: Pattern = compile_re2(url)
         except InvalidRegex:
             return lambda facts: False
-        return lambda facts: _url_check(facts, lambda text: pattern.search(text) is not None)
-    return _like(url)
+    elif "%" in url or "_" in url:
+        pattern = re.compile(re.escape(url).replace("_", ".").replace("%", ".*"))
+    else:
+        return lambda facts: facts.url is not None and url in facts.url
+    return lambda facts: facts.url is not None and pattern.search(facts.url) is not None
 
 
 def _element(step: ActionStep) -> Check:
@@ -75,12 +66,6 @@ class CompiledStep:
     step_id: int
     checks: tuple[Check, ...]
     needs_person: bool
-
-    def matches(self, facts: EventFacts) -> bool:
-        for check in self.checks:  # noqa: SIM110 (a plain loop: all() over a generator is slower here)
-            if not check(facts):
-                return False
-        return True
 
 
 def compile_step(action_index: int, step: ActionStep) -> CompiledStep:
@@ -126,19 +111,23 @@ class TeamActions:
         matched: set[int] = set()
         for steps in (self._by_event.get(facts.event, ()), self._any_event):
             for step in steps:
-                if step.action_index not in matched and self._step_matches(step, facts):
-                    matched.add(step.action_index)
+                if step.action_index in matched:
+                    continue
+                try:  # the checks inlined (not step.matches): this loop is the hot path
+                    for check in step.checks:
+                        if not check(facts):
+                            break
+                    else:
+                        matched.add(step.action_index)
+                except Exception as error:
+                    self._step_failed(step, error)
         return [self.actions[index] for index in sorted(matched)]
 
-    def _step_matches(self, step: CompiledStep, facts: EventFacts) -> bool:
-        try:
-            return step.matches(facts)
-        except Exception as error:
-            get_metrics().action_step_failed()
-            if step.step_id not in self._failed:
-                self._failed.add(step.step_id)
-                log.warning("action step %s cannot be matched (%s); it matches nothing", step.step_id, error)
-            return False
+    def _step_failed(self, step: CompiledStep, error: Exception) -> None:
+        get_metrics().action_step_failed()
+        if step.step_id not in self._failed:
+            self._failed.add(step.step_id)
+            log.warning("action step %s cannot be matched (%s); it matches nothing", step.step_id, error)
 
 
 def _any_person(steps: Iterable[CompiledStep]) -> bool:

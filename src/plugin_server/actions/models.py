@@ -45,14 +45,19 @@ class Person:
     row: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EventFacts:
-    """What a step is checked against."""
+    """What a step is checked against; `url` is `$current_url` when it is a non-empty string."""
 
     event: str
     properties: Mapping[str, Any]
     elements: Sequence[Element]
     person: Person | None = None
+    url: str | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        url = self.properties.get("$current_url")
+        self.url = url if isinstance(url, str) and url else None
 
 
 def action_from_row(row: Mapping[str, Any]) -> Action:
