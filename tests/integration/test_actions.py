@@ -24,7 +24,7 @@ from plugin_server.ingestion.celery import decode_message
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
-from tests.conftest import wait_until
+from tests.conftest import Counted, wait_until
 from tests.integration.test_pipeline import message, pipeline, rows
 from tests.loopback import LoopbackService, Request
 
@@ -215,6 +215,22 @@ async def test_person_and_cohort_filters_read_postgres(
            JOIN posthog_event e ON e.id = a.event_id ORDER BY e.distinct_id, a.action_id""",
     )
     assert [(r["distinct_id"], r["action_id"]) for r in recorded] == [("alice", pro), ("bob", vip)]
+
+
+async def test_a_batch_reads_its_persons_in_one_query(
+    counted: Counted, team: CreatedTeam, clean_db: Db, aredis: aioredis.Redis
+) -> None:
+    pool, statements = counted
+    add_action(clean_db, [{"properties": [{"type": "person", "key": "plan", "value": "pro"}]}])
+    add_action(
+        clean_db, [{"event": "other", "properties": [{"type": "person", "key": "plan", "value": "pro"}]}]
+    )
+    batch = [message(2, f"user-{i}", {"event": "x", "$set": {"plan": "pro"}}) for i in range(20)]
+    async with actions_of(pool, aredis) as (actions, _):
+        await with_actions(pool, actions).run(batch)
+    assert sum("posthog_cohortpeople c" in statement for statement in statements) == 1
+    assert sum("INSERT INTO posthog_action_events" in statement for statement in statements) == 1
+    assert len(rows(clean_db, "SELECT * FROM posthog_action_events")) == 20
 
 
 def receiver(statuses: list[int] | None = None, delay: float = 0) -> LoopbackService:

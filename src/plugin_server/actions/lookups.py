@@ -52,6 +52,7 @@ async def fetch_persons(
         key = (row.pop("key_team_id"), row.pop("key_distinct_id"))
         cohorts = frozenset(row.pop("cohorts"))
         row["uuid"] = str(row["uuid"])
+        row["created_at"] = row["created_at"].isoformat()
         persons[key] = Person(id=row["id"], properties=row["properties"] or {}, cohorts=cohorts, row=row)
     return persons
 

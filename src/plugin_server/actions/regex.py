@@ -23,12 +23,20 @@ class Pattern(Protocol):
     def search(self, text: str) -> object | None: ...
 
 
-@lru_cache(maxsize=2048)
 def compile_re2(pattern: str) -> Pattern:
+    compiled = _compile(pattern)
+    if isinstance(compiled, str):
+        raise InvalidRegex(compiled)
+    return compiled
+
+
+@lru_cache(maxsize=2048)
+def _compile(pattern: str) -> Pattern | str:
+    """The compiled pattern, or why it is invalid (cached too: an invalid pattern is not parsed again)."""
     try:
         compiled: Pattern = _re2.compile(pattern, _re2.ASCII)
     except Exception as error:  # re2's error type, or the fallback notice
-        raise InvalidRegex(f"invalid RE2 pattern {pattern!r}: {error}") from None
+        return f"invalid RE2 pattern {pattern!r}: {error}"
     return compiled
 
 
