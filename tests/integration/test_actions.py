@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.actions.celery_tasks import POSTGRES_TASK
+from plugin_server.actions.celery_tasks import CLICKHOUSE_TASK, POSTGRES_TASK
 from plugin_server.actions.setup import Actions, open_actions
 from plugin_server.actions.store import ActionStore
 from plugin_server.config import load_settings
@@ -78,13 +78,13 @@ def add_rest_hook(db: Db, team: CreatedTeam, action_id: int, target: str) -> str
 
 @contextlib.asynccontextmanager
 async def actions_of(
-    pool: AsyncConnectionPool[Any], redis: aioredis.Redis, **settings: Any
+    pool: AsyncConnectionPool[Any], redis: aioredis.Redis, *, postgres: bool = True, **settings: Any
 ) -> AsyncIterator[tuple[Actions, JobQueue]]:
+    """The actions of a worker storing events in Postgres (`postgres`) or not (ClickHouse)."""
     jobs = JobQueue(pool, poll_interval=0.05)
     config = load_settings({}, **{"HOOK_RETRY_DELAY_SECONDS": 0.05, "HOOK_TIMEOUT_SECONDS": 2, **settings})
-    async with open_actions(
-        config, pool, redis, TeamManager(pool), jobs, write_action_events=True
-    ) as actions:
+    teams = TeamManager(pool)
+    async with open_actions(config, pool, redis, teams, jobs, write_action_events=postgres) as actions:
         yield actions, jobs
 
 
@@ -401,24 +401,53 @@ async def test_a_rest_hook_answering_gone_is_deleted(
     assert len(zapier.requests) == 1
 
 
+@pytest.mark.parametrize("postgres", [True, False])
 async def test_celery_mode_sends_the_seed_tasks(
-    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, aredis: aioredis.Redis
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, aredis: aioredis.Redis, postgres: bool
 ) -> None:
     clean_db.execute(
         "UPDATE posthog_team SET slack_incoming_webhook = 'https://hooks.slack.com/x' WHERE id = 2"
     )
     add_action(clean_db, [{"event": "paid"}], post_to_slack=True)
-    async with actions_of(pool, aredis, ACTION_HOOKS_VIA_CELERY=True, CELERY_DEFAULT_QUEUE="django") as (
-        actions,
-        _,
-    ):
+    settings = {"ACTION_HOOKS_VIA_CELERY": True, "CELERY_DEFAULT_QUEUE": "django"}
+    async with actions_of(pool, aredis, postgres=postgres, **settings) as (actions, _):
         await with_actions(pool, actions).run(
             [message(2, "bob", {"event": "paid"}), message(2, "bob", {"event": "x"})]
         )
     tasks = [decode_message(raw) for raw in reversed(await aredis.lrange("django", 0, -1))]
-    ids = [r["id"] for r in rows(clean_db, "SELECT id FROM posthog_event ORDER BY id")]
-    assert [(task.name, task.args) for task in tasks] == [
-        (POSTGRES_TASK, [event_id, "http://example.com"]) for event_id in ids
-    ]
+    if postgres:
+        ids = [r["id"] for r in rows(clean_db, "SELECT id FROM posthog_event ORDER BY id")]
+        expected = [(POSTGRES_TASK, [event_id, "http://example.com"]) for event_id in ids]
+        assert [(task.name, task.args) for task in tasks] == expected
+    else:
+        assert [task.name for task in tasks] == [CLICKHOUSE_TASK] * 2
+        first, team_id, site_url = tasks[0].args
+        assert (first["event"], first["distinct_id"], team_id, site_url) == (
+            "paid",
+            "bob",
+            2,
+            "http://example.com",
+        )
+        assert set(first) == {"event", "properties", "distinct_id", "timestamp", "elements_chain"}
     assert not rows(clean_db, "SELECT id FROM plugin_server_jobs")  # nothing delivered here
-    assert len(rows(clean_db, "SELECT * FROM posthog_action_events")) == 1
+    assert len(rows(clean_db, "SELECT * FROM posthog_action_events")) == (1 if postgres else 0)
+
+
+async def test_without_the_postgres_store_hooks_fire_and_nothing_is_recorded(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, aredis: aioredis.Redis
+) -> None:
+    with receiver() as teams, receiver() as zapier:
+        clean_db.execute(
+            "UPDATE posthog_team SET slack_incoming_webhook = %s WHERE id = 2", (f"{teams.url}/t",)
+        )
+        action = add_action(clean_db, [{"event": "paid"}], post_to_slack=True)
+        add_rest_hook(clean_db, team, action, f"{zapier.url}/z")
+        clean_db.execute(
+            "UPDATE posthog_organization SET available_features = '{}'"
+        )  # no zapier: no REST hook
+        async with actions_of(pool, aredis, postgres=False) as (actions, jobs), delivering(actions, jobs):
+            await with_actions(pool, actions).run([message(2, "bob", {"event": "paid"})])
+            await wait_for(lambda: len(teams.requests) == 1)
+            await wait_for(lambda: not rows(clean_db, "SELECT id FROM plugin_server_jobs"))
+    assert zapier.requests == []
+    assert rows(clean_db, "SELECT * FROM posthog_action_events") == []
