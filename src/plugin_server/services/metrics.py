@@ -135,7 +135,7 @@ class Metrics:
         )
         self._job_queue_depth = Gauge(
             "plugin_server_job_queue_depth",
-            "Plugin jobs and scheduled tasks due and waiting in plugin_server_jobs",
+            "Plugin jobs, scheduled tasks and hook deliveries due and waiting in plugin_server_jobs",
             multiprocess_mode="livemostrecent",
             registry=r,
         )
