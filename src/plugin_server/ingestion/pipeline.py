@@ -1,7 +1,8 @@
 """The ingestion pipeline for one micro-batch of queue messages.
 
 decode -> prepare (timestamps, name, $set, elements) -> team -> $ip -> definitions -> campaign and
-initial properties -> groups -> persons (in claim order) -> store -> first-event flag.
+initial properties -> groups -> persons (in claim order) -> store -> actions (matches, hooks) ->
+first-event flag.
 
 A message that cannot be ingested (malformed, unknown task, invalid event, unknown team) becomes a
 dead letter with its reason; the rest of the batch goes on. Errors of the database itself propagate,
