@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -128,6 +129,15 @@ def test_url_contains_like_wildcards() -> None:
     assert matched(actions, properties={"$current_url": "https://example.com/"}) == []
     assert matched(actions, properties={"$current_url": "https://example.com/index.html"}) == [1]
     assert matched(actions, properties={"$current_url": "https://exampl-.com/a/b.html"}) == [1]
+
+
+def test_url_contains_escapes_regex_syntax_and_stays_linear() -> None:
+    actions = team_actions([{"url": "shop.test/(a)[b]?x=_%"}], [{"url": "%a%a%a%a%a%b"}])
+    assert matched(actions, properties={"$current_url": "https://shop.test/(a)[b]?x=1/2"}) == [1]
+    assert matched(actions, properties={"$current_url": "https://shopxtest/(a)[b]?x=1"}) == []
+    started = time.perf_counter()
+    assert matched(actions, properties={"$current_url": "a" * 100_000}) == []  # Python's re would take ages
+    assert time.perf_counter() - started < 1
 
 
 def test_url_regex_is_re2() -> None:

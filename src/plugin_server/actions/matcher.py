@@ -11,33 +11,45 @@ once.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from plugin_server.actions.filters import Check, cohort_ids, compile_filter, needs_person
 from plugin_server.actions.models import Action, ActionStep, EventFacts
-from plugin_server.actions.regex import InvalidRegex, Pattern, compile_re2
+from plugin_server.actions.regex import InvalidRegex, compile_re2
 from plugin_server.actions.selector import parse_selector, selector_matches
 from plugin_server.services.metrics import get_metrics
 
 log = logging.getLogger(__name__)
 
 
+_REGEX_SYNTAX = frozenset("\\.^$|?*+()[]{}")
+
+
+def like_pattern(pattern: str) -> str:
+    """The regex of SQL LIKE's `pattern`, unanchored: `%` any run of characters, `_` any one."""
+    escaped = "".join(f"\\{char}" if char in _REGEX_SYNTAX else char for char in pattern)
+    return escaped.replace("_", ".").replace("%", ".*")
+
+
 def _url(step: ActionStep) -> Check:
-    """`$current_url` against the step's url: contains (SQL LIKE's `%` and `_` as wildcards), regex or exact."""
+    """`$current_url` against the step's url: contains (SQL LIKE's `%` and `_` as wildcards), regex or exact.
+
+    Patterns run on RE2 (linear time): a URL comes from the public capture API, and a LIKE pattern such as
+    `%a%a%b` would backtrack for minutes in Python's re."""
     url = step.url or ""
     if step.url_matching == "exact":
         return lambda facts: facts.url == url
     if step.url_matching == "regex":
-        try:
-            pattern: Pattern = compile_re2(url)
-        except InvalidRegex:
-            return lambda facts: False
+        source = url
     elif "%" in url or "_" in url:
-        pattern = re.compile(re.escape(url).replace("_", ".").replace("%", ".*"))
+        source = like_pattern(url)
     else:
         return lambda facts: facts.url is not None and url in facts.url
+    try:
+        pattern = compile_re2(source)
+    except InvalidRegex:
+        return lambda facts: False
     return lambda facts: facts.url is not None and pattern.search(facts.url) is not None
 
 
