@@ -451,3 +451,30 @@ async def test_without_the_postgres_store_hooks_fire_and_nothing_is_recorded(
             await wait_for(lambda: not rows(clean_db, "SELECT id FROM plugin_server_jobs"))
     assert zapier.requests == []
     assert rows(clean_db, "SELECT * FROM posthog_action_events") == []
+
+
+async def test_a_bug_in_actions_skips_them_but_an_outage_is_retried(
+    pool: AsyncConnectionPool[Any],
+    team: CreatedTeam,
+    clean_db: Db,
+    aredis: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    add_action(clean_db, [{"event": "paid"}])
+    async with actions_of(pool, aredis) as (actions, _):
+        service = actions.service
+
+        async def broken(*_: Any) -> None:
+            raise KeyError("a bug")
+
+        monkeypatch.setattr(service, "_match", broken)
+        outcome = await with_actions(pool, actions).run([message(2, "bob", {"event": "paid"})])
+        assert (outcome.stored, outcome.dead_letters) == (1, [])  # stored, not a dead letter
+
+        async def unavailable(*_: Any) -> None:
+            raise psycopg.OperationalError("connection lost")
+
+        monkeypatch.setattr(service, "_match", unavailable)
+        with pytest.raises(psycopg.OperationalError):  # the batch layer retries it
+            await with_actions(pool, actions).run([message(2, "bob", {"event": "paid"})])
+    assert rows(clean_db, "SELECT * FROM posthog_action_events") == []

@@ -13,6 +13,7 @@ a matched action. Each is a job on the Postgres job queue (see delivery.py).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from plugin_server.ingestion.teams import OrganizationManager, TeamManager
 from plugin_server.ingestion.types import PreparedEvent, Team
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.services.metrics import get_metrics
+
+log = logging.getLogger(__name__)
 
 _RECORD_MATCHES = """
 WITH matched AS (
@@ -100,10 +103,28 @@ class ActionService:
         self._celery = celery
 
     async def on_stored(self, events: Sequence[PreparedEvent]) -> None:
-        """Match, record and fire hooks for events just stored (recordings are left out)."""
+        """Match, record and fire hooks for events just stored (recordings are left out).
+
+        An unavailable database or Redis propagates, so that the batch is tried again (which records
+        and fires nothing twice). Any other error is logged and the batch's actions skipped: the events
+        are stored, and a bug here must not turn them into dead letters."""
+        # Imported here: the batches module imports the pipeline, which imports this one.
+        from plugin_server.ingestion.batches import TRANSIENT_ERRORS
+
         events = [event for event in events if not event.is_snapshot]
         if not events:
             return
+        try:
+            await self._on_stored(events)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            get_metrics().action_batch_failed()
+            log.exception(
+                "matching the actions of %d stored events failed; their hooks are skipped", len(events)
+            )
+
+    async def _on_stored(self, events: list[PreparedEvent]) -> None:
         persons: dict[Key, Person | None] = {}
         matches = await self._match(events, persons)
         if self._celery is not None:

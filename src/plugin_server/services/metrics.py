@@ -159,6 +159,11 @@ class Metrics:
             "Action steps that raised while matching an event (counted as no match)",
             registry=r,
         )
+        self._action_batch_errors = Counter(
+            "plugin_server_action_batch_errors",
+            "Stored batches whose action matching or hooks failed on an unexpected error (skipped, logged)",
+            registry=r,
+        )
         self._hook_deliveries = Counter(
             "plugin_server_hook_deliveries",
             "Webhook (Slack, Discord, Teams) and REST hook deliveries by outcome: delivered, retried, "
@@ -273,6 +278,9 @@ class Metrics:
 
     def action_step_failed(self) -> None:
         self._action_step_errors.inc()
+
+    def action_batch_failed(self) -> None:
+        self._action_batch_errors.inc()
 
     def hook_delivery(self, kind: str, outcome: str, count: int = 1) -> None:
         """`kind` is "webhook" or "rest_hook" (or "celery" for the seed's tasks)."""
