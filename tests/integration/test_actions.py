@@ -313,7 +313,7 @@ async def test_discord_gets_markdown_and_redelivery_fires_nothing_twice(
         clean_db.execute("UPDATE posthog_team SET slack_incoming_webhook = %s WHERE id = 2", (webhook,))
         action = add_action(clean_db, [{"event": "paid"}], name="Paid", post_to_slack=True)
         async with actions_of(pool, aredis) as (actions, jobs), delivering(actions, jobs):
-            payment = [message(2, "bob", {"event": "paid"}, task_id=str(uuid.uuid4()))]
+            payment = [message(2, "bob", {"event": "paid", "uuid": str(uuid.uuid4()).upper()})]
             await with_actions(pool, actions).run(payment)
             await with_actions(pool, actions).run(payment)
             await wait_for(lambda: len(discord.requests) == 1)
@@ -411,8 +411,9 @@ async def test_celery_mode_sends_the_seed_tasks(
     add_action(clean_db, [{"event": "paid"}], post_to_slack=True)
     settings = {"ACTION_HOOKS_VIA_CELERY": True, "CELERY_DEFAULT_QUEUE": "django"}
     async with actions_of(pool, aredis, postgres=postgres, **settings) as (actions, _):
+        upper = {"event": "x", "uuid": str(uuid.uuid4()).upper()}  # stored lower-case
         await with_actions(pool, actions).run(
-            [message(2, "bob", {"event": "paid"}), message(2, "bob", {"event": "x"})]
+            [message(2, "bob", {"event": "paid"}), message(2, "bob", upper)]
         )
     tasks = [decode_message(raw) for raw in reversed(await aredis.lrange("django", 0, -1))]
     if postgres:

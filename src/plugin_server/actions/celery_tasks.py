@@ -75,8 +75,8 @@ class CeleryHookTasks:
                 _EVENT_IDS, ([event.team_id for event in events], [event.uuid for event in events])
             )
             ids = {row["uuid"]: row["id"] for row in await cursor.fetchall()}
-        return [
-            encode_task(POSTGRES_TASK, [ids[event.uuid], event.site_url], queue=self._queue)
+        return [  # uuids are checked at ingestion: hyphenated hex, possibly upper-case
+            encode_task(POSTGRES_TASK, [ids[event.uuid.lower()], event.site_url], queue=self._queue)
             for event in events
-            if event.uuid in ids
+            if event.uuid.lower() in ids
         ]

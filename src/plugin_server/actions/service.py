@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +60,8 @@ class _Hook:
 
 
 def _uuid(text: str) -> str:
-    return str(uuid.UUID(text))
+    """As Postgres writes it (ingestion checked the form: hyphenated hex, possibly upper-case)."""
+    return text.lower()
 
 
 def plugin_event(event: PreparedEvent) -> dict[str, Any]:
