@@ -234,6 +234,7 @@ def test_element_selectors_in_steps_and_filters() -> None:
         [{"properties": [{"type": "element", "key": "selector", "value": ["main h1.headline"]}]}],
         [{"properties": [{"type": "element", "key": "selector", "value": ""}]}],
         [{"properties": [{"type": "element", "key": "selector", "value": None}]}],
+        [{"properties": [{"type": "element", "key": "selector"}]}],
     )
     link = h("a", href="https://example.com/")
     assert matched(actions, elements=[h("h1", attr_class=["headline"]), link, h("main")]) == [1, 3, 4]

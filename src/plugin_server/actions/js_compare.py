@@ -22,6 +22,9 @@ class _Undefined:
     def __repr__(self) -> str:
         return "UNDEFINED"
 
+    def __bool__(self) -> bool:
+        return False  # falsy, as in JavaScript
+
 
 UNDEFINED: Final = _Undefined()
 
