@@ -353,10 +353,18 @@ async def hook_outcome(
 async def test_a_failing_receiver_is_tried_again_with_backoff(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, aredis: aioredis.Redis
 ) -> None:
-    with receiver([500, 503]) as teams:
-        left = await hook_outcome(pool, clean_db, aredis, teams, attempts=3)
+    arrivals: list[float] = []
+
+    def answer(_: Request) -> tuple[int, bytes]:
+        arrivals.append(time.monotonic())
+        return (503 if len(arrivals) < 3 else 200), b"{}"
+
+    with LoopbackService(answer) as teams:
+        left = await hook_outcome(pool, clean_db, aredis, teams, attempts=3, HOOK_RETRY_DELAY_SECONDS=0.2)
     assert left == []  # delivered on the third attempt
     assert len({request.body for request in teams.requests}) == 1
+    first_wait, second_wait = arrivals[1] - arrivals[0], arrivals[2] - arrivals[1]
+    assert 0.2 <= first_wait < second_wait and second_wait >= 0.4  # the delay doubles
 
 
 async def test_a_receiver_that_keeps_failing_is_given_up(
