@@ -124,7 +124,7 @@ class Settings(BaseModel):
         description="job queue; 'graphile' (the original's name) and 'postgres' both mean the Postgres queue",
     )
     JOB_QUEUE_CONCURRENCY: int = Field(
-        4, ge=1, description="plugin jobs, scheduled tasks and hook deliveries each worker runs at once"
+        4, ge=1, description="plugin jobs and scheduled tasks each worker runs at once"
     )
     JOB_LEASE_SECONDS: float = Field(
         30, gt=0, description="seconds after which a job whose worker died runs again"
@@ -136,6 +136,11 @@ class Settings(BaseModel):
         False,
         description="instead of delivering action hooks itself, send the seed's webhook Celery tasks to "
         "CELERY_DEFAULT_QUEUE, for a PostHog whose Django app delivers them",
+    )
+    HOOK_CONCURRENCY: int = Field(
+        4,
+        ge=1,
+        description="webhook and REST hook deliveries each worker makes at once (besides plugin jobs)",
     )
     HOOK_TIMEOUT_SECONDS: float = Field(
         10, gt=0, description="seconds a webhook or REST hook delivery may take"

@@ -138,11 +138,17 @@ class Worker:
             until_stopped = [
                 asyncio.create_task(
                     jobs.run_forever(
-                        actions.delivery.handler(host.run_job),
-                        stop_event=self._stopping,
-                        concurrency=settings.JOB_QUEUE_CONCURRENCY,
+                        host.run_job, stop_event=self._stopping, concurrency=settings.JOB_QUEUE_CONCURRENCY
                     )
-                )
+                ),
+                asyncio.create_task(
+                    jobs.run_forever(
+                        actions.delivery.deliver,
+                        stop_event=self._stopping,
+                        concurrency=settings.HOOK_CONCURRENCY,
+                        kinds=("hook",),
+                    )
+                ),
             ]
             if self.index == 0:  # one scheduler per server; the Redis lock makes it one per cluster
                 scheduler = Scheduler(

@@ -23,7 +23,7 @@ from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import decode_message
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
-from plugin_server.jobs.queue import JobQueue, PluginJob
+from plugin_server.jobs.queue import JobQueue
 from tests.conftest import Counted, wait_until
 from tests.integration.test_pipeline import message, pipeline, rows
 from tests.loopback import LoopbackService, Request
@@ -90,11 +90,8 @@ async def actions_of(
 
 @contextlib.asynccontextmanager
 async def delivering(actions: Actions, jobs: JobQueue) -> AsyncIterator[None]:
-    async def not_a_hook(job: PluginJob) -> None:
-        raise AssertionError(f"unexpected job {job}")
-
     stop = asyncio.Event()
-    runner = asyncio.create_task(jobs.run_forever(actions.delivery.handler(not_a_hook), stop_event=stop))
+    runner = asyncio.create_task(jobs.run_forever(actions.delivery.deliver, stop_event=stop, kinds=("hook",)))
     try:
         yield
     finally:

@@ -1,5 +1,8 @@
 """Delivering hooks from the job queue, so that a slow or failing receiver never holds up ingestion.
 
+Each worker runs hook jobs with a runner of their own (HOOK_CONCURRENCY at once), so hooks and plugin
+jobs never wait for each other's slots.
+
 A hook job (kind 'hook') carries the finished request: target URL and JSON body. Delivery posts it with
 a timeout. A timeout, a connection error, 408, 429 or a 5xx answer is tried again later, with a delay
 that doubles each attempt, up to HOOK_MAX_ATTEMPTS attempts; then, or on any other 4xx, the job fails
@@ -17,7 +20,7 @@ from typing import Any, NoReturn
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.jobs.queue import JobHandler, JobQueue, PluginJob
+from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.services.metrics import get_metrics
 
 log = logging.getLogger(__name__)
@@ -60,14 +63,6 @@ class HookDelivery:
         self._retry_delay = retry_delay
         # Operator-configured targets, so a plain client; never redirected to somewhere else.
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
-
-    def handler(self, other: JobHandler) -> JobHandler:
-        """A job handler that delivers hook jobs and hands every other job to `other`."""
-
-        async def handle(job: PluginJob) -> None:
-            await (self.deliver(job) if job.kind == "hook" else other(job))
-
-        return handle
 
     async def deliver(self, job: PluginJob) -> None:
         payload = job.payload

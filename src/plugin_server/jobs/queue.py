@@ -81,7 +81,7 @@ _CLAIM = """
 UPDATE plugin_server_jobs SET status = 'running', attempts = attempts + 1, locked_by = %(runner)s,
     lease_until = now() + %(lease)s
 WHERE id IN (
-    SELECT id FROM plugin_server_jobs WHERE status = 'waiting' AND run_at <= now()
+    SELECT id FROM plugin_server_jobs WHERE status = 'waiting' AND run_at <= now() AND kind = ANY(%(kinds)s)
     ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING id, kind, type, payload, plugin_config_id, team_id, run_at
 """
@@ -249,8 +249,9 @@ class JobQueue:
         stop_event: asyncio.Event,
         concurrency: int = 4,
         drain_timeout: float = 5.0,
+        kinds: Sequence[JobKind] = ("job", "schedule"),
     ) -> None:
-        """Run due jobs, at most `concurrency` at once, until `stop_event` is set.
+        """Run due jobs of these kinds, at most `concurrency` at once, until `stop_event` is set.
 
         On stop, running jobs get `drain_timeout` seconds to finish; the rest are cancelled and put back
         in line for another runner."""
@@ -266,7 +267,7 @@ class JobQueue:
                         await self.recover_and_prune()
                         next_housekeeping = time.monotonic() + self.lease.total_seconds() / 2
                     if len(running) < concurrency:
-                        claimed = await self._claim(concurrency - len(running))
+                        claimed = await self._claim(concurrency - len(running), kinds)
                 except psycopg.Error:
                     log.exception("job queue: database error, retrying after %ss", self.poll_interval)
                 for job_id, job in claimed:
@@ -284,8 +285,8 @@ class JobQueue:
         running.pop(job_id, None)
         self._due.set()  # a slot is free: look for more work now
 
-    async def _claim(self, limit: int) -> list[tuple[int, PluginJob]]:
-        params = {"runner": self.runner_id, "lease": self.lease, "limit": limit}
+    async def _claim(self, limit: int, kinds: Sequence[JobKind]) -> list[tuple[int, PluginJob]]:
+        params = {"runner": self.runner_id, "lease": self.lease, "limit": limit, "kinds": list(kinds)}
         async with self.pool.connection() as connection:
             cursor = await connection.cursor(row_factory=dict_row).execute(_CLAIM, params)
             rows = await cursor.fetchall()
