@@ -162,6 +162,25 @@ class Settings(BaseModel):
     PLUGIN_METRICS_INTERVAL_SECONDS: float = Field(
         1800, gt=0, description="how often plugin metrics are reported as $$plugin_metrics events"
     )
+    ACTION_HOOKS_VIA_CELERY: bool = Field(
+        False,
+        description="instead of delivering action hooks itself, send the seed's webhook Celery tasks to "
+        "CELERY_DEFAULT_QUEUE, for a PostHog whose Django app delivers them",
+    )
+    HOOK_CONCURRENCY: int = Field(
+        4,
+        ge=1,
+        description="webhook and REST hook deliveries each worker makes at once (besides plugin jobs)",
+    )
+    HOOK_TIMEOUT_SECONDS: float = Field(
+        10, gt=0, description="seconds a webhook or REST hook delivery may take"
+    )
+    HOOK_MAX_ATTEMPTS: int = Field(
+        5, ge=1, description="deliveries of a webhook or REST hook tried before it is given up"
+    )
+    HOOK_RETRY_DELAY_SECONDS: float = Field(
+        10, ge=0, description="wait before the second delivery attempt of a hook; doubles each attempt"
+    )
     POSTHOG_API_HOST: str = Field(
         "https://app.posthog.com",
         description="PostHog host of posthog.api calls by plugins, the only host it sends its API key to",
@@ -257,6 +276,7 @@ class Settings(BaseModel):
         "PLUGIN_SERVER_IDLE",
         "CLICKHOUSE_SECURE",
         "KAFKA_ENABLED",
+        "ACTION_HOOKS_VIA_CELERY",
         "DISABLE_WEB",
         "DISABLE_MMDB",
         "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS",

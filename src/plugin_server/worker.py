@@ -21,6 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.actions.setup import open_actions
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
 from plugin_server.db.redis import open_redis
@@ -114,6 +115,9 @@ class Worker:
             stack.push_async_callback(redis_client.aclose)
             host = await self._plugin_host(pool, redis_client, stack)
             jobs = host.jobs
+            actions = await stack.enter_async_context(
+                open_actions(settings, pool, redis_client, host.teams, jobs, write_action_events=True)
+            )
             pipeline = EventPipeline(
                 teams=host.teams,
                 definitions=DefinitionsManager(pool),
@@ -124,6 +128,7 @@ class Worker:
                     host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER
                 ),
                 jobs=jobs,
+                actions=actions.service,
             )
             queue = ReliableQueue(
                 redis_client,
@@ -139,13 +144,22 @@ class Worker:
                 asyncio.create_task(self._housekeeping(queue)),
                 asyncio.create_task(self._listen_for_reloads(redis_client, host)),
                 asyncio.create_task(self._report_plugin_metrics(host)),
+                asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
             ]
             until_stopped = [
                 asyncio.create_task(
                     jobs.run_forever(
                         host.run_job, stop_event=self._stopping, concurrency=settings.JOB_QUEUE_CONCURRENCY
                     )
-                )
+                ),
+                asyncio.create_task(
+                    jobs.run_forever(
+                        actions.delivery.deliver,
+                        stop_event=self._stopping,
+                        concurrency=settings.HOOK_CONCURRENCY,
+                        kinds=("hook",),
+                    )
+                ),
             ]
             if self.index == 0:  # one scheduler per server; the Redis lock makes it one per cluster
                 scheduler = Scheduler(

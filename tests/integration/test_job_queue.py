@@ -364,3 +364,22 @@ async def test_plugin_job_task_runs_through_the_queue(queue: JobQueue) -> None:
         await queue.enqueue(job_from_celery_task([TEAM_ID, CONFIG_ID, "myJob", "start", {"n": 1}]))
         await wait_until(lambda: len(recorder.jobs) == 1)
     assert recorder.jobs[0][1].payload == {"n": 1, "$operation": "start"}
+
+
+async def test_a_runner_takes_only_the_kinds_it_is_given(
+    queue: JobQueue, pool: AsyncConnectionPool[Any]
+) -> None:
+    """Hook deliveries have a runner of their own, so plugin jobs and hooks never wait for each other."""
+    hook = PluginJob("webhook", {"url": "x"}, 0, TEAM_ID, datetime.now(UTC), kind="hook")
+    await queue.enqueue(job("plugin"))
+    await queue.enqueue(hook)
+    plugin_jobs, hooks = Recorder(), Recorder()
+    stop = asyncio.Event()
+    hook_runner = asyncio.create_task(queue.run_forever(hooks, stop_event=stop, kinds=("hook",)))
+    async with running(queue, plugin_jobs):
+        await wait_until(lambda: len(plugin_jobs.jobs) == 1 and len(hooks.jobs) == 1)
+    stop.set()
+    await hook_runner
+    assert [j.type for _, j in plugin_jobs.jobs] == ["plugin"]
+    assert [(j.type, j.kind) for _, j in hooks.jobs] == [("webhook", "hook")]
+    assert await rows(pool) == []

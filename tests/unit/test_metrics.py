@@ -276,3 +276,22 @@ def parse_directory(directory: Path) -> dict[str, float]:
     registry = CollectorRegistry(auto_describe=False)
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     return parse(generate_latest(registry))
+def test_action_matching_and_hook_deliveries(udp: LoopbackUdp) -> None:
+    metrics = Metrics(statsd.StatsClient("127.0.0.1", udp.port, prefix="plugin-server"))
+    metrics.actions_matched(events=4, matches=3, seconds=0.002)
+    metrics.hook_delivery("webhook", "delivered")
+    metrics.hook_delivery("rest_hook", "delivered")
+    metrics.hook_delivery("rest_hook", "retried")
+    metrics.hook_delivery("celery", "queued_celery", 2)
+    assert without_values(statsd_lines(udp, 5)) == [
+        "plugin-server.action_matching_for_event|ms",
+        "plugin-server.action_matches_found|c",
+        "plugin-server.webhook_firings|c",
+        "plugin-server.rest_hook_firings|c",
+        "plugin-server.hooks.send_task|c",
+    ]
+    assert udp.lines()[0] == "plugin-server.action_matching_for_event:0.500000|ms"  # per event
+    get = metrics.registry.get_sample_value
+    assert get("plugin_server_action_matches_total") == 3
+    assert get("plugin_server_hook_deliveries_total", {"kind": "rest_hook", "outcome": "retried"}) == 1
+    assert get("plugin_server_hook_deliveries_total", {"kind": "celery", "outcome": "queued_celery"}) == 2

@@ -1,7 +1,8 @@
 """The ingestion pipeline for one micro-batch of queue messages.
 
 decode -> prepare (timestamps, name, $set, elements) -> team -> $ip -> definitions -> campaign and
-initial properties -> groups -> persons (in claim order) -> store -> first-event flag.
+initial properties -> groups -> persons (in claim order) -> store -> actions (matches, hooks) ->
+first-event flag.
 
 A message that cannot be ingested (malformed, unknown task, invalid event, unknown team) becomes a
 dead letter with its reason; the rest of the batch goes on. Errors of the database itself propagate,
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from plugin_server.actions.service import ActionService
 from plugin_server.ingestion.celery import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
@@ -110,6 +112,7 @@ class EventPipeline:
         sink: PostgresEventSink,
         plugins: PluginRunner | None = None,
         jobs: JobQueue | None = None,
+        actions: ActionService | None = None,
     ) -> None:
         self.teams = teams
         self.definitions = definitions
@@ -118,6 +121,7 @@ class EventPipeline:
         self.sink = sink
         self.plugins = plugins
         self.jobs = jobs
+        self.actions = actions
 
     async def run(
         self, messages: Sequence[bytes], wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
@@ -151,6 +155,8 @@ class EventPipeline:
             await wait_for_person_turn()
         await self.persons.process_batch([_person_update(item.event) for item in items])
         await self.sink.write([item.event for item in items])
+        if self.actions is not None:
+            await self.actions.on_stored([item.event for item in items])
         outcome.stored = len(items)
         get_metrics().batch_ingested(outcome.stored, outcome.dropped)
         await self._mark_first_events(items)

@@ -31,12 +31,13 @@ from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
 
-JobKind = Literal["job", "schedule"]
+JobKind = Literal["job", "schedule", "hook"]
 
 
 @dataclass(frozen=True, slots=True)
 class PluginJob:
-    """One run of `jobs[type](payload, meta)` (kind 'job') or of the scheduled task `type` (kind 'schedule').
+    """One run of `jobs[type](payload, meta)` (kind 'job'), of the scheduled task `type` (kind 'schedule'),
+    or a delivery of an action's hook (kind 'hook', plugin config id 0; see plugin_server.actions.delivery).
 
     `payload` is any JSON value (the original's plugins pass strings as well as objects)."""
 
@@ -80,7 +81,7 @@ _CLAIM = """
 UPDATE plugin_server_jobs SET status = 'running', attempts = attempts + 1, locked_by = %(runner)s,
     lease_until = now() + %(lease)s
 WHERE id IN (
-    SELECT id FROM plugin_server_jobs WHERE status = 'waiting' AND run_at <= now()
+    SELECT id FROM plugin_server_jobs WHERE status = 'waiting' AND run_at <= now() AND kind = ANY(%(kinds)s)
     ORDER BY run_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
 RETURNING id, kind, type, payload, plugin_config_id, team_id, run_at
 """
@@ -174,6 +175,29 @@ class JobQueue:
         if run_at <= datetime.now(UTC):
             self._due.set()
 
+    async def enqueue_many(self, jobs: Sequence[PluginJob], connection: psycopg.AsyncConnection[Any]) -> None:
+        """Queue jobs on the caller's connection, so that they are queued only if its transaction commits
+        (call `wake` after the commit for this process's runner to look at once)."""
+        rows = [
+            (
+                j.kind,
+                j.type,
+                encode_payload(j.payload),
+                j.plugin_config_id,
+                j.plugin_config_team,
+                _as_utc(j.run_at),
+            )
+            for j in jobs
+        ]
+        if not rows:
+            return
+        async with connection.cursor() as cursor:
+            await cursor.executemany(_INSERT, rows)
+
+    def wake(self) -> None:
+        """Make this process's runner look for due jobs now rather than at its next poll."""
+        self._due.set()
+
     async def enqueue_scheduled(self, period_start: datetime, tasks: Mapping[int, Sequence[str]]) -> int:
         """Queue each (plugin config, task) for the period starting at `period_start`, at most once per
         period across all instances, and not while its previous run is still pending. Returns how many
@@ -225,8 +249,9 @@ class JobQueue:
         stop_event: asyncio.Event,
         concurrency: int = 4,
         drain_timeout: float = 5.0,
+        kinds: Sequence[JobKind] = ("job", "schedule"),
     ) -> None:
-        """Run due jobs, at most `concurrency` at once, until `stop_event` is set.
+        """Run due jobs of these kinds, at most `concurrency` at once, until `stop_event` is set.
 
         On stop, running jobs get `drain_timeout` seconds to finish; the rest are cancelled and put back
         in line for another runner."""
@@ -242,7 +267,7 @@ class JobQueue:
                         await self.recover_and_prune()
                         next_housekeeping = time.monotonic() + self.lease.total_seconds() / 2
                     if len(running) < concurrency:
-                        claimed = await self._claim(concurrency - len(running))
+                        claimed = await self._claim(concurrency - len(running), kinds)
                 except psycopg.Error:
                     log.exception("job queue: database error, retrying after %ss", self.poll_interval)
                 for job_id, job in claimed:
@@ -260,8 +285,8 @@ class JobQueue:
         running.pop(job_id, None)
         self._due.set()  # a slot is free: look for more work now
 
-    async def _claim(self, limit: int) -> list[tuple[int, PluginJob]]:
-        params = {"runner": self.runner_id, "lease": self.lease, "limit": limit}
+    async def _claim(self, limit: int, kinds: Sequence[JobKind]) -> list[tuple[int, PluginJob]]:
+        params = {"runner": self.runner_id, "lease": self.lease, "limit": limit, "kinds": list(kinds)}
         async with self.pool.connection() as connection:
             cursor = await connection.cursor(row_factory=dict_row).execute(_CLAIM, params)
             rows = await cursor.fetchall()

@@ -170,7 +170,7 @@ class Metrics:
         )
         self._job_queue_depth = Gauge(
             "plugin_server_job_queue_depth",
-            "Plugin jobs and scheduled tasks due and waiting in plugin_server_jobs",
+            "Plugin jobs, scheduled tasks and hook deliveries due and waiting in plugin_server_jobs",
             multiprocess_mode="livemostrecent",
             registry=r,
         )
@@ -187,6 +187,31 @@ class Metrics:
             registry=r,
         )
         self._plugin_children: dict[tuple[PluginLabels, str], tuple[Counter, Histogram, Counter]] = {}
+        self._action_matching_seconds = Histogram(
+            "plugin_server_action_matching_seconds",
+            "Time to match a micro-batch's events against their teams' actions",
+            registry=r,
+        )
+        self._action_matches = Counter(
+            "plugin_server_action_matches", "Action matches found (event, action pairs)", registry=r
+        )
+        self._action_step_errors = Counter(
+            "plugin_server_action_step_errors",
+            "Action steps that raised while matching an event (counted as no match)",
+            registry=r,
+        )
+        self._action_batch_errors = Counter(
+            "plugin_server_action_batch_errors",
+            "Stored batches whose action matching or hooks failed on an unexpected error (skipped, logged)",
+            registry=r,
+        )
+        self._hook_deliveries = Counter(
+            "plugin_server_hook_deliveries",
+            "Webhook (Slack, Discord, Teams) and REST hook deliveries by outcome: delivered, retried, "
+            "failed (no attempts left or refused), gone (410: REST hook deleted), queued_celery (seed task sent)",
+            ["kind", "outcome"],
+            registry=r,
+        )
 
     def recording_failed(self, method: str, error: Exception) -> None:
         """Log (once a minute per method) and count a metric that could not be recorded; when the
@@ -310,6 +335,35 @@ class Metrics:
     def log_entries_created(self, count: int) -> None:
         self._log_entries.inc(count)
         self._incr("logs.entries_created", count)
+
+    # --- actions and hooks
+
+    @_never_raises
+    def actions_matched(self, events: int, matches: int, seconds: float) -> None:
+        """A batch matched; StatsD gets the original's per-event timing as the batch's average."""
+        self._action_matching_seconds.observe(seconds)
+        if matches:
+            self._action_matches.inc(matches)
+        if self._statsd is not None and events:
+            self._statsd.timing("action_matching_for_event", seconds * 1000 / events)
+            self._statsd.incr("action_matches_found", matches)
+
+    @_never_raises
+    def action_step_failed(self) -> None:
+        self._action_step_errors.inc()
+
+    @_never_raises
+    def action_batch_failed(self) -> None:
+        self._action_batch_errors.inc()
+
+    @_never_raises
+    def hook_delivery(self, kind: str, outcome: str, count: int = 1) -> None:
+        """`kind` is "webhook" or "rest_hook" (or "celery" for the seed's tasks)."""
+        self._hook_deliveries.labels(kind, outcome).inc(count)
+        if outcome == "delivered":
+            self._incr("webhook_firings" if kind == "webhook" else "rest_hook_firings")
+        elif outcome == "queued_celery":
+            self._incr("hooks.send_task", count)
 
     def _incr(self, name: str, count: int = 1) -> None:
         if self._statsd is not None:
