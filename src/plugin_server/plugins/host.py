@@ -26,6 +26,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
+from plugin_server.plugins.js.modules import load_modules
 from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
 from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
@@ -118,9 +119,8 @@ class PluginHost:
             )
         else:
             transpiler = get_transpiler()
-            source = code.files[code.main].decode("utf-8", errors="replace")
             instance = await JSPlugin.load(
-                await transpiler.transpile_async(source, code.main),
+                await load_modules(code.files, code.main, transpiler),
                 meta,
                 plugin_config_id=config.id,
                 timeout=self.settings.TASK_TIMEOUT,
@@ -130,7 +130,6 @@ class PluginHost:
                 ),
                 http=self.http,
                 guards_name=transpiler.guards_name,
-                file_name=code.main,
             )
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
             vm.metrics = PluginMetrics(declared_metrics(instance.metrics, instance.methods))

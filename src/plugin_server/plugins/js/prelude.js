@@ -38,9 +38,12 @@
 //   ["deliver", items]             answers and timer firings: [[id, status, value], ...]
 //   ["recover"]                    after Python stopped a deliver (a timer callback ran too long)
 //   ["declareMetrics", types]      the plugin's metric types, for meta.metrics
-// Besides run(), `<entry>.load(callId, moduleFunction)` runs the transpiled module (its $done
-// carries what it exports) and `<entry>.poll()` only collects messages. The shared buffers are not
-// reachable from plugin code.
+// Besides run(), `<entry>.define(path, requires, links, moduleFunction, jsonText)` defines one of
+// the plugin's modules (modules.py: the literal names it requires, its relative ones resolved to
+// paths or null; the transpiled module function, or null and the text of a JSON file),
+// `<entry>.load(callId, mainPath)` checks that every module required is there (one error names all
+// that are missing), then runs the main module (its $done carries what it exports), and
+// `<entry>.poll()` only collects messages. The shared buffers are not reachable from plugin code.
 //
 // Each of these returns, as JSON text, the messages the isolate posted since the previous return,
 // `[[op, id, args], ...]`:
@@ -67,6 +70,7 @@
     const NativeError = Error;
     const NativeTypeError = TypeError;
     const NativeRangeError = RangeError;
+    const NativeSyntaxError = SyntaxError;
     const NativeUint8Array = Uint8Array;
     const NativeString = String;
     const isArray = Array.isArray;
@@ -1044,17 +1048,31 @@
         ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
     ];
 
-    function require(name) {
-        const text = NativeString(name);
-        if (hasOwn(MODULES, text)) {
-            return MODULES[text];
-        }
+    // node's builtins may be named with the `node:` scheme.
+    const BUILTINS = ["crypto", "url", "zlib"];
+
+    function providedModule(name) {
+        const bare = name.startsWith("node:") && BUILTINS.includes(name.slice(5)) ? name.slice(5) : name;
+        return hasOwn(MODULES, bare) ? MODULES[bare] : undefined;
+    }
+
+    function notProvidedMessage(name) {
         for (const [prefix, advice] of ALTERNATIVES) {
-            if (text === prefix || (prefix.endsWith("/") && text.startsWith(prefix))) {
-                throw new NativeError(`Cannot import '${text}' in this plugin server: ${advice}.`);
+            if (name === prefix || (prefix.endsWith("/") && name.startsWith(prefix))) {
+                return `Cannot import '${name}' in this plugin server: ${advice}.`;
             }
         }
-        throw new NativeError(`Cannot import '${text}'! This package is not provided by PostHog in plugins.`);
+        return `Cannot import '${name}'! This package is not provided by PostHog in plugins.`;
+    }
+
+    function requireProvided(name) {
+        const found = providedModule(name);
+        if (found === undefined) {
+            const error = new NativeError(notProvidedMessage(name));
+            error.code = "MODULE_NOT_FOUND";
+            throw error;
+        }
+        return found;
     }
 
     // ------------------------------------------------------------------ meta
@@ -1212,18 +1230,119 @@
             + ",\"jobs\":" + stringify(keys(jobs)) + ",\"metrics\":" + metricsJson + "}]";
     }
 
-    function load(callId, moduleFunction) {
-        const module = { exports: {} };
-        const exportsObject = module.exports;
-        bump();
-        let topLevel;
+    // ------------------------------------------------------------------ the plugin's own modules
+
+    // path -> {requires, links, moduleFunction, jsonText}, from define(); path -> {module, topLevel}
+    // once required (before it has run, so that a cycle gets the partial exports, as in node).
+    const definitions = new Map();
+    const records = new Map();
+
+    function define(path, requires, links, moduleFunction, jsonText) {
+        definitions.set(path, { requires, links, moduleFunction, jsonText });
+        return takeOutbox();
+    }
+
+    function isRelative(name) {
+        return name.startsWith("./") || name.startsWith("../") || name.startsWith("/") || name === "." || name === "..";
+    }
+
+    function moduleNotFound(name, from) {
+        const error = new NativeError(`Cannot find module '${name}' from '${from}'`);
+        error.code = "MODULE_NOT_FOUND";
+        return error;
+    }
+
+    function requireModule(path) {
+        const existing = records.get(path);
+        if (existing !== undefined) {
+            return existing;
+        }
+        const definition = definitions.get(path);
+        const module = { exports: {}, id: path, filename: path, loaded: false };
+        const record = { module, topLevel: undefined };
+        records.set(path, record);
         try {
-            topLevel = apply(moduleFunction, exportsObject, [exportsObject, require, module, guards]);
+            if (definition.moduleFunction === null) {
+                try {
+                    module.exports = parse(definition.jsonText);
+                } catch (error) {
+                    throw new NativeSyntaxError(`${path}: ${error.message}`);
+                }
+            } else {
+                const exportsObject = module.exports;
+                record.topLevel = apply(definition.moduleFunction, exportsObject,
+                    [exportsObject, requireFrom(path, definition.links), module, guards]);
+            }
+        } catch (error) {
+            records.delete(path);
+            throw error;
+        }
+        module.loaded = true;
+        return record;
+    }
+
+    function requireFrom(path, links) {
+        return function require(name) {
+            const text = NativeString(name);
+            if (hasOwn(links, text)) {
+                const target = links[text];
+                if (target === null) {
+                    throw moduleNotFound(text, path);
+                }
+                return requireModule(target).module.exports;
+            }
+            if (isRelative(text)) {
+                throw moduleNotFound(text, path);
+            }
+            return requireProvided(text);
+        };
+    }
+
+    // Every module the plugin's files require that is not there, named in one error (the original
+    // refused an unknown import when it transformed the code, before running any).
+    function checkRequires() {
+        const packages = [];
+        const files = [];
+        for (const [path, definition] of definitions) {
+            for (const name of definition.requires) {
+                if (isRelative(name)) {
+                    if (!hasOwn(definition.links, name) || definition.links[name] === null) {
+                        files.push(`'${name}' from '${path}'`);
+                    }
+                } else if (providedModule(name) === undefined && !packages.includes(name)) {
+                    packages.push(name);
+                }
+            }
+        }
+        const problems = [];
+        if (packages.length === 1) {
+            problems.push(notProvidedMessage(packages[0]));
+        } else if (packages.length > 1) {
+            problems.push(`Cannot import ${packages.map((name) => `'${name}'`).join(", ")}! These packages are not provided by PostHog in plugins.`);
+        }
+        if (files.length > 0) {
+            problems.push(`Cannot find module ${files.join(", ")}.`);
+        }
+        if (problems.length > 0) {
+            const error = new NativeError(problems.join(" "));
+            error.code = "MODULE_NOT_FOUND";
+            error.stack = undefined;  // the runtime's own frames, of no use to the plugin's author
+            throw error;
+        }
+    }
+
+    function load(callId, mainPath) {
+        bump();
+        let record;
+        try {
+            checkRequires();
+            record = requireModule(mainPath);
         } catch (error) {
             done(callId, errorOutcome(error));
             return takeOutbox();
         }
-        done(callId, exportsDescription(findExports(exportsObject, module, topLevel)));
+        const module = record.module;
+        done(callId, exportsDescription(findExports(module.exports, module, record.topLevel)));
         return takeOutbox();
     }
 
@@ -1487,6 +1606,6 @@
         return apply(REQUESTS[request[0]], undefined, request.slice(1));
     }
 
-    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox, collectGarbage: memory.collect, memoryStillOver: memory.stillOver }) });
+    defineProperty(global, entryName, { value: freeze({ run, define, load, poll: takeOutbox, collectGarbage: memory.collect, memoryStillOver: memory.stillOver }) });
     return control.buffer;
 })

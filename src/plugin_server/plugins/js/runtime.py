@@ -34,7 +34,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict, Unpack
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import orjson
@@ -45,6 +45,7 @@ from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.js.engine import js_source, new_racer
+from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
 
@@ -368,12 +369,19 @@ class Isolate:
 
     # ---------------------------------------------------------------- calls
 
-    async def load(self, module: str, source_url: str) -> dict[str, Any]:
-        """Run the plugin's module; what it exports (methods, tasks, jobs, metrics)."""
+    async def load(
+        self, definitions: Iterable[tuple[str, str]], main: str, source_prefix: str
+    ) -> dict[str, Any]:
+        """Define the plugin's modules (`(path, arguments of define)`, see prelude.js), each in a script
+        of its own so that stack traces name its file, then run the main one; what it exports
+        (methods, tasks, jobs, metrics)."""
+        for path, arguments in definitions:
+            self._dispatch(
+                await self._eval(f"{self._entry}.define({arguments})\n//# sourceURL={source_prefix}{path}")
+            )
 
         async def start(call_id: int) -> None:
-            script = f"{self._entry}.load({call_id}, {module})\n//# sourceURL={source_url}"
-            self._dispatch(await self._eval(script))
+            self._dispatch(await self._eval(f"{self._entry}.load({call_id}, {js_string(main)})"))
             self._poll_soon()
 
         exports = _outcome_value(await self._call(start))
@@ -733,22 +741,25 @@ class JSPluginOptions(TypedDict):
     memory: MemoryLimits
     http: httpx.AsyncClient
     guards_name: str  # the guards name of the Transpiler that produced the code
-    file_name: NotRequired[str]  # for stack traces; "index.js" when not given
 
 
 class JSPlugin:
     """A loaded JavaScript plugin config (implements plugins.instance.PluginInstance).
 
-    `code` is the plugin's transpiled module body (transpile.py), whose guards are named
+    `modules` are the plugin's transpiled modules (modules.py, transpile.py), whose guards are named
     `guards_name`. The isolate is built by `load`; after it is lost (heap limit, stuck), the next call
     builds a new one and runs setupPlugin again."""
 
-    def __init__(self, code: str, meta: Any, **options: Unpack[JSPluginOptions]) -> None:
+    def __init__(self, modules: PluginModules, meta: Any, **options: Unpack[JSPluginOptions]) -> None:
         self.meta = meta
         self.plugin_config_id = options["plugin_config_id"]
-        # The module function also returns the top-level functions, for plugins that export nothing.
-        self._module = wrap_module(code, options["guards_name"], TOP_LEVEL_NAMES)
-        self._source_url = f"plugin-{self.plugin_config_id}/{options.get('file_name', 'index.js')}"
+        guards_name = options["guards_name"]
+        self._definitions = [
+            (module.path, _define_arguments(module, guards_name, module.path == modules.main))
+            for module in modules.modules.values()
+        ]
+        self._main = modules.main
+        self._source_prefix = f"plugin-{self.plugin_config_id}/"
         self._timeout = options["timeout"]
         self._memory = options["memory"]
         self._http = options["http"]
@@ -762,9 +773,9 @@ class JSPlugin:
         self.metrics: dict[str, str] = {}
 
     @classmethod
-    async def load(cls, code: str, meta: Any, **options: Unpack[JSPluginOptions]) -> JSPlugin:
-        """Build the plugin's isolate and run its module (setupPlugin runs in `setup`)."""
-        plugin = cls(code, meta, **options)
+    async def load(cls, modules: PluginModules, meta: Any, **options: Unpack[JSPluginOptions]) -> JSPlugin:
+        """Build the plugin's isolate and run its main module (setupPlugin runs in `setup`)."""
+        plugin = cls(modules, meta, **options)
         plugin._isolate = await plugin._build()
         return plugin
 
@@ -776,7 +787,7 @@ class JSPlugin:
             options=self._options(),
         )
         try:
-            self._learn(await isolate.load(self._module, self._source_url))
+            self._learn(await isolate.load(self._definitions, self._main, self._source_prefix))
             await isolate.declare_metrics(declared_metrics(self.metrics, self.methods))
         except BaseException:
             await isolate.close()
@@ -898,6 +909,19 @@ class JSPlugin:
         if name not in self.jobs:
             raise PluginError(f"this plugin has no job {name!r}")
         await (await self._ready()).job(name, payload)
+
+
+def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
+    """The arguments of prelude.js's `define` for one module: path, requires, links, the module
+    function (null for JSON) and the JSON text (null for code). The main module's function also
+    returns its top-level functions, for plugins that export nothing."""
+    function = (
+        "null"
+        if module.code is None
+        else wrap_module(module.code, guards_name, TOP_LEVEL_NAMES if main else ())
+    )
+    text = "null" if module.json is None else js_string(module.json)
+    return f"{js_string(module.path)}, {_json(module.requires).decode()}, {_json(module.links).decode()}, {function}, {text}"
 
 
 def _event_outcome(before: RawEvent, result: Any) -> EventOutcome:

@@ -1,0 +1,111 @@
+"""A JavaScript plugin of several files, installed as a folder and run through the real PluginHost
+(loader, transpiler, runtime): its relative imports resolve, and a plugin whose files require
+missing modules gets one error naming them all in posthog_pluginconfig.error."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.config import load_settings
+from plugin_server.db.teams import CreatedTeam
+from plugin_server.plugins.admin import enable_plugin, install_plugin
+from plugin_server.plugins.host import PluginHost, open_plugin_host
+from plugin_server.plugins.run import PluginRunner
+from plugin_server.plugins.tracking import CallTracker
+from plugin_server.services.geoip import GeoIP
+
+Db = psycopg.Connection[Any]
+
+SCHEMA_LIKE = {
+    "plugin.json": json.dumps({"name": "files test", "main": "src/index.ts"}),
+    "src/index.ts": """
+        import { PluginEvent } from '@posthog/plugin-scaffold'
+        import { Meta } from './types'
+        import { isValid } from './lib'
+        export function processEvent(event: PluginEvent, { config }: Meta): PluginEvent {
+            event.properties.valid = isValid(event, config.required)
+            return event
+        }
+    """,
+    "src/types.ts": """
+        import { PluginMeta } from 'posthog-plugins'
+        export type Meta = PluginMeta & { config: { required: string } }
+    """,
+    "src/lib.ts": """
+        import rules from './rules.json'
+        export function isValid(event: { properties: Record<string, unknown> }, required: string): boolean {
+            return rules.strict && required in event.properties
+        }
+    """,
+    "src/rules.json": '{"strict": true}',
+}
+
+
+@pytest.fixture
+async def host(
+    clean_db: Db, pool: AsyncConnectionPool[Any], aredis: aioredis.Redis
+) -> AsyncIterator[PluginHost]:
+    async with open_plugin_host(
+        load_settings({}, TASK_TIMEOUT=5), pool, aredis, geoip=GeoIP.disabled(), tracker=CallTracker(None)
+    ) as plugin_host:
+        yield plugin_host
+
+
+def install(db: Db, tmp_path: Path, team: CreatedTeam, files: dict[str, str], config: dict[str, Any]) -> int:
+    folder = tmp_path / f"plugin-{uuid.uuid4().hex[:8]}"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(textwrap.dedent(text))
+    return enable_plugin(db, install_plugin(db, folder), team.team_id, config).id
+
+
+def event(team: CreatedTeam, **properties: Any) -> dict[str, Any]:
+    return {
+        "uuid": str(uuid.uuid4()),
+        "event": "$pageview",
+        "distinct_id": "someone",
+        "team_id": team.team_id,
+        "properties": properties,
+    }
+
+
+async def test_a_plugin_of_several_files_runs(
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, host: PluginHost
+) -> None:
+    install(clean_db, tmp_path, team, SCHEMA_LIKE, {"required": "plan"})
+    await host.registry.reload()
+    runner = PluginRunner(host.registry, host.hung)
+    with_plan, without = await runner.process_events([event(team, plan="pro"), event(team)])
+    assert with_plan is not None and with_plan["properties"]["valid"] is True
+    assert without is not None and without["properties"]["valid"] is False
+
+
+async def test_every_missing_module_is_named_in_the_config_error(
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, host: PluginHost
+) -> None:
+    files = {
+        **SCHEMA_LIKE,
+        "src/lib.ts": "import get from 'lodash.get'\nimport set from 'lodash.set'\nexport const isValid = get || set",
+        "src/index.ts": "import { isValid } from './lib'\nimport { nope } from './nope'\nexport const processEvent = isValid || nope",
+    }
+    config_id = install(clean_db, tmp_path, team, files, {})
+    await host.registry.reload()
+    [passed] = await PluginRunner(host.registry, host.hung).process_events([event(team)])
+    assert passed is not None  # the plugin is skipped, the event goes on
+    [error] = clean_db.execute(
+        "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
+    ).fetchone() or [None]
+    assert error["message"] == (
+        "Cannot import 'lodash.get', 'lodash.set'! These packages are not provided by PostHog in plugins. "
+        "Cannot find module './nope' from 'src/index.ts'."
+    )
