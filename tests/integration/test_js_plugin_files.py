@@ -1,6 +1,6 @@
-"""A JavaScript plugin of several files, installed as a folder and run through the real PluginHost
-(loader, transpiler, runtime): its relative imports resolve, and a plugin whose files require
-missing modules gets one error naming them all in posthog_pluginconfig.error."""
+"""JavaScript plugins installed as folders and run through the real PluginHost (loader, transpiler,
+runtime): a plugin of several files, whose relative imports resolve; and the errors its author reads
+in posthog_pluginconfig.error: one naming every missing module, a RetryError's JavaScript stack."""
 
 from __future__ import annotations
 
@@ -108,4 +108,34 @@ async def test_every_missing_module_is_named_in_the_config_error(
     assert error["message"] == (
         "Cannot import 'lodash.get', 'lodash.set'! These packages are not provided by PostHog in plugins. "
         "Cannot find module './nope' from 'src/index.ts'."
+    )
+
+
+async def test_a_retry_error_in_setup_plugin_keeps_its_javascript_stack(
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, host: PluginHost
+) -> None:
+    files = {
+        "plugin.json": json.dumps({"name": "retry test", "main": "index.ts"}),
+        "index.ts": """
+            import { RetryError } from '@posthog/plugin-scaffold'
+            import { connect } from './connect'
+            export async function setupPlugin() { await connect() }
+            export function processEvent(event) { return event }
+        """,
+        "connect.ts": """
+            export async function connect(): Promise<void> {
+                throw new RetryError('the warehouse is not up yet')
+            }
+        """,
+    }
+    config_id = install(clean_db, tmp_path, team, files, {})
+    await host.registry.reload()
+    await PluginRunner(host.registry, host.hung).process_events([event(team)])
+    [error] = clean_db.execute(
+        "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
+    ).fetchone() or [None]
+    assert (error["name"], error["message"]) == ("RetryError", "the warehouse is not up yet")
+    assert error["stack"].startswith("RetryError: the warehouse is not up yet\n    at connect (")
+    assert (
+        f"at connect (plugin-{config_id}/connect.ts:" in error["stack"] and "Traceback" not in error["stack"]
     )

@@ -735,6 +735,24 @@ async def test_posthog_api(load: Loader, service: LoopbackService) -> None:
     assert api["echo"]["headers"]["authorization"] == "Bearer phx_personal"
 
 
+async def test_posthog_api_network_failure_names_the_url(load: Loader) -> None:
+    plugin = await load(
+        """
+        export async function processEvent(event) {
+            const keys = { host: 'http://127.0.0.1:9', projectApiKey: 'phc_project', personalApiKey: 'phx_personal' }
+            try {
+                await posthog.api.get('/api/projects/@current/events', keys)
+            } catch (error) {
+                event.properties.failed = `${error.name}: ${error.message}`
+            }
+            return event
+        }
+        """
+    )
+    failed = ok(await one(plugin))["properties"]["failed"]
+    assert failed.startswith("FetchError: request to http://127.0.0.1:9/api/projects/@current/events failed")
+
+
 @pytest.mark.parametrize(
     ("module", "message"),
     [

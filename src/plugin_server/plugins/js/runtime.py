@@ -47,7 +47,9 @@ from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, P
 from plugin_server.plugins.js.engine import js_source, new_racer
 from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
+from plugin_server.plugins.meta.errors import ThrownInJS
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
+from plugin_server.plugins.meta.network import FetchError, fetch_failed
 
 MIB = 1024 * 1024
 # A script is terminated this long after TASK_TIMEOUT, so that the transpiler's guards, which stop
@@ -106,21 +108,16 @@ META_OPERATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class JSError(PluginError):
+class JSError(ThrownInJS, PluginError):
     """An error thrown by plugin code: `str()` is its message; `name` and `stack` are JavaScript's."""
 
-    def __init__(self, name: str, message: str, stack: str | None = None) -> None:
-        super().__init__(message)
-        self.name = name
-        self.stack = stack
+
+class JSRetryError(ThrownInJS, RetryError):
+    """A RetryError thrown by plugin code (retried like any RetryError), with its JavaScript stack."""
 
 
 class JSHeapLimitError(PluginError):
     """The plugin's isolate reached its heap limit and was discarded."""
-
-
-class FetchError(Exception):
-    """`fetch` could not get a response (the name node-fetch gives this error)."""
 
 
 class _Interrupted(Exception):
@@ -164,7 +161,7 @@ def js_exception(error: Any) -> Exception:
     stack = details.get("stack") if isinstance(details.get("stack"), str) else None
     exception: Exception
     if name == "RetryError":
-        exception = RetryError(message)
+        exception = JSRetryError(name, message, stack)
     elif name == "TimeoutError":
         exception = PluginTimeout(message)
     else:
@@ -301,10 +298,8 @@ class HostOperations:
                 follow_redirects=redirect == "follow",
                 timeout=timeout / 1000 if timeout else httpx.USE_CLIENT_DEFAULT,
             )
-        except httpx.TimeoutException:
-            raise FetchError(f"network timeout at: {url}") from None  # node-fetch's words
         except httpx.HTTPError as error:
-            raise FetchError(f"request to {url} failed, reason: {error or type(error).__name__}") from None
+            raise fetch_failed(url, error) from None
         if redirect == "error" and response.is_redirect:
             raise FetchError(f"uri requested responds with a redirect, redirect mode is set to error: {url}")
         return _response(response)
