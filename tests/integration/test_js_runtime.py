@@ -765,7 +765,6 @@ async def test_posthog_api_network_failure_names_the_url(load: Loader) -> None:
         ),
         ("pg", "Keep plugin state in meta.storage, or write this plugin in Python"),
         ("snowflake-sdk", "Use fetch with Snowflake's SQL API"),
-        ("generic-pool", "fetch reuses the server's HTTP connections"),
     ],
 )
 async def test_require_allow_list(load: Loader, module: str, message: str) -> None:

@@ -8,7 +8,7 @@
 // This file is one JavaScript expression, a function called once per isolate, which returns the
 // `control` SharedArrayBuffer (below):
 //
-//     (prelude)(entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib)
+//     (prelude)(entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries)
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
@@ -20,6 +20,8 @@
 //   createCrypto        the value of crypto.js (require('crypto'))
 //   createContrib       the value of contrib.js (require('@posthog/plugin-contrib'))
 //   createZlib          the value of zlib.js (require('zlib'))
+//   libraries           more modules, in order: functions `(kit, modules) -> {name: module}` (stream.js,
+//                       pool.js, ...), given the `kit` below and the modules provided so far
 //
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
 // entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
@@ -56,7 +58,7 @@
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
-(function (entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib) {
+(function (entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries) {
     "use strict";
 
     // Builtins the runtime relies on, captured before plugin code can replace them.
@@ -1040,16 +1042,38 @@
         crypto,
     };
 
+    // What the libraries get: host requests, the plugin's timers, bytes and text, error reports.
+    const kit = freeze({
+        request,
+        later: (fn) => then(undefined, () => {
+            try {
+                fn();
+            } catch (error) {
+                reportUncaught(error);
+            }
+        }),
+        setTimeout: (fn, ms, ...args) => pluginTimer(fn, ms, args, false),
+        clearTimeout: clearPluginTimer,
+        reportError: reportUncaught,
+        Buffer, encodeText, decodeBytes, bytesOf, wrapBytes, base64Encode: (bytes) => base64Encode(bytes, BASE64, true),
+        base64Decode, utf8Encode, utf8Decode, crypto,
+    });
+    for (const library of libraries) {
+        const provided = library(kit, MODULES);
+        for (const name of keys(provided)) {
+            MODULES[name] = provided[name];
+        }
+    }
+
     const ALTERNATIVES = [
         ["aws-sdk", "AWS's SDK needs node. Use fetch to call the service's HTTP API, or write this plugin in Python"],
         ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
         ["pg", "Postgres clients need node's sockets. Keep plugin state in meta.storage, or write this plugin in Python"],
-        ["generic-pool", "connection pools are not needed here: fetch reuses the server's HTTP connections"],
         ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
     ];
 
     // node's builtins may be named with the `node:` scheme.
-    const BUILTINS = ["crypto", "url", "zlib"];
+    const BUILTINS = ["crypto", "stream", "url", "zlib"];
 
     function providedModule(name) {
         const bare = name.startsWith("node:") && BUILTINS.includes(name.slice(5)) ? name.slice(5) : name;

@@ -140,11 +140,18 @@ class MemoryLimits:
         return int(self.array_buffers_mb * MIB)
 
 
+# The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
+LIBRARIES = ("stream", "pool")
+
+
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
     """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js)."""
     memory = f"({js_source('memory')})({array_buffer_bytes})"
     modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
-    arguments = ", ".join((js_string(entry), f"JSON.parse({js_string(_json(options))})", memory, *modules))
+    libraries = "[" + ", ".join(js_source(name) for name in LIBRARIES) + "]"
+    arguments = ", ".join(
+        (js_string(entry), f"JSON.parse({js_string(_json(options))})", memory, *modules, libraries)
+    )
     return f"({js_source('prelude')})({arguments})"
 
 
