@@ -763,7 +763,6 @@ async def test_posthog_api_network_failure_names_the_url(load: Loader) -> None:
             "@google-cloud/bigquery",
             "Use fetch to call the service's REST API, or write this plugin in Python",
         ),
-        ("pg", "Keep plugin state in meta.storage, or write this plugin in Python"),
         ("snowflake-sdk", "Use fetch with Snowflake's SQL API"),
     ],
 )

@@ -140,6 +140,11 @@
             : name === "RangeError" ? new NativeRangeError(message) : new NativeError(message);
         if (made.name !== name) made.name = name;
         made.stack = `${name}: ${message}\n    at ${op} (plugin server)`;
+        for (const key of keys(error || {})) {
+            if (key !== "name" && key !== "message" && key !== "stack") {
+                made[key] = error[key];  // what the client library's errors have: code, detail...
+            }
+        }
         return made;
     }
 
@@ -1068,7 +1073,6 @@
     const ALTERNATIVES = [
         ["aws-sdk", "AWS's SDK needs node. Use fetch to call the service's HTTP API, or write this plugin in Python"],
         ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
-        ["pg", "Postgres clients need node's sockets. Keep plugin state in meta.storage, or write this plugin in Python"],
         ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
     ];
 

@@ -34,7 +34,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, TypedDict, Unpack
+from typing import Any, NotRequired, TypedDict, Unpack
 
 import httpx
 import orjson
@@ -45,11 +45,13 @@ from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.js.engine import js_source, new_racer
+from plugin_server.plugins.js.hosted import HostedError, Operation
+from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
 from plugin_server.plugins.meta.errors import ThrownInJS
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
-from plugin_server.plugins.meta.network import FetchError, fetch_failed
+from plugin_server.plugins.meta.network import ConnectGuard, FetchError, fetch_failed, resolve_addresses
 
 MIB = 1024 * 1024
 # A script is terminated this long after TASK_TIMEOUT, so that the transpiler's guards, which stop
@@ -84,8 +86,6 @@ CONSOLE_LEVELS = frozenset({"debug", "log", "info", "warn", "error"})
 METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
 # What a script returned that the runtime (prelude.js) never returns: plugin code replaced its parts.
 BROKEN = "the plugin broke its JavaScript runtime"
-
-Operation = Callable[..., Awaitable[Any]]
 
 # Operations a plugin's isolate may ask for, by the name prelude.js uses: the meta method they call.
 META_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -141,7 +141,7 @@ class MemoryLimits:
 
 
 # The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool")
+LIBRARIES = ("stream", "pool", "pg")
 
 
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
@@ -236,16 +236,24 @@ def _copy(error: PluginError) -> PluginError:
 
 
 class HostOperations:
-    """What a plugin's isolate may ask Python to do: the meta operations of one plugin config."""
+    """What a plugin's isolate may ask Python to do: the meta operations of one plugin config, and
+    the operations of the modules that do I/O through the host (hosted/), whose connections go
+    through `guard` and are closed with the isolate."""
 
-    def __init__(self, meta: Any, http: httpx.AsyncClient) -> None:
+    def __init__(self, meta: Any, http: httpx.AsyncClient, *, guard: ConnectGuard, timeout: float) -> None:
         self._meta = meta
         self._http = http
+        self._pg = PgConnections(guard, timeout)
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,
             "jobs.run": self._run_job,
             "fetch": self._fetch,
+            **self._pg.operations(),
         }
+
+    async def close(self) -> None:
+        """Close what the plugin's modules opened."""
+        await self._pg.close()
 
     def operation(self, op: str) -> Operation | None:
         """The coroutine function for an operation name, or None for a name that is not one."""
@@ -649,6 +657,11 @@ class Isolate:
             if operation is None:
                 raise TypeError(f"{op} is not a function the plugin server provides")
             answer = b"[%d,1,%s]" % (ident, _json(await operation(*args)))
+        except HostedError as error:
+            answer = b"[%d,0,%s]" % (
+                ident,
+                _json({**error.fields, "name": error.name, "message": str(error)}),
+            )
         except Exception as error:
             answer = b"[%d,0,%s]" % (ident, _json({"name": type(error).__name__, "message": str(error)}))
         self._deliver(answer)
@@ -733,6 +746,7 @@ class Isolate:
         self._timers.clear()
         self._inbox.clear()
         racer.close()
+        await self._host.close()
 
 
 class JSPluginOptions(TypedDict):
@@ -743,6 +757,7 @@ class JSPluginOptions(TypedDict):
     memory: MemoryLimits
     http: httpx.AsyncClient
     guards_name: str  # the guards name of the Transpiler that produced the code
+    guard: NotRequired[ConnectGuard]  # where the plugin's own connections may go (all by default)
 
 
 class JSPlugin:
@@ -765,6 +780,7 @@ class JSPlugin:
         self._timeout = options["timeout"]
         self._memory = options["memory"]
         self._http = options["http"]
+        self._guard = options.get("guard", resolve_addresses)
         self._isolate: Isolate | None = None
         self._building = asyncio.Lock()
         self._set_up = False
@@ -783,7 +799,7 @@ class JSPlugin:
 
     async def _build(self) -> Isolate:
         isolate = await Isolate.start(
-            HostOperations(self.meta, self._http),
+            HostOperations(self.meta, self._http, guard=self._guard, timeout=self._timeout),
             timeout=self._timeout,
             memory=self._memory,
             options=self._options(),
