@@ -37,7 +37,7 @@ def set_up_racer(module_body: str, *, seed: str = SEED) -> Iterator[MiniRacer]:
 
 @contextlib.asynccontextmanager
 async def loaded_plugin(
-    source: str | PluginModules, *, guards_name: str = "__guards", **meta: Any
+    source: str | PluginModules, *, guards_name: str = "__guards", timeout: float = 1.0, **meta: Any
 ) -> AsyncIterator[JSPlugin]:
     """A JSPlugin of `source` (run as given) or of modules transpiled with guards named `guards_name`,
     with empty config and attachments unless given in `meta`, torn down afterwards."""
@@ -47,7 +47,7 @@ async def loaded_plugin(
             modules,
             SimpleNamespace(**{"config": {}, "attachments": {}, **meta}),
             plugin_config_id=1,
-            timeout=1.0,
+            timeout=timeout,
             memory=MemoryLimits(32, 64),
             http=http,
             guards_name=guards_name,
@@ -72,3 +72,16 @@ async def process_one(
     (outcome,) = await plugin.process_events([given], frozenset())
     assert isinstance(outcome, dict), outcome
     return outcome
+
+
+async def body_outcome(
+    body: str, *, head: str = "", config: dict[str, Any] | None = None, timeout: float = 1.0
+) -> Any:
+    """`properties.out` after an async processEvent whose `body` (which sees `config` and what the
+    module's `head` declares) sets `out`."""
+    source = (
+        f"{head}\nexports.processEvent = async function (event, {{ config }}) {{"
+        f" let out; {body}; event.properties.out = out; return event }}"
+    )
+    async with loaded_plugin(source, config=config or {}, timeout=timeout) as plugin:
+        return (await process_one(plugin, {}))["properties"]["out"]

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from plugin_server.plugins.js.hosted.pg import NO_PASSWORD, conninfo
-from tests.js_support import loaded_plugin, process_one
+from tests.js_support import body_outcome, loaded_plugin
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -59,15 +59,9 @@ def table(database_url: str) -> Iterator[str]:
 
 
 async def run(body: str, config: dict[str, Any]) -> Any:
-    """`properties.out` after an async processEvent whose body (which sees `config`) sets `out`."""
-    source = (
-        "const { Client, Pool, types } = require('pg')\n"
-        "exports.processEvent = async function (event, { config }) {"
-        f" let out; {body}; event.properties.out = out; return event }}"
+    return await body_outcome(
+        body, head="const { Client, Pool, types } = require('pg')", config=config, timeout=5.0
     )
-    async with loaded_plugin(source, config=config) as plugin:
-        plugin._timeout = 5.0
-        return (await process_one(plugin, {}))["properties"]["out"]
 
 
 def parts(database_url: str) -> dict[str, Any]:

@@ -758,7 +758,6 @@ async def test_posthog_api_network_failure_names_the_url(load: Loader) -> None:
     [
         ("left-pad", "Cannot import 'left-pad'! This package is not provided by PostHog in plugins."),
         ("fs", "Cannot import 'fs'! This package is not provided by PostHog in plugins."),
-        ("aws-sdk", "Use fetch to call the service's HTTP API, or write this plugin in Python"),
         (
             "@google-cloud/bigquery",
             "Use fetch to call the service's REST API, or write this plugin in Python",

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.js_support import loaded_plugin, process_one
+from tests.js_support import body_outcome
 
 
 async def outcome(body: str) -> Any:
-    """`properties.out` after an async processEvent whose body is `body` (it sets `out`)."""
-    source = f"exports.processEvent = async function (event) {{ let out; {body}; event.properties.out = out; return event }}"
-    async with loaded_plugin(source) as plugin:
-        return (await process_one(plugin, {}))["properties"]["out"]
+    return await body_outcome(body)
 
 
 async def test_a_pass_through_piped_into_an_uploading_writable() -> None:

@@ -1071,7 +1071,6 @@
     }
 
     const ALTERNATIVES = [
-        ["aws-sdk", "AWS's SDK needs node. Use fetch to call the service's HTTP API, or write this plugin in Python"],
         ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
         ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
     ];

@@ -45,7 +45,8 @@ from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.js.engine import js_source, new_racer
-from plugin_server.plugins.js.hosted import HostedError, Operation
+from plugin_server.plugins.js.hosted import HostedError, HostedModule, Operation
+from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
@@ -141,7 +142,7 @@ class MemoryLimits:
 
 
 # The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool", "pg")
+LIBRARIES = ("stream", "pool", "pg", "aws")
 
 
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
@@ -243,17 +244,19 @@ class HostOperations:
     def __init__(self, meta: Any, http: httpx.AsyncClient, *, guard: ConnectGuard, timeout: float) -> None:
         self._meta = meta
         self._http = http
-        self._pg = PgConnections(guard, timeout)
+        self._modules: tuple[HostedModule, ...] = (PgConnections(guard, timeout), AwsClients(guard, timeout))
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,
             "jobs.run": self._run_job,
             "fetch": self._fetch,
-            **self._pg.operations(),
         }
+        for module in self._modules:
+            self._own.update(module.operations())
 
     async def close(self) -> None:
         """Close what the plugin's modules opened."""
-        await self._pg.close()
+        for module in self._modules:
+            await module.close()
 
     def operation(self, op: str) -> Operation | None:
         """The coroutine function for an operation name, or None for a name that is not one."""

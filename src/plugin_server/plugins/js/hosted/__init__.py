@@ -5,9 +5,21 @@ state (open connections, clients) belongs to one isolate and is closed with it."
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 Operation = Callable[..., Awaitable[Any]]
+
+
+class HostedModule(Protocol):
+    """The host side of one module for one isolate."""
+
+    def operations(self) -> dict[str, Operation]:
+        """The operations it serves, by the name the JS side asks for."""
+        ...
+
+    async def close(self) -> None:
+        """Close what the plugin opened (the isolate is gone)."""
+        ...
 
 
 class HostedError(Exception):
