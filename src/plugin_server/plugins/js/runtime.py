@@ -142,7 +142,7 @@ class MemoryLimits:
 
 
 # The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool", "pg", "aws")
+LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker")
 
 
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
