@@ -786,7 +786,6 @@ async def test_effects(
 
 REFUSED = {
     "snowflake-sdk": "Cannot import 'snowflake-sdk' in this plugin server: Snowflake's SDK needs node",
-    "@google-cloud/storage": "Cannot import '@google-cloud/storage' in this plugin server: Google Cloud's",
     "lodash": "Cannot import 'lodash'! This package is not provided by PostHog in plugins.",
 }
 

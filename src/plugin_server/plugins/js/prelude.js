@@ -137,7 +137,8 @@
         const name = NativeString(error && error.name || "Error");
         const message = NativeString(error && error.message || "");
         const made = name === "TypeError" ? new NativeTypeError(message)
-            : name === "RangeError" ? new NativeRangeError(message) : new NativeError(message);
+            : name === "RangeError" ? new NativeRangeError(message)
+                : name === "FetchError" ? new FetchError(message, "system") : new NativeError(message);
         if (made.name !== name) made.name = name;
         made.stack = `${name}: ${message}\n    at ${op} (plugin server)`;
         for (const key of keys(error || {})) {
@@ -847,6 +848,18 @@
         dir: consoleMethod("log"),
     });
 
+    // node-fetch's error for a request that got no response (plugins test `instanceof FetchError`).
+    class FetchError extends NativeError {
+        constructor(message, type, systemError) {
+            super(message);
+            this.name = "FetchError";
+            this.type = type;
+            if (systemError && systemError.code) {
+                this.code = this.errno = systemError.code;
+            }
+        }
+    }
+
     class Headers {
         #map = new Map();
 
@@ -1010,6 +1023,7 @@
     fetch.default = fetch;
     fetch.Headers = Headers;
     fetch.Response = Response;
+    fetch.FetchError = FetchError;
 
     function apiMethod(method) {
         return (path, options) => then(request("posthog.api", [method, path, options === undefined ? null : options]), responseFrom);
@@ -1072,7 +1086,6 @@
 
     const ALTERNATIVES = [
         ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
-        ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
     ];
 
     // node's builtins may be named with the `node:` scheme.

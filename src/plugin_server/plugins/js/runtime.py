@@ -47,6 +47,7 @@ from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, P
 from plugin_server.plugins.js.engine import js_source, new_racer
 from plugin_server.plugins.js.hosted import HostedError, HostedModule, Operation
 from plugin_server.plugins.js.hosted.aws import AwsClients
+from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
@@ -142,7 +143,7 @@ class MemoryLimits:
 
 
 # The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker")
+LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker", "google")
 
 
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
@@ -244,7 +245,11 @@ class HostOperations:
     def __init__(self, meta: Any, http: httpx.AsyncClient, *, guard: ConnectGuard, timeout: float) -> None:
         self._meta = meta
         self._http = http
-        self._modules: tuple[HostedModule, ...] = (PgConnections(guard, timeout), AwsClients(guard, timeout))
+        self._modules: tuple[HostedModule, ...] = (
+            PgConnections(guard, timeout),
+            AwsClients(guard, timeout),
+            GoogleClients(http, guard, timeout),
+        )
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,
             "jobs.run": self._run_job,
