@@ -248,7 +248,7 @@ class HostOperations:
         self._modules: tuple[HostedModule, ...] = (
             PgConnections(guard, timeout),
             AwsClients(guard, timeout),
-            GoogleClients(http, guard, timeout),
+            GoogleClients(http, timeout),
         )
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,

@@ -5,8 +5,8 @@ which keeps the node clients' API and errors).
 A client authenticates as the service account whose key the plugin passes (`credentials`, the JSON
 key file the apps keep as an attachment): a JWT signed with its private key (`cryptography`) is
 exchanged at the key's `token_uri` for an access token, kept until shortly before it expires. Without
-a key, requests go unauthenticated (emulators). Endpoints (`apiEndpoint`, `token_uri`) go through the
-ConnectGuard; requests use the plugin's HTTP client, so whatever guards plugin HTTP guards them too.
+a key, requests go unauthenticated (emulators). Every request (the token's too) goes through the
+plugin's HTTP client, so whatever guards plugin HTTP (the SSRF guard) guards these as well.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from plugin_server.plugins.js.hosted import HostedError, Operation
-from plugin_server.plugins.meta.network import ConnectGuard, ConnectRefused
+from plugin_server.plugins.meta.network import fetch_failed
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # service -> (default endpoint, path prefix of its JSON API)
@@ -114,9 +114,8 @@ def _api_error(response: httpx.Response) -> HostedError:
 class GoogleClients:
     """The Google clients of one isolate, by the handle the plugin's client object holds."""
 
-    def __init__(self, http: httpx.AsyncClient, guard: ConnectGuard, timeout: float) -> None:
+    def __init__(self, http: httpx.AsyncClient, timeout: float) -> None:
         self._http = http
-        self._guard = guard
         self._timeout = timeout
         self._clients: dict[int, tuple[str | None, ServiceAccount | None]] = {}
         self._handles = itertools.count(1)
@@ -132,23 +131,20 @@ class GoogleClients:
         if endpoint:
             endpoint = str(endpoint).rstrip("/")
             endpoint = endpoint if "://" in endpoint else f"https://{endpoint}"
-            await self._check(endpoint)
+            self._check(endpoint)
         credentials = options.get("credentials")
         account = ServiceAccount(credentials) if isinstance(credentials, dict) and credentials else None
         if account is not None:
-            await self._check(account.token_uri)
+            self._check(account.token_uri)
         handle = next(self._handles)
         self._clients[handle] = (endpoint, account)
         return handle
 
-    async def _check(self, url: str) -> None:
+    @staticmethod
+    def _check(url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HostedError("TypeError", f"@google-cloud: {url!r} is not an http(s) URL")
-        try:
-            await self._guard(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        except ConnectRefused as error:
-            raise HostedError("Error", str(error)) from None
 
     async def request(
         self,
@@ -174,6 +170,29 @@ class GoogleClients:
         url = (
             (endpoint or default) + prefix + "".join("/" + quote(str(segment), safe=":@") for segment in path)
         )
+        try:
+            response = await self._send(account, method, url, query, body, media)
+        except httpx.HTTPError as error:  # the token request's too
+            raise fetch_failed(url, error) from None
+        if len(response.content) > MAX_RESPONSE_BYTES:
+            raise HostedError(
+                "RangeError", f"@google-cloud: a response larger than {MAX_RESPONSE_BYTES} bytes"
+            )
+        if response.status_code >= 400:
+            raise _api_error(response)
+        if media is None and method == "GET" and query and query.get("alt") == "media":
+            return {"$bytes": base64.b64encode(response.content).decode()}
+        return _json_of(response)
+
+    async def _send(
+        self,
+        account: ServiceAccount | None,
+        method: str,
+        url: str,
+        query: dict[str, str] | None,
+        body: Any,
+        media: dict[str, str] | None,
+    ) -> httpx.Response:
         headers = (
             {"Authorization": f"Bearer {await account.token(self._http)}"} if account is not None else {}
         )
@@ -184,23 +203,9 @@ class GoogleClients:
         elif body is not None:
             content = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        try:
-            response = await self._http.request(
-                method, url, params=query or None, content=content, headers=headers, timeout=self._timeout
-            )
-        except httpx.HTTPError as error:
-            raise HostedError(
-                "FetchError", f"request to {url} failed, reason: {error or type(error).__name__}"
-            ) from None
-        if len(response.content) > MAX_RESPONSE_BYTES:
-            raise HostedError(
-                "RangeError", f"@google-cloud: a response larger than {MAX_RESPONSE_BYTES} bytes"
-            )
-        if response.status_code >= 400:
-            raise _api_error(response)
-        if media is None and method == "GET" and query and query.get("alt") == "media":
-            return {"$bytes": base64.b64encode(response.content).decode()}
-        return _json_of(response)
+        return await self._http.request(
+            method, url, params=query or None, content=content, headers=headers, timeout=self._timeout
+        )
 
     async def close(self) -> None:
         self._clients.clear()
