@@ -785,7 +785,6 @@ async def test_effects(
 # ---------------------------------------------------------------------- modules that are refused
 
 REFUSED = {
-    "snowflake-sdk": "Cannot import 'snowflake-sdk' in this plugin server: Snowflake's SDK needs node",
     "lodash": "Cannot import 'lodash'! This package is not provided by PostHog in plugins.",
 }
 

@@ -761,7 +761,6 @@ async def test_posthog_api_network_failure_names_the_url(load: Loader) -> None:
     [
         ("left-pad", "Cannot import 'left-pad'! This package is not provided by PostHog in plugins."),
         ("fs", "Cannot import 'fs'! This package is not provided by PostHog in plugins."),
-        ("snowflake-sdk", "Use fetch with Snowflake's SQL API"),
     ],
 )
 async def test_require_allow_list(load: Loader, module: str, message: str) -> None:

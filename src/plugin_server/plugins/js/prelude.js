@@ -1084,10 +1084,6 @@
         }
     }
 
-    const ALTERNATIVES = [
-        ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
-    ];
-
     // node's builtins may be named with the `node:` scheme.
     const BUILTINS = ["crypto", "stream", "url", "zlib"];
 
@@ -1097,11 +1093,6 @@
     }
 
     function notProvidedMessage(name) {
-        for (const [prefix, advice] of ALTERNATIVES) {
-            if (name === prefix || (prefix.endsWith("/") && name.startsWith(prefix))) {
-                return `Cannot import '${name}' in this plugin server: ${advice}.`;
-            }
-        }
         return `Cannot import '${name}'! This package is not provided by PostHog in plugins.`;
     }
 

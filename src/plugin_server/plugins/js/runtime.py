@@ -49,6 +49,7 @@ from plugin_server.plugins.js.hosted import HostedError, HostedModule, Operation
 from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
+from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
 from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.transpile import guards_js, wrap_module
 from plugin_server.plugins.meta.errors import ThrownInJS
@@ -143,7 +144,7 @@ class MemoryLimits:
 
 
 # The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker", "google")
+LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker", "google", "snowflake")
 
 
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
@@ -249,6 +250,7 @@ class HostOperations:
             PgConnections(guard, timeout),
             AwsClients(guard, timeout),
             GoogleClients(http, timeout),
+            SnowflakeConnections(guard, timeout),
         )
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,
