@@ -15,11 +15,9 @@ import datetime
 import decimal
 import itertools
 import os
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
-
-import snowflake.connector
-from snowflake.connector.errors import DatabaseError, Error, OperationalError
 
 from plugin_server.plugins.js.hosted import HostedError, Operation
 from plugin_server.plugins.meta.network import ConnectGuard, ConnectRefused
@@ -43,9 +41,17 @@ def _value(value: Any) -> Any:
     return value
 
 
-def _error(error: Error) -> HostedError:
+def _connector() -> ModuleType:
+    """snowflake.connector, imported on first use (it takes a quarter of a second)."""
+    import snowflake.connector
+
+    return snowflake.connector
+
+
+def _error(error: Any) -> HostedError:
     """The node SDK's error: OperationFailedError for SQL, NetworkError when Snowflake was not reached."""
-    failed_statement = isinstance(error, DatabaseError) and not isinstance(error, OperationalError)
+    errors = _connector().errors
+    failed_statement = isinstance(error, errors.DatabaseError) and not isinstance(error, errors.OperationalError)
     name = "OperationFailedError" if failed_statement and error.sqlstate else "NetworkError"
     return HostedError(name, str(error.msg or error), code=error.errno, sqlState=error.sqlstate)
 
@@ -101,10 +107,11 @@ class SnowflakeConnections:
             )
             if options.get(name)
         }
+        connector = await asyncio.to_thread(_connector)
         try:
             connection = await asyncio.wait_for(
                 asyncio.to_thread(
-                    snowflake.connector.connect,
+                    connector.connect,
                     account=account,
                     **given,
                     **where,
@@ -120,7 +127,7 @@ class SnowflakeConnections:
             )
         except TimeoutError:
             raise HostedError("NetworkError", "snowflake-sdk: connecting timed out") from None
-        except Error as error:
+        except connector.errors.Error as error:
             raise _error(error) from None
         handle = next(self._handles)
         self._connections[handle] = connection
@@ -136,7 +143,7 @@ class SnowflakeConnections:
             )
         except TimeoutError:
             raise HostedError("NetworkError", "snowflake-sdk: the statement timed out") from None
-        except Error as error:
+        except _connector().errors.Error as error:
             raise _error(error) from None
 
     @staticmethod
