@@ -5,24 +5,16 @@ in posthog_pluginconfig.error: one naming every missing module, a RetryError's J
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
-import redis.asyncio as aioredis
-from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam
-from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost, open_plugin_host
+from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker
-from plugin_server.services.geoip import GeoIP
+from tests.plugin_hosts import install_files
 
 Db = psycopg.Connection[Any]
 
@@ -51,22 +43,8 @@ SCHEMA_LIKE = {
 }
 
 
-@pytest.fixture
-async def host(
-    clean_db: Db, pool: AsyncConnectionPool[Any], aredis: aioredis.Redis
-) -> AsyncIterator[PluginHost]:
-    async with open_plugin_host(
-        load_settings({}, TASK_TIMEOUT=5), pool, aredis, geoip=GeoIP.disabled(), tracker=CallTracker(None)
-    ) as plugin_host:
-        yield plugin_host
-
-
 def install(db: Db, tmp_path: Path, team: CreatedTeam, files: dict[str, str], config: dict[str, Any]) -> int:
-    folder = tmp_path / f"plugin-{uuid.uuid4().hex[:8]}"
-    for name, text in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(textwrap.dedent(text))
-    return enable_plugin(db, install_plugin(db, folder), team.team_id, config).id
+    return install_files(db, tmp_path, team, files, config)[1]
 
 
 def event(team: CreatedTeam, **properties: Any) -> dict[str, Any]:
@@ -80,18 +58,18 @@ def event(team: CreatedTeam, **properties: Any) -> dict[str, Any]:
 
 
 async def test_a_plugin_of_several_files_runs(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost
 ) -> None:
     install(clean_db, tmp_path, team, SCHEMA_LIKE, {"required": "plan"})
-    await host.registry.reload()
-    runner = PluginRunner(host.registry, host.hung)
+    await running_host.registry.reload()
+    runner = PluginRunner(running_host.registry, running_host.hung)
     with_plan, without = await runner.process_events([event(team, plan="pro"), event(team)])
     assert with_plan is not None and with_plan["properties"]["valid"] is True
     assert without is not None and without["properties"]["valid"] is False
 
 
 async def test_every_missing_module_is_named_in_the_config_error(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost
 ) -> None:
     files = {
         **SCHEMA_LIKE,
@@ -99,8 +77,8 @@ async def test_every_missing_module_is_named_in_the_config_error(
         "src/index.ts": "import { isValid } from './lib'\nimport { nope } from './nope'\nexport const processEvent = isValid || nope",
     }
     config_id = install(clean_db, tmp_path, team, files, {})
-    await host.registry.reload()
-    [passed] = await PluginRunner(host.registry, host.hung).process_events([event(team)])
+    await running_host.registry.reload()
+    [passed] = await PluginRunner(running_host.registry, running_host.hung).process_events([event(team)])
     assert passed is not None  # the plugin is skipped, the event goes on
     [error] = clean_db.execute(
         "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
@@ -112,7 +90,7 @@ async def test_every_missing_module_is_named_in_the_config_error(
 
 
 async def test_a_retry_error_in_setup_plugin_keeps_its_javascript_stack(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost
 ) -> None:
     files = {
         "plugin.json": json.dumps({"name": "retry test", "main": "index.ts"}),
@@ -129,8 +107,8 @@ async def test_a_retry_error_in_setup_plugin_keeps_its_javascript_stack(
         """,
     }
     config_id = install(clean_db, tmp_path, team, files, {})
-    await host.registry.reload()
-    await PluginRunner(host.registry, host.hung).process_events([event(team)])
+    await running_host.registry.reload()
+    await PluginRunner(running_host.registry, running_host.hung).process_events([event(team)])
     [error] = clean_db.execute(
         "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
     ).fetchone() or [None]

@@ -25,6 +25,8 @@ from plugin_server.config import Settings
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
+from plugin_server.plugins.historical import JOBS as HISTORICAL_JOBS
+from plugin_server.plugins.historical import START_JOB, HistoricalExport, register_public_job
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
 from plugin_server.plugins.js.modules import load_modules
 from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
@@ -144,6 +146,16 @@ class PluginHost:
                 schedule_retry=lambda payload, delay: retry(payload).run_in(delay, "seconds"),
                 record_error=vm.record_error,
             )
+            if START_JOB not in (config.plugin.public_jobs or {}):
+                await register_public_job(self.pool, config.plugin.id)
+            vm.historical_export = HistoricalExport(
+                self.pool,
+                instance,
+                team_id=config.config.team_id or 0,
+                storage=meta.storage,
+                jobs=meta.jobs,
+                logger=vm.logger,
+            )
         return instance
 
     async def _meta(self, vm: PluginVM) -> Meta:
@@ -212,6 +224,8 @@ class PluginHost:
                 )
             if job.kind == "schedule":
                 await instance.run_task(job.type)
+            elif job.type in HISTORICAL_JOBS and vm.historical_export is not None:
+                await vm.historical_export.run(job.type, job.payload)
             elif job.type == EXPORT_RETRY_JOB and vm.export_buffer is not None:
                 payload = job.payload
                 await vm.export_buffer.export(

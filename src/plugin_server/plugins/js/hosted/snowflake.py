@@ -51,7 +51,9 @@ def _connector() -> ModuleType:
 def _error(error: Any) -> HostedError:
     """The node SDK's error: OperationFailedError for SQL, NetworkError when Snowflake was not reached."""
     errors = _connector().errors
-    failed_statement = isinstance(error, errors.DatabaseError) and not isinstance(error, errors.OperationalError)
+    failed_statement = isinstance(error, errors.DatabaseError) and not isinstance(
+        error, errors.OperationalError
+    )
     name = "OperationFailedError" if failed_statement and error.sqlstate else "NetworkError"
     return HostedError(name, str(error.msg or error), code=error.errno, sqlState=error.sqlstate)
 
