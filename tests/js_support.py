@@ -14,6 +14,7 @@ from py_mini_racer import MiniRacer
 from plugin_server.plugins.js.engine import new_racer
 from plugin_server.plugins.js.modules import PluginModules
 from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
+from plugin_server.plugins.meta.network import ConnectGuard, resolve_addresses
 
 SEED = "5e" * 32
 
@@ -37,7 +38,12 @@ def set_up_racer(module_body: str, *, seed: str = SEED) -> Iterator[MiniRacer]:
 
 @contextlib.asynccontextmanager
 async def loaded_plugin(
-    source: str | PluginModules, *, guards_name: str = "__guards", timeout: float = 1.0, **meta: Any
+    source: str | PluginModules,
+    *,
+    guards_name: str = "__guards",
+    timeout: float = 1.0,
+    guard: ConnectGuard = resolve_addresses,
+    **meta: Any,
 ) -> AsyncIterator[JSPlugin]:
     """A JSPlugin of `source` (run as given) or of modules transpiled with guards named `guards_name`,
     with empty config and attachments unless given in `meta`, torn down afterwards."""
@@ -51,6 +57,7 @@ async def loaded_plugin(
             memory=MemoryLimits(32, 64),
             http=http,
             guards_name=guards_name,
+            guard=guard,
         )
         try:
             yield plugin

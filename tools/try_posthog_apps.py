@@ -8,8 +8,9 @@ Their code is not part of this repository: point the tool at a checkout, e.g.
 Each plugin is installed from its folder into a fresh database (embedded Postgres and Valkey, or
 DATABASE_URL / REDIS_URL), enabled for team 2 with a plausible config (the defaults of its
 plugin.json, made-up values for the rest, a generated service account key for key attachments, and
-the overrides in CONFIGS), set up, and given sample events (processEvent, onEvent, exportEvents) and
-one run of each scheduled task. It runs twice: offline (every HTTP request fails), then with every
+the overrides in CONFIGS), set up, and given sample events (processEvent, onEvent, exportEvents),
+one run of each scheduled task, and the jobs it queued (up to JOB_SECONDS; the sample events are also
+stored, for historical exports). It runs twice: offline (every HTTP request fails), then with every
 HTTP request answered by a stand-in (200 and `{}`; an OAuth token for token requests). Connections
 of `pg`, `aws-sdk` and the like are not HTTP: they reach nothing in either run.
 
@@ -36,6 +37,7 @@ from benchmarks.plugin_step import plugin_event
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from psycopg.types.json import Jsonb
 
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 from plugin_server.plugins.host import PluginHost
@@ -48,6 +50,8 @@ MMDB = Path(__file__).parents[1] / "tests" / "assets" / "GeoLite2-City-Test.mmdb
 PLUGIN_SECONDS = 45.0
 # How long the work a plugin started without awaiting it may take to report.
 SETTLE_SECONDS = 1.0
+# Longest the jobs a plugin queued may run (a historical export is a job per page).
+JOB_SECONDS = 20.0
 
 # Config values that the made-up defaults would get wrong (formats the plugins check).
 REDSHIFT_HOST = "trial.abc123xyz.us-east-1.redshift.amazonaws.com"
@@ -63,7 +67,11 @@ CONFIGS: dict[str, dict[str, str]] = {
         "posthogHost": "https://posthog.example.com",
     },
     "postgres-plugin": {"databaseUrl": "postgres://posthog:secret@db.example.com:5432/posthog"},
-    "posthog-plugin-migrator3000": {"host": "posthog.example.com", "startDate": "2021-10-26"},
+    # its historical export starts at the start of today: the tool's stored events are from 5 minutes ago
+    "posthog-plugin-migrator3000": {
+        "host": "posthog.example.com",
+        "startDate": datetime.now(UTC).date().isoformat(),
+    },
     "posthog-redshift-import-plugin": {"clusterHost": REDSHIFT_HOST},
     "redshift-plugin": {"clusterHost": REDSHIFT_HOST},
     "salesforce-plugin": {"salesforceHost": "https://trial.my.salesforce.com", "eventsToInclude": "purchase"},
@@ -239,6 +247,7 @@ async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside:
             for task in instance.scheduled_tasks if instance is not None else ():
                 await instance.run_task(task)
         await asyncio.sleep(SETTLE_SECONDS)  # work the plugin started without awaiting it (callbacks)
+        await run_jobs(host, database_url)
 
     try:
         await asyncio.wait_for(exercise(), PLUGIN_SECONDS)
@@ -265,6 +274,40 @@ async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside:
     return Run(failure, outside.requests - before)
 
 
+async def run_jobs(host: PluginHost, database_url: str) -> None:
+    """The jobs the plugin queued (its own, export retries, a historical export) that are due within
+    JOB_SECONDS, until none is left."""
+    stop = asyncio.Event()
+    runner = asyncio.create_task(host.jobs.run_forever(host.run_job, stop_event=stop, concurrency=2))
+    deadline = asyncio.get_running_loop().time() + JOB_SECONDS
+    try:
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            with psycopg.connect(database_url) as connection:
+                row = connection.execute(
+                    """SELECT count(*) AS waiting FROM plugin_server_jobs
+                       WHERE status = 'running' OR (status = 'waiting' AND run_at < now() + interval '2 seconds')"""
+                ).fetchone()
+            if row is not None and not row[0]:
+                break
+    finally:
+        stop.set()
+        await runner
+        with psycopg.connect(database_url, autocommit=True) as connection:
+            connection.execute("DELETE FROM plugin_server_jobs")  # the next plugin starts with none
+
+
+def store_events(database_url: str) -> None:
+    """The sample events as stored events of the team (what a historical export reads), 5 minutes ago."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        for event in events():
+            connection.execute(
+                """INSERT INTO posthog_event (uuid, event, distinct_id, properties, team_id, timestamp)
+                   VALUES (%s, %s, %s, %s, %s, now() - interval '5 minutes')""",
+                (event["uuid"], event["event"], event["distinct_id"], Jsonb(event["properties"]), TEAM_ID),
+            )
+
+
 def verdict(first: Run, second: Run) -> tuple[str, str]:
     """(verdict, reason) from the offline run and the stand-in run."""
     if first.error is None:
@@ -273,7 +316,7 @@ def verdict(first: Run, second: Run) -> tuple[str, str]:
         return "missing module", first.error
     if first.network:
         if second.error is None:
-            return "needs network", "works with the stand-in"
+            return "needs network", f"works with the stand-in ({second.requests} requests answered)"
         return "needs network", f"with the stand-in: {second.error}"
     return "broken", first.error
 
@@ -285,6 +328,7 @@ async def run_all(
     if only:
         folders = [path for path in folders if path.name in only]
     runs: dict[str, list[Run]] = {folder.name: [] for folder in folders}
+    store_events(database_url)
     async with plugin_host(database_url, redis_url, geoip=GeoIP.from_file(MMDB), TASK_TIMEOUT=5) as host:
         for outside in (Outside(answer=False), Outside(answer=True)):
             async with httpx.AsyncClient(transport=httpx.MockTransport(outside)) as http:

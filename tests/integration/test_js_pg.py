@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from plugin_server.plugins.js.hosted.pg import NO_PASSWORD, conninfo
-from tests.js_support import body_outcome, loaded_plugin
+from plugin_server.plugins.meta.network import ConnectRefused
+from tests.js_support import body_outcome, loaded_plugin, process_one
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -271,3 +272,37 @@ async def test_connections_a_plugin_left_open_close_with_its_isolate(
             break
         await asyncio.sleep(0.02)
     assert open_plugin_connections() == 0
+
+
+async def test_the_connect_guard_decides_where_a_connection_goes(tcp_database_url: str) -> None:
+    given = parts(tcp_database_url)
+    asked: list[tuple[str, int]] = []
+
+    async def guard(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        if host == "internal.example":
+            raise ConnectRefused(f"{host} is a private address")
+        return ["127.0.0.1"]  # the only address connected to: the name itself never resolves
+
+    source = """
+        const { Client } = require('pg')
+        exports.processEvent = async (event, { config }) => {
+            const client = new Client({ ...config.db, host: 'db.plugin.example' })
+            await client.connect()
+            event.properties.one = (await client.query('SELECT 1 AS one')).rows[0].one
+            await client.end()
+            event.properties.refused = await new Client({ ...config.db, host: 'internal.example' }).connect()
+                .then(() => 'connected', (error) => error.message)
+            return event
+        }
+    """
+    db = {
+        "port": given["port"],
+        "user": given["user"],
+        "password": given["password"],
+        "database": given["db"],
+    }
+    async with loaded_plugin(source, config={"db": db}, timeout=5.0, guard=guard) as plugin:
+        properties = (await process_one(plugin, {}))["properties"]
+    assert properties == {"one": 1, "refused": "internal.example is a private address"}
+    assert asked == [("db.plugin.example", given["port"]), ("internal.example", given["port"])]

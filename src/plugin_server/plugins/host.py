@@ -36,6 +36,7 @@ from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
 from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
+from plugin_server.plugins.meta.network import ConnectGuard, resolve_addresses
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginConfigInForce
@@ -78,6 +79,9 @@ class PluginHost:
     teams: TeamManager
     tracker: CallTracker
     hung: HungMarks
+    # Where JS plugins' own connections (pg, snowflake-sdk, aws-sdk endpoints) may go: the hook for a
+    # network policy such as refusing private addresses. Their HTTP goes through `http`.
+    connect_guard: ConnectGuard = resolve_addresses
     registry: PluginRegistry = field(init=False)
     _api_keys: PersonalApiKeys = field(init=False)
     _background: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
@@ -132,6 +136,7 @@ class PluginHost:
                 ),
                 http=self.http,
                 guards_name=transpiler.guards_name,
+                guard=self.connect_guard,
             )
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
             vm.metrics = PluginMetrics(declared_metrics(instance.metrics, instance.methods))
