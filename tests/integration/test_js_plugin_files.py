@@ -115,5 +115,6 @@ async def test_a_retry_error_in_setup_plugin_keeps_its_javascript_stack(
     assert (error["name"], error["message"]) == ("RetryError", "the warehouse is not up yet")
     assert error["stack"].startswith("RetryError: the warehouse is not up yet\n    at connect (")
     assert (
-        f"at connect (plugin-{config_id}/connect.ts:" in error["stack"] and "Traceback" not in error["stack"]
+        f"at connect (plugin-{config_id}/connect.ts:3:11)" in error["stack"]
+        and "Traceback" not in error["stack"]
     )

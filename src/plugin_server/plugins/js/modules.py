@@ -30,15 +30,16 @@ _DECLARATION = ".d.ts"
 class JSModule:
     """One file of the plugin as the runtime loads it.
 
-    `code` is the transpiled module body (None for JSON, whose text is `json`). `requires` lists the
-    literal module names it requires; `links` maps each relative one to the path of the file it
-    resolved to, or None when it names no file of the plugin."""
+    `code` is the transpiled module body (None for JSON, whose text is `json`), `mappings` its source
+    map. `requires` lists the literal module names it requires; `links` maps each relative one to the
+    path of the file it resolved to, or None when it names no file of the plugin."""
 
     path: str
     code: str | None = None
     json: str | None = None
     requires: tuple[str, ...] = ()
     links: dict[str, str | None] = field(default_factory=dict)
+    mappings: str = ""  # the source map of `code` (transpile.line_map), for stack traces
 
 
 @dataclass(frozen=True)
@@ -97,5 +98,11 @@ async def load_modules(files: dict[str, bytes], main: str, transpiler: Transpile
             if target is not None and target not in queued:
                 queued.add(target)
                 pending.append(target)
-        modules[path] = JSModule(path, code=transpiled.code, requires=transpiled.requires, links=links)
+        modules[path] = JSModule(
+            path,
+            code=transpiled.code,
+            requires=transpiled.requires,
+            links=links,
+            mappings=transpiled.mappings,
+        )
     return PluginModules(main, modules)

@@ -13,7 +13,8 @@
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
 //   options             {timeoutMs, config, attachments: {key: {content_type, file_name, base64}},
-//                       randomSeed: 64 hex digits from the host's secure random source}
+//                       randomSeed: 64 hex digits from the host's secure random source,
+//                       sourcePrefix: what the sourceURL of each of the plugin's files starts with}
 //   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
 //   createUrl           the value of url.js (URL, URLSearchParams)
@@ -40,9 +41,10 @@
 //   ["deliver", items]             answers and timer firings: [[id, status, value], ...]
 //   ["recover"]                    after Python stopped a deliver (a timer callback ran too long)
 //   ["declareMetrics", types]      the plugin's metric types, for meta.metrics
-// Besides run(), `<entry>.define(path, requires, links, moduleFunction, jsonText)` defines one of
-// the plugin's modules (modules.py: the literal names it requires, its relative ones resolved to
-// paths or null; the transpiled module function, or null and the text of a JSON file),
+// Besides run(), `<entry>.define(path, requires, links, moduleFunction, jsonText, lineMap)` defines
+// one of the plugin's modules (modules.py: the literal names it requires, its relative ones resolved
+// to paths or null; the transpiled module function, or null and the text of a JSON file; the line
+// map of its source map, or null, for stack traces),
 // `<entry>.load(callId, mainPath)` checks that every module required is there (one error names all
 // that are missing), then runs the main module (its $done carries what it exports), and
 // `<entry>.poll()` only collects messages. The shared buffers are not reachable from plugin code.
@@ -278,13 +280,36 @@
 
     // ------------------------------------------------------------------ errors and outcomes
 
+    // Stack frames in the plugin's files, `<sourcePrefix><path>:<line>:<column>`, name lines of the
+    // transpiled code: each module's line map (from its source map, per generated line the segments
+    // [generated column, source line, source column], 0-based) turns them into the source's.
+    const lineMaps = new Map();
+    const escapedPrefix = NativeString(options.sourcePrefix || "").replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const SOURCE_FRAME = new RegExp(escapedPrefix + "([^:()\\s]+):(\\d+):(\\d+)", "g");
+
+    function sourcePosition(whole, path, line, column) {
+        const segments = lineMaps.has(path) ? lineMaps.get(path)[+line - 1] : undefined;
+        if (segments === undefined || segments.length === 0) {
+            return whole;
+        }
+        let found = segments[0];
+        for (const segment of segments) {
+            if (segment[0] <= +column - 1) found = segment;
+        }
+        return `${options.sourcePrefix}${path}:${found[1] + 1}:${found[2] + 1}`;
+    }
+
+    function sourceStack(stack) {
+        return lineMaps.size === 0 || !options.sourcePrefix ? stack : stack.replace(SOURCE_FRAME, sourcePosition);
+    }
+
     function describeError(error) {
         try {
             if (error !== null && typeof error === "object") {
                 return {
                     name: NativeString(error.name === undefined ? "Error" : error.name),
                     message: NativeString(error.message === undefined ? "" : error.message),
-                    stack: typeof error.stack === "string" ? error.stack : null,
+                    stack: typeof error.stack === "string" ? sourceStack(error.stack) : null,
                 };
             }
             return { name: "Error", message: NativeString(error), stack: null };
@@ -1268,8 +1293,11 @@
     const definitions = new Map();
     const records = new Map();
 
-    function define(path, requires, links, moduleFunction, jsonText) {
+    function define(path, requires, links, moduleFunction, jsonText, lineMap) {
         definitions.set(path, { requires, links, moduleFunction, jsonText });
+        if (lineMap) {
+            lineMaps.set(path, lineMap);
+        }
         return takeOutbox();
     }
 

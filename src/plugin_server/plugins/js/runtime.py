@@ -51,7 +51,7 @@ from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
 from plugin_server.plugins.js.modules import JSModule, PluginModules
-from plugin_server.plugins.js.transpile import guards_js, wrap_module
+from plugin_server.plugins.js.transpile import guards_js, line_map, wrap_module
 from plugin_server.plugins.meta.errors import ThrownInJS
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
 from plugin_server.plugins.meta.network import ConnectGuard, FetchError, fetch_failed, resolve_addresses
@@ -836,6 +836,7 @@ class JSPlugin:
             "config": self.meta.config,
             "attachments": attachments,
             "randomSeed": secrets.token_hex(32),  # for require('crypto'): V8 alone has no secure source
+            "sourcePrefix": self._source_prefix,  # stack frames of the plugin's files start with it
         }
 
     def _learn(self, exports: dict[str, Any]) -> None:
@@ -941,15 +942,15 @@ class JSPlugin:
 
 def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
     """The arguments of prelude.js's `define` for one module: path, requires, links, the module
-    function (null for JSON) and the JSON text (null for code). The main module's function also
-    returns its top-level functions, for plugins that export nothing."""
-    function = (
-        "null"
-        if module.code is None
-        else wrap_module(module.code, guards_name, TOP_LEVEL_NAMES if main else ())
-    )
+    function (null for JSON), the JSON text (null for code) and the line map of its source map
+    (null without one). The main module's function also returns its top-level functions, for
+    plugins that export nothing."""
+    expose = TOP_LEVEL_NAMES if main else ()
+    function = "null" if module.code is None else wrap_module(module.code, guards_name, expose)
     text = "null" if module.json is None else js_string(module.json)
-    return f"{js_string(module.path)}, {_json(module.requires).decode()}, {_json(module.links).decode()}, {function}, {text}"
+    lines = _json(line_map(module.mappings)).decode() if module.mappings else "null"
+    references = f"{_json(module.requires).decode()}, {_json(module.links).decode()}"
+    return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
 
 
 def _event_outcome(before: RawEvent, result: Any) -> EventOutcome:

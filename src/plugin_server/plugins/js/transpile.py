@@ -97,6 +97,7 @@ __all__ = [
     "Transpiler",
     "get_transpiler",
     "guards_js",
+    "line_map",
     "typescript_path",
     "wrap_module",
 ]
@@ -122,8 +123,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _abandoned: list[object] = []
 
 # The compiler driver, evaluated once in the compiler isolate after typescriptServices.js. It defines
-# `__compilePlugin(source, kind, guardsName)`, which returns JSON: {code, requires: [module name of
-# each literal `require` in the output], errors: [{line, column, message}]} with a 1-based line and column.
+# `__compilePlugin(source, kind, guardsName)`, which returns JSON: {code, mappings (the source map's),
+# requires: [module name of each literal `require` in the output], errors: [{line, column, message}]}
+# with a 1-based line and column.
 _COMPILER_JS = r"""
 (function () {
     "use strict";
@@ -137,7 +139,9 @@ _COMPILER_JS = r"""
         esModuleInterop: true,
         alwaysStrict: true,
         newLine: ts.NewLineKind.LineFeed,
+        sourceMap: true,
     };
+    const SOURCE_MAP_COMMENT = /\n\/\/# sourceMappingURL=[^\n]*\s*$/;
 
     function callerName(sourceFile, expression) {
         let node = expression;
@@ -340,7 +344,9 @@ _COMPILER_JS = r"""
                 message: ts.flattenDiagnosticMessageText(d.messageText, "\n") });
         }
         // Syntax errors first: a transform of a broken tree may report noise.
-        return { code: result.outputText, requires, errors: diagnostics.length ? diagnostics : errors };
+        const mappings = result.sourceMapText ? JSON.parse(result.sourceMapText).mappings : "";
+        return { code: result.outputText.replace(SOURCE_MAP_COMMENT, "\n"), mappings, requires,
+            errors: diagnostics.length ? diagnostics : errors };
     }
 
     globalThis.__compilePlugin = function (source, kind, guardsName) {
@@ -351,7 +357,7 @@ _COMPILER_JS = r"""
             // TypeScript files" (codes 8xxx), unless those are all it found.
             const jsErrors = result.errors.filter((e) => !(e.code >= 8000 && e.code < 9000));
             if (!asTypeScript.errors.length) result = asTypeScript;
-            else result = { code: "", requires: [], errors: jsErrors.length ? jsErrors : asTypeScript.errors };
+            else result = { code: "", mappings: "", requires: [], errors: jsErrors.length ? jsErrors : asTypeScript.errors };
         }
         return JSON.stringify(result);
     };
@@ -361,11 +367,13 @@ _COMPILER_JS = r"""
 
 @dataclass(frozen=True)
 class Transpiled:
-    """A transpiled source: the module body, and the names it `require`s with a literal (imports
-    included, type-only imports not), in order of first appearance."""
+    """A transpiled source: the module body, the names it `require`s with a literal (imports
+    included, type-only imports not) in order of first appearance, and the source map's `mappings`
+    from the body back to the source (see line_map)."""
 
     code: str
     requires: tuple[str, ...]
+    mappings: str = ""
 
 
 @dataclass(frozen=True)
@@ -400,6 +408,45 @@ def typescript_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the TypeScript compiler is missing from the dukpy package: {path}")
     return path
+
+
+_BASE64 = {
+    char: value
+    for value, char in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+}
+
+
+def _vlq(segment: str) -> list[int]:
+    """The numbers of one source map segment (base64 VLQ)."""
+    numbers, value, shift = [], 0, 0
+    for char in segment:
+        digit = _BASE64[char]
+        value += (digit & 31) << shift
+        if digit & 32:
+            shift += 5
+            continue
+        numbers.append(-(value >> 1) if value & 1 else value >> 1)
+        value, shift = 0, 0
+    return numbers
+
+
+def line_map(mappings: str) -> list[list[list[int]]]:
+    """A source map's `mappings` as, for each generated line (0-based), its segments
+    [generated column, source line, source column] (0-based, as source maps count)."""
+    lines: list[list[list[int]]] = []
+    source_line = source_column = 0
+    for line in mappings.split(";"):
+        column = 0
+        segments = []
+        for segment in filter(None, line.split(",")):
+            numbers = _vlq(segment)
+            column += numbers[0]
+            if len(numbers) >= 4:
+                source_line += numbers[2]
+                source_column += numbers[3]
+                segments.append([column, source_line, source_column])
+        lines.append(segments)
+    return lines
 
 
 def guards_js() -> str:
@@ -526,7 +573,9 @@ class Transpiler:
         errors = [TranspileDiagnostic(e["line"], e["column"], e["message"]) for e in result["errors"]]
         if errors:
             raise PluginTranspileError(file_name, errors)
-        return Transpiled(code=result["code"], requires=tuple(result["requires"]))
+        return Transpiled(
+            code=result["code"], requires=tuple(result["requires"]), mappings=result["mappings"]
+        )
 
     def _compiler_locked(self) -> JSFunction:
         if self._compile is not None and self._pid == os.getpid():
