@@ -15,6 +15,7 @@ import brotli
 import pytest
 from moto.server import ThreadedMotoServer
 
+from plugin_server.plugins.js.hosted import BlockingCalls
 from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.meta.network import resolve_addresses
 from tests.js_support import body_outcome
@@ -132,7 +133,7 @@ async def test_a_client_never_uses_the_servers_credentials_or_endpoints(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASERVERSOWN")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "server-secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    clients = AwsClients(resolve_addresses, timeout=5)
+    clients = AwsClients(resolve_addresses, timeout=5, blocking=BlockingCalls())
     try:
         anonymous = clients._clients[await clients.client("S3", {"region": "eu-west-1"})]
         assert anonymous.meta.config.signature_version is botocore.UNSIGNED

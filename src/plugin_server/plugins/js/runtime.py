@@ -45,7 +45,7 @@ from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.js.engine import js_source, new_racer
-from plugin_server.plugins.js.hosted import HostedError, HostedModule, Operation
+from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, HostedModule, Operation
 from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
@@ -246,11 +246,12 @@ class HostOperations:
     def __init__(self, meta: Any, http: httpx.AsyncClient, *, guard: ConnectGuard, timeout: float) -> None:
         self._meta = meta
         self._http = http
+        blocking = BlockingCalls()  # this isolate's share of the threads for clients that block
         self._modules: tuple[HostedModule, ...] = (
             PgConnections(guard, timeout),
-            AwsClients(guard, timeout),
+            AwsClients(guard, timeout, blocking),
             GoogleClients(http, timeout),
-            SnowflakeConnections(guard, timeout),
+            SnowflakeConnections(guard, timeout, blocking),
         )
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,

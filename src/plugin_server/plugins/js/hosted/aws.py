@@ -23,7 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from botocore.response import StreamingBody
 
-from plugin_server.plugins.js.hosted import HostedError, Operation
+from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, Operation
 from plugin_server.plugins.meta.network import ConnectGuard, ConnectRefused
 
 # aws-sdk's class name -> boto3's service name
@@ -95,9 +95,10 @@ def _error(error: Exception) -> HostedError:
 class AwsClients:
     """The boto3 clients of one isolate, by the handle the plugin's service object holds."""
 
-    def __init__(self, guard: ConnectGuard, timeout: float) -> None:
+    def __init__(self, guard: ConnectGuard, timeout: float, blocking: BlockingCalls) -> None:
         self._guard = guard
         self._timeout = timeout
+        self._blocking = blocking
         self._clients: dict[int, Any] = {}
         self._handles = itertools.count(1)
 
@@ -120,7 +121,7 @@ class AwsClients:
                 await self._guard(url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
             except ConnectRefused as error:
                 raise HostedError("UnknownEndpoint", str(error), code="UnknownEndpoint") from None
-        client = await asyncio.to_thread(self._make, SERVICES[service], options, endpoint)
+        client = await self._blocking.run(self._make, SERVICES[service], options, endpoint)
         handle = next(self._handles)
         self._clients[handle] = client
         return handle
@@ -161,9 +162,9 @@ class AwsClients:
         method = getattr(client, botocore.xform_name(operation))
         try:
             response = await asyncio.wait_for(
-                asyncio.to_thread(method, **decode(params or {})), self._timeout * 4
+                self._blocking.run(method, **decode(params or {})), self._timeout * 4
             )
-            return await asyncio.to_thread(encode, response)
+            return await self._blocking.run(encode, response)
         except TimeoutError:
             raise HostedError(
                 "TimeoutError", "aws-sdk: the request timed out", code="TimeoutError", retryable=True

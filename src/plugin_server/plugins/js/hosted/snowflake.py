@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
-from plugin_server.plugins.js.hosted import HostedError, Operation
+from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, Operation
 from plugin_server.plugins.meta.network import ConnectGuard, ConnectRefused
 
 MAX_CONNECTIONS = 10
@@ -61,9 +61,10 @@ def _error(error: Any) -> HostedError:
 class SnowflakeConnections:
     """The Snowflake connections of one isolate, by the handle the plugin's connection holds."""
 
-    def __init__(self, guard: ConnectGuard, timeout: float) -> None:
+    def __init__(self, guard: ConnectGuard, timeout: float, blocking: BlockingCalls) -> None:
         self._guard = guard
         self._timeout = timeout
+        self._blocking = blocking
         self._connections: dict[int, Any] = {}
         self._handles = itertools.count(1)
 
@@ -109,10 +110,10 @@ class SnowflakeConnections:
             )
             if options.get(name)
         }
-        connector = await asyncio.to_thread(_connector)
+        connector = await self._blocking.run(_connector)
         try:
             connection = await asyncio.wait_for(
-                asyncio.to_thread(
+                self._blocking.run(
                     connector.connect,
                     account=account,
                     **given,
@@ -141,7 +142,7 @@ class SnowflakeConnections:
             raise HostedError("Error", "snowflake-sdk: the connection is not up")
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._execute, connection, sql, binds), self._timeout * 2
+                self._blocking.run(self._execute, connection, sql, binds), self._timeout * 2
             )
         except TimeoutError:
             raise HostedError("NetworkError", "snowflake-sdk: the statement timed out") from None
@@ -169,10 +170,10 @@ class SnowflakeConnections:
     async def destroy(self, handle: int) -> None:
         connection = self._connections.pop(handle, None)
         if connection is not None:
-            await asyncio.to_thread(connection.close)
+            await self._blocking.run(connection.close)
 
     async def close(self) -> None:
         connections = list(self._connections.values())
         self._connections.clear()
         for connection in connections:
-            await asyncio.to_thread(connection.close)
+            await self._blocking.run(connection.close)
