@@ -98,8 +98,9 @@ async def test_kinesis_is_read_the_way_the_kinesis_app_reads_it(moto_url: str) -
     kinesis.create_stream(StreamName="events", ShardCount=1)
     out = await run(
         """
-        const kinesis = new AWS.Kinesis({ accessKeyId: config.awsAccessKey, secretAccessKey: config.awsSecretAccessKey,
-                                          region: config.awsRegion, endpoint: config.endpoint })
+        const makeClient = async () => new AWS.Kinesis({ accessKeyId: config.awsAccessKey,
+            secretAccessKey: config.awsSecretAccessKey, region: config.awsRegion, endpoint: config.endpoint })
+        const kinesis = await makeClient()  // a client is not a promise
         const call = (method, params) => new Promise((resolve, reject) => {
             kinesis[method](params, function (err, data) { err ? reject(err) : resolve(data) })
         })

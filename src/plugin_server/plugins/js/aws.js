@@ -25,6 +25,9 @@
     const OPTION_NAMES = ["accessKeyId", "secretAccessKey", "sessionToken", "region", "endpoint", "s3ForcePathStyle", "maxRetries"];
 
     const globalConfig = {};
+    // Names asked of any object that are no operation: `then` (an async function returning a client
+    // must not make it look like a promise), and what inspection and JSON look for.
+    const NOT_OPERATIONS = new Set(["then", "toJSON", "inspect", "valueOf", "toString"]);
 
     function encodeParams(value) {
         if (value instanceof Uint8Array) return { $bytes: kit.base64Encode(value) };
@@ -118,7 +121,8 @@
                 // Every other lower-case name is an operation of the service.
                 return new Proxy(this, {
                     get: (target, name, receiver) => {
-                        if (typeof name !== "string" || name in target || !/^[a-z][A-Za-z0-9]*$/.test(name)) {
+                        if (typeof name !== "string" || name in target || NOT_OPERATIONS.has(name)
+                            || !/^[a-z][A-Za-z0-9]*$/.test(name)) {
                             return Reflect.get(target, name, receiver);
                         }
                         return (params, callback) => target.makeRequest(name, params, callback);
