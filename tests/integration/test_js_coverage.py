@@ -785,11 +785,6 @@ async def test_effects(
 # ---------------------------------------------------------------------- modules that are refused
 
 REFUSED = {
-    "aws-sdk": "Cannot import 'aws-sdk' in this plugin server: AWS's SDK needs node. Use fetch",
-    "snowflake-sdk": "Cannot import 'snowflake-sdk' in this plugin server: Snowflake's SDK needs node",
-    "pg": "Cannot import 'pg' in this plugin server: Postgres clients need node's sockets",
-    "generic-pool": "Cannot import 'generic-pool' in this plugin server: connection pools are not needed",
-    "@google-cloud/storage": "Cannot import '@google-cloud/storage' in this plugin server: Google Cloud's",
     "lodash": "Cannot import 'lodash'! This package is not provided by PostHog in plugins.",
 }
 

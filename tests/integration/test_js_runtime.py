@@ -26,6 +26,7 @@ from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.host import GeoIPExtension, Meta
 from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout, capabilities
+from plugin_server.plugins.js.modules import PluginModules
 from plugin_server.plugins.js.runtime import FetchError, JSError, JSHeapLimitError, JSPlugin, MemoryLimits
 from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.meta.cache import PluginCache
@@ -162,14 +163,13 @@ async def load(setup: Setup) -> AsyncIterator[Loader]:
         code = await transpiler.transpile_async(source, file_name) if transpile else source
         meta = setup.meta(config or {}, attachments or {})
         plugin = await JSPlugin.load(
-            code,
+            PluginModules.single(code, file_name),
             meta,
             plugin_config_id=setup.config_id,
             timeout=TIMEOUT,
             memory=MemoryLimits(HEAP_LIMIT_MB, ARRAY_BUFFER_LIMIT_MB),
             http=setup.http,
             guards_name=transpiler.guards_name,
-            file_name=file_name,
         )
         loaded.append(plugin)
         # as the host does once the instance exists
@@ -735,19 +735,32 @@ async def test_posthog_api(load: Loader, service: LoopbackService) -> None:
     assert api["echo"]["headers"]["authorization"] == "Bearer phx_personal"
 
 
+async def test_posthog_api_network_failure_names_the_url(load: Loader) -> None:
+    plugin = await load(
+        """
+        export async function processEvent(event) {
+            const keys = { host: 'http://127.0.0.1:9', projectApiKey: 'phc_project', personalApiKey: 'phx_personal' }
+            try {
+                await posthog.api.get('/api/projects/@current/events', keys)
+            } catch (error) {
+                const { FetchError } = require('node-fetch')
+                event.properties.failed = `${error instanceof FetchError} ${error.name}: ${error.message}`
+            }
+            return event
+        }
+        """
+    )
+    failed = ok(await one(plugin))["properties"]["failed"]
+    assert failed.startswith(
+        "true FetchError: request to http://127.0.0.1:9/api/projects/@current/events failed"
+    )
+
+
 @pytest.mark.parametrize(
     ("module", "message"),
     [
         ("left-pad", "Cannot import 'left-pad'! This package is not provided by PostHog in plugins."),
         ("fs", "Cannot import 'fs'! This package is not provided by PostHog in plugins."),
-        ("aws-sdk", "Use fetch to call the service's HTTP API, or write this plugin in Python"),
-        (
-            "@google-cloud/bigquery",
-            "Use fetch to call the service's REST API, or write this plugin in Python",
-        ),
-        ("pg", "Keep plugin state in meta.storage, or write this plugin in Python"),
-        ("snowflake-sdk", "Use fetch with Snowflake's SQL API"),
-        ("generic-pool", "fetch reuses the server's HTTP connections"),
     ],
 )
 async def test_require_allow_list(load: Loader, module: str, message: str) -> None:
@@ -991,7 +1004,8 @@ async def test_a_plugin_cannot_reach_the_host(load: Loader) -> None:
         """
         export function processEvent(event) {
             const seen: any = {}
-            try { seen.fs = typeof require('fs') } catch (error) { seen.fs = error.message }
+            const fs = 'fs'  // a literal name that is not provided would refuse the plugin at load
+            try { seen.fs = typeof require(fs) } catch (error) { seen.fs = error.message }
             seen.process = typeof process
             seen.globals = Object.getOwnPropertyNames(globalThis).filter((name) => !/^[A-Z]/.test(name)).sort()
             const entry = seen.globals.find((name) => name.startsWith('__pluginServer_'))
@@ -1038,7 +1052,7 @@ async def test_a_plugin_cannot_reach_the_host(load: Loader) -> None:
         ]
     )
     # The runtime's entry points are plain JavaScript: calling them only talks to this plugin's isolate.
-    assert seen["entry"] == ["collectGarbage", "load", "memoryStillOver", "poll", "run"]
+    assert seen["entry"] == ["collectGarbage", "define", "load", "memoryStillOver", "poll", "run"]
     assert seen["functionSource"] is False
 
 

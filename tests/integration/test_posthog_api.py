@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +21,7 @@ from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
 from plugin_server.plugin_api import ForbiddenDestination
 from plugin_server.plugins.egress import plugin_http_client
+from plugin_server.plugins.meta.network import FetchError
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from tests.conftest import Counted
 from tests.loopback import LoopbackService, loopback_plugin_http
@@ -141,6 +143,16 @@ async def test_the_host_option_replaces_the_default_host(api_for: Apis, stub: Lo
 
     [request] = stub.requests
     assert (request.path, request.query) == ("/api/event", {"token": "phc_project"})
+
+
+async def test_a_network_failure_names_the_url_but_not_the_token(api_for: Apis) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    with pytest.raises(FetchError) as raised:
+        await api_for().get("/api/event", {"host": host, **GIVEN_KEYS})
+    assert str(raised.value).startswith(f"request to {host}/api/event failed, reason: ")
+    assert "phc_project" not in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -358,7 +358,8 @@ def test_cache_returns_the_same_result_without_compiling(transpiler: Transpiler)
     again = transpiler.transpile(source, "index.ts")
     hit_seconds = time.perf_counter() - start
     assert again is first
-    assert transpiler.cached(source, "index.ts") is first
+    cached = transpiler.cached(source, "index.ts")
+    assert cached is not None and cached.code is first
     assert transpiler.cached(source, "other.ts") is None
     assert hit_seconds < 0.005
 

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import brotli
 import pytest
 from py_mini_racer import JSEvalException, MiniRacer
 
@@ -58,6 +59,9 @@ def test_our_output_decompresses_in_python(racer: MiniRacer, name: str) -> None:
     assert zlib.decompress(run(racer, "deflateSync", data)) == data
     assert gzip.decompress(run(racer, "gzipSync", data)) == data
     assert zlib.decompress(run(racer, "deflateRawSync", data), wbits=-15) == data
+    stored = run(racer, "brotliCompressSync", data)
+    assert brotli.decompress(stored) == data
+    assert len(stored) <= len(data) + 3 * (len(data) // 65536 + 1) + 1
 
 
 @pytest.mark.parametrize("level", [0, 1, 6, 9])

@@ -276,6 +276,8 @@ def parse_directory(directory: Path) -> dict[str, float]:
     registry = CollectorRegistry(auto_describe=False)
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     return parse(generate_latest(registry))
+
+
 def test_action_matching_and_hook_deliveries(udp: LoopbackUdp) -> None:
     metrics = Metrics(statsd.StatsClient("127.0.0.1", udp.port, prefix="plugin-server"))
     metrics.actions_matched(events=4, matches=3, seconds=0.002)

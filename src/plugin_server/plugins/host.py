@@ -24,9 +24,12 @@ from structlog.contextvars import bound_contextvars
 from plugin_server.config import Settings
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
-from plugin_server.plugins.egress import plugin_http_client
+from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
+from plugin_server.plugins.historical import JOBS as HISTORICAL_JOBS
+from plugin_server.plugins.historical import START_JOB, HistoricalExport, register_public_job
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
+from plugin_server.plugins.js.modules import load_modules
 from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
 from plugin_server.plugins.js.timers import TimerLimits
 from plugin_server.plugins.js.transpile import get_transpiler
@@ -35,6 +38,7 @@ from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
 from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
+from plugin_server.plugins.meta.network import ConnectGuard, resolve_addresses
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture, origin
 from plugin_server.plugins.meta.storage import Cursor, PluginStorage
 from plugin_server.plugins.models import PluginConfigInForce
@@ -78,6 +82,9 @@ class PluginHost:
     teams: TeamManager
     tracker: CallTracker
     hung: HungMarks
+    # Where JS plugins' own connections (pg, snowflake-sdk, aws-sdk endpoints) may go: the hook for a
+    # network policy such as refusing private addresses. Their HTTP goes through `http`.
+    connect_guard: ConnectGuard = resolve_addresses
     registry: PluginRegistry = field(init=False)
     _api_keys: PersonalApiKeys = field(init=False)
     _background: set[asyncio.Task[Any]] = field(init=False, default_factory=set)
@@ -121,9 +128,8 @@ class PluginHost:
             )
         else:
             transpiler = get_transpiler()
-            source = code.files[code.main].decode("utf-8", errors="replace")
             instance = await JSPlugin.load(
-                await transpiler.transpile_async(source, code.main),
+                await load_modules(code.files, code.main, transpiler),
                 meta,
                 plugin_config_id=config.id,
                 timeout=self.settings.TASK_TIMEOUT,
@@ -133,13 +139,13 @@ class PluginHost:
                 ),
                 http=self.http,
                 guards_name=transpiler.guards_name,
-                file_name=code.main,
                 timers=TimerLimits(
                     max_timers=self.settings.JS_MAX_TIMERS,
                     min_interval=self.settings.JS_TIMER_MIN_INTERVAL_MS / 1000,
                     cpu_share=self.settings.JS_TIMER_CPU_SHARE,
                 ),
                 record_error=vm.record_error,
+                guard=self.connect_guard,
             )
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
             vm.metrics = PluginMetrics(declared_metrics(instance.metrics, instance.methods))
@@ -153,6 +159,16 @@ class PluginHost:
                 plugin=vm.labels,
                 schedule_retry=lambda payload, delay: retry(payload).run_in(delay, "seconds"),
                 record_error=vm.record_error,
+            )
+            if START_JOB not in (config.plugin.public_jobs or {}):
+                await register_public_job(self.pool, config.plugin.id)
+            vm.historical_export = HistoricalExport(
+                self.pool,
+                instance,
+                team_id=config.config.team_id or 0,
+                storage=meta.storage,
+                jobs=meta.jobs,
+                logger=vm.logger,
             )
         return instance
 
@@ -222,6 +238,8 @@ class PluginHost:
                 )
             if job.kind == "schedule":
                 await instance.run_task(job.type)
+            elif job.type in HISTORICAL_JOBS and vm.historical_export is not None:
+                await vm.historical_export.run(job.type, job.payload)
             elif job.type == EXPORT_RETRY_JOB and vm.export_buffer is not None:
                 payload = job.payload
                 await vm.export_buffer.export(
@@ -299,6 +317,7 @@ async def open_plugin_host(
             redis=redis,
             http=http,
             posthog_http=posthog_http,
+            connect_guard=plugin_connect_guard(settings),
             logs=logs,
             jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
             geoip=geoip,

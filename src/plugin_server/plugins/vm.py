@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.plugins.export import ExportBuffer
+from plugin_server.plugins.historical import HistoricalExport
 from plugin_server.plugins.instance import PluginInstance, PluginTimeout, capabilities
 from plugin_server.plugins.meta.errors import clear_plugin_error, disable_plugin_config, record_plugin_error
 from plugin_server.plugins.meta.logs import PluginLogger
@@ -73,9 +74,10 @@ class PluginVM:
         # Whether this VM set the config's error: `config.error` is the row as loaded, so it does not
         # show an error recorded since, which a successful setup must clear all the same.
         self._error_recorded = False
-        # Set by the host when the instance is created: the plugin's metrics and export buffer.
+        # Set by the host when the instance is created: the plugin's metrics, export buffer and historical export.
         self.metrics: PluginMetrics | None = None
         self.export_buffer: ExportBuffer | None = None
+        self.historical_export: HistoricalExport | None = None  # for plugins with exportEvents
 
     @property
     def plugin_config_id(self) -> int:

@@ -8,18 +8,21 @@
 // This file is one JavaScript expression, a function called once per isolate, which returns the
 // `control` SharedArrayBuffer (below):
 //
-//     (prelude)(entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib)
+//     (prelude)(entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries)
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
 //   options             {timeoutMs, maxTimers, config, attachments: {key: {content_type, file_name, base64}},
-//                       randomSeed: 64 hex digits from the host's secure random source}
+//                       randomSeed: 64 hex digits from the host's secure random source,
+//                       sourcePrefix: what the sourceURL of each of the plugin's files starts with}
 //   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
 //   createUrl           the value of url.js (URL, URLSearchParams)
 //   createCrypto        the value of crypto.js (require('crypto'))
 //   createContrib       the value of contrib.js (require('@posthog/plugin-contrib'))
 //   createZlib          the value of zlib.js (require('zlib'))
+//   libraries           more modules, in order: functions `(kit, modules) -> {name: module}` (stream.js,
+//                       pool.js, ...), given the `kit` below and the modules provided so far
 //
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
 // entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
@@ -39,9 +42,13 @@
 //   ["recover"]                    after Python stopped a deliver (a timer callback ran too long)
 //   ["clearTimers"]                forget every plugin timer (they used more time than allowed)
 //   ["declareMetrics", types]      the plugin's metric types, for meta.metrics
-// Besides run(), `<entry>.load(callId, moduleFunction)` runs the transpiled module (its $done
-// carries what it exports) and `<entry>.poll()` only collects messages. The shared buffers are not
-// reachable from plugin code.
+// Besides run(), `<entry>.define(path, requires, links, moduleFunction, jsonText, lineMap)` defines
+// one of the plugin's modules (modules.py: the literal names it requires, its relative ones resolved
+// to paths or null; the transpiled module function, or null and the text of a JSON file; the line
+// map of its source map, or null, for stack traces),
+// `<entry>.load(callId, mainPath)` checks that every module required is there (one error names all
+// that are missing), then runs the main module (its $done carries what it exports), and
+// `<entry>.poll()` only collects messages. The shared buffers are not reachable from plugin code.
 //
 // Each of these returns, as JSON text, the messages the isolate posted since the previous return,
 // `[[op, id, args], ...]`:
@@ -55,7 +62,7 @@
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
-(function (entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib) {
+(function (entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries) {
     "use strict";
 
     // Builtins the runtime relies on, captured before plugin code can replace them.
@@ -69,6 +76,7 @@
     const NativeError = Error;
     const NativeTypeError = TypeError;
     const NativeRangeError = RangeError;
+    const NativeSyntaxError = SyntaxError;
     const NativeUint8Array = Uint8Array;
     const NativeString = String;
     const isArray = Array.isArray;
@@ -134,9 +142,15 @@
         const name = NativeString(error && error.name || "Error");
         const message = NativeString(error && error.message || "");
         const made = name === "TypeError" ? new NativeTypeError(message)
-            : name === "RangeError" ? new NativeRangeError(message) : new NativeError(message);
+            : name === "RangeError" ? new NativeRangeError(message)
+                : name === "FetchError" ? new FetchError(message, "system") : new NativeError(message);
         if (made.name !== name) made.name = name;
         made.stack = `${name}: ${message}\n    at ${op} (plugin server)`;
+        for (const key of keys(error || {})) {
+            if (key !== "name" && key !== "message" && key !== "stack") {
+                made[key] = error[key];  // what the client library's errors have: code, detail...
+            }
+        }
         return made;
     }
 
@@ -302,13 +316,36 @@
 
     // ------------------------------------------------------------------ errors and outcomes
 
+    // Stack frames in the plugin's files, `<sourcePrefix><path>:<line>:<column>`, name lines of the
+    // transpiled code: each module's line map (from its source map, per generated line the segments
+    // [generated column, source line, source column], 0-based) turns them into the source's.
+    const lineMaps = new Map();
+    const escapedPrefix = NativeString(options.sourcePrefix || "").replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const SOURCE_FRAME = new RegExp(escapedPrefix + "([^:()\\s]+):(\\d+):(\\d+)", "g");
+
+    function sourcePosition(whole, path, line, column) {
+        const segments = lineMaps.has(path) ? lineMaps.get(path)[+line - 1] : undefined;
+        if (segments === undefined || segments.length === 0) {
+            return whole;
+        }
+        let found = segments[0];
+        for (const segment of segments) {
+            if (segment[0] <= +column - 1) found = segment;
+        }
+        return `${options.sourcePrefix}${path}:${found[1] + 1}:${found[2] + 1}`;
+    }
+
+    function sourceStack(stack) {
+        return lineMaps.size === 0 || !options.sourcePrefix ? stack : stack.replace(SOURCE_FRAME, sourcePosition);
+    }
+
     function describeError(error) {
         try {
             if (error !== null && typeof error === "object") {
                 return {
                     name: NativeString(error.name === undefined ? "Error" : error.name),
                     message: NativeString(error.message === undefined ? "" : error.message),
-                    stack: typeof error.stack === "string" ? error.stack : null,
+                    stack: typeof error.stack === "string" ? sourceStack(error.stack) : null,
                 };
             }
             return { name: "Error", message: NativeString(error), stack: null };
@@ -872,6 +909,18 @@
         dir: consoleMethod("log"),
     });
 
+    // node-fetch's error for a request that got no response (plugins test `instanceof FetchError`).
+    class FetchError extends NativeError {
+        constructor(message, type, systemError) {
+            super(message);
+            this.name = "FetchError";
+            this.type = type;
+            if (systemError && systemError.code) {
+                this.code = this.errno = systemError.code;
+            }
+        }
+    }
+
     class Headers {
         #map = new Map();
 
@@ -1035,6 +1084,7 @@
     fetch.default = fetch;
     fetch.Headers = Headers;
     fetch.Response = Response;
+    fetch.FetchError = FetchError;
 
     function apiMethod(method) {
         return (path, options) => then(request("posthog.api", [method, path, options === undefined ? null : options]), responseFrom);
@@ -1072,25 +1122,49 @@
         crypto,
     };
 
-    const ALTERNATIVES = [
-        ["aws-sdk", "AWS's SDK needs node. Use fetch to call the service's HTTP API, or write this plugin in Python"],
-        ["snowflake-sdk", "Snowflake's SDK needs node. Use fetch with Snowflake's SQL API, or write this plugin in Python"],
-        ["pg", "Postgres clients need node's sockets. Keep plugin state in meta.storage, or write this plugin in Python"],
-        ["generic-pool", "connection pools are not needed here: fetch reuses the server's HTTP connections"],
-        ["@google-cloud/", "Google Cloud's SDKs need node. Use fetch to call the service's REST API, or write this plugin in Python"],
-    ];
-
-    function require(name) {
-        const text = NativeString(name);
-        if (hasOwn(MODULES, text)) {
-            return MODULES[text];
-        }
-        for (const [prefix, advice] of ALTERNATIVES) {
-            if (text === prefix || (prefix.endsWith("/") && text.startsWith(prefix))) {
-                throw new NativeError(`Cannot import '${text}' in this plugin server: ${advice}.`);
+    // What the libraries get: host requests, the plugin's timers, bytes and text, error reports.
+    const kit = freeze({
+        request,
+        later: (fn) => then(undefined, () => {
+            try {
+                fn();
+            } catch (error) {
+                reportUncaught(error);
             }
+        }),
+        setTimeout: (fn, ms, ...args) => pluginTimer(fn, ms, args, false),
+        clearTimeout: clearPluginTimer,
+        reportError: reportUncaught,
+        Buffer, encodeText, decodeBytes, bytesOf, wrapBytes, base64Encode: (bytes) => base64Encode(bytes, BASE64, true),
+        base64Decode, utf8Encode, utf8Decode, crypto,
+    });
+    for (const library of libraries) {
+        const provided = library(kit, MODULES);
+        for (const name of keys(provided)) {
+            MODULES[name] = provided[name];
         }
-        throw new NativeError(`Cannot import '${text}'! This package is not provided by PostHog in plugins.`);
+    }
+
+    // node's builtins may be named with the `node:` scheme.
+    const BUILTINS = ["crypto", "stream", "url", "zlib"];
+
+    function providedModule(name) {
+        const bare = name.startsWith("node:") && BUILTINS.includes(name.slice(5)) ? name.slice(5) : name;
+        return hasOwn(MODULES, bare) ? MODULES[bare] : undefined;
+    }
+
+    function notProvidedMessage(name) {
+        return `Cannot import '${name}'! This package is not provided by PostHog in plugins.`;
+    }
+
+    function requireProvided(name) {
+        const found = providedModule(name);
+        if (found === undefined) {
+            const error = new NativeError(notProvidedMessage(name));
+            error.code = "MODULE_NOT_FOUND";
+            throw error;
+        }
+        return found;
     }
 
     // ------------------------------------------------------------------ meta
@@ -1248,18 +1322,122 @@
             + ",\"jobs\":" + stringify(keys(jobs)) + ",\"metrics\":" + metricsJson + "}]";
     }
 
-    function load(callId, moduleFunction) {
-        const module = { exports: {} };
-        const exportsObject = module.exports;
-        bump();
-        let topLevel;
+    // ------------------------------------------------------------------ the plugin's own modules
+
+    // path -> {requires, links, moduleFunction, jsonText}, from define(); path -> {module, topLevel}
+    // once required (before it has run, so that a cycle gets the partial exports, as in node).
+    const definitions = new Map();
+    const records = new Map();
+
+    function define(path, requires, links, moduleFunction, jsonText, lineMap) {
+        definitions.set(path, { requires, links, moduleFunction, jsonText });
+        if (lineMap) {
+            lineMaps.set(path, lineMap);
+        }
+        return takeOutbox();
+    }
+
+    function isRelative(name) {
+        return name.startsWith("./") || name.startsWith("../") || name.startsWith("/") || name === "." || name === "..";
+    }
+
+    function moduleNotFound(name, from) {
+        const error = new NativeError(`Cannot find module '${name}' from '${from}'`);
+        error.code = "MODULE_NOT_FOUND";
+        return error;
+    }
+
+    function requireModule(path) {
+        const existing = records.get(path);
+        if (existing !== undefined) {
+            return existing;
+        }
+        const definition = definitions.get(path);
+        const module = { exports: {}, id: path, filename: path, loaded: false };
+        const record = { module, topLevel: undefined };
+        records.set(path, record);
         try {
-            topLevel = apply(moduleFunction, exportsObject, [exportsObject, require, module, guards]);
+            if (definition.moduleFunction === null) {
+                try {
+                    module.exports = parse(definition.jsonText);
+                } catch (error) {
+                    throw new NativeSyntaxError(`${path}: ${error.message}`);
+                }
+            } else {
+                const exportsObject = module.exports;
+                record.topLevel = apply(definition.moduleFunction, exportsObject,
+                    [exportsObject, requireFrom(path, definition.links), module, guards]);
+            }
+        } catch (error) {
+            records.delete(path);
+            throw error;
+        }
+        module.loaded = true;
+        return record;
+    }
+
+    function requireFrom(path, links) {
+        return function require(name) {
+            const text = NativeString(name);
+            if (hasOwn(links, text)) {
+                const target = links[text];
+                if (target === null) {
+                    throw moduleNotFound(text, path);
+                }
+                return requireModule(target).module.exports;
+            }
+            if (isRelative(text)) {
+                throw moduleNotFound(text, path);
+            }
+            return requireProvided(text);
+        };
+    }
+
+    // Every module the plugin's files require that is not there, named in one error (the original
+    // refused an unknown import when it transformed the code, before running any).
+    function checkRequires() {
+        const packages = [];
+        const files = [];
+        for (const [path, definition] of definitions) {
+            for (const name of definition.requires) {
+                if (isRelative(name)) {
+                    if (!hasOwn(definition.links, name) || definition.links[name] === null) {
+                        files.push(`'${name}' from '${path}'`);
+                    }
+                } else if (providedModule(name) === undefined && !packages.includes(name)) {
+                    packages.push(name);
+                }
+            }
+        }
+        const problems = [];
+        if (packages.length === 1) {
+            problems.push(notProvidedMessage(packages[0]));
+        } else if (packages.length > 1) {
+            problems.push(`Cannot import ${packages.map((name) => `'${name}'`).join(", ")}! These packages are not provided by PostHog in plugins.`);
+        }
+        if (files.length > 0) {
+            problems.push(`Cannot find module ${files.join(", ")}.`);
+        }
+        if (problems.length > 0) {
+            const error = new NativeError(problems.join(" "));
+            error.code = "MODULE_NOT_FOUND";
+            error.stack = undefined;  // the runtime's own frames, of no use to the plugin's author
+            throw error;
+        }
+    }
+
+    function load(callId, mainPath) {
+        bump();
+        let record;
+        try {
+            checkRequires();
+            record = requireModule(mainPath);
         } catch (error) {
             done(callId, errorOutcome(error));
             return takeOutbox();
         }
-        done(callId, exportsDescription(findExports(exportsObject, module, topLevel)));
+        const module = record.module;
+        done(callId, exportsDescription(findExports(module.exports, module, record.topLevel)));
         return takeOutbox();
     }
 
@@ -1523,6 +1701,6 @@
         return apply(REQUESTS[request[0]], undefined, request.slice(1));
     }
 
-    defineProperty(global, entryName, { value: freeze({ run, load, poll: takeOutbox, collectGarbage: memory.collect, memoryStillOver: memory.stillOver }) });
+    defineProperty(global, entryName, { value: freeze({ run, define, load, poll: takeOutbox, collectGarbage: memory.collect, memoryStillOver: memory.stillOver }) });
     return control.buffer;
 })

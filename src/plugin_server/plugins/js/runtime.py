@@ -46,9 +46,17 @@ from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.js.engine import js_source, new_racer
+from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, HostedModule, Operation
+from plugin_server.plugins.js.hosted.aws import AwsClients
+from plugin_server.plugins.js.hosted.google import GoogleClients
+from plugin_server.plugins.js.hosted.pg import PgConnections
+from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
+from plugin_server.plugins.js.modules import JSModule, PluginModules
 from plugin_server.plugins.js.timers import DEFAULT_TIMER_LIMITS, TimerBudget, TimerLimits
-from plugin_server.plugins.js.transpile import guards_js, wrap_module
+from plugin_server.plugins.js.transpile import guards_js, line_map, wrap_module
+from plugin_server.plugins.meta.errors import ThrownInJS
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
+from plugin_server.plugins.meta.network import ConnectGuard, FetchError, fetch_failed, resolve_addresses
 
 MIB = 1024 * 1024
 # A script is terminated this long after TASK_TIMEOUT, so that the transpiler's guards, which stop
@@ -84,7 +92,6 @@ METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
 # What a script returned that the runtime (prelude.js) never returns: plugin code replaced its parts.
 BROKEN = "the plugin broke its JavaScript runtime"
 
-Operation = Callable[..., Awaitable[Any]]
 RecordError = Callable[[BaseException], Awaitable[None]]
 
 # While a round of timer firings runs (in the isolate's pump task): the seconds its scripts took.
@@ -111,21 +118,16 @@ META_OPERATIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class JSError(PluginError):
+class JSError(ThrownInJS, PluginError):
     """An error thrown by plugin code: `str()` is its message; `name` and `stack` are JavaScript's."""
 
-    def __init__(self, name: str, message: str, stack: str | None = None) -> None:
-        super().__init__(message)
-        self.name = name
-        self.stack = stack
+
+class JSRetryError(ThrownInJS, RetryError):
+    """A RetryError thrown by plugin code (retried like any RetryError), with its JavaScript stack."""
 
 
 class JSHeapLimitError(PluginError):
     """The plugin's isolate reached its heap limit and was discarded."""
-
-
-class FetchError(Exception):
-    """`fetch` could not get a response (the name node-fetch gives this error)."""
 
 
 class _Interrupted(Exception):
@@ -148,11 +150,18 @@ class MemoryLimits:
         return int(self.array_buffers_mb * MIB)
 
 
+# The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
+LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker", "google", "snowflake")
+
+
 def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
     """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js)."""
     memory = f"({js_source('memory')})({array_buffer_bytes})"
     modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
-    arguments = ", ".join((js_string(entry), f"JSON.parse({js_string(_json(options))})", memory, *modules))
+    libraries = "[" + ", ".join(js_source(name) for name in LIBRARIES) + "]"
+    arguments = ", ".join(
+        (js_string(entry), f"JSON.parse({js_string(_json(options))})", memory, *modules, libraries)
+    )
     return f"({js_source('prelude')})({arguments})"
 
 
@@ -169,7 +178,7 @@ def js_exception(error: Any) -> Exception:
     stack = details.get("stack") if isinstance(details.get("stack"), str) else None
     exception: Exception
     if name == "RetryError":
-        exception = RetryError(message)
+        exception = JSRetryError(name, message, stack)
     elif name == "TimeoutError":
         exception = PluginTimeout(message)
     else:
@@ -237,17 +246,41 @@ def _copy(error: PluginError) -> PluginError:
 
 
 class HostOperations:
-    """What a plugin's isolate may ask Python to do: the meta operations of one plugin config."""
+    """What a plugin's isolate may ask Python to do: the meta operations of one plugin config, and
+    the operations of the modules that do I/O through the host (hosted/), whose connections go
+    through `guard` and are closed with the isolate."""
 
-    def __init__(self, meta: Any, http: httpx.AsyncClient, record_error: RecordError | None = None) -> None:
+    def __init__(
+        self,
+        meta: Any,
+        http: httpx.AsyncClient,
+        *,
+        guard: ConnectGuard,
+        timeout: float,
+        record_error: RecordError | None = None,
+    ) -> None:
         self._meta = meta
         self._http = http
         self._record_error = record_error
+        blocking = BlockingCalls()  # this isolate's share of the threads for clients that block
+        self._modules: tuple[HostedModule, ...] = (
+            PgConnections(guard, timeout),
+            AwsClients(guard, timeout, blocking),
+            GoogleClients(http, timeout),
+            SnowflakeConnections(guard, timeout, blocking),
+        )
         self._own: dict[str, Operation] = {
             "posthog.api": self._posthog_api,
             "jobs.run": self._run_job,
             "fetch": self._fetch,
         }
+        for module in self._modules:
+            self._own.update(module.operations())
+
+    async def close(self) -> None:
+        """Close what the plugin's modules opened."""
+        for module in self._modules:
+            await module.close()
 
     def operation(self, op: str) -> Operation | None:
         """The coroutine function for an operation name, or None for a name that is not one."""
@@ -314,10 +347,8 @@ class HostOperations:
                 follow_redirects=redirect == "follow",
                 timeout=timeout / 1000 if timeout else httpx.USE_CLIENT_DEFAULT,
             )
-        except httpx.TimeoutException:
-            raise FetchError(f"network timeout at: {url}") from None  # node-fetch's words
         except httpx.HTTPError as error:
-            raise FetchError(f"request to {url} failed, reason: {error or type(error).__name__}") from None
+            raise fetch_failed(url, error) from None
         if redirect == "error" and response.is_redirect:
             raise FetchError(f"uri requested responds with a redirect, redirect mode is set to error: {url}")
         return _response(response)
@@ -402,12 +433,19 @@ class Isolate:
 
     # ---------------------------------------------------------------- calls
 
-    async def load(self, module: str, source_url: str) -> dict[str, Any]:
-        """Run the plugin's module; what it exports (methods, tasks, jobs, metrics)."""
+    async def load(
+        self, definitions: Iterable[tuple[str, str]], main: str, source_prefix: str
+    ) -> dict[str, Any]:
+        """Define the plugin's modules (`(path, arguments of define)`, see prelude.js), each in a script
+        of its own so that stack traces name its file, then run the main one; what it exports
+        (methods, tasks, jobs, metrics)."""
+        for path, arguments in definitions:
+            self._dispatch(
+                await self._eval(f"{self._entry}.define({arguments})\n//# sourceURL={source_prefix}{path}")
+            )
 
         async def start(call_id: int) -> None:
-            script = f"{self._entry}.load({call_id}, {module})\n//# sourceURL={source_url}"
-            self._dispatch(await self._eval(script))
+            self._dispatch(await self._eval(f"{self._entry}.load({call_id}, {js_string(main)})"))
             self._poll_soon()
 
         exports = _outcome_value(await self._call(start))
@@ -680,6 +718,11 @@ class Isolate:
             if operation is None:
                 raise TypeError(f"{op} is not a function the plugin server provides")
             answer = b"[%d,1,%s]" % (ident, _json(await operation(*args)))
+        except HostedError as error:
+            answer = b"[%d,0,%s]" % (
+                ident,
+                _json({**error.fields, "name": error.name, "message": str(error)}),
+            )
         except Exception as error:
             answer = b"[%d,0,%s]" % (ident, _json({"name": type(error).__name__, "message": str(error)}))
         self._deliver(answer)
@@ -812,6 +855,7 @@ class Isolate:
         self._timer_inbox.clear()
         self._inbox.clear()
         racer.close()
+        await self._host.close()
 
 
 class JSPluginOptions(TypedDict):
@@ -822,29 +866,34 @@ class JSPluginOptions(TypedDict):
     memory: MemoryLimits
     http: httpx.AsyncClient
     guards_name: str  # the guards name of the Transpiler that produced the code
-    file_name: NotRequired[str]  # for stack traces; "index.js" when not given
     timers: NotRequired[TimerLimits]  # DEFAULT_TIMER_LIMITS when not given
     record_error: NotRequired[RecordError]  # where errors of timers go; the plugin's log when not given
+    guard: NotRequired[ConnectGuard]  # where the plugin's own connections may go (all by default)
 
 
 class JSPlugin:
     """A loaded JavaScript plugin config (implements plugins.instance.PluginInstance).
 
-    `code` is the plugin's transpiled module body (transpile.py), whose guards are named
+    `modules` are the plugin's transpiled modules (modules.py, transpile.py), whose guards are named
     `guards_name`. The isolate is built by `load`; after it is lost (heap limit, stuck), the next call
     builds a new one and runs setupPlugin again."""
 
-    def __init__(self, code: str, meta: Any, **options: Unpack[JSPluginOptions]) -> None:
+    def __init__(self, modules: PluginModules, meta: Any, **options: Unpack[JSPluginOptions]) -> None:
         self.meta = meta
         self.plugin_config_id = options["plugin_config_id"]
-        # The module function also returns the top-level functions, for plugins that export nothing.
-        self._module = wrap_module(code, options["guards_name"], TOP_LEVEL_NAMES)
-        self._source_url = f"plugin-{self.plugin_config_id}/{options.get('file_name', 'index.js')}"
+        guards_name = options["guards_name"]
+        self._definitions = [
+            (module.path, _define_arguments(module, guards_name, module.path == modules.main))
+            for module in modules.modules.values()
+        ]
+        self._main = modules.main
+        self._source_prefix = f"plugin-{self.plugin_config_id}/"
         self._timeout = options["timeout"]
         self._memory = options["memory"]
         self._http = options["http"]
         self._timers = options.get("timers", DEFAULT_TIMER_LIMITS)
         self._record_error = options.get("record_error")
+        self._guard = options.get("guard", resolve_addresses)
         self._isolate: Isolate | None = None
         self._building = asyncio.Lock()
         self._set_up = False
@@ -855,22 +904,28 @@ class JSPlugin:
         self.metrics: dict[str, str] = {}
 
     @classmethod
-    async def load(cls, code: str, meta: Any, **options: Unpack[JSPluginOptions]) -> JSPlugin:
-        """Build the plugin's isolate and run its module (setupPlugin runs in `setup`)."""
-        plugin = cls(code, meta, **options)
+    async def load(cls, modules: PluginModules, meta: Any, **options: Unpack[JSPluginOptions]) -> JSPlugin:
+        """Build the plugin's isolate and run its main module (setupPlugin runs in `setup`)."""
+        plugin = cls(modules, meta, **options)
         plugin._isolate = await plugin._build()
         return plugin
 
     async def _build(self) -> Isolate:
         isolate = await Isolate.start(
-            HostOperations(self.meta, self._http, self._record_error),
+            HostOperations(
+                self.meta,
+                self._http,
+                guard=self._guard,
+                timeout=self._timeout,
+                record_error=self._record_error,
+            ),
             timeout=self._timeout,
             memory=self._memory,
             options=self._options(),
             timers=self._timers,
         )
         try:
-            self._learn(await isolate.load(self._module, self._source_url))
+            self._learn(await isolate.load(self._definitions, self._main, self._source_prefix))
             await isolate.declare_metrics(declared_metrics(self.metrics, self.methods))
         except BaseException:
             await isolate.close()
@@ -892,6 +947,7 @@ class JSPlugin:
             "config": self.meta.config,
             "attachments": attachments,
             "randomSeed": secrets.token_hex(32),  # for require('crypto'): V8 alone has no secure source
+            "sourcePrefix": self._source_prefix,  # stack frames of the plugin's files start with it
         }
 
     def _learn(self, exports: dict[str, Any]) -> None:
@@ -993,6 +1049,19 @@ class JSPlugin:
         if name not in self.jobs:
             raise PluginError(f"this plugin has no job {name!r}")
         await (await self._ready()).job(name, payload)
+
+
+def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
+    """The arguments of prelude.js's `define` for one module: path, requires, links, the module
+    function (null for JSON), the JSON text (null for code) and the line map of its source map
+    (null without one). The main module's function also returns its top-level functions, for
+    plugins that export nothing."""
+    expose = TOP_LEVEL_NAMES if main else ()
+    function = "null" if module.code is None else wrap_module(module.code, guards_name, expose)
+    text = "null" if module.json is None else js_string(module.json)
+    lines = _json(line_map(module.mappings)).decode() if module.mappings else "null"
+    references = f"{_json(module.requires).decode()}, {_json(module.links).decode()}"
+    return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
 
 
 def _event_outcome(before: RawEvent, result: Any) -> EventOutcome:

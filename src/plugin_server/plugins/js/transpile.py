@@ -93,9 +93,11 @@ __all__ = [
     "MODULE_PARAMETERS",
     "PluginTranspileError",
     "TranspileDiagnostic",
+    "Transpiled",
     "Transpiler",
     "get_transpiler",
     "guards_js",
+    "line_map",
     "typescript_path",
     "wrap_module",
 ]
@@ -121,8 +123,9 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*$")
 _abandoned: list[object] = []
 
 # The compiler driver, evaluated once in the compiler isolate after typescriptServices.js. It defines
-# `__compilePlugin(source, kind, guardsName)`, which returns JSON: {code, errors: [{line, column,
-# message}]} with a 1-based line and column.
+# `__compilePlugin(source, kind, guardsName)`, which returns JSON: {code, mappings (the source map's),
+# requires: [module name of each literal `require` in the output], errors: [{line, column, message}]}
+# with a 1-based line and column.
 _COMPILER_JS = r"""
 (function () {
     "use strict";
@@ -136,7 +139,9 @@ _COMPILER_JS = r"""
         esModuleInterop: true,
         alwaysStrict: true,
         newLine: ts.NewLineKind.LineFeed,
+        sourceMap: true,
     };
+    const SOURCE_MAP_COMMENT = /\n\/\/# sourceMappingURL=[^\n]*\s*$/;
 
     function callerName(sourceFile, expression) {
         let node = expression;
@@ -296,13 +301,35 @@ _COMPILER_JS = r"""
         };
     }
 
+    // Runs after TypeScript's CommonJS transform: collects the module names of `require("...")`
+    // calls with a literal argument (imports included), in order of first appearance.
+    function requireCollector(requires) {
+        return () => (sourceFile) => {
+            const seen = new Set();
+            const visit = (node) => {
+                if (ts.isCallExpression(node) && ts.isIdentifier(node.expression)
+                    && ts.idText(node.expression) === "require" && node.arguments.length >= 1) {
+                    const first = node.arguments[0];
+                    if ((ts.isStringLiteral(first) || ts.isNoSubstitutionTemplateLiteral(first)) && !seen.has(first.text)) {
+                        seen.add(first.text);
+                        requires.push(first.text);
+                    }
+                }
+                ts.forEachChild(node, visit);
+            };
+            ts.forEachChild(sourceFile, visit);
+            return sourceFile;
+        };
+    }
+
     function transpileAs(source, fileName, guardsName) {
         const errors = [];
+        const requires = [];
         const result = ts.transpileModule(source, {
             fileName,
             reportDiagnostics: true,
             compilerOptions: COMPILER_OPTIONS,
-            transformers: { before: [guardTransformer(guardsName, errors)] },
+            transformers: { before: [guardTransformer(guardsName, errors)], after: [requireCollector(requires)] },
         });
         const diagnostics = [];
         for (const d of result.diagnostics || []) {
@@ -317,7 +344,9 @@ _COMPILER_JS = r"""
                 message: ts.flattenDiagnosticMessageText(d.messageText, "\n") });
         }
         // Syntax errors first: a transform of a broken tree may report noise.
-        return { code: result.outputText, errors: diagnostics.length ? diagnostics : errors };
+        const mappings = result.sourceMapText ? JSON.parse(result.sourceMapText).mappings : "";
+        return { code: result.outputText.replace(SOURCE_MAP_COMMENT, "\n"), mappings, requires,
+            errors: diagnostics.length ? diagnostics : errors };
     }
 
     globalThis.__compilePlugin = function (source, kind, guardsName) {
@@ -328,12 +357,23 @@ _COMPILER_JS = r"""
             // TypeScript files" (codes 8xxx), unless those are all it found.
             const jsErrors = result.errors.filter((e) => !(e.code >= 8000 && e.code < 9000));
             if (!asTypeScript.errors.length) result = asTypeScript;
-            else result = { code: "", errors: jsErrors.length ? jsErrors : asTypeScript.errors };
+            else result = { code: "", mappings: "", requires: [], errors: jsErrors.length ? jsErrors : asTypeScript.errors };
         }
         return JSON.stringify(result);
     };
 })();
 """
+
+
+@dataclass(frozen=True)
+class Transpiled:
+    """A transpiled source: the module body, the names it `require`s with a literal (imports
+    included, type-only imports not) in order of first appearance, and the source map's `mappings`
+    from the body back to the source (see line_map)."""
+
+    code: str
+    requires: tuple[str, ...]
+    mappings: str = ""
 
 
 @dataclass(frozen=True)
@@ -368,6 +408,45 @@ def typescript_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the TypeScript compiler is missing from the dukpy package: {path}")
     return path
+
+
+_BASE64 = {
+    char: value
+    for value, char in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+}
+
+
+def _vlq(segment: str) -> list[int]:
+    """The numbers of one source map segment (base64 VLQ)."""
+    numbers, value, shift = [], 0, 0
+    for char in segment:
+        digit = _BASE64[char]
+        value += (digit & 31) << shift
+        if digit & 32:
+            shift += 5
+            continue
+        numbers.append(-(value >> 1) if value & 1 else value >> 1)
+        value, shift = 0, 0
+    return numbers
+
+
+def line_map(mappings: str) -> list[list[list[int]]]:
+    """A source map's `mappings` as, for each generated line (0-based), its segments
+    [generated column, source line, source column] (0-based, as source maps count)."""
+    lines: list[list[list[int]]] = []
+    source_line = source_column = 0
+    for line in mappings.split(";"):
+        column = 0
+        segments = []
+        for segment in filter(None, line.split(",")):
+            numbers = _vlq(segment)
+            column += numbers[0]
+            if len(numbers) >= 4:
+                source_line += numbers[2]
+                source_column += numbers[3]
+                segments.append([column, source_line, source_column])
+        lines.append(segments)
+    return lines
 
 
 def guards_js() -> str:
@@ -407,7 +486,7 @@ class Transpiler:
         self.guards_name = name
         self.cache_size = cache_size
         self.load_seconds: float | None = None
-        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        self._cache: OrderedDict[bytes, Transpiled] = OrderedDict()
         self._lock = threading.Lock()
         self._racer: MiniRacer | None = None
         self._compile: JSFunction | None = None
@@ -418,7 +497,7 @@ class Transpiler:
         """`wrap_module(code, self.guards_name, expose)`."""
         return wrap_module(code, self.guards_name, expose)
 
-    def cached(self, source: str, file_name: str) -> str | None:
+    def cached(self, source: str, file_name: str) -> Transpiled | None:
         """The cached result for this source, if any, without compiling."""
         key = self._key(source, file_name)
         with self._lock:
@@ -426,34 +505,42 @@ class Transpiler:
 
     def transpile(self, source: str, file_name: str) -> str:
         """Guarded CommonJS for `source`; raises PluginTranspileError on a syntax error."""
+        return self.transpile_module(source, file_name).code
+
+    def transpile_module(self, source: str, file_name: str) -> Transpiled:
+        """Guarded CommonJS for `source` and what it requires; raises PluginTranspileError on a syntax error."""
         key = self._key(source, file_name)
         with self._lock:
-            code = self._cached_locked(key)
-            if code is not None:
-                return code
-            code = self._compile_locked(source, file_name)
-            self._cache[key] = code
+            transpiled = self._cached_locked(key)
+            if transpiled is not None:
+                return transpiled
+            transpiled = self._compile_locked(source, file_name)
+            self._cache[key] = transpiled
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-            return code
+            return transpiled
 
     async def transpile_async(self, source: str, file_name: str) -> str:
         """Like transpile(), but a cache miss compiles in a thread, off the event loop."""
-        code = self.cached(source, file_name)
-        if code is not None:
-            return code
-        return await asyncio.to_thread(self.transpile, source, file_name)
+        return (await self.transpile_module_async(source, file_name)).code
+
+    async def transpile_module_async(self, source: str, file_name: str) -> Transpiled:
+        """Like transpile_module(), but a cache miss compiles in a thread, off the event loop."""
+        transpiled = self.cached(source, file_name)
+        if transpiled is not None:
+            return transpiled
+        return await asyncio.to_thread(self.transpile_module, source, file_name)
 
     def close(self) -> None:
         """Stop the compiler isolate (a later transpile() starts a new one). The cache is kept."""
         with self._lock:
             self._drop_locked(close=True)
 
-    def _cached_locked(self, key: bytes) -> str | None:
-        code = self._cache.get(key)
-        if code is not None:
+    def _cached_locked(self, key: bytes) -> Transpiled | None:
+        transpiled = self._cache.get(key)
+        if transpiled is not None:
             self._cache.move_to_end(key)
-        return code
+        return transpiled
 
     def _key(self, source: str, file_name: str) -> bytes:
         digest = hashlib.sha256(file_name.encode())
@@ -461,7 +548,7 @@ class Transpiler:
         digest.update(source.encode("utf-8", "surrogatepass"))
         return digest.digest()
 
-    def _compile_locked(self, source: str, file_name: str) -> str:
+    def _compile_locked(self, source: str, file_name: str) -> Transpiled:
         compile_fn = self._compiler_locked()
         racer = self._racer
         kind = "ts" if file_name.lower().endswith(_TS_SUFFIXES) else "js"
@@ -486,8 +573,9 @@ class Transpiler:
         errors = [TranspileDiagnostic(e["line"], e["column"], e["message"]) for e in result["errors"]]
         if errors:
             raise PluginTranspileError(file_name, errors)
-        code: str = result["code"]
-        return code
+        return Transpiled(
+            code=result["code"], requires=tuple(result["requires"]), mappings=result["mappings"]
+        )
 
     def _compiler_locked(self) -> JSFunction:
         if self._compile is not None and self._pid == os.getpid():

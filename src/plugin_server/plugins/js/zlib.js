@@ -14,7 +14,8 @@
 // Adler-32 and lengths; gunzip reads concatenated members, as node does. Deflate writes one
 // fixed-Huffman block after LZ77 matching with a hash chain (lazy matching is not done), or stored
 // blocks when that would be larger than the input: valid for every inflater, but about 40% larger
-// than zlib's level 6 on text (dynamic Huffman codes are not written). Options are ignored.
+// than zlib's level 6 on text (dynamic Huffman codes are not written). brotliCompressSync writes
+// uncompressed brotli meta-blocks (see brotliStored). Options are ignored.
 (function (host) {
     "use strict";
 
@@ -558,6 +559,39 @@
         return parts.length === 1 ? parts[0] : concat(parts);
     }
 
+    // Brotli (RFC 7932) made of uncompressed meta-blocks: a valid stream that every brotli decoder
+    // reads, the size of the input plus 3 bytes per 64 KiB (no compression is attempted).
+    const BROTLI_BLOCK = 65536;
+
+    function brotliStored(input) {
+        const blocks = Math.ceil(input.length / BROTLI_BLOCK);
+        const output = new Uint8Array(input.length + 3 * blocks + 2);
+        let at = 0;
+        let bits = 0;  // WBITS: one 0 bit (a 64 KiB window)
+        let used = 1;
+        const flush = () => {  // pads to a byte boundary
+            while (used > 0) {
+                output[at++] = bits & 0xff;
+                bits >>>= 8;
+                used = Math.max(0, used - 8);
+            }
+            bits = 0;
+        };
+        for (let start = 0; start < input.length; start += BROTLI_BLOCK) {
+            const length = Math.min(BROTLI_BLOCK, input.length - start);
+            // ISLAST 0, MNIBBLES 4 (code 00), MLEN - 1 in 16 bits, ISUNCOMPRESSED 1
+            bits |= (((length - 1) << 3) | (1 << 19)) << used;
+            used += 20;
+            flush();
+            output.set(input.subarray(start, start + length), at);
+            at += length;
+        }
+        bits |= 3 << used;  // ISLAST 1, ISLASTEMPTY 1
+        used += 2;
+        flush();
+        return output.slice(0, at);
+    }
+
     function oneShot(transform) {
         return (buffer) => wrapBytes(transform(inputBytes(buffer)));
     }
@@ -570,6 +604,7 @@
         deflateRawSync: oneShot(deflateRaw),
         inflateRawSync: oneShot((input) => inflateRaw(input, 0).output),
         unzipSync: oneShot((input) => (input[0] === 0x1f && input[1] === 0x8b ? gzipUnwrap(input) : zlibUnwrap(input))),
+        brotliCompressSync: oneShot(brotliStored),
         crc32: (data, value = 0) => crc32(inputBytes(data), value),
     });
 })

@@ -15,6 +15,16 @@ from plugin_server.plugins.meta.logs import PluginLogger
 log = logging.getLogger(__name__)
 
 
+class ThrownInJS(Exception):
+    """Base of the exceptions that stand for an error JavaScript plugin code threw: `str()` is its
+    message; `name` and `stack` are JavaScript's (what a plugin author can use, not a Python traceback)."""
+
+    def __init__(self, name: str, message: str, stack: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.stack = stack
+
+
 class IllegalOperationError(Exception):
     """A plugin asked for something it may not do (an undeclared metric, too many list elements...)."""
 
@@ -32,9 +42,7 @@ def plugin_error_json(
         "name": type(error).__name__,
         "stack": "".join(traceback.format_exception(error)),
     }
-    from plugin_server.plugins.js.runtime import JSError  # here: the JS runtime imports this module
-
-    if isinstance(error, JSError):  # described as JavaScript described it
+    if isinstance(error, ThrownInJS):  # described as JavaScript described it
         body["name"], body["stack"] = error.name, error.stack or body["stack"]
     if event is not None:
         body["event"] = event

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server import __version__
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 from plugin_server.ingestion.uuidt import uuidt
+from plugin_server.plugins.meta.network import fetch_failed
 
 BOT_EMAIL_DOMAIN = "posthogbot.user"
 KEY_CACHE_SECONDS = 30.0
@@ -192,10 +193,13 @@ class PostHogApi:
         # GET and DELETE send data as query parameters (the original dropped it for DELETE: a bug).
         params = {**data, "token": project_key} if method in ("GET", "DELETE") else {"token": project_key}
         body = None if method in ("GET", "DELETE") else orjson.dumps(data)
-        return await self._http.request(
-            method,
-            url,
-            params=params,
-            content=body,
-            headers={"Authorization": f"Bearer {personal_key}", "Content-Type": "application/json"},
-        )
+        try:
+            return await self._http.request(
+                method,
+                url,
+                params=params,
+                content=body,
+                headers={"Authorization": f"Bearer {personal_key}", "Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as error:
+            raise fetch_failed(str(url), error) from None
