@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from plugin_server.plugins.instance import PluginTimeout
+from plugin_server.plugins.js.modules import PluginModules
 from plugin_server.plugins.js.runtime import JSPlugin, MemoryLimits
 from plugin_server.plugins.js.timers import TimerBudget, TimerLimits
 from plugin_server.plugins.js.transpile import get_transpiler
@@ -53,7 +54,7 @@ async def load() -> AsyncIterator[Load]:
             recorder = Recorder()
             transpiler = get_transpiler()
             plugin = await JSPlugin.load(
-                await transpiler.transpile_async(source, "index.ts"),
+                PluginModules.single(await transpiler.transpile_async(source, "index.ts"), "index.ts"),
                 SimpleNamespace(config={}, attachments={}, logger=recorder.logger, metrics=None),
                 plugin_config_id=1,
                 timeout=TIMEOUT,
