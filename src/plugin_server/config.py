@@ -204,6 +204,10 @@ class Settings(BaseModel):
     KAFKA_ENABLED: bool = Field(False, description="use Kafka instead of Celery to ingest events")
     KAFKA_HOSTS: str | None = Field(None, description="comma-delimited Kafka hosts")
     KAFKA_CONSUMPTION_TOPIC: str = Field("events_plugin_ingestion", description="Kafka incoming events topic")
+    KAFKA_CONSUMER_GROUP: str = Field(
+        "clickhouse-ingestion",
+        description="Kafka consumer group of the workers reading KAFKA_CONSUMPTION_TOPIC",
+    )
     KAFKA_CLIENT_CERT_B64: str | None = Field(None, description="Kafka certificate in Base64")
     KAFKA_CLIENT_CERT_KEY_B64: str | None = Field(None, description="Kafka certificate key in Base64")
     KAFKA_TRUSTED_CERT_B64: str | None = Field(None, description="Kafka trusted CA in Base64")

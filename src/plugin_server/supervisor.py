@@ -29,7 +29,6 @@ from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
 from plugin_server.ingestion.celery import parse_now
-from plugin_server.ingestion.pipeline import event_of
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
 from plugin_server.services.embedded import EmbeddedServices, start_embedded
 from plugin_server.services.instance_dir import pid_alive
@@ -41,6 +40,7 @@ from plugin_server.services.metrics import (
     use_multiprocess_dir,
 )
 from plugin_server.services.sentry import init_sentry
+from plugin_server.sources.celery_redis import CeleryCodec
 from plugin_server.web.health import WorkerStatus
 from plugin_server.web.processes import WebProcesses
 from plugin_server.worker import worker_main
@@ -362,7 +362,7 @@ def _missing(database_url: str | None, redis_url: str | None) -> str:
 
 def _lag_seconds(message: bytes | None) -> float:
     """How long ago the event in `message` was captured; 0 when there is none or it cannot be read."""
-    event = event_of(message) if message else None
+    event = CeleryCodec().peek(message) if message else None
     captured = parse_now(event["now"]) if event else None
     if captured is None:
         return 0.0

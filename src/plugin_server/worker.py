@@ -1,7 +1,7 @@
-"""One worker process: claims micro-batches from the Celery queue, runs the pipeline, acknowledges.
+"""One worker process: claims micro-batches from its source, runs the pipeline, acknowledges.
 
-A message leaves Redis only when its batch is acknowledged, after its events are stored or it was
-recorded as a dead letter. Up to TASKS_PER_WORKER batches are in flight at once; their person steps
+A message leaves its source (the Celery list on Redis, or the Kafka topic) only when its batch is
+acknowledged, after its events are stored or it was recorded as a dead letter. Up to TASKS_PER_WORKER batches are in flight at once; their person steps
 run in claim order. A batch that fails on a database outage is retried as it is; a batch that fails
 for any other reason is split into single messages, and a message that fails alone becomes a dead
 letter with the error, so one bad event never stops the queue.
@@ -37,7 +37,6 @@ from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, message_context
-from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
 from plugin_server.jobs.scheduler import Scheduler
 from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.run import PluginRunner
@@ -46,6 +45,8 @@ from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.sources import Source
+from plugin_server.topology import open_source
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class Worker:
             actions = await stack.enter_async_context(
                 open_actions(settings, pool, redis_client, host.teams, jobs, write_action_events=True)
             )
+            source = await stack.enter_async_context(
+                open_source(settings, redis_client, self.consumer_id, host.teams)
+            )
             pipeline = EventPipeline(
                 teams=host.teams,
                 definitions=DefinitionsManager(pool),
@@ -129,19 +133,11 @@ class Worker:
                 ),
                 jobs=jobs,
                 actions=actions.service,
+                codec=source.codec,
             )
-            queue = ReliableQueue(
-                redis_client,
-                settings.PLUGINS_CELERY_QUEUE,
-                self.consumer_id,
-                visibility_timeout=settings.QUEUE_VISIBILITY_TIMEOUT,
-            )
-            await queue.heartbeat()
-            recovered = await queue.recover_abandoned()
-            if recovered:
-                log.warning("requeued %d unacknowledged messages of stopped consumers", recovered)
+            await source.start()
             helpers = [
-                asyncio.create_task(self._housekeeping(queue)),
+                asyncio.create_task(self._housekeeping(source)),
                 asyncio.create_task(self._listen_for_reloads(redis_client, host)),
                 asyncio.create_task(self._report_plugin_metrics(host)),
                 asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
@@ -168,13 +164,12 @@ class Worker:
                 until_stopped.append(asyncio.create_task(scheduler.run(self._stopping)))
                 helpers.append(asyncio.create_task(self._sample_job_queue(host)))
             try:
-                await self._consume(queue, pipeline)
+                await self._consume(source, pipeline)
             finally:
                 self._stopping.set()
                 for task in helpers:
                     task.cancel()
                 await asyncio.gather(*helpers, *until_stopped, return_exceptions=True)
-            await queue.close()
 
     async def _plugin_host(
         self, pool: AsyncConnectionPool[Any], redis_client: aioredis.Redis, stack: contextlib.AsyncExitStack
@@ -227,14 +222,14 @@ class Worker:
                 log.warning("cannot read the job queue depth: %s", error)
             await asyncio.sleep(GAUGE_INTERVAL_SECONDS)
 
-    async def _consume(self, queue: ReliableQueue, pipeline: EventPipeline) -> None:
+    async def _consume(self, source: Source, pipeline: EventPipeline) -> None:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
             await slots.acquire()
             await self._room_aside.wait()
             self.stats.touch()
             try:
-                batch = await queue.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
+                batch = await source.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
             except TRANSIENT_ERRORS as error:
                 slots.release()
                 log.error("cannot read the queue: %s; retrying", error)
@@ -243,8 +238,8 @@ class Worker:
             if batch is None:
                 slots.release()
                 continue
-            get_metrics().events_received("celery", len(batch.messages))
-            task = self._spawn(self._handle(queue, pipeline, batch, self._turnstile.ticket()))
+            get_metrics().events_received(source.name, len(batch.messages))
+            task = self._spawn(self._handle(source, pipeline, batch, self._turnstile.ticket()))
             task.add_done_callback(lambda _: slots.release())
         while self._in_flight:  # batches may still set slow teams' events aside in tasks of their own
             await asyncio.gather(*self._in_flight)
@@ -256,38 +251,36 @@ class Worker:
         task.add_done_callback(self._in_flight.discard)
         return task
 
-    async def _handle(
-        self, queue: ReliableQueue, pipeline: EventPipeline, batch: ClaimedBatch, turn: Turn
-    ) -> None:
-        lanes = Lanes(
-            patience=self.settings.SLOW_PLUGIN_PATIENCE_MS / 1000,
-            set_aside=lambda messages, work: self._set_aside(queue, batch, messages, work),
-        )
+    async def _handle(self, source: Source, pipeline: EventPipeline, batch: Any, turn: Turn) -> None:
+        lanes = None
+        if source.can_split:  # else a batch waits for its slowest team (acked as a whole)
+            lanes = Lanes(
+                patience=self.settings.SLOW_PLUGIN_PATIENCE_MS / 1000,
+                set_aside=lambda messages, work: self._set_aside(source, batch, messages, work),
+            )
         try:
             outcome = await process_until_done(pipeline, batch.messages, turn, lanes)
-            await self._finish(queue, batch, outcome)
+            await self._finish(source, batch, outcome)
         except Exception:
-            log.exception("handling a batch failed; its messages stay in Redis and will be redelivered")
+            log.exception("handling a batch failed; its messages stay unacknowledged and will be redelivered")
         finally:
             await turn.finish()
 
-    async def _set_aside(
-        self, queue: ReliableQueue, batch: ClaimedBatch, messages: list[bytes], work: LateWork
-    ) -> None:
+    async def _set_aside(self, source: Source, batch: Any, messages: list[bytes], work: LateWork) -> None:
         """Give the messages of a team whose plugins are slow a queue entry of their own, acknowledged
         when `work` is done. While SLOW_PLUGIN_BACKLOG of these are held, no more events are claimed
         (waiting here instead could hold up, in a full backlog, a turn that the backlog waits for)."""
-        part = await until_available(lambda: queue.split_off(batch, messages))
+        part = await until_available(lambda: source.split_off(batch, messages))
         self._aside += 1
         if self._aside >= self.settings.SLOW_PLUGIN_BACKLOG:
             self._room_aside.clear()
         get_metrics().events_set_aside(len(messages))
         log.debug("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
-        self._spawn(self._handle_late(queue, part, work))
+        self._spawn(self._handle_late(source, part, work))
 
-    async def _handle_late(self, queue: ReliableQueue, part: ClaimedBatch, work: LateWork) -> None:
+    async def _handle_late(self, source: Source, part: Any, work: LateWork) -> None:
         try:
-            await self._finish(queue, part, await work)
+            await self._finish(source, part, await work)
         except Exception:
             log.exception("handling slow events failed; their messages stay in Redis and will be redelivered")
         finally:
@@ -295,26 +288,21 @@ class Worker:
             if self._aside < self.settings.SLOW_PLUGIN_BACKLOG:
                 self._room_aside.set()
 
-    async def _finish(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
-        await self._ack_until_done(queue, batch, outcome)
+    async def _finish(self, source: Source, batch: Any, outcome: BatchOutcome) -> None:
+        await until_available(lambda: source.ack(batch, outcome.dead_letters))
         self.stats.record(outcome)
         for message, reason in outcome.dead_letters:
-            log.warning("dead letter: %s (%d bytes)", reason, len(message), extra=message_context(message))
+            context = message_context(message, source.codec)
+            log.warning("dead letter: %s (%d bytes)", reason, len(message), extra=context)
 
-    async def _ack_until_done(self, queue: ReliableQueue, batch: ClaimedBatch, outcome: BatchOutcome) -> None:
-        await until_available(lambda: queue.ack(batch, outcome.dead_letters))
-
-    async def _housekeeping(self, queue: ReliableQueue) -> None:
+    async def _housekeeping(self, source: Source) -> None:
         """Heartbeat, redelivery of messages of dead consumers, and the periodic progress line."""
         interval = min(self.settings.QUEUE_VISIBILITY_TIMEOUT / 3, 5.0)
         last_stats, last_count = time.monotonic(), 0
         while True:
             await asyncio.sleep(interval)
             try:
-                await queue.heartbeat()
-                recovered = await queue.recover_abandoned()
-                if recovered:
-                    log.warning("requeued %d unacknowledged messages of stopped consumers", recovered)
+                await source.housekeeping()
             except TRANSIENT_ERRORS as error:
                 log.error("queue housekeeping failed: %s", error)
             now = time.monotonic()

@@ -28,7 +28,7 @@ import redis.exceptions
 from psycopg_pool import PoolTimeout
 
 from plugin_server.ingestion.ordering import Turn
-from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, ProcessedBatch, event_of
+from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, ProcessedBatch
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def process_until_done(
         decoded = await until_available(lambda: pipeline.decode(messages))
     except Exception:
         log.exception("decoding a batch of %d failed; running its messages one by one", len(messages))
-        await turn.declare(_teams_of(messages))
+        await turn.declare(_teams_of(pipeline, messages))
         await turn.wait()
         return await _one_by_one([(message, partial(pipeline.run, [message])) for message in messages])
     teams = decoded.by_team()
@@ -161,8 +161,9 @@ def _messages(batch: ProcessedBatch) -> list[bytes]:
     return [message for message, _ in batch.events]
 
 
-def _teams_of(messages: Sequence[bytes]) -> set[Hashable]:
-    return {event.get("team_id") for message in messages if (event := event_of(message)) is not None}
+def _teams_of(pipeline: EventPipeline, messages: Sequence[bytes]) -> set[Hashable]:
+    peek = pipeline.codec.peek
+    return {event.get("team_id") for message in messages if (event := peek(message)) is not None}
 
 
 async def until_available(step: Callable[[], Awaitable[T]]) -> T:

@@ -113,7 +113,7 @@ def event_from_task(task: CeleryTask) -> RawEvent:
     if not isinstance(data, dict):
         raise MalformedMessage(f"event data is a {type(data).__name__}, not an object")
     event = raw_event(arguments, data)
-    event["distinct_id"] = _distinct_id_text(event["distinct_id"])
+    event["distinct_id"] = distinct_id_text(event["distinct_id"])
     team_id = event["team_id"]
     if not isinstance(team_id, int) or isinstance(team_id, bool):
         raise MalformedMessage(f"team_id {team_id!r} is not an integer")
@@ -121,7 +121,7 @@ def event_from_task(task: CeleryTask) -> RawEvent:
         if task.id is None:
             event["uuid"] = uuidt()
         else:
-            event["uuid"] = uuidt_for_message(_unix_ms(arguments["now"]), task.id)
+            event["uuid"] = uuidt_for_message(unix_ms(arguments["now"]), task.id)
     return event
 
 
@@ -193,7 +193,7 @@ def _event_arguments(task: CeleryTask) -> dict[str, Any]:
     return arguments
 
 
-def _distinct_id_text(value: Any) -> str:
+def distinct_id_text(value: Any) -> str:
     """The distinct id as text, the way the original's `toString()` printed JSON scalars."""
     if isinstance(value, str):
         return value
@@ -217,7 +217,7 @@ def parse_now(now: Any) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _unix_ms(now: Any) -> int:
+def unix_ms(now: Any) -> int:
     """`now` in unix milliseconds, 0 when it cannot be read."""
     moment = parse_now(now)
     return 0 if moment is None else (moment - _EPOCH) // _MILLISECOND

@@ -19,13 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from plugin_server.actions.service import ActionService
-from plugin_server.ingestion.celery import (
-    PLUGIN_JOB_TASK,
-    PROCESS_EVENT_TASK,
-    MalformedMessage,
-    decode_message,
-    event_from_task,
-)
+from plugin_server.ingestion.celery import MalformedMessage
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import (
     GroupTypeManager,
@@ -37,11 +31,12 @@ from plugin_server.ingestion.persons import PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
-from plugin_server.jobs.celery_task import job_from_celery_task
-from plugin_server.jobs.queue import JobQueue
+from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.services.metrics import get_metrics
 from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.sources import MessageCodec
+from plugin_server.sources.celery_redis import CeleryCodec
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +108,9 @@ class EventPipeline:
         plugins: PluginRunner | None = None,
         jobs: JobQueue | None = None,
         actions: ActionService | None = None,
+        codec: MessageCodec | None = None,
     ) -> None:
+        self.codec: MessageCodec = codec or CeleryCodec()
         self.teams = teams
         self.definitions = definitions
         self.groups = groups
@@ -169,13 +166,13 @@ class EventPipeline:
         decoded = []
         for message in messages:
             try:
-                task = decode_message(message)
-                if task.name == PLUGIN_JOB_TASK and self.jobs is not None:
-                    await self.jobs.enqueue(job_from_celery_task(task.args))
-                elif task.name == PROCESS_EVENT_TASK:
-                    decoded.append((message, event_from_task(task)))
+                carried = await self.codec.decode(message)
+                if not isinstance(carried, PluginJob):
+                    decoded.append((message, carried))
+                elif self.jobs is not None:
+                    await self.jobs.enqueue(carried)
                 else:
-                    raise MalformedMessage(f"no handler for Celery task {task.name!r}")
+                    raise MalformedMessage("no job queue for a plugin job")
             except (MalformedMessage, ValueError, TypeError) as error:
                 outcome.dead_letters.append((message, f"malformed message: {error}"))
         return decoded
@@ -242,17 +239,9 @@ class EventPipeline:
             await self.teams.mark_ingested_event(team)
 
 
-def event_of(message: bytes) -> RawEvent | None:
-    """The event a queue message carries; None for other tasks and unreadable messages."""
-    try:
-        return event_from_task(decode_message(message))
-    except (MalformedMessage, ValueError, TypeError):
-        return None
-
-
-def message_context(message: bytes) -> dict[str, Any]:
+def message_context(message: bytes, codec: MessageCodec) -> dict[str, Any]:
     """The log context of one message: team_id and event_uuid, where it carries an event."""
-    event = event_of(message)
+    event = codec.peek(message)
     return {} if event is None else {"team_id": event.get("team_id"), "event_uuid": event.get("uuid")}
 
 

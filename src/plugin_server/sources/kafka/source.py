@@ -1,0 +1,242 @@
+"""KAFKA_CONSUMPTION_TOPIC as a source: every worker of every server is one consumer of the group
+KAFKA_CONSUMER_GROUP, so instances share the topic's partitions (scale out = more consumers).
+
+Delivery is at-least-once. Offsets are committed by hand, per partition, only up to the contiguous
+prefix of messages whose batches are acknowledged (stored, or stored as dead letters): with several
+batches in flight, a batch that finishes early waits for the earlier ones before its offsets count.
+A crash or a rebalance redelivers what was not committed; event writes are idempotent on the event
+uuid per team, so nothing is stored twice. Messages of one person share a partition (capture keys
+them by team and distinct id), and a partition's messages are claimed in order.
+
+This source does not split batches: a team whose plugins are slow holds up its batch (the batch's
+offsets could not be committed before the slow part anyway). While all TASKS_PER_WORKER batches are
+in flight the worker does not claim, and librdkafka's prefetch is bounded (queued.max.messages.kbytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from plugin_server.config import Settings
+from plugin_server.ingestion.kafka_config import kafka_config
+from plugin_server.ingestion.teams import TeamManager
+from plugin_server.services.metrics import get_metrics
+from plugin_server.sources import DeadLetter
+from plugin_server.sources.kafka.codec import KafkaCodec
+from plugin_server.sources.kafka.dead_letters import DEAD_LETTER_TOPIC, dead_letter_record
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_SECONDS = 10.0
+PREFETCH_KBYTES = 16 * 1024
+
+Partition = tuple[str, int]
+
+
+class KafkaUnavailable(ConnectionError):
+    """Kafka did not take the dead letters of a batch (the acknowledgement is retried)."""
+
+
+@dataclass(slots=True)
+class KafkaBatch:
+    messages: list[bytes]
+    keys: list[bytes | None]
+    # (partition, offset, generation of the partition's assignment when claimed), one per message
+    positions: list[tuple[Partition, int, int]]
+
+
+class _Progress:
+    """The claimed offsets of one assigned partition, in claim order, and which are acknowledged."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.offsets: dict[int, bool] = {}  # insertion order = claim order
+
+    def done_prefix(self) -> int | None:
+        """Forget the acknowledged offsets at the front; the offset to commit (last of them + 1)."""
+        last = None
+        for offset, done in list(self.offsets.items()):
+            if not done:
+                break
+            del self.offsets[offset]
+            last = offset
+        return None if last is None else last + 1
+
+
+class KafkaSource:
+    name = "kafka"
+    can_split = False
+
+    def __init__(
+        self,
+        settings: Settings,
+        teams: TeamManager,
+        *,
+        dead_letter_topic: str = DEAD_LETTER_TOPIC,
+    ) -> None:
+        self.codec = KafkaCodec(teams)
+        self.topic = settings.KAFKA_CONSUMPTION_TOPIC
+        self.dead_letter_topic = dead_letter_topic
+        self.group_id = settings.KAFKA_CONSUMER_GROUP
+        common = kafka_config(settings)
+        self._consumer = Consumer(
+            {
+                **common,
+                "group.id": self.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "queued.max.messages.kbytes": PREFETCH_KBYTES,
+            },
+            logger=log,
+        )
+        self._producer = Producer({**common, "enable.idempotence": True, "linger.ms": 5}, logger=log)
+        # Assignment callbacks run on the thread inside consume(); acks on the event loop.
+        self._lock = threading.Lock()
+        self._progress: dict[Partition, _Progress] = {}
+        self._generation = 0
+        self._to_commit: dict[Partition, int] = {}
+        self._commit_lock = asyncio.Lock()
+        self._closed = False
+
+    async def start(self) -> None:
+        self._consumer.subscribe(
+            [self.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    async def claim(self, max_count: int, block_timeout: float) -> KafkaBatch | None:
+        first = await asyncio.to_thread(self._consumer.poll, block_timeout)
+        if first is None:
+            return None
+        received = [first]
+        if max_count > 1:
+            received += await asyncio.to_thread(self._consumer.consume, max_count - 1, 0)
+        batch = KafkaBatch([], [], [])
+        with self._lock:
+            for message in received:
+                if _failed(message):
+                    continue
+                partition = (message.topic() or self.topic, message.partition() or 0)
+                offset = message.offset() or 0
+                progress = self._progress.setdefault(partition, _Progress(self._next_generation()))
+                progress.offsets[offset] = False
+                batch.messages.append(message.value() or b"")
+                batch.keys.append(message.key())
+                batch.positions.append((partition, offset, progress.generation))
+        return batch if batch.messages else None
+
+    async def ack(self, batch: KafkaBatch, dead_letters: Sequence[DeadLetter] = ()) -> bool:
+        """Store the dead letters on the dead letter topic (waiting for Kafka to take them), then count
+        the batch's offsets as done and commit what became contiguous."""
+        await self._send_dead_letters(batch, dead_letters)
+        get_metrics().dead_lettered(len(dead_letters))
+        current = True
+        with self._lock:
+            touched = set()
+            for partition, offset, generation in batch.positions:
+                progress = self._progress.get(partition)
+                if progress is None or progress.generation != generation:
+                    current = False  # revoked since: another consumer has (or will get) these messages
+                    continue
+                progress.offsets[offset] = True
+                touched.add(partition)
+            for partition in touched:
+                commit = self._progress[partition].done_prefix()
+                if commit is not None:
+                    self._to_commit[partition] = commit
+        await self._commit()
+        return current
+
+    async def split_off(self, batch: KafkaBatch, messages: Sequence[bytes]) -> KafkaBatch:
+        raise NotImplementedError("the Kafka source does not split batches (can_split is False)")
+
+    async def housekeeping(self) -> None:
+        await self._commit()  # retries a commit that failed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._commit()
+        await asyncio.to_thread(self._producer.flush, DELIVERY_TIMEOUT_SECONDS)
+        await asyncio.to_thread(self._consumer.close)
+
+    async def _commit(self) -> None:
+        async with self._commit_lock:  # in order: an older commit must not land after a newer one
+            with self._lock:
+                wanted = dict(self._to_commit)
+            if not wanted:
+                return
+            offsets = [
+                TopicPartition(topic, partition, offset) for (topic, partition), offset in wanted.items()
+            ]
+            try:
+                await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+            except KafkaException as error:
+                log.warning("committing Kafka offsets failed (%s); retrying later", error)
+                return
+            with self._lock:
+                for partition, offset in wanted.items():
+                    if self._to_commit.get(partition) == offset:
+                        del self._to_commit[partition]
+
+    async def _send_dead_letters(self, batch: KafkaBatch, dead_letters: Sequence[DeadLetter]) -> None:
+        if not dead_letters:
+            return
+        errors: list[KafkaError] = []
+
+        def report(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                errors.append(error)
+
+        keys = dict(zip(batch.messages, batch.keys, strict=True))
+        try:
+            for message, reason in dead_letters:
+                record = dead_letter_record(self.codec.peek(message), message, reason)
+                self._producer.produce(self.dead_letter_topic, record, keys.get(message), on_delivery=report)
+        except (BufferError, KafkaException) as error:
+            raise KafkaUnavailable(f"Kafka refused a dead letter: {error}") from None
+        left = await asyncio.to_thread(self._producer.flush, DELIVERY_TIMEOUT_SECONDS)
+        if left or errors:
+            raise KafkaUnavailable(f"Kafka did not take {left + len(errors)} dead letters: {errors[:1]}")
+
+    def _next_generation(self) -> int:
+        self._generation += 1
+        return self._generation
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._progress[(tp.topic, tp.partition)] = _Progress(self._next_generation())
+        log.info("assigned partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Commit what is done of the partitions going away (their in-flight batches will be
+        redelivered to the next owner), and forget them."""
+        ready = []
+        with self._lock:
+            for tp in partitions:
+                self._progress.pop((tp.topic, tp.partition), None)
+                offset = self._to_commit.pop((tp.topic, tp.partition), None)
+                if offset is not None:
+                    ready.append(TopicPartition(tp.topic, tp.partition, offset))
+        if ready:
+            try:
+                consumer.commit(offsets=ready, asynchronous=False)
+            except KafkaException as error:
+                log.warning("committing the offsets of revoked partitions failed: %s", error)
+        log.info("partitions %s of %s revoked", sorted(tp.partition for tp in partitions), self.topic)
+
+
+def _failed(message: Message) -> bool:
+    error = message.error()
+    if error is None:
+        return False
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.error("Kafka consumer error: %s", error)
+    return True

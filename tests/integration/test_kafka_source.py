@@ -1,0 +1,201 @@
+"""The Kafka source on the real Kafka-protocol broker: both message formats into Postgres rows, dead
+letters on events_dead_letter_queue, offsets committed only up to the contiguous acknowledged prefix,
+and redelivery of what was not committed. Each test has its own topic and consumer group (tansu's
+first assignment of a new group takes about 5 s)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.config import Settings, load_settings
+from plugin_server.db.teams import CreatedTeam
+from plugin_server.ingestion.pipeline import EventPipeline
+from plugin_server.ingestion.teams import TeamManager
+from plugin_server.sources.kafka import KafkaSource
+from plugin_server.sources.kafka.source import KafkaBatch
+from tests.integration.test_pipeline import pipeline as celery_pipeline
+from tests.integration.test_pipeline import rows
+from tests.kafka_broker import read_topic, unique_topic
+
+NOW = "2021-11-28T10:00:00.000Z"
+Db = psycopg.Connection[Any]
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions)])[topic].result(15)
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for value in values:
+        producer.produce(topic, value, b"key")
+    assert producer.flush(15) == 0
+
+
+def message(distinct_id: str, event: str, data: dict[str, Any] | None = None, **fields: Any) -> bytes:
+    data = {"event": event, "properties": {"n": 1}, "timestamp": NOW} | (data or {})
+    return orjson.dumps(
+        {
+            "distinct_id": distinct_id,
+            "ip": None,
+            "site_url": "",
+            "data": orjson.dumps(data).decode(),
+            "now": NOW,
+        }
+        | fields
+    )
+
+
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        [position] = consumer.committed([TopicPartition(topic, 0)], timeout=10)
+        return int(position.offset)
+    finally:
+        consumer.close()
+
+
+@pytest.fixture
+async def source(kafka: str, pool: AsyncConnectionPool[Any]) -> AsyncIterator[KafkaSource]:
+    topic, group = unique_topic("ingest"), unique_topic("group")
+    create_topic(kafka, topic, 1)
+    settings = kafka_settings(kafka, topic, group)
+    kafka_source = KafkaSource(settings, TeamManager(pool), dead_letter_topic=unique_topic("dlq"))
+    await kafka_source.start()
+    yield kafka_source
+    await kafka_source.close()
+
+
+def kafka_settings(bootstrap: str, topic: str, group: str) -> Settings:
+    return load_settings(
+        {},
+        KAFKA_ENABLED=True,
+        KAFKA_HOSTS=bootstrap,
+        KAFKA_CONSUMPTION_TOPIC=topic,
+        KAFKA_CONSUMER_GROUP=group,
+    )
+
+
+async def claim_all(
+    source: KafkaSource, count: int, batch_size: int, timeout: float = 30
+) -> list[KafkaBatch]:
+    batches: list[KafkaBatch] = []
+    deadline = time.monotonic() + timeout
+    while sum(len(batch.messages) for batch in batches) < count:
+        assert time.monotonic() < deadline, f"only {sum(len(b.messages) for b in batches)} of {count} claimed"
+        batch = await source.claim(batch_size, 0.5)
+        if batch is not None:
+            batches.append(batch)
+    return batches
+
+
+def kafka_pipeline(pool: AsyncConnectionPool[Any], source: KafkaSource) -> EventPipeline:
+    built = celery_pipeline(pool)
+    built.codec = source.codec
+    return built
+
+
+async def test_both_formats_are_stored_and_bad_messages_are_dead_letters(
+    kafka: str, source: KafkaSource, pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    uuid = "017d6a3a-1000-7000-8000-000000000001"
+    values = [
+        message("alice", "with team id", team_id=team.team_id, uuid=uuid),
+        message("bob", "with token", token=team.api_token),  # today's capture: no team_id, no uuid
+        message("carol", "unknown token", token="phc_nobody"),
+        message("dave", "no team"),
+        b"not json",
+        message("eve", "forged team in data", {"team_id": 999}, token=team.api_token),
+    ]
+    produce(kafka, source.topic, values)
+    [batch] = await claim_all(source, len(values), 100)
+    assert batch.messages == values
+
+    outcome = await kafka_pipeline(pool, source).run(batch.messages)
+    await source.ack(batch, outcome.dead_letters)
+
+    stored = rows(
+        clean_db, "SELECT event, distinct_id, team_id, uuid::text FROM posthog_event ORDER BY event"
+    )
+    assert [(row["event"], row["distinct_id"], row["team_id"]) for row in stored] == [
+        ("forged team in data", "eve", team.team_id),
+        ("with team id", "alice", team.team_id),
+        ("with token", "bob", team.team_id),
+    ]
+    assert stored[1]["uuid"] == uuid
+    reasons = [reason for _, reason in outcome.dead_letters]
+    assert len(reasons) == 3
+    assert "no team has the token 'phc_nobody'" in reasons[0]
+    assert "neither a team_id nor a token" in reasons[1]
+    assert "not JSON" in reasons[2]
+
+    letters = [orjson.loads(m.value() or b"") for m in read_topic(kafka, source.dead_letter_topic, 3)]
+    assert [letter["raw_payload"].encode() for letter in letters] == values[2:5]
+    first = letters[0]
+    assert first["error_location"] == "plugin_server_ingest_event"
+    assert first["error"].startswith("ingestEvent failed. Error: malformed message: no team has the token")
+    assert first["distinct_id"] == "carol" and first["event"] == "unknown token"
+    assert first["now"] == "2021-11-28 10:00:00" and orjson.loads(first["properties"]) == {"n": 1}
+    assert "sent_at" not in first and "timestamp" not in first and first["id"]
+    assert committed(kafka, source.group_id, source.topic) == len(values)
+
+
+async def test_redelivered_messages_keep_their_uuid_and_are_stored_once(
+    kafka: str, source: KafkaSource, pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    produce(kafka, source.topic, [message("bob", "no uuid", token=team.api_token)])
+    [batch] = await claim_all(source, 1, 10)
+    built = kafka_pipeline(pool, source)
+    await built.run(batch.messages)
+    await built.run(batch.messages)  # a redelivery after a crash before the commit
+    assert len(rows(clean_db, "SELECT uuid FROM posthog_event")) == 1
+
+
+async def test_offsets_are_committed_up_to_the_contiguous_acknowledged_prefix(
+    kafka: str, source: KafkaSource
+) -> None:
+    produce(kafka, source.topic, [message(f"p{i}", "e", team_id=1) for i in range(6)])
+    batches: list[KafkaBatch] = []
+    for _ in range(3):  # three batches of two, claimed in order
+        batches += await claim_all(source, 2, 2)
+    assert [len(batch.messages) for batch in batches] == [2, 2, 2]
+    group = source.group_id
+
+    await source.ack(batches[2])
+    await source.ack(batches[1])
+    assert committed(kafka, group, source.topic) < 0  # nothing: the first batch is still in flight
+    await source.ack(batches[0])
+    assert committed(kafka, group, source.topic) == 6
+
+
+async def test_what_was_not_committed_is_delivered_again_to_the_next_consumer(
+    kafka: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    topic, group = unique_topic("ingest"), unique_topic("group")
+    create_topic(kafka, topic, 1)
+    values = [message(f"p{i}", "e", team_id=1) for i in range(4)]
+    produce(kafka, topic, values)
+    first = KafkaSource(kafka_settings(kafka, topic, group), TeamManager(pool))
+    await first.start()
+    [done, *_] = await claim_all(first, 4, 2)
+    await first.ack(done)
+    await first.close()  # the second batch was claimed, never acknowledged
+
+    second = KafkaSource(kafka_settings(kafka, topic, group), TeamManager(pool))
+    await second.start()
+    try:
+        again = await claim_all(second, 2, 10)
+        assert [m for batch in again for m in batch.messages] == values[2:]
+        assert await second.claim(10, 0.5) is None
+    finally:
+        await second.close()
