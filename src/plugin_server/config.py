@@ -208,6 +208,11 @@ class Settings(BaseModel):
         "clickhouse-ingestion",
         description="Kafka consumer group of the workers reading KAFKA_CONSUMPTION_TOPIC",
     )
+    KAFKA_CONSUMER_SESSION_TIMEOUT_MS: int = Field(
+        45000,
+        ge=1000,
+        description="how long a silent consumer keeps its partitions before the group moves them",
+    )
     KAFKA_CLIENT_CERT_B64: str | None = Field(None, description="Kafka certificate in Base64")
     KAFKA_CLIENT_CERT_KEY_B64: str | None = Field(None, description="Kafka certificate key in Base64")
     KAFKA_TRUSTED_CERT_B64: str | None = Field(None, description="Kafka trusted CA in Base64")

@@ -28,6 +28,8 @@ from tests.kafka_broker import read_topic, unique_topic
 
 NOW = "2021-11-28T10:00:00.000Z"
 Db = psycopg.Connection[Any]
+# tansu hands a new group its first assignment after about half the session timeout
+SESSION_TIMEOUT_MS = 6000
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -83,6 +85,7 @@ def kafka_settings(bootstrap: str, topic: str, group: str) -> Settings:
         KAFKA_HOSTS=bootstrap,
         KAFKA_CONSUMPTION_TOPIC=topic,
         KAFKA_CONSUMER_GROUP=group,
+        KAFKA_CONSUMER_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS,
     )
 
 

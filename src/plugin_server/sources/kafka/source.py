@@ -91,6 +91,8 @@ class KafkaSource:
                 "group.id": self.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "session.timeout.ms": settings.KAFKA_CONSUMER_SESSION_TIMEOUT_MS,
+                "heartbeat.interval.ms": max(100, settings.KAFKA_CONSUMER_SESSION_TIMEOUT_MS // 10),
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
             },
             logger=log,
