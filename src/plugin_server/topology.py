@@ -14,23 +14,26 @@ from plugin_server.sources.celery_redis import CelerySource
 
 
 @contextlib.asynccontextmanager
-async def open_source(
+async def open_sources(
     settings: Settings, redis: aioredis.Redis, consumer_id: str, teams: TeamManager
-) -> AsyncIterator[Source]:
-    """KAFKA_CONSUMPTION_TOPIC in KAFKA_CONSUMER_GROUP_ID with KAFKA_ENABLED, else the Celery list."""
-    source: Source
-    if settings.KAFKA_ENABLED:
-        from plugin_server.sources.kafka import KafkaSource
-
-        source = KafkaSource(settings, teams)
-    else:
-        source = CelerySource(
+) -> AsyncIterator[list[Source]]:
+    """The Celery list (PLUGINS_CELERY_QUEUE) always: PostHog sends plugin jobs there, and plugins'
+    `posthog.capture` queues events there; with KAFKA_ENABLED also KAFKA_CONSUMPTION_TOPIC in
+    KAFKA_CONSUMER_GROUP, where the capture API's events go."""
+    sources: list[Source] = [
+        CelerySource(
             redis,
             settings.PLUGINS_CELERY_QUEUE,
             consumer_id,
             visibility_timeout=settings.QUEUE_VISIBILITY_TIMEOUT,
         )
+    ]
+    if settings.KAFKA_ENABLED:
+        from plugin_server.sources.kafka import KafkaSource
+
+        sources.append(KafkaSource(settings, teams))
     try:
-        yield source
+        yield sources
     finally:
-        await source.close()
+        for source in sources:
+            await source.close()

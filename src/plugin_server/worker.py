@@ -46,7 +46,7 @@ from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sinks.postgres import PostgresEventSink
 from plugin_server.sources import Source
-from plugin_server.topology import open_source
+from plugin_server.topology import open_sources
 
 log = logging.getLogger(__name__)
 
@@ -119,25 +119,30 @@ class Worker:
             actions = await stack.enter_async_context(
                 open_actions(settings, pool, redis_client, host.teams, jobs, write_action_events=True)
             )
-            source = await stack.enter_async_context(
-                open_source(settings, redis_client, self.consumer_id, host.teams)
+            sources = await stack.enter_async_context(
+                open_sources(settings, redis_client, self.consumer_id, host.teams)
             )
-            pipeline = EventPipeline(
-                teams=host.teams,
-                definitions=DefinitionsManager(pool),
-                groups=GroupTypeManager(pool),
-                persons=PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE),
-                sink=PostgresEventSink(pool),
-                plugins=PluginRunner(
-                    host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER
-                ),
-                jobs=jobs,
-                actions=actions.service,
-                codec=source.codec,
-            )
-            await source.start()
+            definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
+            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
+            plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
+            pipelines = [
+                EventPipeline(
+                    teams=host.teams,
+                    definitions=definitions,
+                    groups=groups,
+                    persons=persons,
+                    sink=PostgresEventSink(pool),
+                    plugins=plugins,
+                    jobs=jobs,
+                    actions=actions.service,
+                    codec=source.codec,
+                )
+                for source in sources
+            ]
+            for source in sources:
+                await source.start()
             helpers = [
-                asyncio.create_task(self._housekeeping(source)),
+                asyncio.create_task(self._housekeeping(sources)),
                 asyncio.create_task(self._listen_for_reloads(redis_client, host)),
                 asyncio.create_task(self._report_plugin_metrics(host)),
                 asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
@@ -164,7 +169,7 @@ class Worker:
                 until_stopped.append(asyncio.create_task(scheduler.run(self._stopping)))
                 helpers.append(asyncio.create_task(self._sample_job_queue(host)))
             try:
-                await self._consume(source, pipeline)
+                await asyncio.gather(*map(self._consume, sources, pipelines))
             finally:
                 self._stopping.set()
                 for task in helpers:
@@ -295,16 +300,17 @@ class Worker:
             context = message_context(message, source.codec)
             log.warning("dead letter: %s (%d bytes)", reason, len(message), extra=context)
 
-    async def _housekeeping(self, source: Source) -> None:
+    async def _housekeeping(self, sources: list[Source]) -> None:
         """Heartbeat, redelivery of messages of dead consumers, and the periodic progress line."""
         interval = min(self.settings.QUEUE_VISIBILITY_TIMEOUT / 3, 5.0)
         last_stats, last_count = time.monotonic(), 0
         while True:
             await asyncio.sleep(interval)
-            try:
-                await source.housekeeping()
-            except TRANSIENT_ERRORS as error:
-                log.error("queue housekeeping failed: %s", error)
+            for source in sources:
+                try:
+                    await source.housekeeping()
+                except TRANSIENT_ERRORS as error:
+                    log.error("%s source housekeeping failed: %s", source.name, error)
             now = time.monotonic()
             if now - last_stats >= STATS_INTERVAL_SECONDS and self.stats.ingested != last_count:
                 log.info(

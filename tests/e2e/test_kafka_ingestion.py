@@ -1,6 +1,7 @@
 """With KAFKA_ENABLED the whole path runs through Kafka: the capture API produces to
 KAFKA_CONSUMPTION_TOPIC, the worker consumes it in KAFKA_CONSUMER_GROUP, and the events, persons and
-distinct ids land in Postgres; the worker's offsets are committed once they are stored."""
+distinct ids land in Postgres; the worker's offsets are committed once they are stored. The Celery list
+is still consumed (PostHog sends plugin jobs there, plugins' posthog.capture queues events there)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ from posthog import Posthog
 from plugin_server.db.teams import CreatedTeam
 from tests.kafka_broker import committed, create_topic, unique_topic
 
-from .server import running_server, wait_for_count, wait_until
+from .server import celery_app, running_server, send_event, wait_for_count, wait_until
 
 
 def test_capture_to_kafka_to_worker_to_postgres(
     tmp_path: Path, database_url: str, redis_url: str, kafka: str, team: CreatedTeam
 ) -> None:
-    topic, group = unique_topic("ingest"), unique_topic("group")
+    topic, group, queue = unique_topic("ingest"), unique_topic("group"), unique_topic("celery")
     create_topic(kafka, topic, 2)
     env = {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "WORKER_CONCURRENCY": "1",
+        "PLUGINS_CELERY_QUEUE": queue,
         "KAFKA_ENABLED": "true",
         "KAFKA_HOSTS": kafka,
         "KAFKA_CONSUMPTION_TOPIC": topic,
@@ -44,7 +46,8 @@ def test_capture_to_kafka_to_worker_to_postgres(
         client.flush()
         client.shutdown()
         assert errors == []
-        assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 22) == 22
+        send_event(celery_app(redis_url), team_id=team.team_id, distinct_id="celery", event="e", queue=queue)
+        assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 23) == 23
         server.wait_for_log("assigned partitions")
         wait_until(lambda: committed(kafka, group, topic, 2) == 22)
     with psycopg.connect(database_url) as connection:
@@ -54,5 +57,6 @@ def test_capture_to_kafka_to_worker_to_postgres(
         numbers = connection.execute(
             "SELECT (properties->>'n')::int FROM posthog_event WHERE distinct_id = 'buyer-1' ORDER BY id"
         ).fetchall()
-    assert sorted(row[0] for row in ids) == [["anon-1", "user-1"], *[[f"buyer-{n}"] for n in range(4)]]
+    expected = [["anon-1", "user-1"], *[[f"buyer-{n}"] for n in range(4)], ["celery"]]
+    assert sorted(row[0] for row in ids) == expected
     assert [row[0] for row in numbers] == [1, 5, 9, 13, 17]  # one person's events in order
