@@ -147,12 +147,10 @@ def teams_create(
 @dead_letters_app.command("list")
 def dead_letters_list(limit: Annotated[int, typer.Option(help="How many to show.")] = 20) -> None:
     """Print the newest dead letters as JSON lines (reason, time, message)."""
-    from plugin_server.ingestion.redis_queue import read_dead_letters
+    from plugin_server.dead_letters import open_dead_letters
 
     settings = load_settings_or_exit()
-    entries = _run_async_redis(
-        settings, lambda client: read_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit)
-    )
+    entries = _run_async_redis(settings, lambda client: open_dead_letters(settings, client).newest(limit))
     for entry in entries:
         typer.echo(json.dumps(entry))
 
@@ -162,11 +160,11 @@ def dead_letters_replay(
     limit: Annotated[int, typer.Option(help="Replay at most this many (0 = all).")] = 0,
 ) -> None:
     """Put dead letters back on the ingestion queue, oldest first."""
-    from plugin_server.ingestion.redis_queue import replay_dead_letters
+    from plugin_server.dead_letters import open_dead_letters
 
     settings = load_settings_or_exit()
     count = _run_async_redis(
-        settings, lambda client: replay_dead_letters(client, settings.PLUGINS_CELERY_QUEUE, limit or None)
+        settings, lambda client: open_dead_letters(settings, client).replay(limit or None)
     )
     typer.echo(f"replayed {count} messages")
 

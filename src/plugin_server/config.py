@@ -208,6 +208,9 @@ class Settings(BaseModel):
         "clickhouse-ingestion",
         description="Kafka consumer group of the workers reading KAFKA_CONSUMPTION_TOPIC",
     )
+    KAFKA_DEAD_LETTER_TOPIC: str = Field(
+        "events_dead_letter_queue", description="Kafka topic of the messages the workers could not ingest"
+    )
     KAFKA_CONSUMER_SESSION_TIMEOUT_MS: int = Field(
         45000,
         ge=1000,

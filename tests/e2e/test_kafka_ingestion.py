@@ -1,20 +1,24 @@
 """With KAFKA_ENABLED the whole path runs through Kafka: the capture API produces to
 KAFKA_CONSUMPTION_TOPIC, the worker consumes it in KAFKA_CONSUMER_GROUP, and the events, persons and
 distinct ids land in Postgres; the worker's offsets are committed once they are stored. The Celery list
-is still consumed (PostHog sends plugin jobs there, plugins' posthog.capture queues events there)."""
+is still consumed (PostHog sends plugin jobs there, plugins' posthog.capture queues events there). A
+message that cannot be read lands on the dead-letter topic, where the CLI lists and replays it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from confluent_kafka import Producer
 from posthog import Posthog
 
 from plugin_server.db.teams import CreatedTeam
 from tests.kafka_broker import committed, create_topic, unique_topic
 
 from .server import celery_app, running_server, send_event, wait_for_count, wait_until
+from .test_cli import cli
 
 
 def test_capture_to_kafka_to_worker_to_postgres(
@@ -31,6 +35,7 @@ def test_capture_to_kafka_to_worker_to_postgres(
         "KAFKA_HOSTS": kafka,
         "KAFKA_CONSUMPTION_TOPIC": topic,
         "KAFKA_CONSUMER_GROUP": group,
+        "KAFKA_DEAD_LETTER_TOPIC": f"{topic}_dead_letters",
         "KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "6000",
         "KAFKA_FLUSH_FREQUENCY_MS": "5",
     }
@@ -50,6 +55,15 @@ def test_capture_to_kafka_to_worker_to_postgres(
         assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 23) == 23
         server.wait_for_log("assigned partitions")
         wait_until(lambda: committed(kafka, group, topic, 2) == 22)
+
+        producer = Producer({"bootstrap.servers": kafka})
+        producer.produce(topic, b"not json", b"some key", partition=0)
+        assert producer.flush(15) == 0
+        listed = wait_until(lambda: cli("dead-letters", "list", **server.env).stdout)
+        [letter] = [json.loads(line) for line in listed.splitlines()]
+        assert letter["message"] == "not json" and "not JSON" in letter["reason"]
+        wait_until(lambda: committed(kafka, group, topic, 2) == 23)  # after Kafka took the dead letter
+        assert cli("dead-letters", "replay", **server.env).stdout.strip() == "replayed 1 messages"
     with psycopg.connect(database_url) as connection:
         ids = connection.execute(
             "SELECT array_agg(distinct_id ORDER BY distinct_id) FROM posthog_persondistinctid GROUP BY person_id"

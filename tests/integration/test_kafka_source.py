@@ -17,9 +17,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.teams import CreatedTeam
+from plugin_server.dead_letters.kafka_topic import KafkaDeadLetters
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.sources.kafka import KafkaSource
+from plugin_server.sources.kafka.dead_letters import dead_letter_record
 from plugin_server.sources.kafka.source import KafkaBatch
 from tests.integration.test_pipeline import pipeline as celery_pipeline
 from tests.integration.test_pipeline import rows
@@ -57,7 +59,7 @@ async def source(kafka: str, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Ka
     topic, group = unique_topic("ingest"), unique_topic("group")
     create_topic(kafka, topic, 1)
     settings = kafka_settings(kafka, topic, group)
-    kafka_source = KafkaSource(settings, TeamManager(pool), dead_letter_topic=unique_topic("dlq"))
+    kafka_source = KafkaSource(settings, TeamManager(pool))
     await kafka_source.start()
     yield kafka_source
     await kafka_source.close()
@@ -70,6 +72,7 @@ def kafka_settings(bootstrap: str, topic: str, group: str) -> Settings:
         KAFKA_HOSTS=bootstrap,
         KAFKA_CONSUMPTION_TOPIC=topic,
         KAFKA_CONSUMER_GROUP=group,
+        KAFKA_DEAD_LETTER_TOPIC=f"{topic}_dead_letters",
         KAFKA_CONSUMER_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS,
     )
 
@@ -187,3 +190,25 @@ async def test_what_was_not_committed_is_delivered_again_to_the_next_consumer(
         assert await second.claim(10, 0.5) is None
     finally:
         await second.close()
+
+
+async def test_dead_letters_on_the_topic_are_listed_counted_and_replayed_once(kafka: str) -> None:
+    settings = kafka_settings(kafka, unique_topic("ingest"), unique_topic("group"))
+    create_topic(kafka, settings.KAFKA_DEAD_LETTER_TOPIC, 1)
+    originals = [message(f"p{i}", "e", token=f"phc_{i}") for i in range(3)]
+    records = [dead_letter_record(None, original, f"reason {i}") for i, original in enumerate(originals)]
+    produce(kafka, settings.KAFKA_DEAD_LETTER_TOPIC, records)
+    store = KafkaDeadLetters(settings)
+
+    assert await store.count() == 3
+    newest = await store.newest(10)
+    assert {letter["message"].encode() for letter in newest} == set(originals)
+    assert sorted(letter["reason"] for letter in newest)[0] == "ingestEvent failed. Error: reason 0"
+
+    assert await store.replay(2) == 2
+    assert await store.count() == 1
+    assert await store.replay() == 1
+    assert await store.replay() == 0
+    replayed = read_topic(kafka, settings.KAFKA_CONSUMPTION_TOPIC, 3)
+    assert [m.value() for m in replayed] == originals
+    assert [m.key() for m in replayed] == [b"key"] * 3

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from redis.exceptions import RedisError
 
 from plugin_server.config import Settings
-from plugin_server.ingestion.redis_queue import dead_letter_count, read_dead_letters, replay_dead_letters
+from plugin_server.dead_letters import open_dead_letters
 from plugin_server.plugins import admin
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment
@@ -300,10 +300,10 @@ async def get_dead_letters(
     context: Context, limit: Annotated[int, Query(ge=1, le=10_000, description="how many to show")] = 20
 ) -> DeadLettersOut:
     """Messages that could not be ingested, newest first (like `dead-letters list`)."""
-    queue = context.settings.PLUGINS_CELERY_QUEUE
-    letters = await read_dead_letters(context.redis, queue, limit)
+    store = open_dead_letters(context.settings, context.redis)
+    letters = await store.newest(limit)
     return DeadLettersOut(
-        total=await dead_letter_count(context.redis, queue),
+        total=await store.count(),
         letters=[DeadLetterOut.model_validate(letter) for letter in letters],
     )
 
@@ -312,9 +312,7 @@ async def get_dead_letters(
 async def replay(context: Context, request: ReplayRequest | None = None) -> ReplayOut:
     """Put dead letters back on the ingestion queue, oldest first (like `dead-letters replay`)."""
     limit = request.limit if request else None
-    return ReplayOut(
-        replayed=await replay_dead_letters(context.redis, context.settings.PLUGINS_CELERY_QUEUE, limit)
-    )
+    return ReplayOut(replayed=await open_dead_letters(context.settings, context.redis).replay(limit))
 
 
 @router.post("/reload", response_model=ReloadOut)

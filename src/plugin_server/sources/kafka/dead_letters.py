@@ -1,4 +1,4 @@
-"""Dead letters on Kafka: one JSON message on `events_dead_letter_queue` per message that could not
+"""Dead letters on Kafka: one JSON message on KAFKA_DEAD_LETTER_TOPIC per message that could not
 be ingested, in the original's format (reference 3.2): the event's fields except now, sent_at and
 timestamp, `id`, `event_uuid`, `properties` as a JSON string, `now` and `error_timestamp` in
 ClickHouse's second-precision format, `raw_payload`, `error_location` and `error`.
@@ -18,7 +18,6 @@ from plugin_server.ingestion.celery import parse_now
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.ingestion.uuidt import uuidt
 
-DEAD_LETTER_TOPIC = "events_dead_letter_queue"
 ERROR_LOCATION = "plugin_server_ingest_event"
 _LEFT_OUT = ("now", "sent_at", "timestamp")
 

@@ -29,7 +29,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.services.metrics import get_metrics
 from plugin_server.sources import DeadLetter
 from plugin_server.sources.kafka.codec import KafkaCodec
-from plugin_server.sources.kafka.dead_letters import DEAD_LETTER_TOPIC, dead_letter_record
+from plugin_server.sources.kafka.dead_letters import dead_letter_record
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,10 @@ class KafkaSource:
         self,
         settings: Settings,
         teams: TeamManager,
-        *,
-        dead_letter_topic: str = DEAD_LETTER_TOPIC,
     ) -> None:
         self.codec = KafkaCodec(teams)
         self.topic = settings.KAFKA_CONSUMPTION_TOPIC
-        self.dead_letter_topic = dead_letter_topic
+        self.dead_letter_topic = settings.KAFKA_DEAD_LETTER_TOPIC
         self.group_id = settings.KAFKA_CONSUMER_GROUP
         common = kafka_config(settings)
         self._consumer = Consumer(
