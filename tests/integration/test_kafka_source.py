@@ -20,6 +20,7 @@ from plugin_server.db.teams import CreatedTeam
 from plugin_server.dead_letters.kafka_topic import KafkaDeadLetters
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.services.metrics import get_metrics
 from plugin_server.sources.kafka import KafkaSource
 from plugin_server.sources.kafka.dead_letters import dead_letter_record
 from plugin_server.sources.kafka.source import KafkaBatch
@@ -167,6 +168,15 @@ async def test_offsets_are_committed_up_to_the_contiguous_acknowledged_prefix(
     assert committed(kafka, group, source.topic) == 0  # nothing: the first batch is still in flight
     await source.ack(batches[0])
     assert committed(kafka, group, source.topic) == 6
+
+
+async def test_consumer_lag_is_sampled_per_assigned_partition(kafka: str, source: KafkaSource) -> None:
+    for i in range(5):  # one record batch each: tansu's end offset counts record batches
+        produce(kafka, source.topic, [message(f"p{i}", "e", team_id=1)])
+    await claim_all(source, 2, 2)
+    await source.housekeeping()
+    get = get_metrics().registry.get_sample_value
+    assert get("plugin_server_kafka_consumer_lag", {"topic": source.topic, "partition": "0"}) == 3
 
 
 async def test_what_was_not_committed_is_delivered_again_to_the_next_consumer(

@@ -168,6 +168,13 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=r,
         )
+        self._kafka_lag = Gauge(
+            "plugin_server_kafka_consumer_lag",
+            "Messages of an assigned partition of KAFKA_CONSUMPTION_TOPIC not yet consumed by its worker",
+            ["topic", "partition"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
         self._job_queue_depth = Gauge(
             "plugin_server_job_queue_depth",
             "Plugin jobs, scheduled tasks and hook deliveries due and waiting in plugin_server_jobs",
@@ -257,6 +264,10 @@ class Metrics:
     def queue_sampled(self, queue: str, depth: int, lag_seconds: float) -> None:
         self._queue_depth.labels(queue).set(depth)
         self._queue_lag.labels(queue).set(lag_seconds)
+
+    @_never_raises
+    def kafka_lag_sampled(self, topic: str, partition: int, lag: int) -> None:
+        self._kafka_lag.labels(topic, str(partition)).set(lag)
 
     @_never_raises
     def job_queue_sampled(self, depth: int) -> None:

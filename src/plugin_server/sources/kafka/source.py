@@ -157,6 +157,8 @@ class KafkaSource:
 
     async def housekeeping(self) -> None:
         await self._commit()  # retries a commit that failed
+        for (topic, partition), lag in (await asyncio.to_thread(self._lag)).items():
+            get_metrics().kafka_lag_sampled(topic, partition, lag)
 
     async def close(self) -> None:
         if self._closed:
@@ -204,6 +206,19 @@ class KafkaSource:
         left = await asyncio.to_thread(self._producer.flush, DELIVERY_TIMEOUT_SECONDS)
         if left or errors:
             raise KafkaUnavailable(f"Kafka did not take {left + len(errors)} dead letters: {errors[:1]}")
+
+    def _lag(self) -> dict[Partition, int]:
+        """Per assigned partition: its end offset minus the position of the next message to claim."""
+        lags = {}
+        for tp in self._consumer.position(self._consumer.assignment()):
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            except KafkaException as error:
+                log.warning("cannot read the end of %s[%d]: %s", tp.topic, tp.partition, error)
+                continue
+            position = tp.offset if tp.offset >= 0 else low
+            lags[(tp.topic, tp.partition)] = max(0, high - position)
+        return lags
 
     def _next_generation(self) -> int:
         self._generation += 1
