@@ -179,6 +179,10 @@ class Settings(BaseModel):
         None,
         description="bearer token of the operator API (/api/admin); unset turns that API off (403)",
     )
+    CONSOLE_ENABLED: bool = Field(
+        True,
+        description="serve the operator's web console under /console (its login is ADMIN_TOKEN)",
+    )
     LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field(
         "info", description="minimum log level"
     )
@@ -208,6 +212,7 @@ class Settings(BaseModel):
         "CLICKHOUSE_SECURE",
         "KAFKA_ENABLED",
         "DISABLE_WEB",
+        "CONSOLE_ENABLED",
         "DISABLE_MMDB",
         mode="before",
     )

@@ -28,8 +28,7 @@ from plugin_server import __version__
 from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
-from plugin_server.ingestion.celery import parse_now
-from plugin_server.ingestion.pipeline import event_of
+from plugin_server.ingestion.pipeline import message_age_seconds
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
 from plugin_server.services.embedded import EmbeddedServices, start_embedded
 from plugin_server.services.metrics import (
@@ -296,7 +295,7 @@ class Supervisor:
         except redis.RedisError as error:
             log.error("cannot sample the queue depth: %s", error)
             return
-        get_metrics().queue_sampled(queue, int(depth), _lag_seconds(oldest))
+        get_metrics().queue_sampled(queue, int(depth), message_age_seconds(oldest))
 
     def _ping(self, client: redis.Redis) -> None:
         try:
@@ -367,15 +366,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _lag_seconds(message: bytes | None) -> float:
-    """How long ago the event in `message` was captured; 0 when there is none or it cannot be read."""
-    event = event_of(message) if message else None
-    captured = parse_now(event["now"]) if event else None
-    if captured is None:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - captured).total_seconds())
 
 
 def _safe_llen(client: redis.Redis, key: str) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ import redis
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from plugin_server.db.postgres import escape_like
 from plugin_server.plugins.archive import DEFAULT_LIMITS, ArchiveError, pack_zip, read_folder
 from plugin_server.plugins.loader import PluginLoadError, resolve_plugin_code
 from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
@@ -351,10 +352,17 @@ def disable_plugin(connection: Connection, plugin: PluginRow, team_id: int) -> l
 
 
 def read_logs(
-    connection: Connection, plugin_config_id: int, *, limit: int = 100, after: str | None = None
+    connection: Connection,
+    plugin_config_id: int,
+    *,
+    limit: int = 100,
+    after: str | None = None,
+    types: Collection[str] = (),
+    text: str = "",
 ) -> list[PluginLogEntry]:
     """Log entries of a plugin config, oldest first: the newest `limit`, or the first `limit` after the
-    entry with id `after` (to follow the log).
+    entry with id `after` (to follow the log). With `types` only entries of those types (DEBUG, LOG,
+    INFO, WARN, ERROR), with `text` only those whose message contains it (any case).
 
     Entries are ordered by (timestamp, id); an entry written later with an older timestamp than
     `after` is not returned by a later call.
@@ -363,22 +371,25 @@ def read_logs(
         after_id = None if after is None else uuid.UUID(after)
     except ValueError:
         raise AdminError(f"{after!r} is not a log entry id (a UUID)") from None
+    values = {
+        "config": plugin_config_id,
+        "after": after_id,
+        "limit": limit,
+        "types": list(types),
+        "text": f"%{escape_like(text)}%",
+    }
+    matching = f"""SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry WHERE plugin_config_id = %(config)s
+        AND (cardinality(%(types)s::text[]) = 0 OR type = ANY(%(types)s::text[]))
+        AND message ILIKE %(text)s"""
     with connection.cursor(row_factory=dict_row) as cursor:
         if after_id is None:
-            rows = cursor.execute(
-                f"""SELECT * FROM (SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry WHERE plugin_config_id = %s
-                                   ORDER BY timestamp DESC, id DESC LIMIT %s) newest
-                    ORDER BY timestamp, id""",
-                (plugin_config_id, limit),
-            ).fetchall()
+            query = f"""SELECT * FROM ({matching} ORDER BY timestamp DESC, id DESC LIMIT %(limit)s) newest
+                        ORDER BY timestamp, id"""
         else:
-            rows = cursor.execute(
-                f"""SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry
-                    WHERE plugin_config_id = %(config)s
-                      AND (timestamp, id) > (SELECT timestamp, id FROM posthog_pluginlogentry WHERE id = %(after)s)
-                    ORDER BY timestamp, id LIMIT %(limit)s""",
-                {"config": plugin_config_id, "after": after_id, "limit": limit},
-            ).fetchall()
+            query = f"""{matching}
+                AND (timestamp, id) > (SELECT timestamp, id FROM posthog_pluginlogentry WHERE id = %(after)s)
+                ORDER BY timestamp, id LIMIT %(limit)s"""
+        rows = cursor.execute(query, values).fetchall()
     return [
         PluginLogEntry(
             **{

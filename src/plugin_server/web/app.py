@@ -18,7 +18,9 @@ from plugin_server.services.metrics import get_metrics
 from plugin_server.web import admin, metrics_routes
 from plugin_server.web.capture import captured_events
 from plugin_server.web.client_ip import client_ip
+from plugin_server.web.console import install_console
 from plugin_server.web.context import WebContext
+from plugin_server.web.docs import install_docs
 from plugin_server.web.health import run_check, workers_problem
 from plugin_server.web.payload import CaptureError, read_capture_input
 
@@ -87,6 +89,8 @@ def create_app(context: WebContext) -> FrontDoor:
         title="plugin-server",
         version=__version__,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,  # served by install_docs, with their assets from this server
+        redoc_url=None,
     )
     app.state.context = context
     teams = TeamManager(context.pool)
@@ -140,6 +144,9 @@ def create_app(context: WebContext) -> FrontDoor:
 
     app.include_router(metrics_routes.router)
     app.include_router(admin.router)
+    install_docs(app)
+    if settings.CONSOLE_ENABLED:
+        install_console(app)
     return FrontDoor(app, capture, preflight)
 
 
