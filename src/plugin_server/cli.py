@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 import redis
@@ -15,8 +16,9 @@ import typer
 from plugin_server import __version__
 from plugin_server.cli_support import database_url, load_settings_or_exit, redis_url
 from plugin_server.config import Settings, settings_help
+from plugin_server.db.browse import recent_events, recent_persons
 from plugin_server.db.migrate import migrate as apply_migrations
-from plugin_server.db.teams import create_organization_and_team
+from plugin_server.db.teams import create_organization_and_team, list_teams
 from plugin_server.plugins.cli import plugins_app
 
 T = TypeVar("T")
@@ -45,7 +47,11 @@ teams_app = typer.Typer(help="Manage teams (projects) without the PostHog web ap
 dead_letters_app = typer.Typer(
     help="Inspect and replay messages that could not be ingested.", no_args_is_help=True
 )
+events_app = typer.Typer(help="Look at stored events (no psql needed).", no_args_is_help=True)
+persons_app = typer.Typer(help="Look at stored persons (no psql needed).", no_args_is_help=True)
 app.add_typer(teams_app, name="teams")
+app.add_typer(events_app, name="events")
+app.add_typer(persons_app, name="persons")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(plugins_app, name="plugins")
 
@@ -142,6 +148,53 @@ def teams_create(
             apply_migrations(url)
         team = create_organization_and_team(connection, organization_name=organization, team_name=name)
     typer.echo(f"team id:   {team.team_id}\napi token: {team.api_token}")
+
+
+@teams_app.command("list")
+def teams_list() -> None:
+    """Print every team: id, name, project token (for the capture API and SDKs) and organization."""
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        teams = list_teams(connection)
+    if not teams:
+        typer.echo("no team yet: create one with `plugin-server teams create --name NAME`")
+        return
+    rows = [("ID", "NAME", "TOKEN", "ORGANIZATION")]
+    rows += [(str(t.team_id), t.name, t.api_token, t.organization_name) for t in teams]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3]
+        )
+
+
+TeamOption = Annotated[int, typer.Option("--team", help="Team id (see `teams list`).")]
+DistinctIdOption = Annotated[str, typer.Option("--distinct-id", help="Only distinct ids starting with this.")]
+LimitOption = Annotated[int, typer.Option(help="How many, newest first.")]
+
+
+@events_app.command("list")
+def events_list(team: TeamOption, distinct_id: DistinctIdOption = "", limit: LimitOption = 20) -> None:
+    """Print a team's newest stored events (posthog_event) as JSON lines."""
+    for event in _browse(lambda connection: recent_events(connection, team, distinct_id, limit)):
+        typer.echo(_json_line(event))
+
+
+@persons_app.command("list")
+def persons_list(team: TeamOption, distinct_id: DistinctIdOption = "", limit: LimitOption = 20) -> None:
+    """Print a team's newest persons with their distinct ids as JSON lines."""
+    for person in _browse(lambda connection: recent_persons(connection, team, distinct_id, limit)):
+        typer.echo(_json_line(person))
+
+
+def _browse(read: Callable[[psycopg.Connection[Any]], list[T]]) -> list[T]:
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        return read(connection)
+
+
+def _json_line(row: Any) -> str:
+    return json.dumps(dataclasses.asdict(row), default=str, ensure_ascii=False)
 
 
 @dead_letters_app.command("list")

@@ -42,6 +42,26 @@ _CORS_HEADERS = {
     "Vary": "Origin",
 }
 _CAPTURED = b'{"status":1}'  # what JSONResponse({"status": 1}) renders, rendered once
+# PostHog's flags endpoints (/decide, /flags), as posthog-js and the SDKs ask them: this server keeps no
+# feature flags, so the answer is "none", and browsers see no 404 in their console. The body is not read.
+FLAGS_PATHS = ("/decide", "/flags")
+_NO_FLAGS = {
+    "config": {"enable_collect_everything": True},
+    "featureFlags": {},
+    "featureFlagPayloads": {},
+    "flags": {},
+    "errorsWhileComputingFlags": False,
+    "quotaLimited": [],
+    "sessionRecording": False,
+    "supportedCompression": ["gzip", "gzip-js", "lz64"],
+    "siteApps": [],
+    "surveys": False,
+    "heatmaps": False,
+    "capturePerformance": False,
+    "autocapture_opt_out": False,
+    "toolbarParams": {},
+    "isAuthenticated": False,
+}
 _UNAVAILABLE = {
     "type": "server_error",
     "code": "unavailable",
@@ -118,18 +138,35 @@ def create_app(context: WebContext) -> FrontDoor:
     async def preflight(request: Request) -> Response:
         return Response(status_code=200, headers=_cors(request))
 
-    for path in CAPTURE_PATHS:
-        for variant in (path, path + "/"):  # clients post to both; a redirect would lose the body
+    async def no_flags(request: Request) -> Response:
+        return JSONResponse(_NO_FLAGS, headers=_cors(request))
+
+    def add_sdk_route(
+        path: str, endpoint: Callable[[Request], Awaitable[Response]], summary: str, about: str
+    ) -> None:
+        """GET and POST at `path` and `path/` (clients post to both; a redirect would lose the body),
+        and the CORS preflight."""
+        for variant in (path, path + "/"):
             app.add_api_route(
                 variant,
-                capture,
+                endpoint,
                 methods=["GET", "POST"],
                 include_in_schema=variant == path,
-                summary=f"Capture events ({path})",
-                description=CAPTURE_DESCRIPTION,
+                summary=summary,
+                description=about,
                 tags=["capture"],
             )
             app.add_api_route(variant, preflight, methods=["OPTIONS"], include_in_schema=False)
+
+    for path in CAPTURE_PATHS:
+        add_sdk_route(path, capture, f"Capture events ({path})", CAPTURE_DESCRIPTION)
+    for path in FLAGS_PATHS:
+        add_sdk_route(
+            path,
+            no_flags,
+            f"Feature flags ({path}): none",
+            "PostHog's flags endpoint for the SDKs; this server keeps no feature flags.",
+        )
 
     @app.get("/_health", tags=["health"], summary="The web process is up")
     async def health() -> dict[str, str | int]:
