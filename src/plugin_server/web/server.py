@@ -69,6 +69,28 @@ def shared_socket(host: str, port: int) -> socket.socket:
     return listening
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why the web server cannot listen on host:port (another program holds it), or None.
+
+    Checked once before anything starts, so that a busy WEB_PORT stops the start with this message
+    instead of the web process failing and being restarted again and again.
+    """
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return (
+                f"cannot listen on {host}:{port} (WEB_PORT): {error.strerror}. Another program (or another "
+                "plugin-server) is using it: stop it, or set WEB_PORT to a free port "
+                "(DISABLE_WEB=true runs without the web server)"
+            )
+    return None
+
+
 def web_main(workers: WorkerStatus | None = None) -> None:
     """Entry point of the web process."""
     settings = load_settings()
