@@ -30,7 +30,7 @@ from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
 from plugin_server.ingestion.pipeline import message_age_seconds
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
-from plugin_server.services.embedded import EmbeddedServices, start_embedded
+from plugin_server.services.embedded import EmbeddedServices, remember_data_dir, start_embedded
 from plugin_server.services.metrics import (
     configure_metrics,
     get_metrics,
@@ -136,6 +136,7 @@ class Supervisor:
             self._embedded = start_embedded(
                 self.settings.PLUGIN_SERVER_DATA_DIR, postgres=database_url is None, redis=redis_url is None
             )
+            remember_data_dir(self.settings.PLUGIN_SERVER_DATA_DIR)
             database_url = database_url or self._embedded.database_url
             redis_url = redis_url or self._embedded.redis_url
         assert database_url and redis_url

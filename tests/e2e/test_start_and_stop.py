@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from .server import running_server
@@ -39,3 +41,45 @@ def test_ctrl_c_stops_the_embedded_server_cleanly(tmp_path: Path) -> None:
     assert "received SIGINT: draining workers and stopping" in log
     assert "Traceback" not in log, log
     assert "crashed" not in log and "Connection refused" not in log, log
+
+
+def test_commands_find_the_embedded_server_from_any_folder(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    state = {"XDG_STATE_HOME": str(tmp_path / "state")}
+    started_in, elsewhere, fresh = (tmp_path / name for name in ("project", "elsewhere", "fresh"))
+    for folder in (started_in, elsewhere, fresh):
+        folder.mkdir()
+    env = {**NO_SERVICES, **state}
+    with running_server(started_in, env) as server:
+        server.wait_for_log("All systems go", timeout=120)
+        listed = run_cli(elsewhere, "teams", "list", **state)
+        assert listed.returncode == 0, listed.stderr
+        assert "Default Project" in listed.stdout
+        assert f"using the data of the last server started, {started_in / '.plugin-server'}" in listed.stderr
+        assert server.stop() == 0
+
+    # stopped: the command starts that embedded Postgres for itself, and says so
+    listed = run_cli(elsewhere, "teams", "list", **state)
+    assert listed.returncode == 0, listed.stderr
+    assert "Default Project" in listed.stdout
+    assert "starting the embedded Postgres of" in listed.stderr
+
+    # nothing ever started for this user: no empty database made up, a clear way out instead
+    nothing = run_cli(fresh, "teams", "list", XDG_STATE_HOME=str(tmp_path / "other-state"))
+    assert nothing.returncode == 1
+    assert "no database: no server has run with the data folder" in nothing.stderr
+    assert "`plugin-server start`" in nothing.stderr
+    assert not (fresh / ".plugin-server").exists()
+
+
+def run_cli(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "plugin_server.cli", *args],
+        env={**environ, **env},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )

