@@ -29,6 +29,7 @@ from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
 from plugin_server.ingestion.pipeline import message_age_seconds
+from plugin_server.plugins.runtime_py import remove_stale_plugin_files
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
 from plugin_server.services.embedded import EmbeddedServices, remember_data_dir, start_embedded
 from plugin_server.services.metrics import (
@@ -180,6 +181,7 @@ class Supervisor:
 
     def _spawn(self, slot: _WorkerSlot) -> None:
         context = multiprocessing.get_context("spawn")
+        remove_stale_plugin_files()  # those of the worker being replaced, if it was killed
         if slot.process is not None and slot.process.pid is not None:
             process_exited(slot.process.pid)
         slot.last_activity.value = slot.started_at = time.time()

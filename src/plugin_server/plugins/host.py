@@ -221,7 +221,7 @@ class PluginHost:
             else:
                 await instance.run_job(job.type, job.payload)
         except Exception as error:
-            await vm.record_error(error)
+            await vm.record_error(error, function=label, outcome="not retried")
             raise
 
     def discover_capabilities(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,16 +25,14 @@ def plugin_error_json(
     iso_time = time.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(error, str):
         return {"message": error, "time": iso_time}
-    body: dict[str, Any] = {
-        "message": str(error),
-        "time": iso_time,
-        "name": type(error).__name__,
-        "stack": "".join(traceback.format_exception(error)),
-    }
     from plugin_server.plugins.js.runtime import JSError  # here: the JS runtime imports this module
+    from plugin_server.plugins.runtime_py import plugin_traceback
 
+    body: dict[str, Any] = {"message": str(error), "time": iso_time}
     if isinstance(error, JSError):  # described as JavaScript described it
-        body["name"], body["stack"] = error.name, error.stack or body["stack"]
+        body["name"], body["stack"] = error.name, error.stack or plugin_traceback(error)
+    else:
+        body["name"], body["stack"] = type(error).__name__, plugin_traceback(error)
     if event is not None:
         body["event"] = event
     return body
