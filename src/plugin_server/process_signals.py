@@ -6,6 +6,7 @@ stops on its own mid-drain, and none prints a KeyboardInterrupt traceback."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -25,3 +26,14 @@ def sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (signal 0 probes it without sending anything)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

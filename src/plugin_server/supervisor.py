@@ -31,6 +31,7 @@ from plugin_server.db.teams import count_teams, create_organization_and_team
 from plugin_server.ingestion.pipeline import message_age_seconds
 from plugin_server.plugins.runtime_py import remove_stale_plugin_files
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
+from plugin_server.process_signals import pid_alive
 from plugin_server.services.embedded import EmbeddedServices, remember_data_dir, start_embedded
 from plugin_server.services.metrics import (
     configure_metrics,
@@ -166,7 +167,7 @@ class Supervisor:
         members: list[bytes] = client.zrange(key, 0, -1)  # type: ignore[assignment]
         for member in members:
             parts = member.decode().split(":")
-            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not pid_alive(int(parts[1])):
                 client.zadd(key, {member: 0})
 
     # --- workers
@@ -365,16 +366,6 @@ def _missing(database_url: str | None, redis_url: str | None) -> str:
     return " and ".join(
         name for name, url in (("Postgres", database_url), ("Valkey", redis_url)) if url is None
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _safe_llen(client: redis.Redis, key: str) -> int:

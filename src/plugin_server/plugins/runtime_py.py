@@ -34,6 +34,7 @@ from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.models import PluginCode
 from plugin_server.plugins.tracking import SETUP_LABEL, CallTracker, job_label, on_event_label
+from plugin_server.process_signals import pid_alive
 
 # Python name -> the name PostHog knows the capability by.
 FUNCTIONS = {
@@ -222,18 +223,8 @@ def _process_folder() -> Path:
 def remove_stale_plugin_files() -> None:
     """Remove the plugin files of processes that are gone (killed, so their exit did not clean up)."""
     for folder in PLUGIN_FILES.glob("*"):
-        if folder.name.isdigit() and not _process_alive(int(folder.name)):
+        if folder.name.isdigit() and not pid_alive(int(folder.name)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def plugin_traceback(error: BaseException) -> str:
