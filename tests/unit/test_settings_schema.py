@@ -62,3 +62,16 @@ def test_secrets_are_masked() -> None:
     fields = setting_fields(SCHEMA)
     assert masked(fields, {"host": "db", "token": "t0"}) == {"host": "db", "token": "(set)"}
     assert masked(fields, {"token": ""}) == {"token": "(unset)"}
+
+
+def test_undeclared_keys_are_refused_unless_allowed_but_server_keys_always_pass() -> None:
+    fields = setting_fields(SCHEMA)
+    current = {"token": "t"}
+    with pytest.raises(AdminError, match="'colour' is not a setting"):
+        check_settings(fields, {"colour": "red"}, current, attachments={"file"})
+    assert check_settings(fields, {"colour": "red"}, current, attachments={"file"}, undeclared=True) == {
+        "colour": "red"
+    }
+    assert check_settings(fields, {"exportEventsToIgnore": "$pageview"}, current, attachments={"file"}) == {
+        "exportEventsToIgnore": "$pageview"
+    }

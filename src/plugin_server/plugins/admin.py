@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from plugin_server.db.postgres import escape_like
@@ -332,6 +332,26 @@ def read_attachment(key: str, path: Path) -> PluginAttachment:
     return PluginAttachment(
         key=key, content_type=guess_content_type(path.name), file_name=path.name, contents=contents
     )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """An attachment of a plugin config, without its contents."""
+
+    key: str
+    file_name: str
+    file_size: int | None
+    content_type: str
+
+
+def list_attachments(connection: Connection, config_id: int) -> list[StoredAttachment]:
+    """The attachments stored for a plugin config, by key."""
+    with connection.cursor(row_factory=class_row(StoredAttachment)) as cursor:
+        return cursor.execute(
+            """SELECT key, file_name, file_size, content_type FROM posthog_pluginattachment
+               WHERE plugin_config_id = %s ORDER BY key""",
+            (config_id,),
+        ).fetchall()
 
 
 def guess_content_type(file_name: str) -> str:

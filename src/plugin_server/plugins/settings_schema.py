@@ -16,6 +16,8 @@ from typing import Any
 from plugin_server.plugins.admin import AdminError
 
 VALUE_TYPES = ("string", "choice", "json")
+# Settings the server itself reads from any plugin's config (plugins.export), declared or not.
+SERVER_KEYS = frozenset({"exportEventsBufferBytes", "exportEventsBufferSeconds", "exportEventsToIgnore"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,17 +78,25 @@ def check_settings(
     given: Mapping[str, Any],
     current: Mapping[str, Any],
     attachments: Collection[str] = (),
+    *,
+    undeclared: bool = False,
 ) -> dict[str, Any]:
     """The settings to store from `given` (what the operator sent), checked against `fields`.
 
     A secret field given empty keeps its current value (secrets are never shown, so an empty box
-    means "unchanged"). Unknown keys, a choice outside its choices, json that does not parse and a
+    means "unchanged"). Keys plugin.json does not declare are kept with `undeclared` (besides those
+    the server reads, SERVER_KEYS), else refused. Unknown keys, a choice outside its choices, json that does not parse and a
     required setting left without a value (given, stored or by default; for attachments: stored in
     `attachments` or uploaded now) are refused with one AdminError naming each problem.
     """
     known = {field.key: field for field in fields if field.has_value or field.type == "attachment"}
-    problems = [f"{key!r} is not a setting of this plugin" for key in given if key not in known]
-    changes: dict[str, Any] = {}
+    extra = [key for key in given if key not in known]
+    problems = [
+        f"{key!r} is not a setting of this plugin"
+        for key in extra
+        if key not in SERVER_KEYS and not undeclared
+    ]
+    changes: dict[str, Any] = {key: given[key] for key in extra}
     for field in known.values():
         if field.type == "attachment":
             if field.required and field.key not in attachments and not given.get(field.key):

@@ -3,11 +3,9 @@ error, its metrics and its log."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
-from psycopg.rows import class_row
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from plugin_server.db.teams import list_teams
@@ -26,23 +24,6 @@ LOG_LINES = 200
 MAX_UPLOAD_BYTES = DEFAULT_LIMITS.max_total_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StoredAttachment:
-    key: str
-    file_name: str
-    file_size: int | None
-    content_type: str
-
-
-def stored_attachments(connection: admin.Connection, config_id: int) -> list[StoredAttachment]:
-    with connection.cursor(row_factory=class_row(StoredAttachment)) as cursor:
-        return cursor.execute(
-            """SELECT key, file_name, file_size, content_type FROM posthog_pluginattachment
-               WHERE plugin_config_id = %s ORDER BY key""",
-            (config_id,),
-        ).fetchall()
-
-
 def _where(config_id: int) -> str:
     return f"{COOKIE_PATH}/plugin-configs/{config_id}"
 
@@ -54,7 +35,7 @@ async def config_page(request: Request, session: LoggedIn, config_id: int) -> Re
         return {
             "config": config,
             "plugin": admin.find_plugin(connection, str(config.plugin_id)),
-            "attachments": {item.key: item for item in stored_attachments(connection, config_id)},
+            "attachments": {item.key: item for item in admin.list_attachments(connection, config_id)},
             "teams": {team.team_id: team for team in list_teams(connection)},
         }
 
@@ -99,7 +80,7 @@ async def save_settings(request: Request, session: LoggedIn, config_id: int) -> 
     def action(connection: admin.Connection) -> PluginConfigRow:
         config = admin.find_config(connection, config_id)
         fields = setting_fields(admin.find_plugin(connection, str(config.plugin_id)).config_schema)
-        stored = {item.key for item in stored_attachments(connection, config_id)}
+        stored = {item.key for item in admin.list_attachments(connection, config_id)}
         changes = check_settings(
             fields, {**given, **dict.fromkeys(uploads, "uploaded")}, config.config, stored
         )
