@@ -15,7 +15,7 @@ import typer
 
 from plugin_server import __version__
 from plugin_server.cli_support import database_url, load_settings_or_exit, redis_url
-from plugin_server.config import Settings, settings_help
+from plugin_server.config import SETTING_GROUPS, Settings, settings_help
 from plugin_server.db.browse import recent_events, recent_persons
 from plugin_server.db.migrate import migrate as apply_migrations
 from plugin_server.db.teams import create_organization_and_team, list_teams
@@ -25,17 +25,21 @@ T = TypeVar("T")
 
 
 def _settings_epilog() -> str:
+    """The settings by group, one paragraph each: click rewraps paragraphs, \\b keeps one as written."""
     width = max(len(name) for name, _, _ in settings_help())
-    lines = ["Settings (environment variables, default in brackets):"]
-    lines += [
-        f"  {name.ljust(width)}  {description} [{default}]" for name, default, description in settings_help()
-    ]
-    # Typer/click rewraps paragraphs; \b keeps this block as written.
-    return "\b\n" + "\n".join(lines)
+    paragraphs: list[list[str]] = [["Settings (environment variables, default in brackets):"]]
+    for name, default, description in settings_help():
+        if name in SETTING_GROUPS:
+            paragraphs.append([f"{SETTING_GROUPS[name]}:"])
+        paragraphs[-1].append(f"  {name.ljust(width)}  {description} [{default}]")
+    return "\n\n".join("\b\n" + "\n".join(lines) for lines in paragraphs)
 
 
 app = typer.Typer(
-    help="plugin-server: ingests PostHog events from queues, runs plugins, stores them in Postgres.",
+    help="plugin-server: ingests PostHog events from queues, runs plugins, stores them in Postgres.\n\n"
+    "`plugin-server start` runs it, with a Postgres and a Valkey of its own when none is configured; "
+    "`teams list` shows the project tokens to send events with; the operator's console is at "
+    "http://localhost:3008/console.",
     epilog=_settings_epilog(),
     invoke_without_command=True,
     no_args_is_help=False,

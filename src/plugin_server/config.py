@@ -300,6 +300,17 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
 
+# The settings' groups in `--help`, by the first setting of each (they are declared group by group).
+SETTING_GROUPS = {
+    "DATABASE_URL": "Storage",
+    "WORKER_CONCURRENCY": "Processes and plugins",
+    "CELERY_DEFAULT_QUEUE": "Queues and jobs",
+    "CLICKHOUSE_HOST": "ClickHouse and Kafka",
+    "DISABLE_WEB": "Web, operator API, console, logs and metrics",
+    "DISABLE_MMDB": "GeoIP and persons",
+}
+
+
 def settings_help() -> list[tuple[str, str, str]]:
     """(name, default, description) for every setting, in declaration order."""
     rows = []
