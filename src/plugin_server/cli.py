@@ -172,6 +172,22 @@ def teams_list() -> None:
         )
 
 
+@teams_app.command("token")
+def teams_token(
+    team: Annotated[int | None, typer.Option(help="Team id; needed when there are several teams.")] = None,
+) -> None:
+    """Print a team's project token alone (for scripts: TOKEN=$(plugin-server teams token))."""
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        teams = list_teams(connection)
+    found = [t for t in teams if team is None or t.team_id == team]
+    if len(found) != 1:
+        problem = f"no team {team}" if team is not None else f"{len(teams)} teams: say which with --team"
+        typer.echo(f"plugin-server: {problem if teams else 'no team yet'} (see `teams list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(found[0].api_token)
+
+
 TeamOption = Annotated[int, typer.Option("--team", help="Team id (see `teams list`).")]
 DistinctIdOption = Annotated[str, typer.Option("--distinct-id", help="Only distinct ids starting with this.")]
 LimitOption = Annotated[int, typer.Option(help="How many, newest first.")]

@@ -59,3 +59,14 @@ def test_events_and_persons_list(
         cli("events", "list", "--team", "2", "--limit", "1", DATABASE_URL=database_url).stdout.count("\n")
         == 1
     )
+
+
+def test_teams_token_prints_the_token_alone(database_url: str, team: CreatedTeam) -> None:
+    only = cli("teams", "token", DATABASE_URL=database_url)
+    assert (only.returncode, only.stdout) == (0, team.api_token + "\n")
+    assert cli("teams", "create", "--name", "Second", DATABASE_URL=database_url).returncode == 0
+    several = cli("teams", "token", DATABASE_URL=database_url)
+    assert several.returncode == 1
+    assert "2 teams: say which with --team" in several.stderr
+    assert cli("teams", "token", "--team", "2", DATABASE_URL=database_url).stdout.strip() == team.api_token
+    assert "no team 9" in cli("teams", "token", "--team", "9", DATABASE_URL=database_url).stderr
