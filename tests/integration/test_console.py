@@ -221,6 +221,12 @@ async def test_install_enable_and_configure_from_the_settings_form(
         ("words", b"one\ntwo")
     ]
 
+    # the operator API and the CLI list the secret as set, not its value
+    listed = await console.get("/api/admin/plugins", headers={"Authorization": f"Bearer {TOKEN}"})
+    [listed_config] = next(plugin for plugin in listed.json() if plugin["id"] == plugin_id)["configs"]
+    assert listed_config["config"]["api_key"] == "(set)"
+    assert listed_config["config"]["greeting"] == "hi"
+
     await console.post(f"{where}/state", data={"enabled": "false"})
     await console.post(f"{where}/state", data={"order": "7", "back": "/console/plugins"})
     assert clean_db.execute('SELECT enabled, "order" FROM posthog_pluginconfig').fetchone() == (False, 7)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import mimetypes
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -196,12 +196,17 @@ def find_plugin(connection: Connection, reference: str, *, team_id: int | None =
 
 
 def list_plugins(connection: Connection, plugin_id: int | None = None) -> list[InstalledPlugin]:
-    """Every plugin by id (or just the one with `plugin_id`), with its configs by team and order."""
+    """Every plugin by id (or just the one with `plugin_id`), with its configs by team and order.
+
+    The value of a setting that plugin.json declares secret is shown as "(set)" or "(unset)", never
+    itself: this is what the operator API and the CLI show."""
+    from plugin_server.plugins.settings_schema import masked, setting_fields  # it imports AdminError
+
     only = {"plugin_id": plugin_id}
     with connection.cursor(row_factory=dict_row) as cursor:
         plugins = cursor.execute(
             """SELECT id, COALESCE(name, '') AS name, organization_id, is_global, url, plugin_type,
-                      octet_length(archive) AS archive_size, error, updated_at
+                      octet_length(archive) AS archive_size, error, updated_at, config_schema
                FROM posthog_plugin WHERE %(plugin_id)s::int IS NULL OR id = %(plugin_id)s ORDER BY id""",
             only,
         ).fetchall()
@@ -210,9 +215,12 @@ def list_plugins(connection: Connection, plugin_id: int | None = None) -> list[I
                 WHERE %(plugin_id)s::int IS NULL OR plugin_id = %(plugin_id)s ORDER BY team_id, "order", id""",
             only,
         ).fetchall()
+    fields = {row["id"]: setting_fields(row["config_schema"]) for row in plugins}
     by_plugin: dict[int, list[PluginConfigRow]] = {}
     for row in configs:
-        by_plugin.setdefault(row["plugin_id"], []).append(config_from_row(row))
+        config = config_from_row(row)
+        shown = replace(config, config=masked(fields.get(row["plugin_id"], []), config.config))
+        by_plugin.setdefault(row["plugin_id"], []).append(shown)
     return [
         InstalledPlugin(
             id=row["id"],

@@ -21,6 +21,7 @@ from plugin_server.plugins.admin import (
     InstalledPlugin,
     disable_plugin,
     enable_plugin,
+    find_config,
     find_plugin,
     install_from_url,
     install_plugin,
@@ -216,7 +217,8 @@ def _check_settings(
             f"plugin-server: warning: {key!r} is not a setting in the plugin.json of {plugin.name}", err=True
         )
     [installed] = list_plugins(connection, plugin.id)
-    current = next((config for config in installed.configs if config.team_id == team), None)
+    listed = next((config for config in installed.configs if config.team_id == team), None)
+    current = find_config(connection, listed.id) if listed else None  # listed: with its secrets masked
     stored = {item.key for item in list_attachments(connection, current.id)} if current else set()
     given = {**values, **dict.fromkeys(files, "file")}
     check_settings(fields, given, current.config if current else {}, stored, undeclared=True)
