@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from .plugin_stack import Stack
+from .server import send_event, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -153,8 +154,19 @@ def test_operator_installs_configures_and_watches_a_plugin(stack: Stack, page: P
         expect(page.locator("#team-data")).to_contain_text("refund")
         shot(page, "06-team-events")
 
+        # an event for a team that does not exist ends as a dead letter, shown decoded, and replayable
+        send_event(stack.app, team_id=999, distinct_id="ghost", event="lost", properties={"plan": "pro"})
         page.click("nav a:has-text('Status')")
         expect(page.locator("#events-stored")).to_have_text("4")
+
+        def dead_letter_shown() -> bool:
+            page.reload()
+            return "lost from ghost (team 999)" in page.inner_text("#dead-letters")
+
+        wait_until(dead_letter_shown)
+        expect(page.locator("#dead-letters")).to_contain_text("No team found with ID 999")
+        page.click("#dead-letters button:has-text('Replay')")
+        expect(page.locator(".notice")).to_contain_text("1 dead letters put back on the queue")
         expect(page.locator(".checks")).to_contain_text("workers")
         page.wait_for_timeout(2500)
         shot(page, "07-status")
