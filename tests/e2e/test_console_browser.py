@@ -82,6 +82,8 @@ def test_operator_installs_configures_and_watches_a_plugin(stack: Stack, page: P
     (folder / "index.py").write_text(textwrap.dedent(PLUGIN))
     with stack.server(ADMIN_TOKEN=TOKEN) as server:
         server.wait_for_web()
+        port = server.env["WEB_PORT"]
+        server.wait_for_log(f"the operator's console is at http://localhost:{port}/console ")
         requests: list[str] = []
         blocked: list[str] = []
         page.on("request", lambda request: requests.append(request.url))

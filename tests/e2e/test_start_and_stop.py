@@ -39,6 +39,10 @@ def test_ctrl_c_stops_the_embedded_server_cleanly(tmp_path: Path) -> None:
         assert server.process.wait(60) == 0
     log = server.log()
     assert "received SIGINT: draining workers and stopping" in log
+    assert (
+        f"the operator's console is at http://localhost:{server.env['WEB_PORT']}/console (set ADMIN_TOKEN"
+        in log
+    )
     assert "Traceback" not in log, log
     assert "crashed" not in log and "Connection refused" not in log, log
 

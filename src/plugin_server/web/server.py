@@ -50,6 +50,13 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
         listening = shared_socket(settings.WEB_HOSTNAME, settings.WEB_PORT)
         stack.callback(listening.close)
         log.info("starting the web server on http://%s:%d", settings.WEB_HOSTNAME, settings.WEB_PORT)
+        if settings.CONSOLE_ENABLED:
+            log.info(
+                "the operator's console is at http://%s:%d/console%s",
+                "localhost" if settings.WEB_HOSTNAME in ("0.0.0.0", "::") else settings.WEB_HOSTNAME,
+                settings.WEB_PORT,
+                "" if settings.ADMIN_TOKEN else " (set ADMIN_TOKEN to log in)",
+            )
         await uvicorn.Server(config).serve(sockets=[listening])
 
 
