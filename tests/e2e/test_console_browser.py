@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from .plugin_stack import Stack
@@ -75,7 +76,10 @@ def shot(page: Page, name: str, *, full_page: bool = True) -> None:
     page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=full_page)
 
 
-def test_operator_installs_configures_and_watches_a_plugin(stack: Stack, page: Page) -> None:
+def test_operator_installs_configures_and_watches_a_plugin(
+    stack: Stack, page: Page, redis_client: redis.Redis
+) -> None:
+    """(`redis_client` empties Redis first: no dead letters of earlier tests.)"""
     folder = stack.tmp_path / "greeter"
     folder.mkdir()
     (folder / "plugin.json").write_text(json.dumps(PLUGIN_JSON))

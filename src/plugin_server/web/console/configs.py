@@ -10,18 +10,17 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from plugin_server.db.teams import list_teams
 from plugin_server.plugins import admin
-from plugin_server.plugins.archive import DEFAULT_LIMITS
 from plugin_server.plugins.meta.logs import LogType
 from plugin_server.plugins.models import PluginAttachment, PluginConfigRow
 from plugin_server.plugins.settings_schema import check_settings, setting_fields
-from plugin_server.web.console.auth import COOKIE_PATH, Session, require_session, safe_next
+from plugin_server.web.console.auth import COOKIE_PATH, CSRF_FIELD, Session, require_session, safe_next
+from plugin_server.web.console.plugins import MAX_UPLOAD_BYTES
 from plugin_server.web.console.render import change, done, in_database, page
 from plugin_server.web.console.status import history
 
 router = APIRouter()
 LoggedIn = Annotated[Session, Depends(require_session)]
 LOG_LINES = 200
-MAX_UPLOAD_BYTES = DEFAULT_LIMITS.max_total_bytes
 
 
 def _where(config_id: int) -> str:
@@ -63,9 +62,7 @@ async def save_settings(request: Request, session: LoggedIn, config_id: int) -> 
         for key, value in form.multi_items()
         if isinstance(value, StarletteUpload) and value.filename
     }
-    given = {
-        key: value for key, value in form.multi_items() if isinstance(value, str) and key != "csrf_token"
-    }
+    given = {key: value for key, value in form.multi_items() if isinstance(value, str) and key != CSRF_FIELD}
     attachments = []
     for key, upload in uploads.items():
         contents = await upload.read(MAX_UPLOAD_BYTES + 1)
