@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,7 +94,9 @@ async def test_login_sets_a_strict_http_only_session_cookie(anonymous: httpx.Asy
     htmx = await anonymous.get("/console/plugins", headers={"HX-Request": "true"})
     assert (htmx.status_code, htmx.headers["hx-redirect"]) == (401, "/console/login?next=/console/plugins")
 
+    started = time.monotonic()
     wrong = await anonymous.post("/console/login", data={"token": "guess", "next": "/console/plugins"})
+    assert time.monotonic() - started >= 1  # one guess a second
     assert wrong.status_code == 401
     assert "That is not the admin token" in wrong.text
     assert SESSION_COOKIE not in wrong.cookies

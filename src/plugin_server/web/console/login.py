@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request, Response
@@ -21,6 +22,7 @@ from plugin_server.web.console.auth import (
 from plugin_server.web.console.render import context_of, page
 
 router = APIRouter()
+FAILED_LOGIN_DELAY_SECONDS = 1.0
 
 
 def _admin_token(request: Request) -> str:
@@ -41,6 +43,9 @@ async def login(
     request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = ""
 ) -> Response:
     if not token_matches(_admin_token(request), token):
+        await asyncio.sleep(
+            FAILED_LOGIN_DELAY_SECONDS
+        )  # guessing the token one try per second per connection
         return page(request, "login.html", None, status_code=401, next=safe_next(next), failed=True)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
