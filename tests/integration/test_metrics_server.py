@@ -143,7 +143,11 @@ def test_metrics_statsd_and_logs_of_a_running_server(
     assert no_team["process"].startswith("worker-") and no_team["level"] == "warning"
     assert len(no_team["event_uuid"]) == 36
     failed = next(
-        line for line in lines if "plugin sorter" in line["event"] and "failed on 1 events" in line["event"]
+        line
+        for line in lines
+        if "plugin sorter" in line["event"]
+        and "failed in processEvent" in line["event"]
+        and "1 event(s) of the batch go on without its change (not retried)" in line["event"]
     )
     assert (failed["team_id"], failed["plugin_config_id"]) == (team.team_id, config_id)
 

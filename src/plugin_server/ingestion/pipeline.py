@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from plugin_server.actions.service import ActionService
@@ -25,6 +26,7 @@ from plugin_server.ingestion.celery import (
     MalformedMessage,
     decode_message,
     event_from_task,
+    parse_now,
 )
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import (
@@ -248,6 +250,16 @@ def event_of(message: bytes) -> RawEvent | None:
         return event_from_task(decode_message(message))
     except (MalformedMessage, ValueError, TypeError):
         return None
+
+
+def message_age_seconds(message: bytes | None) -> float:
+    """How long ago the event in `message` was captured (from its `now`); 0 when there is none or it
+    cannot be read. The queue's lag is this age of its oldest message."""
+    event = event_of(message) if message else None
+    captured = parse_now(event["now"]) if event else None
+    if captured is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - captured).total_seconds())
 
 
 def message_context(message: bytes) -> dict[str, Any]:
