@@ -187,7 +187,10 @@ def test_servers_from_one_checkout_keep_their_own_metrics_and_a_lost_directory_c
 
         def counted() -> dict[str, float] | None:
             samples = scrape(first)
-            failed = samples.get("plugin_server_telemetry_errors_total{method=plugin_call_done}", 0)
+            # Whichever recording first finds the directory gone counts the failure.
+            failed = sum(
+                v for k, v in samples.items() if k.startswith("plugin_server_telemetry_errors_total")
+            )
             return (
                 samples if failed >= 1 and samples.get("plugin_server_events_ingested_total") == 6 else None
             )
@@ -196,4 +199,4 @@ def test_servers_from_one_checkout_keep_their_own_metrics_and_a_lost_directory_c
             wait_until(counted, timeout=30)
         except AssertionError:
             raise AssertionError(f"metrics: {scrape(first)}") from None
-        assert "recording the metric plugin_call_done failed" in first.log()
+        assert "recording the metric" in first.log() and "failed (events go on" in first.log()
