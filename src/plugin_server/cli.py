@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 import redis
@@ -14,26 +15,31 @@ import typer
 
 from plugin_server import __version__
 from plugin_server.cli_support import database_url, load_settings_or_exit, redis_url
-from plugin_server.config import Settings, settings_help
+from plugin_server.config import SETTING_GROUPS, Settings, settings_help
+from plugin_server.db.browse import recent_events, recent_persons
 from plugin_server.db.migrate import migrate as apply_migrations
-from plugin_server.db.teams import create_organization_and_team
+from plugin_server.db.teams import create_organization_and_team, list_teams
 from plugin_server.plugins.cli import plugins_app
 
 T = TypeVar("T")
 
 
 def _settings_epilog() -> str:
+    """The settings by group, one paragraph each: click rewraps paragraphs, \\b keeps one as written."""
     width = max(len(name) for name, _, _ in settings_help())
-    lines = ["Settings (environment variables, default in brackets):"]
-    lines += [
-        f"  {name.ljust(width)}  {description} [{default}]" for name, default, description in settings_help()
-    ]
-    # Typer/click rewraps paragraphs; \b keeps this block as written.
-    return "\b\n" + "\n".join(lines)
+    paragraphs: list[list[str]] = [["Settings (environment variables, default in brackets):"]]
+    for name, default, description in settings_help():
+        if name in SETTING_GROUPS:
+            paragraphs.append([f"{SETTING_GROUPS[name]}:"])
+        paragraphs[-1].append(f"  {name.ljust(width)}  {description} [{default}]")
+    return "\n\n".join("\b\n" + "\n".join(lines) for lines in paragraphs)
 
 
 app = typer.Typer(
-    help="plugin-server: ingests PostHog events from queues, runs plugins, stores them in Postgres.",
+    help="plugin-server: ingests PostHog events from queues, runs plugins, stores them in Postgres.\n\n"
+    "`plugin-server start` runs it, with a Postgres and a Valkey of its own when none is configured; "
+    "`teams list` shows the project tokens to send events with; the operator's console is at "
+    "http://localhost:3008/console.",
     epilog=_settings_epilog(),
     invoke_without_command=True,
     no_args_is_help=False,
@@ -45,7 +51,11 @@ teams_app = typer.Typer(help="Manage teams (projects) without the PostHog web ap
 dead_letters_app = typer.Typer(
     help="Inspect and replay messages that could not be ingested.", no_args_is_help=True
 )
+events_app = typer.Typer(help="Look at stored events (no psql needed).", no_args_is_help=True)
+persons_app = typer.Typer(help="Look at stored persons (no psql needed).", no_args_is_help=True)
 app.add_typer(teams_app, name="teams")
+app.add_typer(events_app, name="events")
+app.add_typer(persons_app, name="persons")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(plugins_app, name="plugins")
 
@@ -142,6 +152,69 @@ def teams_create(
             apply_migrations(url)
         team = create_organization_and_team(connection, organization_name=organization, team_name=name)
     typer.echo(f"team id:   {team.team_id}\napi token: {team.api_token}")
+
+
+@teams_app.command("list")
+def teams_list() -> None:
+    """Print every team: id, name, project token (for the capture API and SDKs) and organization."""
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        teams = list_teams(connection)
+    if not teams:
+        typer.echo("no team yet: create one with `plugin-server teams create --name NAME`")
+        return
+    rows = [("ID", "NAME", "TOKEN", "ORGANIZATION")]
+    rows += [(str(t.team_id), t.name, t.api_token, t.organization_name) for t in teams]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        typer.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[3]
+        )
+
+
+@teams_app.command("token")
+def teams_token(
+    team: Annotated[int | None, typer.Option(help="Team id; needed when there are several teams.")] = None,
+) -> None:
+    """Print a team's project token alone (for scripts: TOKEN=$(plugin-server teams token))."""
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        teams = list_teams(connection)
+    found = [t for t in teams if team is None or t.team_id == team]
+    if len(found) != 1:
+        problem = f"no team {team}" if team is not None else f"{len(teams)} teams: say which with --team"
+        typer.echo(f"plugin-server: {problem if teams else 'no team yet'} (see `teams list`)", err=True)
+        raise typer.Exit(1)
+    typer.echo(found[0].api_token)
+
+
+TeamOption = Annotated[int, typer.Option("--team", help="Team id (see `teams list`).")]
+DistinctIdOption = Annotated[str, typer.Option("--distinct-id", help="Only distinct ids starting with this.")]
+LimitOption = Annotated[int, typer.Option(help="How many, newest first.")]
+
+
+@events_app.command("list")
+def events_list(team: TeamOption, distinct_id: DistinctIdOption = "", limit: LimitOption = 20) -> None:
+    """Print a team's newest stored events (posthog_event) as JSON lines."""
+    for event in _browse(lambda connection: recent_events(connection, team, distinct_id, limit)):
+        typer.echo(_json_line(event))
+
+
+@persons_app.command("list")
+def persons_list(team: TeamOption, distinct_id: DistinctIdOption = "", limit: LimitOption = 20) -> None:
+    """Print a team's newest persons with their distinct ids as JSON lines."""
+    for person in _browse(lambda connection: recent_persons(connection, team, distinct_id, limit)):
+        typer.echo(_json_line(person))
+
+
+def _browse(read: Callable[[psycopg.Connection[Any]], list[T]]) -> list[T]:
+    settings = load_settings_or_exit()
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as connection:
+        return read(connection)
+
+
+def _json_line(row: Any) -> str:
+    return json.dumps(dataclasses.asdict(row), default=str, ensure_ascii=False)
 
 
 @dead_letters_app.command("list")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
 from plugin_server.config import Settings, SettingsError, load_settings
 from plugin_server.logs import setup_logging
-from plugin_server.services.embedded import read_embedded_urls, start_embedded
+from plugin_server.services.embedded import last_data_dir, read_embedded_urls, start_embedded
 
 
 def load_settings_or_exit() -> Settings:
@@ -25,19 +26,47 @@ def load_settings_or_exit() -> Settings:
 
 def redis_url(settings: Settings) -> str | None:
     """The configured Redis, or the embedded one a running server published; None if neither."""
-    return settings.redis_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[1]
+    return settings.redis_url or read_embedded_urls(data_dir(settings))[1]
 
 
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
-    """The configured database, the running embedded one, or an embedded one started for this command."""
-    url = settings.database_url or read_embedded_urls(settings.PLUGIN_SERVER_DATA_DIR)[0]
+    """The configured database, the running embedded one, or the stopped embedded one started for this
+    command. Without any, exit 1 saying how to get one, rather than start an empty database."""
+    url = settings.database_url or read_embedded_urls(folder := data_dir(settings))[0]
     if url is not None:
         yield url
         return
-    services = start_embedded(settings.PLUGIN_SERVER_DATA_DIR, postgres=True, redis=False)
+    if not (folder / "postgres").is_dir():
+        typer.echo(
+            f"plugin-server: no database: no server has run with the data folder {folder}. Start one with "
+            "`plugin-server start` (it creates the database and a team), run this command from the folder "
+            "you started it in, or set PLUGIN_SERVER_DATA_DIR or DATABASE_URL.",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"plugin-server: starting the embedded Postgres of {folder} for this command", err=True)
+    services = start_embedded(folder, postgres=True, redis=False)
     try:
         assert services.database_url
         yield services.database_url
     finally:
         services.stop()
+
+
+def data_dir(settings: Settings) -> Path:
+    """The embedded servers' data folder for a command: PLUGIN_SERVER_DATA_DIR when it was set or exists
+    here; else the one the last `plugin-server start` used (said on stderr), so that commands work from
+    any folder."""
+    configured = settings.PLUGIN_SERVER_DATA_DIR.resolve()
+    if configured.exists() or "PLUGIN_SERVER_DATA_DIR" in settings.model_fields_set:
+        return configured
+    last = last_data_dir()
+    if last is None or not last.is_dir():
+        return configured
+    typer.echo(
+        f"plugin-server: using the data of the last server started, {last} "
+        f"(there is no {configured}; set PLUGIN_SERVER_DATA_DIR to choose)",
+        err=True,
+    )
+    return last

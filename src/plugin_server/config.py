@@ -260,6 +260,10 @@ class Settings(BaseModel):
         description="largest operator API request body (e.g. a plugin archive upload); larger is refused "
         "with 413 before it is read",
     )
+    CONSOLE_ENABLED: bool = Field(
+        True,
+        description="serve the operator's web console under /console (its login is ADMIN_TOKEN)",
+    )
     LOG_LEVEL: Literal["none", "debug", "info", "log", "warn", "error"] = Field(
         "info", description="minimum log level"
     )
@@ -290,6 +294,7 @@ class Settings(BaseModel):
         "KAFKA_ENABLED",
         "ACTION_HOOKS_VIA_CELERY",
         "DISABLE_WEB",
+        "CONSOLE_ENABLED",
         "DISABLE_MMDB",
         "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS",
         mode="before",
@@ -380,6 +385,17 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
             message = problem["msg"].removeprefix("Value error, ")
             lines.append(f"{name}={source.get(name, overrides.get(name))!r}: {message}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+# The settings' groups in `--help`, by the first setting of each (they are declared group by group).
+SETTING_GROUPS = {
+    "DATABASE_URL": "Storage",
+    "WORKER_CONCURRENCY": "Processes and plugins",
+    "CELERY_DEFAULT_QUEUE": "Queues and jobs",
+    "CLICKHOUSE_HOST": "ClickHouse and Kafka",
+    "DISABLE_WEB": "Web, operator API, console, logs and metrics",
+    "DISABLE_MMDB": "GeoIP and persons",
+}
 
 
 def settings_help() -> list[tuple[str, str, str]]:

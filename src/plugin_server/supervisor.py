@@ -28,9 +28,10 @@ from plugin_server import __version__
 from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import count_teams, create_organization_and_team
-from plugin_server.ingestion.celery import parse_now
+from plugin_server.ingestion.pipeline import message_age_seconds
+from plugin_server.plugins.runtime_py import remove_stale_plugin_files
 from plugin_server.plugins.tracking import HUNG_MARK_TTL_SECONDS, SharedCallState, hung_key
-from plugin_server.services.embedded import EmbeddedServices, start_embedded
+from plugin_server.services.embedded import EmbeddedServices, remember_data_dir, start_embedded
 from plugin_server.services.instance_dir import pid_alive
 from plugin_server.services.metrics import (
     configure_metrics,
@@ -40,9 +41,9 @@ from plugin_server.services.metrics import (
     use_multiprocess_dir,
 )
 from plugin_server.services.sentry import init_sentry
-from plugin_server.sources.celery_redis import CeleryCodec
 from plugin_server.web.health import WorkerStatus
 from plugin_server.web.processes import WebProcesses
+from plugin_server.web.server import port_taken
 from plugin_server.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,11 @@ class Supervisor:
         self._install_signal_handlers()
         if self.settings.PLUGIN_SERVER_IDLE:
             return self._idle()
+        if not self.settings.DISABLE_WEB:
+            problem = port_taken(self.settings.WEB_HOSTNAME, self.settings.WEB_PORT)
+            if problem:
+                log.error(problem)
+                return 1
         init_sentry(self.settings, "main")
         metrics_dir = use_multiprocess_dir(self.settings)  # before any child starts
         configure_metrics(self.settings)
@@ -132,6 +138,7 @@ class Supervisor:
             self._embedded = start_embedded(
                 self.settings.PLUGIN_SERVER_DATA_DIR, postgres=database_url is None, redis=redis_url is None
             )
+            remember_data_dir(self.settings.PLUGIN_SERVER_DATA_DIR)
             database_url = database_url or self._embedded.database_url
             redis_url = redis_url or self._embedded.redis_url
         assert database_url and redis_url
@@ -175,6 +182,7 @@ class Supervisor:
 
     def _spawn(self, slot: _WorkerSlot) -> None:
         context = multiprocessing.get_context("spawn")
+        remove_stale_plugin_files()  # those of the worker being replaced, if it was killed
         if slot.process is not None and slot.process.pid is not None:
             process_exited(slot.process.pid)
         slot.last_activity.value = slot.started_at = time.time()
@@ -297,7 +305,7 @@ class Supervisor:
         except redis.RedisError as error:
             log.error("cannot sample the queue depth: %s", error)
             return
-        get_metrics().queue_sampled(queue, int(depth), _lag_seconds(oldest))
+        get_metrics().queue_sampled(queue, int(depth), message_age_seconds(oldest))
 
     def _ping(self, client: redis.Redis) -> None:
         try:
@@ -358,15 +366,6 @@ def _missing(database_url: str | None, redis_url: str | None) -> str:
     return " and ".join(
         name for name, url in (("Postgres", database_url), ("Valkey", redis_url)) if url is None
     )
-
-
-def _lag_seconds(message: bytes | None) -> float:
-    """How long ago the event in `message` was captured; 0 when there is none or it cannot be read."""
-    event = CeleryCodec().peek(message) if message else None
-    captured = parse_now(event["now"]) if event else None
-    if captured is None:
-        return 0.0
-    return max(0.0, (datetime.now(UTC) - captured).total_seconds())
 
 
 def _safe_llen(client: redis.Redis, key: str) -> int:

@@ -41,6 +41,7 @@ from plugin_server.jobs.scheduler import Scheduler
 from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.plugins.tracking import CallTracker, SharedCallState
+from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
@@ -337,6 +338,7 @@ def worker_main(
     """Entry point of a worker process (started by the supervisor with the resolved URLs in its env)."""
     settings = load_settings()
     setup_process(settings, f"worker-{index}")
+    obey_only_the_supervisor()
     import uvloop
 
     async def main() -> None:

@@ -83,6 +83,10 @@ class RunningServer:
                     pids.append(int(pid))
         return pids
 
+    def interrupt(self) -> None:
+        """Ctrl-C in a terminal: SIGINT to the whole process group (start it with process_group=True)."""
+        os.killpg(self.process.pid, signal.SIGINT)
+
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -90,7 +94,11 @@ class RunningServer:
 
 
 @contextlib.contextmanager
-def running_server(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[RunningServer]:
+def running_server(
+    tmp_path: Path, env: dict[str, str], *args: str, process_group: bool = False
+) -> Iterator[RunningServer]:
+    """The server running in tmp_path; with `process_group` it leads a process group of its own, as a
+    command started from a terminal does (for Ctrl-C: `RunningServer.interrupt`)."""
     log_path = tmp_path / f"server-{time.monotonic_ns()}.log"
     # Each server gets its own web port, so that servers of tests running side by side do not collide.
     full_env = {**os.environ, "LOG_LEVEL": "info", "WEB_PORT": str(free_port()), **env}
@@ -101,6 +109,7 @@ def running_server(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=tmp_path,
+            process_group=0 if process_group else None,
         )
     server = RunningServer(process, log_path, full_env)
     try:

@@ -268,7 +268,7 @@ def test_a_deleted_directory_costs_no_event_and_is_counted(tmp_path: Path) -> No
     # Made again: what was recorded after the failure is there; what was before is lost with the files.
     assert samples["plugin_server_events_ingested_total"] == 3
     labels = "method=processEvent,plugin=Currency: normaliser,plugin_config_id=7"
-    assert samples[f"plugin_server_plugin_calls_total{{{labels}}}"] == 3
+    assert samples[f"plugin_server_plugin_calls_total{{{labels}}}"] == 6  # both calls after the deletion
     assert "plugin_server_events_received_total{source=celery}" not in samples
 
 

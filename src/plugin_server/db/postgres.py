@@ -50,3 +50,8 @@ def recreate_database(server_url: str, name: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(server_url)
     info["dbname"] = name
     return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+
+
+def escape_like(text: str) -> str:
+    """`text` for a LIKE pattern, its own %, _ and \\ taken literally (Postgres' default escape \\)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

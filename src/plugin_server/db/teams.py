@@ -6,6 +6,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -62,3 +63,21 @@ def create_organization_and_team(
 def count_teams(connection: psycopg.Connection[tuple[object, ...]]) -> int:
     row = connection.execute("SELECT COUNT(*) FROM posthog_team").fetchone()
     return int(str(row[0])) if row else 0
+
+
+@dataclass(frozen=True)
+class TeamListing:
+    team_id: int
+    name: str
+    api_token: str
+    organization_id: str
+    organization_name: str
+
+
+def list_teams(connection: psycopg.Connection[Any]) -> list[TeamListing]:
+    """Every team by id, with its project token and organization."""
+    rows = connection.execute(
+        """SELECT t.id, t.name, t.api_token, t.organization_id, o.name
+           FROM posthog_team t JOIN posthog_organization o ON o.id = t.organization_id ORDER BY t.id"""
+    ).fetchall()
+    return [TeamListing(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4])) for row in rows]

@@ -29,6 +29,7 @@ from psycopg_pool import PoolTimeout
 
 from plugin_server.ingestion.ordering import Turn
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, ProcessedBatch
+from plugin_server.services.metrics import get_metrics
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ async def _ingest_parts(pipeline: EventPipeline, parts: Sequence[_Part], turn: T
 async def _ingest_processed(
     pipeline: EventPipeline, processed: ProcessedBatch, wait_for_turn: Callable[[], Awaitable[None]]
 ) -> BatchOutcome:
-    if not processed.events:
+    if not processed.events:  # all dropped by plugins (or none): counted here, as ingest would have
+        get_metrics().batch_ingested(0, processed.outcome.dropped)
         return processed.outcome
     try:
         return await until_available(lambda: pipeline.ingest(processed, wait_for_turn))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from plugin_server.actions.service import ActionService
-from plugin_server.ingestion.celery import MalformedMessage
+from plugin_server.ingestion.celery import MalformedMessage, parse_now
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import (
     GroupTypeManager,
@@ -237,6 +238,21 @@ class EventPipeline:
         }
         for team in first.values():
             await self.teams.mark_ingested_event(team)
+
+
+def event_of(message: bytes) -> RawEvent | None:
+    """The event a Celery queue message carries; None for other tasks and unreadable messages."""
+    return CeleryCodec().peek(message)
+
+
+def message_age_seconds(message: bytes | None) -> float:
+    """How long ago the event in a Celery queue `message` was captured (from its `now`); 0 when there
+    is none or it cannot be read. The queue's lag is this age of its oldest message."""
+    event = event_of(message) if message else None
+    captured = parse_now(event["now"]) if event else None
+    if captured is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - captured).total_seconds())
 
 
 def message_context(message: bytes, codec: MessageCodec) -> dict[str, Any]:

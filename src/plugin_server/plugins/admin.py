@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import mimetypes
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,10 @@ from typing import Any
 import httpx
 import psycopg
 import redis
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
+from plugin_server.db.postgres import escape_like
 from plugin_server.plugins.archive import DEFAULT_LIMITS, ArchiveError, pack_zip, read_folder
 from plugin_server.plugins.loader import PluginLoadError, resolve_plugin_code
 from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
@@ -195,12 +196,17 @@ def find_plugin(connection: Connection, reference: str, *, team_id: int | None =
 
 
 def list_plugins(connection: Connection, plugin_id: int | None = None) -> list[InstalledPlugin]:
-    """Every plugin by id (or just the one with `plugin_id`), with its configs by team and order."""
+    """Every plugin by id (or just the one with `plugin_id`), with its configs by team and order.
+
+    The value of a setting that plugin.json declares secret is shown as "(set)" or "(unset)", never
+    itself: this is what the operator API and the CLI show."""
+    from plugin_server.plugins.settings_schema import masked, setting_fields  # it imports AdminError
+
     only = {"plugin_id": plugin_id}
     with connection.cursor(row_factory=dict_row) as cursor:
         plugins = cursor.execute(
             """SELECT id, COALESCE(name, '') AS name, organization_id, is_global, url, plugin_type,
-                      octet_length(archive) AS archive_size, error, updated_at
+                      octet_length(archive) AS archive_size, error, updated_at, config_schema
                FROM posthog_plugin WHERE %(plugin_id)s::int IS NULL OR id = %(plugin_id)s ORDER BY id""",
             only,
         ).fetchall()
@@ -209,9 +215,12 @@ def list_plugins(connection: Connection, plugin_id: int | None = None) -> list[I
                 WHERE %(plugin_id)s::int IS NULL OR plugin_id = %(plugin_id)s ORDER BY team_id, "order", id""",
             only,
         ).fetchall()
+    fields = {row["id"]: setting_fields(row["config_schema"]) for row in plugins}
     by_plugin: dict[int, list[PluginConfigRow]] = {}
     for row in configs:
-        by_plugin.setdefault(row["plugin_id"], []).append(config_from_row(row))
+        config = config_from_row(row)
+        shown = replace(config, config=masked(fields.get(row["plugin_id"], []), config.config))
+        by_plugin.setdefault(row["plugin_id"], []).append(shown)
     return [
         InstalledPlugin(
             id=row["id"],
@@ -333,6 +342,26 @@ def read_attachment(key: str, path: Path) -> PluginAttachment:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """An attachment of a plugin config, without its contents."""
+
+    key: str
+    file_name: str
+    file_size: int | None
+    content_type: str
+
+
+def list_attachments(connection: Connection, config_id: int) -> list[StoredAttachment]:
+    """The attachments stored for a plugin config, by key."""
+    with connection.cursor(row_factory=class_row(StoredAttachment)) as cursor:
+        return cursor.execute(
+            """SELECT key, file_name, file_size, content_type FROM posthog_pluginattachment
+               WHERE plugin_config_id = %s ORDER BY key""",
+            (config_id,),
+        ).fetchall()
+
+
 def guess_content_type(file_name: str) -> str:
     return mimetypes.guess_type(file_name)[0] or "application/octet-stream"
 
@@ -351,10 +380,17 @@ def disable_plugin(connection: Connection, plugin: PluginRow, team_id: int) -> l
 
 
 def read_logs(
-    connection: Connection, plugin_config_id: int, *, limit: int = 100, after: str | None = None
+    connection: Connection,
+    plugin_config_id: int,
+    *,
+    limit: int = 100,
+    after: str | None = None,
+    types: Collection[str] = (),
+    text: str = "",
 ) -> list[PluginLogEntry]:
     """Log entries of a plugin config, oldest first: the newest `limit`, or the first `limit` after the
-    entry with id `after` (to follow the log).
+    entry with id `after` (to follow the log). With `types` only entries of those types (DEBUG, LOG,
+    INFO, WARN, ERROR), with `text` only those whose message contains it (any case).
 
     Entries are ordered by (timestamp, id); an entry written later with an older timestamp than
     `after` is not returned by a later call.
@@ -363,22 +399,25 @@ def read_logs(
         after_id = None if after is None else uuid.UUID(after)
     except ValueError:
         raise AdminError(f"{after!r} is not a log entry id (a UUID)") from None
+    values = {
+        "config": plugin_config_id,
+        "after": after_id,
+        "limit": limit,
+        "types": list(types),
+        "text": f"%{escape_like(text)}%",
+    }
+    matching = f"""SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry WHERE plugin_config_id = %(config)s
+        AND (cardinality(%(types)s::text[]) = 0 OR type = ANY(%(types)s::text[]))
+        AND message ILIKE %(text)s"""
     with connection.cursor(row_factory=dict_row) as cursor:
         if after_id is None:
-            rows = cursor.execute(
-                f"""SELECT * FROM (SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry WHERE plugin_config_id = %s
-                                   ORDER BY timestamp DESC, id DESC LIMIT %s) newest
-                    ORDER BY timestamp, id""",
-                (plugin_config_id, limit),
-            ).fetchall()
+            query = f"""SELECT * FROM ({matching} ORDER BY timestamp DESC, id DESC LIMIT %(limit)s) newest
+                        ORDER BY timestamp, id"""
         else:
-            rows = cursor.execute(
-                f"""SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry
-                    WHERE plugin_config_id = %(config)s
-                      AND (timestamp, id) > (SELECT timestamp, id FROM posthog_pluginlogentry WHERE id = %(after)s)
-                    ORDER BY timestamp, id LIMIT %(limit)s""",
-                {"config": plugin_config_id, "after": after_id, "limit": limit},
-            ).fetchall()
+            query = f"""{matching}
+                AND (timestamp, id) > (SELECT timestamp, id FROM posthog_pluginlogentry WHERE id = %(after)s)
+                ORDER BY timestamp, id LIMIT %(limit)s"""
+        rows = cursor.execute(query, values).fetchall()
     return [
         PluginLogEntry(
             **{

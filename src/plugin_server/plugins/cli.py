@@ -21,15 +21,19 @@ from plugin_server.plugins.admin import (
     InstalledPlugin,
     disable_plugin,
     enable_plugin,
+    find_config,
     find_plugin,
     install_from_url,
     install_plugin,
+    list_attachments,
     list_plugins,
     publish_reload,
     read_attachment,
     read_logs,
 )
 from plugin_server.plugins.meta.logs import PluginLogEntry
+from plugin_server.plugins.models import PluginRow
+from plugin_server.plugins.settings_schema import SERVER_KEYS, check_settings, setting_fields
 
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `logs --follow`
 
@@ -97,6 +101,7 @@ def enable(
     with _connection(settings) as connection, _admin_errors():
         files = {key: read_attachment(key, path) for key, path in paths.items()}
         found = find_plugin(connection, plugin, team_id=team)
+        _check_settings(connection, found, team, values, set(files))
         row = enable_plugin(connection, found, team, values, files, order)
     typer.echo(f"enabled plugin {found.name} for team {team} (config {row.id}, order {row.order})")
     _notify(settings)
@@ -195,6 +200,28 @@ def _key_and_path(text: str) -> tuple[str, Path]:
     if not (separator and key and path):
         raise typer.BadParameter(f"{text!r} is not KEY=FILE", param_hint="--attachment")
     return key, Path(path)
+
+
+def _check_settings(
+    connection: psycopg.Connection[Any], plugin: PluginRow, team: int, values: dict[str, Any], files: set[str]
+) -> None:
+    """Refuse settings that plugin.json does not allow (when it declares any), with every problem named;
+    what is already stored for the team counts (e.g. a required setting set before). Settings it does
+    not declare are stored, with a warning."""
+    fields = setting_fields(plugin.config_schema)
+    if not fields:
+        return
+    declared = {field.key for field in fields} | SERVER_KEYS
+    for key in values.keys() - declared:
+        typer.echo(
+            f"plugin-server: warning: {key!r} is not a setting in the plugin.json of {plugin.name}", err=True
+        )
+    [installed] = list_plugins(connection, plugin.id)
+    listed = next((config for config in installed.configs if config.team_id == team), None)
+    current = find_config(connection, listed.id) if listed else None  # listed: with its secrets masked
+    stored = {item.key for item in list_attachments(connection, current.id)} if current else set()
+    given = {**values, **dict.fromkeys(files, "file")}
+    check_settings(fields, given, current.config if current else {}, stored, undeclared=True)
 
 
 def _describe(plugin: InstalledPlugin) -> str:

@@ -57,7 +57,7 @@ class ExportBuffer:
         metrics: PluginMetrics,
         plugin: PluginLabels,
         schedule_retry: ScheduleRetry,
-        record_error: Callable[[BaseException], Awaitable[None]],
+        record_error: Callable[..., Awaitable[None]],  # PluginVM.record_error
     ) -> None:
         self._instance = instance
         self._metrics = metrics
@@ -116,17 +116,27 @@ class ExportBuffer:
             if retries_so_far + 1 >= MAX_EXPORT_RETRIES:
                 get_metrics().export_retry(enqueued=False)
                 self._metrics["undelivered_events"].increment(len(batch))
-                log.warning(
-                    "export batch %s dropped after %d retries: %s", batch_id, retries_so_far + 1, error
-                )
-                await self._record_error(error)
+                outcome = f"batch {batch_id} ({len(batch)} events) dropped after {retries_so_far + 1} tries"
+                await self._record_error(error, function="exportEvents", outcome=outcome)
                 return
             payload = {"batch": batch, "batchId": batch_id, "retriesPerformedSoFar": retries_so_far + 1}
-            await self._schedule_retry(payload, retry_delay_seconds(retries_so_far))
+            delay = retry_delay_seconds(retries_so_far)
+            await self._schedule_retry(payload, delay)
             get_metrics().export_retry(enqueued=True)
+            log.info(
+                "plugin %s asked to retry exportEvents (%s): batch %s (%d events) retried in %.0fs (try %d of %d)",
+                self._plugin.plugin_name,
+                error,
+                batch_id,
+                len(batch),
+                delay,
+                retries_so_far + 2,
+                MAX_EXPORT_RETRIES,
+            )
         except Exception as error:
             self._metrics["other_errors"].increment(1)
             self._metrics["undelivered_events"].increment(len(batch))
-            await self._record_error(error)
+            outcome = f"{len(batch)} events not exported, not retried (a plugin raises RetryError to retry)"
+            await self._record_error(error, function="exportEvents", outcome=outcome)
         else:
             self._metrics["events_delivered_successfully"].increment(len(batch))

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -144,7 +145,7 @@ class PluginHost:
                     min_interval=self.settings.JS_TIMER_MIN_INTERVAL_MS / 1000,
                     cpu_share=self.settings.JS_TIMER_CPU_SHARE,
                 ),
-                record_error=vm.record_error,
+                record_error=partial(vm.record_error, function="timers", outcome="its calls go on"),
                 guard=self.connect_guard,
             )
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
@@ -158,7 +159,7 @@ class PluginHost:
                 metrics=vm.metrics,
                 plugin=vm.labels,
                 schedule_retry=lambda payload, delay: retry(payload).run_in(delay, "seconds"),
-                record_error=vm.record_error,
+                record_error=partial(vm.record_error, function="timers", outcome="its calls go on"),
             )
             if START_JOB not in (config.plugin.public_jobs or {}):
                 await register_public_job(self.pool, config.plugin.id)
@@ -248,7 +249,7 @@ class PluginHost:
             else:
                 await instance.run_job(job.type, job.payload)
         except Exception as error:
-            await vm.record_error(error)
+            await vm.record_error(error, function=label, outcome="not retried")
             raise
 
     def discover_capabilities(self) -> None:

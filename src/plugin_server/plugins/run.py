@@ -10,7 +10,6 @@ stored event lists the plugins that succeeded, failed and are deferred (onEvent/
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -23,8 +22,6 @@ from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.tracking import HungMarks, on_event_label
 from plugin_server.plugins.vm import PluginVM
 from plugin_server.services.metrics import ON_EVENT, PROCESS_EVENT, get_metrics
-
-log = logging.getLogger(__name__)
 
 SNAPSHOT_EVENT = "$snapshot"
 DEFERRED_METHODS = frozenset({"onEvent", "exportEvents"})
@@ -128,10 +125,10 @@ class PluginRunner:
     async def _record_errors(self, vm: PluginVM, errors: list[tuple[BaseException, RawEvent]]) -> None:
         """The first error of a batch goes to posthog_pluginconfig.error; every one goes to the logs."""
         first_error, first_event = errors[0]
-        await vm.record_error(first_error, first_event)
+        outcome = f"{len(errors)} event(s) of the batch go on without its change (not retried)"
+        await vm.record_error(first_error, first_event, function="processEvent", outcome=outcome)
         for error, event in errors[1:]:
             vm.logger.plugin_error(f"{type(error).__name__}: {error} (event {event.get('uuid')})")
-        log.warning("plugin %s failed on %d events of a batch: %s", vm.name, len(errors), first_error)
 
     async def on_events(self, events: Sequence[RawEvent]) -> None:
         """onEvent of every plugin of each event's team, plugins in parallel; errors are recorded."""
@@ -177,6 +174,6 @@ class PluginRunner:
                     except Exception as error:
                         call.errors += 1
                         with bound_contextvars(**vm.labels.log_context(), event_uuid=event.get("uuid")):
-                            await vm.record_error(error, event)
+                            await vm.record_error(error, event, function="onEvent", outcome="not retried")
 
             await asyncio.gather(*(one(event) for event in events))

@@ -13,12 +13,17 @@ CPU is stopped by the supervisor through the call tracker (see tracking.py).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import importlib.util
 import inspect
 import itertools
+import os
+import re
+import shutil
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +34,7 @@ from plugin_server.plugins.events import checked_result, copy_event
 from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout
 from plugin_server.plugins.models import PluginCode
 from plugin_server.plugins.tracking import SETUP_LABEL, CallTracker, job_label, on_event_label
+from plugin_server.services.instance_dir import pid_alive
 
 # Python name -> the name PostHog knows the capability by.
 FUNCTIONS = {
@@ -45,6 +51,9 @@ TASKS = {
     "run_every_day": "runEveryDay",
 }
 _module_numbers = itertools.count()
+PLUGIN_FILES = Path(tempfile.gettempdir()) / "plugin-server-python"  # a folder per process in it
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._]+")
+_files_folder: Path | None = None
 
 
 class PythonPlugin:
@@ -184,11 +193,13 @@ def forget_plugin_module(module: ModuleType) -> None:
 
 
 def _materialise(code: PluginCode) -> Path:
-    """Write the plugin's files once per distinct content into a temporary folder."""
+    """Write the plugin's files, once per distinct content, into a folder named after the plugin in this
+    process's folder of plugin files (so a traceback names the plugin and its file)."""
     digest = hashlib.sha256()
     for path in sorted(code.files):
         digest.update(path.encode() + b"\0" + code.files[path] + b"\0")
-    folder = Path(tempfile.gettempdir()) / "plugin-server-python" / digest.hexdigest()[:32]
+    name = _UNSAFE_NAME.sub("-", str(code.plugin_json.get("name") or "plugin"))[:60] or "plugin"
+    folder = _process_folder() / f"{name}-{digest.hexdigest()[:16]}"
     if not (folder / ".complete").exists():
         for path, contents in code.files.items():
             target = folder / path
@@ -196,3 +207,37 @@ def _materialise(code: PluginCode) -> Path:
             target.write_bytes(contents)
         (folder / ".complete").touch()
     return folder
+
+
+def _process_folder() -> Path:
+    """This process's folder of plugin files, removed when the process exits; those of a process that
+    was killed are removed by `remove_stale_plugin_files`."""
+    global _files_folder
+    if _files_folder is None or _files_folder.name != str(os.getpid()):  # a new process (fork)
+        _files_folder = PLUGIN_FILES / str(os.getpid())
+        _files_folder.mkdir(parents=True, exist_ok=True)
+        atexit.register(shutil.rmtree, _files_folder, ignore_errors=True)
+    return _files_folder
+
+
+def remove_stale_plugin_files() -> None:
+    """Remove the plugin files of processes that are gone (killed, so their exit did not clean up)."""
+    for folder in PLUGIN_FILES.glob("*"):
+        if folder.name.isdigit() and not pid_alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def plugin_traceback(error: BaseException) -> str:
+    """The traceback of an error raised by a Python plugin, for its author: only the frames in the
+    plugin's own files (named `plugin-name/file.py`) when there are any, else all of them."""
+    summary = traceback.TracebackException.from_exception(error)
+    own = []
+    for frame in summary.stack:
+        path = Path(frame.filename)
+        if path.is_relative_to(PLUGIN_FILES) and len(path.relative_to(PLUGIN_FILES).parts) > 2:
+            _pid, folder, *rest = path.relative_to(PLUGIN_FILES).parts
+            shown = "/".join([folder.rsplit("-", 1)[0], *rest])
+            own.append(traceback.FrameSummary(shown, frame.lineno, frame.name, line=frame.line))
+    if own:
+        summary.stack = traceback.StackSummary.from_list(own)
+    return "".join(summary.format())

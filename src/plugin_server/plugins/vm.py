@@ -141,8 +141,14 @@ class PluginVM:
             unloading.set()
         return True
 
-    async def record_error(self, error: BaseException | str, event: dict[str, Any] | None = None) -> None:
+    async def record_error(
+        self, error: BaseException | str, event: dict[str, Any] | None = None, *, function: str, outcome: str
+    ) -> None:
+        """Store the error as the config's last one and in the plugin's log, and tell the server's log
+        which plugin failed in which `function`, and what happens next (`outcome`: retried or not)."""
         self._error_recorded = True
+        described = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        log.warning("plugin %s failed in %s: %s; %s", self.name, function, described, outcome)
         await record_plugin_error(self._pool, self.logger, self.config.id, error, event)
 
     async def teardown(self) -> None:
@@ -169,7 +175,7 @@ class PluginVM:
             self.logger.system("INFO", f"{unloaded} (instance ID {self.instance_id}).")
         except Exception as error:
             self.logger.system("ERROR", f"Plugin failed to unload (instance ID {self.instance_id}).")
-            await self.record_error(error)
+            await self.record_error(error, function="teardownPlugin", outcome="unloaded all the same")
 
     async def _load(self) -> PluginInstance | None:
         loading_since = datetime.now(UTC)
@@ -198,16 +204,18 @@ class PluginVM:
 
     async def _setup_failed(self, error: Exception) -> None:
         self._failures += 1
-        await self.record_error(error)
         if self._failures >= MAX_SETUP_ATTEMPTS:
+            await self.record_error(
+                error, function="setupPlugin", outcome=f"disabled after {self._failures} failed attempts"
+            )
             message = f"Plugin {self.name} failed to set up {self._failures} times. Disabling it due to too many retries."
-            log.error(message)
             self.logger.system("ERROR", message)
             await disable_plugin_config(self._pool, self.config.id)
             return
         delay = self._first_retry * 2 ** (self._failures - 1)
         self._retry_at = time.monotonic() + delay
-        log.warning("plugin %s failed to set up (%s); retrying in %.0fs", self.name, error, delay)
+        outcome = f"retried in {delay:.0f}s (attempt {self._failures} of {MAX_SETUP_ATTEMPTS})"
+        await self.record_error(error, function="setupPlugin", outcome=outcome)
 
     async def _store_capabilities(self, instance: PluginInstance) -> None:
         found = capabilities(instance)

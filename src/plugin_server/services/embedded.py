@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from plugin_server.process_signals import sigint_blocked
+
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "posthog"
@@ -68,6 +70,28 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedSe
     return services
 
 
+def remember_data_dir(data_dir: Path) -> None:
+    """Note `data_dir` as the last one a server started with, so that commands run from another
+    folder find it (see `last_data_dir`). Best effort: a home that cannot be written is no error."""
+    pointer = _last_data_dir_file()
+    with contextlib.suppress(OSError):
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(str(data_dir.resolve()))
+
+
+def last_data_dir() -> Path | None:
+    """The data folder of the last embedded server started on this machine by this user, if any."""
+    try:
+        return Path(_last_data_dir_file().read_text().strip())
+    except OSError:
+        return None
+
+
+def _last_data_dir_file() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "plugin-server" / "last-data-dir"
+
+
 def read_embedded_urls(data_dir: Path) -> tuple[str | None, str | None]:
     """URLs of embedded servers that a running `plugin-server start` published, if any."""
     try:
@@ -109,7 +133,8 @@ def _start_valkey(folder: Path) -> tuple[Any, str]:
                 log.info("reusing embedded Valkey at %s", url)
                 return _RunningValkey(url), url
     server = ValkeyServer(data_dir=folder, persist=True, appendonly="yes", appendfsync="everysec")
-    server.start(timeout=15)
+    with sigint_blocked():  # Valkey outlives the workers' drain on Ctrl-C
+        server.start(timeout=15)
     url = server.connection_url
     previous.write_text(url)
     log.info("embedded Valkey running at %s", url)

@@ -89,16 +89,28 @@ class PluginCall:
     errors: int = 0
 
 
+def _directory_lost() -> bool:
+    """Whether the multiprocess directory is gone. Values of a metric type whose file this process has
+    open would go on into that file, unlinked, without an error: without this look (one stat per
+    recording), a deleted directory would lose them silently."""
+    directory = os.environ.get(MULTIPROC_DIR_ENV)
+    return bool(directory) and not os.path.isdir(directory)  # type: ignore[arg-type]
+
+
 def _never_raises(
     record: Callable[Concatenate[Metrics, P], None],
 ) -> Callable[Concatenate[Metrics, P], None]:
     """A recording method that logs and counts its failure (`recording_failed`) instead of raising."""
 
     def guarded(self: Metrics, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        name = record.__name__.strip("_")
         try:
+            if _directory_lost():  # made again, counted, and this value recorded in the new one
+                self.recording_failed(name, FileNotFoundError(os.environ.get(MULTIPROC_DIR_ENV)))
+                self = get_metrics()
             record(self, *args, **kwargs)
         except Exception as error:
-            self.recording_failed(record.__name__.strip("_"), error)
+            self.recording_failed(name, error)
 
     functools.update_wrapper(guarded, record)
     return guarded

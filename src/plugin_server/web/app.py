@@ -18,7 +18,9 @@ from plugin_server.services.metrics import get_metrics
 from plugin_server.web import admin, metrics_routes
 from plugin_server.web.capture import Unavailable, captured_events
 from plugin_server.web.client_ip import client_ip
+from plugin_server.web.console import install_console
 from plugin_server.web.context import WebContext
+from plugin_server.web.docs import install_docs
 from plugin_server.web.health import run_check, workers_problem
 from plugin_server.web.payload import CaptureError, DecodeLimits, read_capture_input
 
@@ -40,6 +42,26 @@ _CORS_HEADERS = {
     "Vary": "Origin",
 }
 _CAPTURED = b'{"status":1}'  # what JSONResponse({"status": 1}) renders, rendered once
+# PostHog's flags endpoints (/decide, /flags), as posthog-js and the SDKs ask them: this server keeps no
+# feature flags, so the answer is "none", and browsers see no 404 in their console. The body is not read.
+FLAGS_PATHS = ("/decide", "/flags")
+_NO_FLAGS = {
+    "config": {"enable_collect_everything": True},
+    "featureFlags": {},
+    "featureFlagPayloads": {},
+    "flags": {},
+    "errorsWhileComputingFlags": False,
+    "quotaLimited": [],
+    "sessionRecording": False,
+    "supportedCompression": ["gzip", "gzip-js", "lz64"],
+    "siteApps": [],
+    "surveys": False,
+    "heatmaps": False,
+    "capturePerformance": False,
+    "autocapture_opt_out": False,
+    "toolbarParams": {},
+    "isAuthenticated": False,
+}
 _UNAVAILABLE = {
     "type": "server_error",
     "code": "unavailable",
@@ -93,6 +115,8 @@ def create_app(context: WebContext) -> FrontDoor:
         title="plugin-server",
         version=__version__,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url=None,  # served by install_docs, with their assets from this server
+        redoc_url=None,
     )
     app.state.context = context
     teams = TeamManager(context.pool)
@@ -128,18 +152,35 @@ def create_app(context: WebContext) -> FrontDoor:
     async def preflight(request: Request) -> Response:
         return Response(status_code=200, headers=_cors(request))
 
-    for path in CAPTURE_PATHS:
-        for variant in (path, path + "/"):  # clients post to both; a redirect would lose the body
+    async def no_flags(request: Request) -> Response:
+        return JSONResponse(_NO_FLAGS, headers=_cors(request))
+
+    def add_sdk_route(
+        path: str, endpoint: Callable[[Request], Awaitable[Response]], summary: str, about: str
+    ) -> None:
+        """GET and POST at `path` and `path/` (clients post to both; a redirect would lose the body),
+        and the CORS preflight."""
+        for variant in (path, path + "/"):
             app.add_api_route(
                 variant,
-                capture,
+                endpoint,
                 methods=["GET", "POST"],
                 include_in_schema=variant == path,
-                summary=f"Capture events ({path})",
-                description=CAPTURE_DESCRIPTION,
+                summary=summary,
+                description=about,
                 tags=["capture"],
             )
             app.add_api_route(variant, preflight, methods=["OPTIONS"], include_in_schema=False)
+
+    for path in CAPTURE_PATHS:
+        add_sdk_route(path, capture, f"Capture events ({path})", CAPTURE_DESCRIPTION)
+    for path in FLAGS_PATHS:
+        add_sdk_route(
+            path,
+            no_flags,
+            f"Feature flags ({path}): none",
+            "PostHog's flags endpoint for the SDKs; this server keeps no feature flags.",
+        )
 
     @app.get("/_health", tags=["health"], summary="The web process is up")
     async def health() -> dict[str, str | int]:
@@ -154,6 +195,9 @@ def create_app(context: WebContext) -> FrontDoor:
 
     app.include_router(metrics_routes.router)
     admin.include_operator_api(app, settings)
+    install_docs(app)
+    if settings.CONSOLE_ENABLED:
+        install_console(app)
     return FrontDoor(app, capture, preflight)
 
 

@@ -17,6 +17,7 @@ from plugin_server.config import Settings, load_settings
 from plugin_server.db.postgres import open_pool
 from plugin_server.db.redis import open_redis
 from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.observability import setup_process
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
@@ -49,6 +50,13 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
         listening = shared_socket(settings.WEB_HOSTNAME, settings.WEB_PORT)
         stack.callback(listening.close)
         log.info("starting the web server on http://%s:%d", settings.WEB_HOSTNAME, settings.WEB_PORT)
+        if settings.CONSOLE_ENABLED:
+            log.info(
+                "the operator's console is at http://%s:%d/console%s",
+                "localhost" if settings.WEB_HOSTNAME in ("0.0.0.0", "::") else settings.WEB_HOSTNAME,
+                settings.WEB_PORT,
+                "" if settings.ADMIN_TOKEN else " (set ADMIN_TOKEN to log in)",
+            )
         await uvicorn.Server(config).serve(sockets=[listening])
 
 
@@ -69,10 +77,33 @@ def shared_socket(host: str, port: int) -> socket.socket:
     return listening
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why the web server cannot listen on host:port (another program holds it), or None.
+
+    Checked once before anything starts, so that a busy WEB_PORT stops the start with this message
+    instead of the web process failing and being restarted again and again.
+    """
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is fine
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return (
+                f"cannot listen on {host}:{port} (WEB_PORT): {error.strerror}. Another program (or another "
+                "plugin-server) is using it: stop it, or set WEB_PORT to a free port "
+                "(DISABLE_WEB=true runs without the web server)"
+            )
+    return None
+
+
 def web_main(workers: WorkerStatus | None = None) -> None:
     """Entry point of the web process."""
     settings = load_settings()
     setup_process(settings, "web")
+    obey_only_the_supervisor()
     import uvloop
 
     uvloop.run(serve(settings, workers))

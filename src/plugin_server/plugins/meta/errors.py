@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,14 +35,13 @@ def plugin_error_json(
     iso_time = error_time(time)
     if isinstance(error, str):
         return {"message": error, "time": iso_time}
-    body: dict[str, Any] = {
-        "message": str(error),
-        "time": iso_time,
-        "name": type(error).__name__,
-        "stack": "".join(traceback.format_exception(error)),
-    }
+    from plugin_server.plugins.runtime_py import plugin_traceback  # here: that module imports this one
+
+    body: dict[str, Any] = {"message": str(error), "time": iso_time}
     if isinstance(error, ThrownInJS):  # described as JavaScript described it
-        body["name"], body["stack"] = error.name, error.stack or body["stack"]
+        body["name"], body["stack"] = error.name, error.stack or plugin_traceback(error)
+    else:
+        body["name"], body["stack"] = type(error).__name__, plugin_traceback(error)
     if event is not None:
         body["event"] = event
     return body
