@@ -391,3 +391,31 @@ async def test_an_install_through_the_api_is_picked_up_by_a_running_server(
         )
     [(properties,)] = clean_db.execute("SELECT properties FROM posthog_event").fetchall()
     assert properties["greeting"] == "from the api"
+
+
+async def test_answers_never_carry_a_secret_setting(
+    api: httpx.AsyncClient, clean_db: Db, tmp_path: Path
+) -> None:
+    folder = tmp_path / "secretive"
+    folder.mkdir()
+    schema = [{"key": "api_key", "name": "API key", "type": "string", "secret": True}, {"key": "region"}]
+    (folder / "plugin.json").write_text(
+        json.dumps({"name": "secretive", "main": "index.js", "config": schema})
+    )
+    (folder / "index.js").write_text("export function processEvent(event) { return event }\n")
+    installed = await api.post("/api/admin/plugins", json={"path": str(folder)}, headers=AUTH)
+    assert installed.status_code == 201, installed.text
+    given = {"plugin": "secretive", "team_id": 2, "config": {"api_key": "sk-secret", "region": "eu"}}
+    enabled = await api.post("/api/admin/plugin-configs", json=given, headers=AUTH)
+    changed = await api.patch(
+        f"/api/admin/plugin-configs/{enabled.json()['id']}",
+        json={"config": {"api_key": "sk-other"}},
+        headers=AUTH,
+    )
+    listed = await api.get("/api/admin/plugins", headers=AUTH)
+    for answer in (enabled, changed, listed):
+        assert answer.status_code == 200, answer.text
+        assert "sk-" not in answer.text
+    assert enabled.json()["config"] == {"api_key": "(set)", "region": "eu"}
+    stored = clean_db.execute("SELECT config FROM posthog_pluginconfig").fetchone()
+    assert stored == ({"api_key": "sk-other", "region": "eu"},)  # kept, only not shown

@@ -24,6 +24,9 @@ _SCRUB_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_CONTAINERS = (dict, list)
+
+
 class TooDeep(ValueError):
     """A JSON value nested past MAX_JSON_DEPTH."""
 
@@ -58,16 +61,17 @@ def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> None:
     """Raise TooDeep when objects and arrays nest more than `limit` levels."""
     if limit < 1:
         raise TooDeep(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-    children: Iterable[Any]
-    if isinstance(value, dict):
-        children = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        return
+    kind = type(value)
+    children: Iterable[Any] = value.values() if kind is dict else value if kind is list else ()
     for child in children:
-        if isinstance(child, dict | list):
+        if type(child) in _CONTAINERS:
             check_depth(child, limit - 1)
+
+
+def may_nest_too_deep(json_text: bytes) -> bool:
+    """Whether JSON text has enough brackets to nest past MAX_JSON_DEPTH (a quick test; most
+    requests have fewer brackets in all, and then need no walk)."""
+    return json_text.count(b"{") + json_text.count(b"[") > MAX_JSON_DEPTH
 
 
 def unstorable_text(text: str) -> str | None:

@@ -195,6 +195,17 @@ def find_plugin(connection: Connection, reference: str, *, team_id: int | None =
     return plugin_from_row(rows[0])
 
 
+def shown_config(connection: Connection, config: PluginConfigRow) -> PluginConfigRow:
+    """`config` as the operator API and the CLI show it: secret settings as "(set)" or "(unset)"."""
+    from plugin_server.plugins.settings_schema import masked, setting_fields  # it imports AdminError
+
+    row = connection.execute(
+        "SELECT config_schema FROM posthog_plugin WHERE id = %s", (config.plugin_id,)
+    ).fetchone()
+    fields = setting_fields(row[0]) if row is not None else []
+    return replace(config, config=masked(fields, config.config))
+
+
 def list_plugins(connection: Connection, plugin_id: int | None = None) -> list[InstalledPlugin]:
     """Every plugin by id (or just the one with `plugin_id`), with its configs by team and order.
 

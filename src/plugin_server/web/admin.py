@@ -233,7 +233,7 @@ async def enable(request: EnableRequest, context: Context) -> PluginConfigOut:
     def run(connection: admin.Connection) -> PluginConfigOut:
         plugin = admin.find_plugin(connection, request.plugin, team_id=request.team_id)
         row = admin.enable_plugin(connection, plugin, request.team_id, request.config, order=request.order)
-        return PluginConfigOut.model_validate(row)
+        return PluginConfigOut.model_validate(admin.shown_config(connection, row))
 
     return await _changed(context, await _in_database(context, run))
 
@@ -246,7 +246,7 @@ async def update_config(config_id: ConfigId, patch: ConfigPatch, context: Contex
         row = admin.update_config(
             connection, config_id, enabled=patch.enabled, config=patch.config, order=patch.order
         )
-        return PluginConfigOut.model_validate(row)
+        return PluginConfigOut.model_validate(admin.shown_config(connection, row))
 
     return await _changed(context, await _in_database(context, run))
 
@@ -268,7 +268,8 @@ async def put_attachment(
     )
 
     def run(connection: admin.Connection) -> PluginConfigOut:
-        return PluginConfigOut.model_validate(admin.set_attachment(connection, config_id, attachment))
+        row = admin.set_attachment(connection, config_id, attachment)
+        return PluginConfigOut.model_validate(admin.shown_config(connection, row))
 
     return await _changed(context, await _in_database(context, run))
 

@@ -31,6 +31,7 @@ from plugin_server.ingestion.storable import (
     check_depth,
     int_like_orjson,
     may_need_scrubbing,
+    may_nest_too_deep,
     scrub,
 )
 from plugin_server.web.lzstring import OutputTooLarge, decompress_from_base64
@@ -174,8 +175,10 @@ def decode_data(data: bytes | str, compression: str, limits: DecodeLimits) -> An
             value, clean = parse_json(decoded)
         except ValueError as error:
             raise _invalid_json(error) from None
+        raw = decoded  # the JSON text, for the bracket count below
     try:
-        check_depth(value)
+        if may_nest_too_deep(raw):
+            check_depth(value)
     except TooDeep as error:
         raise CaptureError(400, f"Malformed request data: {error}.", code="too_deep") from None
     return value if clean else scrub(value)

@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -133,3 +134,11 @@ def test_nul_characters_and_lone_surrogates_are_scrubbed_not_refused() -> None:
     body = b'{"e\\u0000": "a\\u0000b", "s": "\\ud800x\\ud83d\\ude00", "n": NaN}'
     assert decode_data(body, "", LIMIT) == {"e": "ab", "s": "\ufffdx😀", "n": None}
     assert decode_data(b'{"a": "\\\\u0000"}', "", LIMIT) == {"a": "\\u0000"}  # an escaped backslash
+
+
+@pytest.mark.parametrize("encode", [lambda b: b, lambda b: base64.b64encode(b), gzip.compress])
+def test_deep_nesting_is_found_in_every_encoding(encode: Any) -> None:
+    body = b'{"a": ' + b"[" * (MAX_JSON_DEPTH + 5) + b"]" * (MAX_JSON_DEPTH + 5) + b"}"
+    with pytest.raises(CaptureError) as caught:
+        decode_data(encode(body), "gzip" if encode is gzip.compress else "", LIMIT)
+    assert caught.value.body["code"] == "too_deep"
