@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import decode_message, event_from_task
+from plugin_server.ingestion.celery_enqueuer import CeleryEnqueuer
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.host import GeoIPExtension, Meta
@@ -93,9 +94,6 @@ class Setup:
             instance_id=str(uuid.uuid4()),
         )
 
-        async def enqueue(message: bytes) -> None:
-            await self.redis.lpush(QUEUE, message)
-
         shared_global: dict[str, Any] = {}
         meta = Meta(
             config=config,
@@ -112,8 +110,7 @@ class Setup:
                     team_id=team_id,
                     plugin_name="js test",
                     plugin_id=self.plugin_id,
-                    queue=QUEUE,
-                    enqueue=enqueue,
+                    enqueuer=CeleryEnqueuer(self.redis, QUEUE),
                 ).capture,
                 api=PostHogApi(
                     http=self.http,

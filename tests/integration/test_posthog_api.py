@@ -19,10 +19,13 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, decode_message, event_from_task
+from plugin_server.ingestion.celery_enqueuer import CeleryEnqueuer
+from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.plugins.egress import plugin_http_client
 from plugin_server.plugins.meta.network import FetchError
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
 from tests.conftest import Counted
+from tests.kafka_broker import read_topic, unique_topic
 from tests.loopback import LoopbackService, loopback_plugin_http
 
 Db = psycopg.Connection[Any]
@@ -300,10 +303,8 @@ async def captured(aredis: aioredis.Redis) -> dict[str, Any]:
 
 
 async def test_capture_queues_a_celery_task_with_the_event(aredis: aioredis.Redis) -> None:
-    async def lpush(message: bytes) -> None:
-        await aredis.lpush(QUEUE, message)
-
-    capture = PostHogCapture(team_id=7, plugin_name="my plugin", plugin_id=3, queue=QUEUE, enqueue=lpush)
+    enqueuer = CeleryEnqueuer(aredis, QUEUE)
+    capture = PostHogCapture(team_id=7, plugin_name="my plugin", plugin_id=3, enqueuer=enqueuer)
 
     await capture.capture("hello", {"distinct_id": "someone", "answer": 42})
     event = await captured(aredis)
@@ -319,7 +320,7 @@ async def test_capture_queues_a_celery_task_with_the_event(aredis: aioredis.Redi
     assert event["timestamp"] == "2021-01-01T00:00:00Z"
     assert "timestamp" not in event["properties"]
 
-    nameless = PostHogCapture(team_id=7, plugin_name="", plugin_id=3, queue=QUEUE, enqueue=lpush)
+    nameless = PostHogCapture(team_id=7, plugin_name="", plugin_id=3, enqueuer=enqueuer)
     await nameless.capture("no name")
     assert (await captured(aredis))["distinct_id"] == "plugin-id-3"
 
@@ -334,3 +335,24 @@ async def test_concurrent_first_calls_create_one_bot_user(
 
     [bot] = bot_users(clean_db)
     assert {request.headers["authorization"] for request in stub.requests} == {f"Bearer {bot['value']}"}
+
+
+async def test_capture_goes_through_the_servers_enqueuer_to_kafka_when_enabled(
+    aredis: aioredis.Redis, kafka: str
+) -> None:
+    """With KAFKA_ENABLED a plugin's event is on the ingestion topic, like capture's, not on the list."""
+    topic = unique_topic("plugin_capture")
+    settings = load_settings(
+        {}, KAFKA_ENABLED=True, KAFKA_HOSTS=kafka, KAFKA_CONSUMPTION_TOPIC=topic, KAFKA_FLUSH_FREQUENCY_MS=5
+    )
+    enqueuer = open_enqueuer(settings, aredis)
+    try:
+        await PostHogCapture(team_id=7, plugin_name="p", plugin_id=3, enqueuer=enqueuer).capture(
+            "hi", {"a": 1}
+        )
+    finally:
+        await enqueuer.close()
+    (message,) = read_topic(kafka, topic, 1)
+    value = json.loads(message.value() or b"")
+    assert (value["team_id"], value["distinct_id"], json.loads(value["data"])["event"]) == (7, "p", "hi")
+    assert await aredis.llen(QUEUE) == 0

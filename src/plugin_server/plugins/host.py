@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from structlog.contextvars import bound_contextvars
 
 from plugin_server.config import Settings
+from plugin_server.ingestion.enqueue import EventEnqueuer, open_enqueuer
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
@@ -83,6 +84,7 @@ class PluginHost:
     teams: TeamManager
     tracker: CallTracker
     hung: HungMarks
+    enqueuer: EventEnqueuer  # where posthog.capture and plugin metrics events go
     # Where JS plugins' own connections (pg, snowflake-sdk, aws-sdk endpoints) may go: the hook for a
     # network policy such as refusing private addresses. Their HTTP goes through `http`.
     connect_guard: ConnectGuard = resolve_addresses
@@ -211,12 +213,8 @@ class PluginHost:
             team_id=config.config.team_id or 0,
             plugin_name=config.plugin.name,
             plugin_id=config.plugin.id,
-            queue=self.settings.PLUGINS_CELERY_QUEUE,
-            enqueue=self._enqueue_event,
+            enqueuer=self.enqueuer,
         )
-
-    async def _enqueue_event(self, message: bytes) -> None:
-        await self.redis.lpush(self.settings.PLUGINS_CELERY_QUEUE, message)
 
     async def run_job(self, job: PluginJob) -> None:
         """Run a job or scheduled task from the job queue; an error fails the job (and is recorded)."""
@@ -312,6 +310,7 @@ async def open_plugin_host(
         plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
     ):
         logs = PluginLogWriter(pool)
+        enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
         host = PluginHost(
             settings=settings,
             pool=pool,
@@ -319,6 +318,7 @@ async def open_plugin_host(
             http=http,
             posthog_http=posthog_http,
             connect_guard=plugin_connect_guard(settings),
+            enqueuer=enqueuer,
             logs=logs,
             jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
             geoip=geoip,
@@ -331,3 +331,4 @@ async def open_plugin_host(
         finally:
             await host.registry.close()
             await logs.close()
+            await enqueuer.close()

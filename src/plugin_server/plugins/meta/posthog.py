@@ -6,7 +6,6 @@ import asyncio
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,14 +14,13 @@ import orjson
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server import __version__
-from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
+from plugin_server.ingestion.enqueue import CapturedEvent, EventEnqueuer
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.network import fetch_failed
 
 BOT_EMAIL_DOMAIN = "posthogbot.user"
 KEY_CACHE_SECONDS = 30.0
 
-EnqueueMessage = Callable[[bytes], Awaitable[None]]
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -32,15 +30,14 @@ def origin(url: httpx.URL) -> tuple[str, str, int]:
 
 
 class PostHogCapture:
-    """`posthog.capture(event, properties)`: the event enters ingestion like any other (plugins included)."""
+    """`posthog.capture(event, properties)`: the event enters ingestion like any other (plugins
+    included), through the server's one enqueuer (the Celery list, or the Kafka topic with
+    KAFKA_ENABLED), as the config's team's."""
 
-    def __init__(
-        self, *, team_id: int, plugin_name: str, plugin_id: int, queue: str, enqueue: EnqueueMessage
-    ) -> None:
+    def __init__(self, *, team_id: int, plugin_name: str, plugin_id: int, enqueuer: EventEnqueuer) -> None:
         self._team_id = team_id
         self._default_distinct_id = plugin_name or f"plugin-id-{plugin_id}"
-        self._queue = queue
-        self._enqueue = enqueue
+        self._enqueuer = enqueuer
 
     async def capture(self, event: str, properties: dict[str, Any] | None = None) -> None:
         if not isinstance(event, str) or not event:
@@ -48,8 +45,8 @@ class PostHogCapture:
         others = dict(properties or {})
         timestamp = others.pop("timestamp", None) or datetime.now(UTC).isoformat().replace("+00:00", "Z")
         distinct_id = others.pop("distinct_id", None) or self._default_distinct_id
+        event_uuid = uuidt()
         data = {
-            "distinct_id": distinct_id,
             "event": event,
             "timestamp": timestamp,
             "properties": {
@@ -58,11 +55,19 @@ class PostHogCapture:
                 "distinct_id": distinct_id,
                 **others,
             },
-            "team_id": self._team_id,
-            "uuid": uuidt(),
+            "uuid": event_uuid,
         }
-        args = [distinct_id, None, None, data, self._team_id, timestamp, timestamp]
-        await self._enqueue(encode_task(PROCESS_EVENT_TASK, args, queue=self._queue))
+        captured = CapturedEvent(
+            distinct_id=str(distinct_id),
+            ip=None,
+            site_url=None,
+            data=data,
+            team_id=self._team_id,
+            now=timestamp,
+            sent_at=timestamp,
+            uuid=event_uuid,
+        )
+        await self._enqueuer.enqueue([captured])
 
 
 class PersonalApiKeys:
