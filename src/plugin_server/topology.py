@@ -1,14 +1,18 @@
-"""The one place that decides, from the settings, where a worker's events come from."""
+"""The one place that decides, from the settings, where a worker's events come from and go to."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.sinks import EventSink
+from plugin_server.sinks.postgres import PostgresEventSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
 
@@ -37,3 +41,9 @@ async def open_sources(
     finally:
         for source in sources:
             await source.close()
+
+
+def open_event_sink(pool: AsyncConnectionPool[Any]) -> EventSink:
+    """Where the pipeline stores events: Postgres (PostHog's tables) today; the ClickHouse sinks
+    (through Kafka, or direct; issue 11) will be chosen here from the settings."""
+    return PostgresEventSink(pool)

@@ -45,9 +45,8 @@ from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
-from plugin_server.sinks.postgres import PostgresEventSink
 from plugin_server.sources import Source
-from plugin_server.topology import open_sources
+from plugin_server.topology import open_event_sink, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +125,14 @@ class Worker:
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
             persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
             plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
+            sink = open_event_sink(pool)
             pipelines = [
                 EventPipeline(
                     teams=host.teams,
                     definitions=definitions,
                     groups=groups,
                     persons=persons,
-                    sink=PostgresEventSink(pool),
+                    sink=sink,
                     plugins=plugins,
                     jobs=jobs,
                     actions=actions.service,

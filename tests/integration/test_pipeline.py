@@ -14,6 +14,7 @@ from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.sinks.memory import ListEventSink
 from plugin_server.sinks.postgres import PostgresEventSink
 
 NOW = "2021-11-28T10:00:00.000Z"
@@ -203,3 +204,20 @@ async def test_identify_merges_the_anonymous_person(
         ("anon", person["id"]),
         ("user", person["id"]),
     ]
+
+
+async def test_any_event_sink_takes_the_pipelines_events(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    """The pipeline stores through the EventSink interface only: a list sink gets what Postgres would."""
+    sink = ListEventSink()
+    built = pipeline(pool)
+    built.sink = sink
+    data = {"event": "e", "properties": {"a": 1}, "uuid": "0178a3ab-d163-0000-4b55-bceadebb03fa"}
+    first = await built.run([message(team.team_id, "d", data)])
+    again = await built.run([message(team.team_id, "d", data)])  # delivered again
+    assert (first.stored, again.stored) == (1, 1)
+    [(key, event)] = sink.events.items()
+    assert key == (team.team_id, "0178a3ab-d163-0000-4b55-bceadebb03fa")
+    assert (event.event, event.distinct_id, event.properties["$ip"]) == ("e", "d", "11.12.13.14")
+    assert rows(clean_db, "SELECT * FROM posthog_event") == []

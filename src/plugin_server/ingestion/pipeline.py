@@ -35,7 +35,7 @@ from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent,
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.services.metrics import get_metrics
-from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.sinks import EventSink
 from plugin_server.sources import MessageCodec
 from plugin_server.sources.celery_redis import CeleryCodec
 
@@ -105,7 +105,7 @@ class EventPipeline:
         definitions: DefinitionsManager,
         groups: GroupTypeManager,
         persons: PersonManager,
-        sink: PostgresEventSink,
+        sink: EventSink,
         plugins: PluginRunner | None = None,
         jobs: JobQueue | None = None,
         actions: ActionService | None = None,
