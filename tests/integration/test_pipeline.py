@@ -221,3 +221,14 @@ async def test_any_event_sink_takes_the_pipelines_events(
     assert key == (team.team_id, "0178a3ab-d163-0000-4b55-bceadebb03fa")
     assert (event.event, event.distinct_id, event.properties["$ip"]) == ("e", "d", "11.12.13.14")
     assert rows(clean_db, "SELECT * FROM posthog_event") == []
+
+
+async def test_a_recording_with_an_overlong_session_id_is_stored_with_it_cut(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    """Found by the queue fuzz: session_id is varchar(200); a longer one made the batch a dead letter."""
+    data = {"event": "$snapshot", "properties": {"$session_id": "s" * 300, "$snapshot_data": {"a": 1}}}
+    outcome = await pipeline(pool).run([message(team.team_id, "d", data)])
+    assert (outcome.stored, outcome.dead_letters) == (1, [])
+    [recording] = rows(clean_db, "SELECT session_id FROM posthog_sessionrecordingevent")
+    assert recording["session_id"] == "s" * 200

@@ -16,6 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.elements import elements_hash
 from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.jsvalues import js_string
 
 # The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much
 # cheaper than one array parameter per column, which the driver escapes item by item in Python.
@@ -53,6 +54,8 @@ FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::text[], %s::timestamptz[], %s
     AS x(u, t, d, s, ts, sd)
 ON CONFLICT (team_id, uuid) DO NOTHING
 """
+
+SESSION_ID_LIMIT = 200  # posthog_sessionrecordingevent.session_id is varchar(200): cut to fit
 
 
 class PostgresEventSink:
@@ -131,7 +134,7 @@ class PostgresEventSink:
                 [event.uuid for event in events],
                 [event.team_id for event in events],
                 [event.distinct_id for event in events],
-                [str(event.properties.get("$session_id") or "") for event in events],
+                [js_string(event.properties.get("$session_id") or "")[:SESSION_ID_LIMIT] for event in events],
                 [event.timestamp for event in events],
                 [json_text(event.properties.get("$snapshot_data")) for event in events],
             ),
