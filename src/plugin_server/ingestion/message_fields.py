@@ -28,13 +28,25 @@ SERVER_FIELDS = ("distinct_id", "ip", "site_url", "team_id", "now", "sent_at")
 
 def raw_event(fields: Mapping[str, Any], data: Mapping[str, Any]) -> RawEvent:
     """The raw event of one message: `data` without the server's fields, then the server's fields."""
-    event: RawEvent = {key: value for key, value in data.items() if key not in SERVER_FIELDS}
+    event: RawEvent = client_fields(data)
     if fields.get("uuid") or "uuid" not in event:
         event["uuid"] = fields.get("uuid")
     for name in SERVER_FIELDS:
         event[name] = fields.get(name)
     if fields.get("ip"):
         properties = event.get("properties")
-        if isinstance(properties, dict) and "$ip" in properties:
-            event["properties"] = {key: value for key, value in properties.items() if key != "$ip"}
+        if isinstance(properties, dict):
+            event["properties"] = without_ip_property(properties)
     return event
+
+
+def client_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` without the client's copies of the server's fields."""
+    return {key: value for key, value in data.items() if key not in SERVER_FIELDS}
+
+
+def without_ip_property(properties: dict[str, Any]) -> dict[str, Any]:
+    """`properties` without a client's `$ip` (the same dict when it has none)."""
+    if "$ip" not in properties:
+        return properties
+    return {key: value for key, value in properties.items() if key != "$ip"}

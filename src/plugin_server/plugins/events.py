@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH
+from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH, scrub
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugins.instance import PluginError
 
@@ -45,19 +45,9 @@ def checked_result(before: RawEvent, result: Any, function: str = "processEvent"
         as_json = orjson.dumps(result)
     except TypeError as error:  # also lone surrogates and nesting past orjson's limit
         raise PluginError(f"{function} returned an event that cannot be stored: {error}") from None
-    if b"\\u0000" in as_json and _holds_nul(result):  # the text test is quick and may be a false alarm
+    if b"\\u0000" in as_json and scrub(result) != result:  # the text test is quick, may be a false alarm
         raise PluginError(f"{function} returned an event with a NUL character, which cannot be stored")
     return result
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(item) for item in value)
-    return False
 
 
 def _is_uuid(value: Any) -> bool:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plugin_server.ingestion.enqueue import CapturedEvent
-from plugin_server.ingestion.message_fields import SERVER_FIELDS
+from plugin_server.ingestion.message_fields import client_fields, without_ip_property
 from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH, unstorable_text
 from plugin_server.ingestion.types import Team
 from plugin_server.ingestion.uuidt import uuidt
@@ -173,17 +173,15 @@ def _captured(
     properties = event.get("properties") or {}
     if not isinstance(properties, dict):
         raise CaptureError(400, "Event field `properties` must be an object.", attr="properties")
-    if "$ip" in properties:  # the connection's ip is stored, or none: see message_fields
-        properties = {key: value for key, value in properties.items() if key != "$ip"}
     event_uuid = _event_uuid(event.get("uuid"))
-    client_fields = {key: value for key, value in event.items() if key not in SERVER_FIELDS}
     return CapturedEvent(
         distinct_id=distinct_id,
         ip=None if team.anonymize_ips else ip,
         site_url=site_url,
         # The uuid travels in `data` (Celery task arguments have no slot for it). The fields the
         # server decides are left out of `data`, so no consumer can take the client's copies.
-        data={**client_fields, "properties": properties, "uuid": event_uuid},
+        # The connection's ip is stored, or none: a client's `$ip` is left out (see message_fields).
+        data={**client_fields(event), "properties": without_ip_property(properties), "uuid": event_uuid},
         team_id=team.id,
         now=now,
         sent_at=sent_at,
