@@ -103,7 +103,13 @@ def test_a_killed_worker_loses_nothing(
             os.kill(pid, signal.SIGKILL)
         server.wait_for_log("starting it again")
         assert wait_for_count(database_url, COUNT_EVENTS, total, timeout=120) == total
-        time.sleep(0.5)
+        # Batches stored by a killed worker but not acknowledged are requeued and stored again (the
+        # write is idempotent): wait for that to finish rather than for a fixed time.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            redis_client.llen("posthog-plugins") or redis_client.keys("posthog-plugins:unacked:*")
+        ):
+            time.sleep(0.2)
     with psycopg.connect(database_url) as connection:
         stored = connection.execute(
             "SELECT COUNT(*), COUNT(DISTINCT properties->>'i') FROM posthog_event"
