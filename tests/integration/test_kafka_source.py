@@ -5,8 +5,9 @@ first assignment of a new group takes about 5 s)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.services.metrics import get_metrics
 from plugin_server.sources.kafka import KafkaSource
 from plugin_server.sources.kafka.dead_letters import dead_letter_record
-from plugin_server.sources.kafka.source import KafkaBatch
+from plugin_server.sources.kafka.source import STATISTICS_INTERVAL_MS, KafkaBatch
 from tests.integration.test_pipeline import pipeline as celery_pipeline
 from tests.integration.test_pipeline import rows
 from tests.kafka_broker import committed, create_topic, read_topic, unique_topic
@@ -222,3 +223,38 @@ async def test_dead_letters_on_the_topic_are_listed_counted_and_replayed_once(ka
     replayed = read_topic(kafka, settings.KAFKA_CONSUMPTION_TOPIC, 3)
     assert [m.value() for m in replayed] == originals
     assert [m.key() for m in replayed] == [b"key"] * 3
+
+
+async def test_a_full_pipeline_pauses_the_consumer_and_drops_what_it_fetched_ahead(
+    kafka: str, source: KafkaSource
+) -> None:
+    """While no batch is acknowledged and the worker waits for room, librdkafka would keep up to
+    16 MB of the topic fetched ahead; paused, it holds none, and after the pause nothing is lost."""
+    total = 20_000
+    produce(kafka, source.topic, [message(f"p{i}", "e", {"pad": "x" * 400}, team_id=1) for i in range(total)])
+    claimed = await claim_all(source, 100, 100)  # the pipeline's batches, never acknowledged
+    await asyncio.sleep(2 * STATISTICS_INTERVAL_MS / 1000)  # librdkafka fetches ahead meanwhile
+    claimed += await claim_all(source, 1, 1)  # a poll: serves librdkafka's statistics
+    assert source.prefetched > 5_000
+
+    room = asyncio.Event()
+    waiting = asyncio.create_task(source.paused_until(room.wait()))
+    await until(lambda: source.prefetched == 0, timeout=10)
+    seen = []
+    for _ in range(20):  # still paused: what the consumer holds stays what the pipeline holds
+        await asyncio.sleep(0.1)
+        seen.append(source.prefetched)
+    assert seen == [0] * 20 and not waiting.done()
+
+    room.set()
+    await waiting
+    claimed += await claim_all(source, total - 101, 1000)
+    offsets = [offset for batch in claimed for _, offset, _ in batch.positions]
+    assert sorted(offsets) == list(range(total))  # each once: none dropped or doubled by the pause
+
+
+async def until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)

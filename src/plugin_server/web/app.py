@@ -21,7 +21,7 @@ from plugin_server.web.client_ip import client_ip
 from plugin_server.web.console import install_console
 from plugin_server.web.context import WebContext
 from plugin_server.web.docs import install_docs
-from plugin_server.web.health import run_check, workers_problem
+from plugin_server.web.health import run_check, sources_check, workers_problem
 from plugin_server.web.payload import CaptureError, DecodeLimits, read_capture_input
 
 log = logging.getLogger(__name__)
@@ -220,6 +220,10 @@ async def readiness(context: WebContext) -> dict[str, dict[str, Any]]:
             "alive": counts.alive,
             "consuming": counts.consuming,
         }
+        settings = context.settings
+        checks["sources"] = sources_check(
+            counts, kafka_enabled=settings.KAFKA_ENABLED, max_lag=settings.KAFKA_MAX_LAG_READY
+        )
     return checks
 
 

@@ -9,16 +9,22 @@ uuid per team, so nothing is stored twice. Messages of one person share a partit
 them by team and distinct id), and a partition's messages are claimed in order.
 
 This source does not split batches: a team whose plugins are slow holds up its batch (the batch's
-offsets could not be committed before the slow part anyway). While all TASKS_PER_WORKER batches are
-in flight the worker does not claim, and librdkafka's prefetch is bounded (queued.max.messages.kbytes).
+offsets could not be committed before the slow part anyway).
+
+Backpressure: while all TASKS_PER_WORKER batches are in flight the worker does not claim, and
+librdkafka's prefetch is bounded (queued.max.messages.kbytes). When the pipeline stays full for
+PAUSE_AFTER_SECONDS (slow plugins, a database outage), `paused_until` pauses every assigned partition,
+which also drops librdkafka's prefetched messages (they are fetched again on resume), and keeps
+polling, so the consumer stays in its group however long the pipeline takes (max.poll.interval.ms).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -35,6 +41,11 @@ log = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT_SECONDS = 10.0
 PREFETCH_KBYTES = 16 * 1024
+# A pipeline full for this long pauses the consumer; polls while paused wait this long (a resume can
+# wait for the poll in progress, so it is short).
+PAUSE_AFTER_SECONDS = 0.5
+PAUSED_POLL_SECONDS = 0.1
+STATISTICS_INTERVAL_MS = 1000
 
 Partition = tuple[str, int]
 
@@ -92,6 +103,8 @@ class KafkaSource:
                 "session.timeout.ms": settings.KAFKA_CONSUMER_SESSION_TIMEOUT_MS,
                 "heartbeat.interval.ms": max(100, settings.KAFKA_CONSUMER_SESSION_TIMEOUT_MS // 10),
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": self._statistics,
             },
             logger=log,
         )
@@ -103,6 +116,10 @@ class KafkaSource:
         self._to_commit: dict[Partition, int] = {}
         self._commit_lock = asyncio.Lock()
         self._closed = False
+        self._paused = False
+        # Messages that a poll returned while paused (of partitions a rebalance assigned meanwhile).
+        self._held: list[Message] = []
+        self.prefetched = 0  # messages librdkafka holds fetched but not claimed, per its statistics
 
     async def start(self) -> None:
         self._consumer.subscribe(
@@ -110,18 +127,21 @@ class KafkaSource:
         )
 
     async def claim(self, max_count: int, block_timeout: float) -> KafkaBatch | None:
-        first = await asyncio.to_thread(self._consumer.poll, block_timeout)
-        if first is None:
-            return None
-        received = [first]
-        if max_count > 1:
-            received += await asyncio.to_thread(self._consumer.consume, max_count - 1, 0)
+        with self._lock:
+            received, self._held = self._held[:max_count], self._held[max_count:]
+        if not received:
+            first = await asyncio.to_thread(self._consumer.poll, block_timeout)
+            if first is None:
+                return None
+            received = [first]
+        if len(received) < max_count:
+            received += await asyncio.to_thread(self._consumer.consume, max_count - len(received), 0)
         batch = KafkaBatch([], [], [])
         with self._lock:
             for message in received:
                 if _failed(message):
                     continue
-                partition = (message.topic() or self.topic, message.partition() or 0)
+                partition = self._partition_of(message)
                 offset = message.offset() or 0
                 progress = self._progress.setdefault(partition, _Progress(self._next_generation()))
                 progress.offsets[offset] = False
@@ -152,13 +172,33 @@ class KafkaSource:
         await self._commit()
         return current
 
+    async def paused_until(self, room: Awaitable[object]) -> None:
+        """Wait for `room` in the pipeline; if that takes PAUSE_AFTER_SECONDS, with every assigned
+        partition paused (no fetching, prefetched messages dropped) and the consumer still polled."""
+        waiting = asyncio.ensure_future(room)
+        done, _ = await asyncio.wait([waiting], timeout=PAUSE_AFTER_SECONDS)
+        if done:
+            return
+        await asyncio.to_thread(self._pause)
+        try:
+            while not waiting.done():
+                polled = await asyncio.to_thread(self._consumer.poll, PAUSED_POLL_SECONDS)
+                if polled is not None and not _failed(polled):
+                    self._hold(polled)
+        finally:
+            await asyncio.to_thread(self._resume)
+        await waiting
+
     async def split_off(self, batch: KafkaBatch, messages: Sequence[bytes]) -> KafkaBatch:
         raise NotImplementedError("the Kafka source does not split batches (can_split is False)")
 
-    async def housekeeping(self) -> None:
-        await self._commit()  # retries a commit that failed
-        for (topic, partition), lag in (await asyncio.to_thread(self._lag)).items():
+    async def housekeeping(self) -> int:
+        """Retry a commit that failed; sample the lag of each assigned partition. Returns their sum."""
+        await self._commit()
+        lags = await asyncio.to_thread(self._lag)
+        for (topic, partition), lag in lags.items():
             get_metrics().kafka_lag_sampled(topic, partition, lag)
+        return sum(lags.values())
 
     async def close(self) -> None:
         if self._closed:
@@ -208,26 +248,67 @@ class KafkaSource:
             raise KafkaUnavailable(f"Kafka did not take {left + len(errors)} dead letters: {errors[:1]}")
 
     def _lag(self) -> dict[Partition, int]:
-        """Per assigned partition: its end offset minus the position of the next message to claim."""
+        """Per assigned partition: its end offset minus the position of the next message to claim
+        (the committed offset until one is claimed; the partition's start if none is committed).
+
+        The end is the larger of the broker's answer now and the one of the last fetch: both can only
+        be short of it (the last fetch is old while paused; some brokers' ListOffsets lag behind)."""
+        positions = self._consumer.position(self._consumer.assignment())
+        unknown = [tp for tp in positions if tp.offset < 0]
+        if unknown:
+            try:
+                positions = [tp for tp in positions if tp.offset >= 0]
+                positions += self._consumer.committed(unknown, timeout=2)
+            except KafkaException as error:
+                log.warning("cannot read the committed offsets of %s: %s", self.topic, error)
         lags = {}
-        for tp in self._consumer.position(self._consumer.assignment()):
+        for tp in positions:
             try:
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
             except KafkaException as error:
                 log.warning("cannot read the end of %s[%d]: %s", tp.topic, tp.partition, error)
                 continue
-            position = tp.offset if tp.offset >= 0 else low
-            lags[(tp.topic, tp.partition)] = max(0, high - position)
+            fetched = self._consumer.get_watermark_offsets(tp, cached=True)
+            end = max(high, fetched[1] if fetched else -1)
+            lags[(tp.topic, tp.partition)] = max(0, end - (tp.offset if tp.offset >= 0 else low))
         return lags
+
+    def _pause(self) -> None:
+        with self._lock:
+            self._paused = True
+            self._consumer.pause(self._consumer.assignment())
+
+    def _resume(self) -> None:
+        with self._lock:
+            self._paused = False
+            self._consumer.resume(self._consumer.assignment())
+
+    def _hold(self, message: Message) -> None:
+        """Keep a message polled while paused for the next claim, and pause its partition (a
+        rebalance assigned it meanwhile)."""
+        with self._lock:
+            self._held.append(message)
+            if self._paused:
+                self._consumer.pause([TopicPartition(*self._partition_of(message))])
+
+    def _partition_of(self, message: Message) -> Partition:
+        return (message.topic() or self.topic, message.partition() or 0)
+
+    def _statistics(self, report: str) -> None:
+        partitions = json.loads(report).get("topics", {}).get(self.topic, {}).get("partitions", {})
+        self.prefetched = sum(p.get("fetchq_cnt", 0) for key, p in partitions.items() if key != "-1")
 
     def _next_generation(self) -> int:
         self._generation += 1
         return self._generation
 
-    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self._lock:
             for tp in partitions:
                 self._progress[(tp.topic, tp.partition)] = _Progress(self._next_generation())
+            if self._paused:  # assigned while the pipeline is full: start paused
+                consumer.assign(partitions)
+                consumer.pause(partitions)
         log.info("assigned partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -235,6 +316,8 @@ class KafkaSource:
         redelivered to the next owner), and forget them."""
         ready = []
         with self._lock:
+            gone = {(tp.topic, tp.partition) for tp in partitions}
+            self._held = [m for m in self._held if self._partition_of(m) not in gone]
             for tp in partitions:
                 self._progress.pop((tp.topic, tp.partition), None)
                 offset = self._to_commit.pop((tp.topic, tp.partition), None)
