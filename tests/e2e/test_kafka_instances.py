@@ -117,7 +117,7 @@ def test_two_servers_share_partitions_and_a_killed_ones_events_are_stored_once(
         victim.process.wait(10)
 
         wait_until(lambda: assigned(survivor) == set(range(PARTITIONS)), timeout=30)
-        status, lag = wait_until(lambda: (answer := ready(survivor))[0] == 503 and answer, timeout=30)
+        _, lag = wait_until(lambda: (answer := ready(survivor))[0] == 503 and answer, timeout=30)
         assert lag is not None and lag > MAX_LAG_READY
         assert wait_until(lambda: stored(database_url)[0] >= EVENTS, timeout=60)
         assert stored(database_url) == (EVENTS, EVENTS)  # every event once, none lost, none twice

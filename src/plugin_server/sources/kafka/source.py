@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
@@ -67,16 +68,15 @@ class _Progress:
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
-        self.offsets: dict[int, bool] = {}  # insertion order = claim order
+        self.claimed: deque[int] = deque()
+        self.done: set[int] = set()
 
     def done_prefix(self) -> int | None:
         """Forget the acknowledged offsets at the front; the offset to commit (last of them + 1)."""
         last = None
-        for offset, done in list(self.offsets.items()):
-            if not done:
-                break
-            del self.offsets[offset]
-            last = offset
+        while self.claimed and self.claimed[0] in self.done:
+            last = self.claimed.popleft()
+            self.done.discard(last)
         return None if last is None else last + 1
 
 
@@ -105,6 +105,7 @@ class KafkaSource:
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
                 "statistics.interval.ms": STATISTICS_INTERVAL_MS,
                 "stats_cb": self._statistics,
+                "on_commit": self._committed,
             },
             logger=log,
         )
@@ -114,7 +115,7 @@ class KafkaSource:
         self._progress: dict[Partition, _Progress] = {}
         self._generation = 0
         self._to_commit: dict[Partition, int] = {}
-        self._commit_lock = asyncio.Lock()
+        self._sent: dict[Partition, int] = {}  # the last offset sent for commit, per partition
         self._closed = False
         self._paused = False
         # Messages that a poll returned while paused (of partitions a rebalance assigned meanwhile).
@@ -129,22 +130,16 @@ class KafkaSource:
     async def claim(self, max_count: int, block_timeout: float) -> KafkaBatch | None:
         with self._lock:
             received, self._held = self._held[:max_count], self._held[max_count:]
-        if not received:
-            first = await asyncio.to_thread(self._consumer.poll, block_timeout)
-            if first is None:
-                return None
-            received = [first]
         if len(received) < max_count:
-            received += await asyncio.to_thread(self._consumer.consume, max_count - len(received), 0)
+            wait = 0 if received else block_timeout
+            received += await asyncio.to_thread(self._receive, max_count - len(received), wait)
         batch = KafkaBatch([], [], [])
         with self._lock:
             for message in received:
-                if _failed(message):
-                    continue
                 partition = self._partition_of(message)
                 offset = message.offset() or 0
                 progress = self._progress.setdefault(partition, _Progress(self._next_generation()))
-                progress.offsets[offset] = False
+                progress.claimed.append(offset)
                 batch.messages.append(message.value() or b"")
                 batch.keys.append(message.key())
                 batch.positions.append((partition, offset, progress.generation))
@@ -152,7 +147,8 @@ class KafkaSource:
 
     async def ack(self, batch: KafkaBatch, dead_letters: Sequence[DeadLetter] = ()) -> bool:
         """Store the dead letters on the dead letter topic (waiting for Kafka to take them), then count
-        the batch's offsets as done and commit what became contiguous."""
+        the batch's offsets as done; what became contiguous is committed by the next claim's thread
+        (or housekeeping)."""
         await self._send_dead_letters(batch, dead_letters)
         get_metrics().dead_lettered(len(dead_letters))
         current = True
@@ -163,13 +159,12 @@ class KafkaSource:
                 if progress is None or progress.generation != generation:
                     current = False  # revoked since: another consumer has (or will get) these messages
                     continue
-                progress.offsets[offset] = True
+                progress.done.add(offset)
                 touched.add(partition)
             for partition in touched:
                 commit = self._progress[partition].done_prefix()
                 if commit is not None:
                     self._to_commit[partition] = commit
-        await self._commit()
         return current
 
     async def paused_until(self, room: Awaitable[object]) -> None:
@@ -182,8 +177,7 @@ class KafkaSource:
         await asyncio.to_thread(self._pause)
         try:
             while not waiting.done():
-                polled = await asyncio.to_thread(self._consumer.poll, PAUSED_POLL_SECONDS)
-                if polled is not None and not _failed(polled):
+                for polled in await asyncio.to_thread(self._receive, 1, PAUSED_POLL_SECONDS):
                     self._hold(polled)
         finally:
             await asyncio.to_thread(self._resume)
@@ -193,8 +187,9 @@ class KafkaSource:
         raise NotImplementedError("the Kafka source does not split batches (can_split is False)")
 
     async def housekeeping(self) -> int:
-        """Retry a commit that failed; sample the lag of each assigned partition. Returns their sum."""
-        await self._commit()
+        """Commit what waits (and retry a commit that failed); sample the lag of each assigned
+        partition. Returns their sum."""
+        await asyncio.to_thread(self._commit, wait=True)
         lags = await asyncio.to_thread(self._lag)
         for (topic, partition), lag in lags.items():
             get_metrics().kafka_lag_sampled(topic, partition, lag)
@@ -204,28 +199,54 @@ class KafkaSource:
         if self._closed:
             return
         self._closed = True
-        await self._commit()
+        await asyncio.to_thread(self._commit, wait=True)
         await asyncio.to_thread(self._producer.flush, DELIVERY_TIMEOUT_SECONDS)
         await asyncio.to_thread(self._consumer.close)
 
-    async def _commit(self) -> None:
-        async with self._commit_lock:  # in order: an older commit must not land after a newer one
-            with self._lock:
-                wanted = dict(self._to_commit)
-            if not wanted:
-                return
-            offsets = [
-                TopicPartition(topic, partition, offset) for (topic, partition), offset in wanted.items()
-            ]
-            try:
-                await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
-            except KafkaException as error:
-                log.warning("committing Kafka offsets failed (%s); retrying later", error)
-                return
-            with self._lock:
-                for partition, offset in wanted.items():
-                    if self._to_commit.get(partition) == offset:
-                        del self._to_commit[partition]
+    def _receive(self, max_count: int, block_timeout: float) -> list[Message]:
+        """Commit what waits, then up to `max_count` messages, waiting up to `block_timeout` s for the
+        first. The client makes a call wait while another thread polls (a commit from `ack` waited up
+        to a second for the claim's poll, which held up every batch behind it), so the commits are
+        sent from this thread, between polls."""
+        self._commit()
+        first = self._consumer.poll(block_timeout)
+        if first is None:
+            return []
+        received = [first, *(self._consumer.consume(max_count - 1, 0) if max_count > 1 else [])]
+        return [message for message in received if not _failed(message)]
+
+    def _commit(self, *, wait: bool = False) -> None:
+        """Send the offsets that became contiguous (asynchronously unless `wait`). librdkafka sends
+        commits in order; a failed one is retried."""
+        with self._lock:
+            wanted, self._to_commit = self._to_commit, {}
+            self._sent.update(wanted)
+        if not wanted:
+            return
+        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in wanted.items()]
+        try:
+            if wait:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as error:
+            log.warning("committing Kafka offsets failed (%s); retrying later", error)
+            self._retry(wanted)
+
+    def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to an asynchronous commit (on the polling thread)."""
+        failed = {(tp.topic, tp.partition): tp.offset for tp in partitions if error or tp.error}
+        if failed:
+            log.warning("committing Kafka offsets failed (%s); retrying later", error or partitions[0].error)
+            self._retry(failed)
+
+    def _retry(self, offsets: dict[Partition, int]) -> None:
+        """Commit these again at the next chance, unless a newer offset was sent or waits already, or
+        the partition went to another consumer."""
+        with self._lock:
+            for partition, offset in offsets.items():
+                if partition in self._progress and self._sent.get(partition) == offset:
+                    self._to_commit.setdefault(partition, offset)
 
     async def _send_dead_letters(self, batch: KafkaBatch, dead_letters: Sequence[DeadLetter]) -> None:
         if not dead_letters:
@@ -320,6 +341,7 @@ class KafkaSource:
             self._held = [m for m in self._held if self._partition_of(m) not in gone]
             for tp in partitions:
                 self._progress.pop((tp.topic, tp.partition), None)
+                self._sent.pop((tp.topic, tp.partition), None)
                 offset = self._to_commit.pop((tp.topic, tp.partition), None)
                 if offset is not None:
                     ready.append(TopicPartition(tp.topic, tp.partition, offset))
