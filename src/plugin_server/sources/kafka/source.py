@@ -116,6 +116,7 @@ class KafkaSource:
         self._generation = 0
         self._to_commit: dict[Partition, int] = {}
         self._sent: dict[Partition, int] = {}  # the last offset sent for commit, per partition
+        self._commit_lock = threading.Lock()  # commits leave in the order their offsets were taken
         self._closed = False
         self._paused = False
         # Messages that a poll returned while paused (of partitions a rebalance assigned meanwhile).
@@ -218,20 +219,21 @@ class KafkaSource:
     def _commit(self, *, wait: bool = False) -> None:
         """Send the offsets that became contiguous (asynchronously unless `wait`). librdkafka sends
         commits in order; a failed one is retried."""
-        with self._lock:
-            wanted, self._to_commit = self._to_commit, {}
-            self._sent.update(wanted)
-        if not wanted:
-            return
-        offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in wanted.items()]
-        try:
-            if wait:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-            else:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-        except KafkaException as error:
-            log.warning("committing Kafka offsets failed (%s); retrying later", error)
-            self._retry(wanted)
+        with self._commit_lock:
+            with self._lock:
+                wanted, self._to_commit = self._to_commit, {}
+                self._sent.update(wanted)
+            if not wanted:
+                return
+            offsets = [TopicPartition(t, partition, offset) for (t, partition), offset in wanted.items()]
+            try:
+                if wait:
+                    self._consumer.commit(offsets=offsets, asynchronous=False)
+                else:
+                    self._consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as error:
+                log.warning("committing Kafka offsets failed (%s); retrying later", error)
+                self._retry(wanted)
 
     def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's answer to an asynchronous commit (on the polling thread)."""
