@@ -25,8 +25,10 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -49,6 +51,7 @@ PAUSED_POLL_SECONDS = 0.1
 STATISTICS_INTERVAL_MS = 1000
 
 Partition = tuple[str, int]
+T = TypeVar("T")
 
 
 class KafkaUnavailable(ConnectionError):
@@ -110,13 +113,17 @@ class KafkaSource:
             logger=log,
         )
         self._producer = Producer({**common, "enable.idempotence": True, "linger.ms": 5}, logger=log)
-        # Assignment callbacks run on the thread inside consume(); acks on the event loop.
+        # Every call of the consumer runs on its own thread (`_client`), one at a time: the client makes a
+        # call wait while another thread polls (a commit from `ack` waited up to a second for the
+        # claim's poll, which held up every batch behind it), and a thread that waits for it while
+        # holding a lock that a rebalance callback needs would deadlock. Assignment and commit
+        # callbacks run there too, inside poll(); claims and acks keep their books on the event loop.
+        self._client = ThreadPoolExecutor(1, thread_name_prefix="kafka-consumer")
         self._lock = threading.Lock()
         self._progress: dict[Partition, _Progress] = {}
         self._generation = 0
         self._to_commit: dict[Partition, int] = {}
         self._sent: dict[Partition, int] = {}  # the last offset sent for commit, per partition
-        self._commit_lock = threading.Lock()  # commits leave in the order their offsets were taken
         self._closed = False
         self._paused = False
         # Messages that a poll returned while paused (of partitions a rebalance assigned meanwhile).
@@ -133,7 +140,7 @@ class KafkaSource:
             received, self._held = self._held[:max_count], self._held[max_count:]
         if len(received) < max_count:
             wait = 0 if received else block_timeout
-            received += await asyncio.to_thread(self._receive, max_count - len(received), wait)
+            received += await self._call(self._receive, max_count - len(received), wait)
         batch = KafkaBatch([], [], [])
         with self._lock:
             for message in received:
@@ -175,13 +182,12 @@ class KafkaSource:
         done, _ = await asyncio.wait([waiting], timeout=PAUSE_AFTER_SECONDS)
         if done:
             return
-        await asyncio.to_thread(self._pause)
+        await self._call(self._pause)
         try:
             while not waiting.done():
-                for polled in await asyncio.to_thread(self._receive, 1, PAUSED_POLL_SECONDS):
-                    self._hold(polled)
+                await self._call(self._poll_paused)
         finally:
-            await asyncio.to_thread(self._resume)
+            await self._call(self._resume)
         await waiting
 
     async def split_off(self, batch: KafkaBatch, messages: Sequence[bytes]) -> KafkaBatch:
@@ -190,8 +196,8 @@ class KafkaSource:
     async def housekeeping(self) -> int:
         """Commit what waits (and retry a commit that failed); sample the lag of each assigned
         partition. Returns their sum."""
-        await asyncio.to_thread(self._commit, wait=True)
-        lags = await asyncio.to_thread(self._lag)
+        await self._call(self._commit, True)
+        lags = await self._call(self._lag)
         for (topic, partition), lag in lags.items():
             get_metrics().kafka_lag_sampled(topic, partition, lag)
         return sum(lags.values())
@@ -200,15 +206,18 @@ class KafkaSource:
         if self._closed:
             return
         self._closed = True
-        await asyncio.to_thread(self._commit, wait=True)
+        await self._call(self._commit, True)
         await asyncio.to_thread(self._producer.flush, DELIVERY_TIMEOUT_SECONDS)
-        await asyncio.to_thread(self._consumer.close)
+        await self._call(self._consumer.close)
+        self._client.shutdown()
+
+    async def _call(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(*args)` on the consumer's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._client, work, *args)
 
     def _receive(self, max_count: int, block_timeout: float) -> list[Message]:
         """Commit what waits, then up to `max_count` messages, waiting up to `block_timeout` s for the
-        first. The client makes a call wait while another thread polls (a commit from `ack` waited up
-        to a second for the claim's poll, which held up every batch behind it), so the commits are
-        sent from this thread, between polls."""
+        first (so a commit waits at most for one poll)."""
         self._commit()
         first = self._consumer.poll(block_timeout)
         if first is None:
@@ -216,24 +225,23 @@ class KafkaSource:
         received = [first, *(self._consumer.consume(max_count - 1, 0) if max_count > 1 else [])]
         return [message for message in received if not _failed(message)]
 
-    def _commit(self, *, wait: bool = False) -> None:
+    def _commit(self, wait: bool = False) -> None:
         """Send the offsets that became contiguous (asynchronously unless `wait`). librdkafka sends
         commits in order; a failed one is retried."""
-        with self._commit_lock:
-            with self._lock:
-                wanted, self._to_commit = self._to_commit, {}
-                self._sent.update(wanted)
-            if not wanted:
-                return
-            offsets = [TopicPartition(t, partition, offset) for (t, partition), offset in wanted.items()]
-            try:
-                if wait:
-                    self._consumer.commit(offsets=offsets, asynchronous=False)
-                else:
-                    self._consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as error:
-                log.warning("committing Kafka offsets failed (%s); retrying later", error)
-                self._retry(wanted)
+        with self._lock:
+            wanted, self._to_commit = self._to_commit, {}
+            self._sent.update(wanted)
+        if not wanted:
+            return
+        offsets = [TopicPartition(t, partition, offset) for (t, partition), offset in wanted.items()]
+        try:
+            if wait:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as error:
+            log.warning("committing Kafka offsets failed (%s); retrying later", error)
+            self._retry(wanted)
 
     def _committed(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         """librdkafka's answer to an asynchronous commit (on the polling thread)."""
@@ -297,22 +305,20 @@ class KafkaSource:
         return lags
 
     def _pause(self) -> None:
-        with self._lock:
-            self._paused = True
-            self._consumer.pause(self._consumer.assignment())
+        self._paused = True
+        self._consumer.pause(self._consumer.assignment())
 
     def _resume(self) -> None:
-        with self._lock:
-            self._paused = False
-            self._consumer.resume(self._consumer.assignment())
+        self._paused = False
+        self._consumer.resume(self._consumer.assignment())
 
-    def _hold(self, message: Message) -> None:
-        """Keep a message polled while paused for the next claim, and pause its partition (a
-        rebalance assigned it meanwhile)."""
-        with self._lock:
-            self._held.append(message)
-            if self._paused:
-                self._consumer.pause([TopicPartition(*self._partition_of(message))])
+    def _poll_paused(self) -> None:
+        """Poll while paused (rebalances, commits, statistics, membership). A message can still come,
+        of a partition assigned meanwhile: it is kept for the next claim and its partition paused."""
+        for message in self._receive(1, PAUSED_POLL_SECONDS):
+            with self._lock:
+                self._held.append(message)
+            self._consumer.pause([TopicPartition(*self._partition_of(message))])
 
     def _partition_of(self, message: Message) -> Partition:
         return (message.topic() or self.topic, message.partition() or 0)
@@ -329,9 +335,14 @@ class KafkaSource:
         with self._lock:
             for tp in partitions:
                 self._progress[(tp.topic, tp.partition)] = _Progress(self._next_generation())
-            if self._paused:  # assigned while the pipeline is full: start paused
-                consumer.assign(partitions)
-                consumer.pause(partitions)
+        # Assigned, and paused or resumed, explicitly: librdkafka can keep a partition's pause across a
+        # rebalance that gives it back (a benchmark run once never consumed a partition again after a
+        # rebalance that came during a pause).
+        consumer.assign(partitions)
+        if self._paused:  # assigned while the pipeline is full: start paused
+            consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
         log.info("assigned partitions %s of %s", sorted(tp.partition for tp in partitions), self.topic)
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
