@@ -261,3 +261,34 @@ async def until(check: Callable[[], bool], timeout: float) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.05)
+
+
+async def test_a_rebalance_during_a_pause_leaves_no_partition_paused(
+    kafka: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A second consumer joins while the first is paused (its pipeline full); once the first has room
+    again, every message of its new share comes to it, the one it had claimed before included."""
+    topic, group = unique_topic("ingest"), unique_topic("group")
+    create_topic(kafka, topic, 2)
+    producer = Producer({"bootstrap.servers": kafka})
+    for n in range(400):
+        producer.produce(topic, message(f"p{n}", "e", team_id=1), partition=n % 2)
+    assert producer.flush(15) == 0
+    settings = kafka_settings(kafka, topic, group)
+    first, second = KafkaSource(settings, TeamManager(pool)), KafkaSource(settings, TeamManager(pool))
+    await first.start()
+    try:
+        await claim_all(first, 1, 1)  # never acknowledged: claimed again after the rebalance
+        room = asyncio.Event()
+        waiting = asyncio.create_task(first.paused_until(room.wait()))
+        await second.start()
+        [batch] = await claim_all(second, 1, 1, timeout=60)  # the rebalance is over
+        (_, theirs), _, _ = batch.positions[0]
+        room.set()
+        await waiting
+        claimed = await claim_all(first, 200, 1000)
+    finally:
+        await first.close()
+        await second.close()
+    positions = {(partition, offset) for batch in claimed for (_, partition), offset, _ in batch.positions}
+    assert positions == {(1 - theirs, offset) for offset in range(200)}

@@ -335,9 +335,8 @@ class KafkaSource:
         with self._lock:
             for tp in partitions:
                 self._progress[(tp.topic, tp.partition)] = _Progress(self._next_generation())
-        # Assigned, and paused or resumed, explicitly: librdkafka can keep a partition's pause across a
-        # rebalance that gives it back (a benchmark run once never consumed a partition again after a
-        # rebalance that came during a pause).
+        # Assigned, and paused or resumed, explicitly, so that a partition's pause never outlives the
+        # pipeline's (a partition given back by a rebalance may carry the pause it had before).
         consumer.assign(partitions)
         if self._paused:  # assigned while the pipeline is full: start paused
             consumer.pause(partitions)
