@@ -195,12 +195,28 @@ class Settings(BaseModel):
     )
 
     # --- ClickHouse and Kafka
-    CLICKHOUSE_HOST: str = Field("localhost", description="ClickHouse host")
+    CLICKHOUSE_HOST: str = Field(
+        "localhost",
+        description="ClickHouse host (HTTP port 8123, 8443 with CLICKHOUSE_SECURE); or chdb:///folder for the "
+        "in-process chDB engine storing in that folder (the chdb extra; one process may open it)",
+    )
     CLICKHOUSE_DATABASE: str = Field("default", description="ClickHouse database")
     CLICKHOUSE_USER: str = Field("default", description="ClickHouse username")
     CLICKHOUSE_PASSWORD: str | None = Field(None, description="ClickHouse password")
-    CLICKHOUSE_CA: str | None = Field(None, description="ClickHouse CA certs")
+    CLICKHOUSE_CA: str | None = Field(
+        None, description="ClickHouse CA certs: a PEM file of the CAs to trust, with CLICKHOUSE_SECURE"
+    )
     CLICKHOUSE_SECURE: bool = Field(False, description="whether to secure ClickHouse connection")
+    CLICKHOUSE_FORMATS: Literal["original", "today"] = Field(
+        "original",
+        description="ClickHouse topics and message formats: original (the 2021 server's, protobuf events) or "
+        "today (today's PostHog's, JSON events with person columns, versioned distinct ids)",
+    )
+    EVENT_SINK: Literal["postgres", "clickhouse"] = Field(
+        "postgres",
+        description="where workers store events (and historical exports read them): postgres (PostHog's "
+        "tables), or clickhouse (inserted straight into CLICKHOUSE_HOST, without Kafka)",
+    )
     KAFKA_ENABLED: bool = Field(False, description="use Kafka instead of Celery to ingest events")
     KAFKA_HOSTS: str | None = Field(None, description="comma-delimited Kafka hosts")
     KAFKA_CONSUMPTION_TOPIC: str = Field("events_plugin_ingestion", description="Kafka incoming events topic")
@@ -303,7 +319,7 @@ class Settings(BaseModel):
     def _boolean(cls, value: Any) -> bool:
         return parse_bool(value)
 
-    @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
+    @field_validator("LOG_LEVEL", "LOG_FORMAT", "CLICKHOUSE_FORMATS", "EVENT_SINK", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> str:
         return str(value).strip().lower()

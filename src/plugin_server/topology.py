@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.plugins.historical import PostgresStoredEvents, StoredEvents
 from plugin_server.sinks import EventSink
 from plugin_server.sinks.postgres import PostgresEventSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
+
+if TYPE_CHECKING:
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 
 
 @contextlib.asynccontextmanager
@@ -43,7 +48,46 @@ async def open_sources(
             await source.close()
 
 
-def open_event_sink(pool: AsyncConnectionPool[Any]) -> EventSink:
-    """Where the pipeline stores events: Postgres (PostHog's tables) today; the ClickHouse sinks
-    (through Kafka, or direct; issue 11) will be chosen here from the settings."""
-    return PostgresEventSink(pool)
+@contextlib.asynccontextmanager
+async def open_event_sink(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[EventSink]:
+    """Where the pipeline stores events, by EVENT_SINK: Postgres (PostHog's tables), or ClickHouse
+    directly."""
+    if settings.EVENT_SINK == "postgres":
+        yield PostgresEventSink(pool)
+        return
+    from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
+
+    async with _open_clickhouse(settings) as clickhouse:
+        yield ClickHouseEventSink(clickhouse)
+
+
+@contextlib.asynccontextmanager
+async def open_stored_events(
+    settings: Settings, pool: AsyncConnectionPool[Any]
+) -> AsyncIterator[StoredEvents]:
+    """Where the historical export reads stored events: where EVENT_SINK stores them."""
+    if settings.EVENT_SINK == "postgres":
+        yield PostgresStoredEvents(pool)
+        return
+    from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
+
+    async with _open_clickhouse(settings) as clickhouse:
+        yield ClickHouseStoredEvents(clickhouse)
+
+
+@contextlib.asynccontextmanager
+async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
+    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (not the
+    Kafka tables, which `plugin-server migrate --clickhouse` creates)."""
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
+    from plugin_server.sinks.clickhouse.migrate import open_migrated
+
+    if settings.AUTO_MIGRATE:
+        client, _ = await asyncio.to_thread(open_migrated, settings)
+    else:
+        client = await asyncio.to_thread(open_client, settings)
+    clickhouse = AsyncClickHouse(client)
+    try:
+        yield clickhouse
+    finally:
+        await clickhouse.close()

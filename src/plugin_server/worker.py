@@ -125,7 +125,7 @@ class Worker:
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
             persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
             plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
-            sink = open_event_sink(pool)
+            sink = await stack.enter_async_context(open_event_sink(settings, pool))
             pipelines = [
                 EventPipeline(
                     teams=host.teams,
