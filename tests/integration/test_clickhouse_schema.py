@@ -34,7 +34,7 @@ def engines(client: Client) -> dict[str, str]:
         "SELECT name, engine FROM system.tables WHERE database = {db:String}",
         parameters={"db": client.database},
     ).result_rows
-    return dict(rows)
+    return {name: engine for name, engine in rows}
 
 
 def final_count(client: Client, table: str) -> int:
