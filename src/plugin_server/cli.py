@@ -94,7 +94,7 @@ def migrate(
         typer.Option(
             "--clickhouse",
             help="Migrate ClickHouse (CLICKHOUSE_* settings) instead of Postgres: its tables, and the Kafka "
-            "tables and views reading the CLICKHOUSE_FORMATS topics from KAFKA_HOSTS.",
+            "tables and views reading the ClickHouse topics (CLICKHOUSE_KAFKA_FORMAT, KAFKA_PREFIX) from KAFKA_HOSTS.",
         ),
     ] = False,
     no_kafka_engine: Annotated[
@@ -102,7 +102,7 @@ def migrate(
         typer.Option(
             "--no-kafka-engine",
             help="With --clickhouse: no Kafka tables (a ClickHouse without the Kafka engine, fed by "
-            "EVENT_SINK=clickhouse); chDB never gets them.",
+            "EVENT_STORE=clickhouse-direct); chDB never gets them.",
         ),
     ] = False,
 ) -> None:

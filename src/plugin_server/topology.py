@@ -50,9 +50,9 @@ async def open_sources(
 
 @contextlib.asynccontextmanager
 async def open_event_sink(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[EventSink]:
-    """Where the pipeline stores events, by EVENT_SINK: Postgres (PostHog's tables), or ClickHouse
-    directly."""
-    if settings.EVENT_SINK == "postgres":
+    """Where the pipeline stores events, by EVENT_STORE: Postgres (PostHog's tables), or ClickHouse's
+    tables directly."""
+    if settings.EVENT_STORE == "postgres":
         yield PostgresEventSink(pool)
         return
     from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
@@ -65,8 +65,9 @@ async def open_event_sink(settings: Settings, pool: AsyncConnectionPool[Any]) ->
 async def open_stored_events(
     settings: Settings, pool: AsyncConnectionPool[Any]
 ) -> AsyncIterator[StoredEvents]:
-    """Where the historical export reads stored events: where EVENT_SINK stores them."""
-    if settings.EVENT_SINK == "postgres":
+    """Where the historical export reads stored events: Postgres, or ClickHouse when events are stored
+    there (directly or through Kafka)."""
+    if settings.EVENT_STORE == "postgres":
         yield PostgresStoredEvents(pool)
         return
     from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents

@@ -1,4 +1,4 @@
-"""The whole server with EVENT_SINK=clickhouse on the in-process chDB engine: Celery messages in, the
+"""The whole server with EVENT_STORE=clickhouse-direct on the in-process chDB engine: Celery messages in, the
 worker migrates ClickHouse at start and stores the events straight into its tables (persons stay in
 Postgres). chDB opens its folder in one process at a time, so the data is read once the server stopped."""
 
@@ -26,7 +26,7 @@ def test_celery_to_worker_to_clickhouse(
         "WORKER_CONCURRENCY": "1",
         "DISABLE_WEB": "true",
         "PLUGINS_CELERY_QUEUE": queue,
-        "EVENT_SINK": "clickhouse",
+        "EVENT_STORE": "clickhouse-direct",
         "CLICKHOUSE_HOST": clickhouse_settings.CLICKHOUSE_HOST,
         "CLICKHOUSE_DATABASE": clickhouse_settings.CLICKHOUSE_DATABASE,
     }

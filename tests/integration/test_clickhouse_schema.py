@@ -113,7 +113,7 @@ PERSON = str(uuid.uuid4())
 EVENT = str(uuid.uuid4())
 
 
-@pytest.mark.parametrize("formats", ["original", "today"])
+@pytest.mark.parametrize("formats", ["original", "current"])
 def test_kafka_views_copy_each_topic_into_its_table(clickhouse: Client, formats: Formats) -> None:
     for statement in kafka_statements(formats, brokers="unused", engine="Null"):
         clickhouse.command(statement)
@@ -242,9 +242,12 @@ def test_kafka_tables_read_the_topics_in_the_formats_chosen() -> None:
     assert "kafka_format = 'Protobuf'" in original and "kafka_schema = 'events:Event'" in original
     assert "kafka_topic_list = 'clickhouse_person_unique_id'" in original
     assert "kafka_broker_list = 'kafka:9092'" in original
-    today = "\n".join(kafka_statements("today", brokers="it's", group="group1"))
-    assert "kafka_topic_list = 'clickhouse_events_json'" in today and "Protobuf" not in today
-    assert "kafka_topic_list = 'clickhouse_person_distinct_id'" in today and "TO person_distinct_id2" in today
+    today = "\n".join(kafka_statements("current", brokers="it's", prefix="prod_", group="group1"))
+    assert "kafka_topic_list = 'prod_clickhouse_events_json'" in today and "Protobuf" not in today
+    assert (
+        "kafka_topic_list = 'prod_clickhouse_person_distinct_id'" in today
+        and "TO person_distinct_id2" in today
+    )
     assert "kafka_broker_list = 'it\\'s'" in today  # quoted
 
 
@@ -271,4 +274,4 @@ def test_the_kafka_tables_need_the_brokers(monkeypatch: pytest.MonkeyPatch) -> N
     result = CliRunner().invoke(app, ["migrate", "--clickhouse"])
     assert result.exit_code == 1
     assert "KAFKA_HOSTS is needed for the Kafka tables (or pass --no-kafka-engine)" in result.output
-    assert load_settings({}).CLICKHOUSE_FORMATS == "original"
+    assert load_settings({}).CLICKHOUSE_KAFKA_FORMAT == "original"

@@ -1,4 +1,4 @@
-"""The direct writer on chDB: with EVENT_SINK=clickhouse the pipeline (Celery messages in) stores its
+"""The direct writer on chDB: with EVENT_STORE=clickhouse-direct the pipeline (Celery messages in) stores its
 events in ClickHouse's `events` and recordings in `session_recording_events`, in the original's row
 shape; a message delivered again collapses into the first (FINAL); the historical export reads them
 back in time order."""
@@ -48,7 +48,7 @@ AUTOCAPTURE = {
 async def clickhouse_pipeline(
     clickhouse: Client, clickhouse_settings: Settings, pool: AsyncConnectionPool[Any]
 ) -> AsyncIterator[EventPipeline]:
-    settings = clickhouse_settings.model_copy(update={"EVENT_SINK": "clickhouse"})
+    settings = clickhouse_settings.model_copy(update={"EVENT_STORE": "clickhouse-direct"})
     async with open_event_sink(settings, pool) as sink:
         built = pipeline(pool)
         built.sink = sink
@@ -181,7 +181,9 @@ async def test_the_historical_export_reads_clickhouse(
         [*events[150:], prepared(3, 999, start)]
     )  # a batch delivered again, and team 3
     recorder = Recorder()
-    settings = clickhouse_settings.model_copy(update={"EVENT_SINK": "clickhouse", "AUTO_MIGRATE": False})
+    settings = clickhouse_settings.model_copy(
+        update={"EVENT_STORE": "clickhouse-direct", "AUTO_MIGRATE": False}
+    )
     async with open_stored_events(settings, pool) as stored:
         assert isinstance(stored, ClickHouseStoredEvents)
         assert await stored.boundaries(2) == (start, start + timedelta(seconds=6 * 249))

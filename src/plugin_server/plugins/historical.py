@@ -2,7 +2,7 @@
 "Export historical events" ({dateFrom, dateTo}) sends the team's stored events, oldest first, through
 the plugin's exportEvents.
 
-Events are read from where EVENT_SINK stores them (a `StoredEvents` reader: Postgres' `posthog_event`
+Events are read from where EVENT_STORE stores them (a `StoredEvents` reader: Postgres' `posthog_event`
 in id order, or ClickHouse's `events` FINAL in timestamp and uuid order) in 10-minute intervals of their
 timestamp, 100 at a time, each marked `$$is_historical_export_event`. Every page is a durable job of the
 plugin config ("exportEventsFromTheBeginning" with the interval and offset), queued only once the page

@@ -25,11 +25,11 @@ def quote_identifier(name: str) -> str:
 
 
 def migrate_clickhouse(
-    client: Client, database: str, *, formats: Formats, kafka_brokers: str | None
+    client: Client, database: str, *, formats: Formats, kafka_brokers: str | None, topic_prefix: str = ""
 ) -> list[Migration]:
     """Create `database` and apply every pending migration in it; with `kafka_brokers` (the broker
-    list as ClickHouse reaches it) also the Kafka tables and views of `formats`. Returns the
-    migrations applied now. The client is left using `database`."""
+    list as ClickHouse reaches it) also the Kafka tables and views of `formats` (topic names with
+    `topic_prefix` in front). Returns the migrations applied now. The client is left using `database`."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
     client.database = database
     client.command(_RECORD_TABLE)
@@ -47,7 +47,7 @@ def migrate_clickhouse(
         )
         applied.append(migration)
     if kafka_brokers:
-        for statement in kafka_statements(formats, brokers=kafka_brokers):
+        for statement in kafka_statements(formats, brokers=kafka_brokers, prefix=topic_prefix):
             client.command(statement)
     return applied
 
@@ -60,8 +60,9 @@ def open_migrated(settings: Settings, *, kafka_brokers: str | None = None) -> tu
         applied = migrate_clickhouse(
             client,
             settings.CLICKHOUSE_DATABASE,
-            formats=settings.CLICKHOUSE_FORMATS,
+            formats=settings.CLICKHOUSE_KAFKA_FORMAT,
             kafka_brokers=kafka_brokers,
+            topic_prefix=settings.KAFKA_PREFIX,
         )
     except BaseException:
         client.close()

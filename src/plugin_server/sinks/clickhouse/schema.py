@@ -8,11 +8,11 @@ collapses into one on merge, and reads with FINAL see it once. Events are keyed 
 (team_id, toDate(timestamp), event, cityHash64(distinct_id), cityHash64(uuid)).
 
 The base tables have today's columns (a superset of the 2021 ones; what a 2021 message does not carry
-gets its default). Which topics and message formats the Kafka tables read is CLICKHOUSE_FORMATS:
+gets its default). Which topics and message formats the Kafka tables read is CLICKHOUSE_KAFKA_FORMAT:
 `original` (the 2021 server: protobuf events on `clickhouse_events_proto`, distinct ids on
-`clickhouse_person_unique_id` into the collapsing `person_distinct_id`) or `today` (JSON events on
+`clickhouse_person_unique_id` into the collapsing `person_distinct_id`) or `current` (JSON events on
 `clickhouse_events_json` with the person columns, versioned distinct ids on
-`clickhouse_person_distinct_id` into `person_distinct_id2`).
+`clickhouse_person_distinct_id` into `person_distinct_id2`). Topic names get KAFKA_PREFIX in front.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Formats = Literal["original", "today"]
+Formats = Literal["original", "current"]
 
 # Kafka tables' virtual columns, which the materialized views copy into every table.
 KAFKA_COLUMNS = "_timestamp DateTime, _offset UInt64"
@@ -199,7 +199,7 @@ FEEDS: dict[Formats, tuple[KafkaFeed, ...]] = {
         _PLUGIN_LOGS,
         _DEAD_LETTERS,
     ),
-    "today": (
+    "current": (
         KafkaFeed(
             "kafka_events_json",
             "clickhouse_events_json",
@@ -234,7 +234,7 @@ FEEDS: dict[Formats, tuple[KafkaFeed, ...]] = {
 
 
 def kafka_statements(
-    formats: Formats, *, brokers: str, group: str = "group1", engine: str | None = None
+    formats: Formats, *, brokers: str, prefix: str = "", group: str = "group1", engine: str | None = None
 ) -> list[str]:
     """CREATE statements of the Kafka tables and their views (IF NOT EXISTS: running them again does
     nothing). `engine` replaces the Kafka engine clause (a test stand-in, e.g. "Null", gets the Kafka
@@ -244,7 +244,7 @@ def kafka_statements(
         if engine is None:
             settings = [
                 f"kafka_broker_list = '{_quoted(brokers)}'",
-                f"kafka_topic_list = '{feed.topic}'",
+                f"kafka_topic_list = '{_quoted(prefix + feed.topic)}'",
                 f"kafka_group_name = '{_quoted(group)}'",
                 f"kafka_format = '{feed.format}'",
                 "kafka_skip_broken_messages = 100",
