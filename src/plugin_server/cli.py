@@ -119,6 +119,7 @@ def migrate(
 def _migrate_clickhouse(settings: Settings, *, kafka_engine: bool) -> list[Any]:
     from plugin_server.sinks.clickhouse.client import is_in_process
     from plugin_server.sinks.clickhouse.migrate import open_migrated
+    from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO
 
     brokers = None
     if kafka_engine and not is_in_process(settings):
@@ -128,6 +129,10 @@ def _migrate_clickhouse(settings: Settings, *, kafka_engine: bool) -> list[Any]:
         brokers = settings.KAFKA_HOSTS
     client, applied = open_migrated(settings, kafka_brokers=brokers)
     client.close()
+    if brokers and settings.CLICKHOUSE_KAFKA_FORMAT == "original":
+        typer.echo(
+            f"kafka_events reads protobuf: copy {EVENTS_PROTO} into ClickHouse's format_schemas folder"
+        )
     return applied
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from plugin_server.cli import app
 from plugin_server.config import Settings, load_settings
 from plugin_server.sinks.clickhouse.migrate import migrate_clickhouse
-from plugin_server.sinks.clickhouse.schema import Formats, kafka_statements
+from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO, Formats, kafka_statements
 
 TABLES = {
     "events": "ReplacingMergeTree",
@@ -275,3 +275,67 @@ def test_the_kafka_tables_need_the_brokers(monkeypatch: pytest.MonkeyPatch) -> N
     assert result.exit_code == 1
     assert "KAFKA_HOSTS is needed for the Kafka tables (or pass --no-kafka-engine)" in result.output
     assert load_settings({}).CLICKHOUSE_KAFKA_FORMAT == "original"
+
+
+def varint(number: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, number = number & 0x7F, number >> 7
+        out.append(byte | (0x80 if number else 0))
+        if not number:
+            return bytes(out)
+
+
+def proto_field(number: int, value: int | str | bytes) -> bytes:
+    if isinstance(value, int):
+        return varint(number << 3) + varint(value)
+    data = value.encode() if isinstance(value, str) else value
+    return varint(number << 3 | 2) + varint(len(data)) + data
+
+
+def test_the_original_protobuf_events_reach_events(clickhouse: Client) -> None:
+    """A length-delimited `Event` as the original produced it (fields 1-8, and a google.protobuf.Timestamp
+    in 9 and 10, which the shipped schema leaves out) is read by `kafka_events` with EVENTS_PROTO."""
+    for statement in kafka_statements("original", brokers="unused", engine="Null"):
+        clickhouse.command(statement)
+    fields = [
+        (1, EVENT),
+        (2, "$autocapture"),
+        (3, '{"$browser":"Firefox"}'),
+        (4, "2021-11-28 10:00:00.123"),
+        (5, 2),
+        (6, "user-1"),
+        (7, "2021-11-28 10:00:01.456"),
+        (8, 'button:text="Go"'),
+        (9, proto_field(1, 1638093601) + proto_field(2, 456_000_000)),
+    ]
+    body = b"".join(proto_field(number, value) for number, value in fields)
+    message = varint(len(body)) + body
+    columns = [
+        "uuid",
+        "event",
+        "properties",
+        "timestamp",
+        "team_id",
+        "distinct_id",
+        "created_at",
+        "elements_chain",
+    ]
+    schema = {"format_schema": f"{EVENTS_PROTO}:Event"}
+    clickhouse.raw_insert("kafka_events", columns, insert_block=message * 2, fmt="Protobuf", settings=schema)
+    stored = clickhouse.query(
+        "SELECT toString(uuid), event, properties, toString(timestamp), team_id, distinct_id, "
+        "toString(created_at), elements_chain FROM events FINAL"
+    )
+    assert stored.result_rows == [
+        (
+            EVENT,
+            "$autocapture",
+            '{"$browser":"Firefox"}',
+            "2021-11-28 10:00:00.123000",
+            2,
+            "user-1",
+            "2021-11-28 10:00:01.456000",
+            'button:text="Go"',
+        )
+    ]

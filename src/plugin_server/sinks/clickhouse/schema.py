@@ -18,9 +18,14 @@ gets its default). Which topics and message formats the Kafka tables read is CLI
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Literal
 
 Formats = Literal["original", "current"]
+
+# The schema of the protobuf events, which ClickHouse's format_schemas folder needs for `kafka_events`.
+EVENTS_PROTO = Path(str(resources.files("plugin_server.sinks.clickhouse").joinpath("events.proto")))
 
 # Kafka tables' virtual columns, which the materialized views copy into every table.
 KAFKA_COLUMNS = "_timestamp DateTime, _offset UInt64"
@@ -175,7 +180,7 @@ FEEDS: dict[Formats, tuple[KafkaFeed, ...]] = {
             _ORIGINAL_EVENT_FIELDS,
             "events",
             "uuid, event, properties, timestamp, team_id, distinct_id, elements_chain, created_at",
-            # Length-delimited protobuf messages of events.proto's `Event` (in ClickHouse's format_schemas).
+            # Length-delimited protobuf messages of EVENTS_PROTO's `Event` (in ClickHouse's format_schemas).
             format="Protobuf",
             schema="events:Event",
         ),
