@@ -48,6 +48,7 @@ def test_the_settings_become_the_client_options() -> None:
         "verify": True,
         "ca_cert": "/etc/ssl/ch-ca.pem",
         "autogenerate_session_id": False,
+        "settings": {"async_insert": 1, "wait_for_async_insert": 1},
     }
     plain = client_options(load_settings({}))
     assert (plain["host"], plain["interface"], plain["password"], plain["database"]) == (

@@ -42,6 +42,9 @@ def client_options(settings: Settings) -> dict[str, Any]:
         # No session: one client serves several concurrent batches (ClickHouse refuses concurrent
         # queries in one session).
         "autogenerate_session_id": False,
+        # Every worker inserts a small batch many times a second: the server buffers them into larger
+        # parts (too many small parts slow a MergeTree down), and answers once they are written.
+        "settings": {"async_insert": 1, "wait_for_async_insert": 1},
     }
     if address.port:
         options["port"] = address.port
