@@ -42,7 +42,7 @@ def test_celery_to_worker_to_clickhouse(
                 properties={"n": n},
                 queue=queue,
             )
-        snapshot = {"$session_id": "s-1", "$snapshot_data": {"type": 3}}
+        snapshot: dict[str, object] = {"$session_id": "s-1", "$snapshot_data": {"type": 3}}
         send_event(
             app,
             team_id=team.team_id,

@@ -9,12 +9,15 @@ import uuid
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from plugin_server.cli import app
 from plugin_server.config import Settings, load_settings
 from plugin_server.sinks.clickhouse.migrate import migrate_clickhouse
 from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO, Formats, kafka_statements
+from tests.clickhouse_kafka_engine import copy_topics, create_stand_in_tables
+from tests.kafka_broker import create_topic, unique_topic
 
 TABLES = {
     "events": "ReplacingMergeTree",
@@ -298,7 +301,7 @@ def test_the_original_protobuf_events_reach_events(clickhouse: Client) -> None:
     in 9 and 10, which the shipped schema leaves out) is read by `kafka_events` with EVENTS_PROTO."""
     for statement in kafka_statements("original", brokers="unused", engine="Null"):
         clickhouse.command(statement)
-    fields = [
+    fields: list[tuple[int, int | str | bytes]] = [
         (1, EVENT),
         (2, "$autocapture"),
         (3, '{"$browser":"Firefox"}'),
@@ -339,3 +342,55 @@ def test_the_original_protobuf_events_reach_events(clickhouse: Client) -> None:
             'button:text="Go"',
         )
     ]
+
+
+def test_the_topics_on_a_broker_reach_the_tables(clickhouse: Client, kafka: str) -> None:
+    """Messages produced to the broker (today's formats, under a KAFKA_PREFIX; the original's protobuf
+    events), consumed by the Kafka-engine stand-in: each row once after FINAL."""
+    prefix = unique_topic("ch") + "_"
+    producer = Producer({"bootstrap.servers": kafka})
+    event = {
+        "uuid": EVENT,
+        "event": "e",
+        "properties": "{}",
+        "timestamp": "2021-11-28 10:00:00.000",
+        "team_id": 2,
+        "distinct_id": "d",
+        "elements_chain": "",
+        "created_at": "2021-11-28 10:00:00.000",
+        "person_id": PERSON,
+        "person_properties": "{}",
+        "person_created_at": "2021-11-28 10:00:00",
+        "person_mode": "full",
+        "project_id": 2,
+    }
+    pdi = {"distinct_id": "d", "person_id": PERSON, "team_id": 2, "is_deleted": 0, "version": 0}
+    for topic in ("clickhouse_events_json", "clickhouse_person_distinct_id"):
+        create_topic(kafka, prefix + topic, 1)
+    for topic, value in [
+        ("clickhouse_events_json", event),
+        ("clickhouse_events_json", event),
+        ("clickhouse_person_distinct_id", pdi),
+        ("clickhouse_person_distinct_id", {**pdi, "version": 1}),
+    ]:
+        producer.produce(prefix + topic, json.dumps(value).encode(), EVENT.encode())
+    proto_topic = unique_topic("ch") + "_"
+    create_topic(kafka, proto_topic + "clickhouse_events_proto", 1)
+    proto: list[tuple[int, int | str | bytes]] = [
+        (1, str(uuid.uuid4())),
+        (2, "p"),
+        (4, "2021-11-28 10:00:00.000"),
+        (5, 2),
+    ]
+    body = b"".join(proto_field(number, value) for number, value in proto)
+    producer.produce(proto_topic + "clickhouse_events_proto", varint(len(body)) + body)
+    assert producer.flush(10) == 0
+    create_stand_in_tables(clickhouse, "current")
+    assert copy_topics(clickhouse, kafka, "current", prefix=prefix, expected=4) == 4
+    assert clickhouse.query("SELECT toString(uuid), toString(person_id) FROM events FINAL").result_rows == [
+        (EVENT, PERSON)
+    ]
+    assert clickhouse.query("SELECT version, _offset FROM person_distinct_id2 FINAL").result_rows == [(1, 1)]
+    create_stand_in_tables(clickhouse, "original")
+    assert copy_topics(clickhouse, kafka, "original", prefix=proto_topic, expected=1) == 1
+    assert clickhouse.query("SELECT event FROM events FINAL ORDER BY event").result_rows == [("e",), ("p",)]
