@@ -5,6 +5,7 @@ back in time order."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -213,3 +214,30 @@ async def test_a_failed_clickhouse_read_is_a_read_failure(clickhouse: Client) ->
         await ClickHouseStoredEvents(AsyncClickHouse(clickhouse)).page(
             2, datetime.now(UTC), datetime.now(UTC), 0, 1
         )
+
+
+async def test_hostile_text_is_stored_as_postgres_would(
+    clickhouse_pipeline: EventPipeline, clickhouse: Client, team: CreatedTeam
+) -> None:
+    """NUL characters, lone surrogates, quotes and backslashes, big numbers: stored as scrubbed text, not
+    a failed batch (the same rules as for Postgres)."""
+    data = {
+        "event": "e\x00v'\\\"ent<HIGH>",
+        "properties": {"nul\x00key": "a\x00b", "lone": "<LOW>x", "big": 2**63 - 1, "deep": [[{"k": "é😀"}]]},
+    }
+    envelope = orjson.loads(message(team.team_id, "d'\"\\<HIGH>", data))
+    body = base64.b64decode(envelope["body"]).replace(b"<HIGH>", b"\\ud83d").replace(b"<LOW>", b"\\udc00")
+    envelope["body"] = base64.b64encode(body).decode()  # lone surrogates, as JSON escapes them
+    outcome = await clickhouse_pipeline.run([orjson.dumps(envelope)])
+    assert (outcome.stored, outcome.dead_letters) == (1, [])
+    [(event, distinct_id, properties)] = clickhouse.query(
+        "SELECT event, distinct_id, properties FROM events FINAL"
+    ).result_rows
+    assert (event, distinct_id) == ("ev'\\\"ent\ufffd", "d'\"\\\ufffd")
+    stored = orjson.loads(properties)
+    assert (stored["nulkey"], stored["lone"], stored["big"], stored["deep"]) == (
+        "ab",
+        "\ufffdx",
+        2**63 - 1,
+        [[{"k": "é😀"}]],
+    )
