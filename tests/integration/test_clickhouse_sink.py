@@ -63,7 +63,7 @@ async def test_the_pipeline_stores_events_and_recordings_in_clickhouse(
     snapshot = {"event": "$snapshot", "properties": {"$session_id": "s-1", "$snapshot_data": {"type": 2}}}
     pageview = {
         "event": "$pageview",
-        "properties": {"price": 3.5},
+        "properties": {"price": 3.5, "$elements_chain": 'a:href="/sent"'},
         "timestamp": "2021-11-28T09:59:00.123456Z",
     }
     outcome = await clickhouse_pipeline.run(
@@ -84,6 +84,7 @@ async def test_the_pipeline_stores_events_and_recordings_in_clickhouse(
     assert first["_timestamp"] == datetime(2021, 11, 28, 10, 0)
     properties = orjson.loads(first["properties"])
     assert (properties["price"], properties["$ip"]) == (3.5, "11.12.13.14")
+    assert (first["elements_chain"], "$elements_chain" in properties) == ('a:href="/sent"', False)
     assert second["event"] == "$autocapture"
     assert (
         second["elements_chain"]

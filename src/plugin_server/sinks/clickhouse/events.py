@@ -51,14 +51,22 @@ def _version(event: PreparedEvent) -> datetime:
 
 
 def event_row(event: PreparedEvent, created_at: datetime) -> list[Any]:
+    """The `events` row. The elements chain is the autocapture elements', or else the one newer SDKs send
+    as the `$elements_chain` property (moved to the column, as today's PostHog does)."""
+    properties = event.properties
+    chain = elements_to_chain(event.elements) if event.elements else ""
+    if "$elements_chain" in properties:
+        properties = dict(properties)
+        sent = properties.pop("$elements_chain")
+        chain = chain or (js_string(sent) if sent else "")
     return [
         event.uuid,
         event.event,
-        json_text(event.properties),
+        json_text(properties),
         event.timestamp,
         event.team_id,
         event.distinct_id,
-        elements_to_chain(event.elements) if event.elements else "",
+        chain,
         created_at,
         _version(event),
         0,
