@@ -44,16 +44,23 @@ from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
-from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
+from plugin_server.plugins.instance import (
+    METHODS,
+    EventOutcome,
+    LoadRequest,
+    PluginError,
+    PluginTimeout,
+    RuntimeServices,
+)
 from plugin_server.plugins.js.engine import js_source, new_racer
 from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, HostedModule, Operation
 from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
-from plugin_server.plugins.js.modules import JSModule, PluginModules
+from plugin_server.plugins.js.modules import JSModule, PluginModules, load_modules
 from plugin_server.plugins.js.timers import DEFAULT_TIMER_LIMITS, TimerBudget, TimerLimits
-from plugin_server.plugins.js.transpile import guards_js, line_map, wrap_module
+from plugin_server.plugins.js.transpile import get_transpiler, guards_js, line_map, wrap_module
 from plugin_server.plugins.meta.errors import ThrownInJS
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
 from plugin_server.plugins.meta.network import ConnectGuard, FetchError, fetch_failed, resolve_addresses
@@ -1049,6 +1056,31 @@ class JSPlugin:
         if name not in self.jobs:
             raise PluginError(f"this plugin has no job {name!r}")
         await (await self._ready()).job(name, payload)
+
+
+async def load_js_plugin(request: LoadRequest, services: RuntimeServices) -> JSPlugin:
+    """The JavaScript runtime's loader (see plugins/runtimes.py): the plugin's modules transpiled,
+    then its isolate built."""
+    settings = services.settings
+    transpiler = get_transpiler()
+    return await JSPlugin.load(
+        await load_modules(request.code.files, request.code.main, transpiler),
+        request.meta,
+        plugin_config_id=request.plugin_config_id,
+        timeout=settings.TASK_TIMEOUT,
+        memory=MemoryLimits(
+            heap_mb=settings.JS_HEAP_LIMIT_MB, array_buffers_mb=settings.JS_ARRAY_BUFFER_LIMIT_MB
+        ),
+        http=services.http,
+        guards_name=transpiler.guards_name,
+        timers=TimerLimits(
+            max_timers=settings.JS_MAX_TIMERS,
+            min_interval=settings.JS_TIMER_MIN_INTERVAL_MS / 1000,
+            cpu_share=settings.JS_TIMER_CPU_SHARE,
+        ),
+        record_error=request.record_error,
+        guard=services.connect_guard,
+    )
 
 
 def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
