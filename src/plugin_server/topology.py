@@ -1,4 +1,5 @@
-"""The one place that decides, from the settings, where a worker's events come from and go to."""
+"""The one place that decides, from the settings, where a worker's events come from and go to, and
+builds the services its plugins share."""
 
 from __future__ import annotations
 
@@ -6,11 +7,27 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
+from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.jobs.queue import JobQueue
+from plugin_server.plugins.capabilities import CapabilityDiscovery
+from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
+from plugin_server.plugins.instance import RuntimeServices
+from plugin_server.plugins.instances import InstanceFactory, VMFactory
+from plugin_server.plugins.job_runner import PluginJobRunner
+from plugin_server.plugins.meta.build import MetaFactory
+from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.meta.posthog import PersonalApiKeys, origin
+from plugin_server.plugins.metrics_report import PluginMetricsReporter
+from plugin_server.plugins.registry import PluginRegistry
+from plugin_server.plugins.services import PluginServices, WorkerPlugins
+from plugin_server.plugins.tracking import CallTracker, HungMarks
+from plugin_server.services.geoip import GeoIP
 from plugin_server.sinks import EventSink
 from plugin_server.sinks.postgres import PostgresEventSink
 from plugin_server.sources import Source
@@ -47,3 +64,68 @@ def open_event_sink(pool: AsyncConnectionPool[Any]) -> EventSink:
     """Where the pipeline stores events: Postgres (PostHog's tables) today; the ClickHouse sinks
     (through Kafka, or direct; issue 11) will be chosen here from the settings."""
     return PostgresEventSink(pool)
+
+
+@contextlib.asynccontextmanager
+async def open_plugin_services(
+    settings: Settings,
+    pool: AsyncConnectionPool[Any],
+    redis: aioredis.Redis,
+    *,
+    geoip: GeoIP,
+    tracker: CallTracker,
+) -> AsyncIterator[PluginServices]:
+    """The services of a worker's plugins, with their own HTTP clients, log writer and enqueuer; on
+    exit their logs are flushed and the enqueuer closed.
+
+    Plugin HTTP goes only where the egress policy allows (PLUGIN_HTTP_*); posthog.api's client also
+    reaches the configured PostHog host wherever it is (the operator chose it)."""
+    posthog_url = httpx.URL(settings.POSTHOG_API_HOST)
+    posthog_origin = (posthog_url.raw_host.decode("ascii"), origin(posthog_url)[2])  # as connections name it
+    async with (
+        plugin_http_client(settings) as http,
+        plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
+    ):
+        logs = PluginLogWriter(pool)
+        enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
+        try:
+            yield PluginServices(
+                pool=pool,
+                redis=redis,
+                http=http,
+                posthog_http=posthog_http,
+                connect_guard=plugin_connect_guard(settings),
+                logs=logs,
+                jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
+                geoip=geoip,
+                teams=TeamManager(pool),
+                tracker=tracker,
+                hung=HungMarks(redis),
+                enqueuer=enqueuer,
+                api_keys=PersonalApiKeys(pool),
+            )
+        finally:
+            await logs.close()
+            await enqueuer.close()
+
+
+@contextlib.asynccontextmanager
+async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIterator[WorkerPlugins]:
+    """A worker's plugin machinery over `services`; on exit its plugins are torn down."""
+    meta = MetaFactory(services, posthog_host=settings.POSTHOG_API_HOST)
+    runtimes = RuntimeServices(settings, services.http, services.connect_guard, services.tracker)
+    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool)
+    registry = PluginRegistry(
+        services.pool,
+        VMFactory(services.pool, services.logs, services.hung, create),
+        idle_unload_seconds=settings.PLUGIN_IDLE_UNLOAD_SECONDS,
+    )
+    try:
+        yield WorkerPlugins(
+            registry=registry,
+            job_runner=PluginJobRunner(registry, services.hung),
+            metrics=PluginMetricsReporter(registry, services.enqueuer),
+            capabilities=CapabilityDiscovery(registry),
+        )
+    finally:
+        await registry.close()
