@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
+from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
-from plugin_server.sinks import EventSink
-from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogWriter
+from plugin_server.sinks import EventSink, PersonSink
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
+from plugin_server.sinks.kafka.current import CurrentFormat
+from plugin_server.sinks.kafka.logs import KafkaLogEntryWriter
+from plugin_server.sinks.kafka.original import OriginalFormat
+from plugin_server.sinks.kafka.records import KafkaFormat
+from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
 
@@ -43,7 +53,38 @@ async def open_sources(
             await source.close()
 
 
-def open_event_sink(pool: AsyncConnectionPool[Any]) -> EventSink:
-    """Where the pipeline stores events: Postgres (PostHog's tables) today; the ClickHouse sinks
-    (through Kafka, or direct; issue 11) will be chosen here from the settings."""
-    return PostgresEventSink(pool)
+@dataclass(frozen=True)
+class Sinks:
+    """Where the pipeline stores a batch: its events, and the person, distinct-id and group rows."""
+
+    events: EventSink
+    persons: PersonSink
+
+
+@contextlib.asynccontextmanager
+async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
+    """EVENT_STORE=postgres: events in PostHog's tables, persons already there (a no-op person sink).
+    EVENT_STORE=clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer
+    (closed on the way out, after what is in flight is delivered)."""
+    if settings.EVENT_STORE == "postgres":
+        yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
+        return
+    producer = KafkaProducer(settings)
+    format = kafka_format(settings)
+    try:
+        yield Sinks(
+            KafkaEventSink(producer, format, partial(persons_of, pool)), KafkaPersonSink(producer, format)
+        )
+    finally:
+        await producer.close()
+
+
+def kafka_format(settings: Settings) -> KafkaFormat:
+    return CurrentFormat() if settings.CLICKHOUSE_KAFKA_FORMAT == "current" else OriginalFormat()
+
+
+def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
+    """Plugin logs go where events go: posthog_pluginlogentry, or the `plugin_log_entries` topic."""
+    if settings.EVENT_STORE == "postgres":
+        return PluginLogWriter(pool)
+    return KafkaLogEntryWriter(KafkaProducer(settings))

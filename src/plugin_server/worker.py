@@ -46,7 +46,7 @@ from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sources import Source
-from plugin_server.topology import open_event_sink, open_sources
+from plugin_server.topology import open_sinks, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,14 @@ class Worker:
             host = await self._plugin_host(pool, redis_client, stack)
             jobs = host.jobs
             actions = await stack.enter_async_context(
-                open_actions(settings, pool, redis_client, host.teams, jobs, write_action_events=True)
+                open_actions(
+                    settings,
+                    pool,
+                    redis_client,
+                    host.teams,
+                    jobs,
+                    write_action_events=settings.EVENT_STORE == "postgres",
+                )
             )
             sources = await stack.enter_async_context(
                 open_sources(settings, redis_client, self.consumer_id, host.teams)
@@ -125,14 +132,15 @@ class Worker:
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
             persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
             plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
-            sink = open_event_sink(pool)
+            sinks = await stack.enter_async_context(open_sinks(settings, pool))
             pipelines = [
                 EventPipeline(
                     teams=host.teams,
                     definitions=definitions,
                     groups=groups,
                     persons=persons,
-                    sink=sink,
+                    sink=sinks.events,
+                    person_sink=sinks.persons,
                     plugins=plugins,
                     jobs=jobs,
                     actions=actions.service,

@@ -38,7 +38,7 @@ from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.loader import IN_FORCE_CTE, resolve_plugin_code
 from plugin_server.plugins.meta.cache import PluginCache
 from plugin_server.plugins.meta.jobs import PluginJobs
-from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
+from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogger
 from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
 from plugin_server.plugins.meta.network import ConnectGuard, resolve_addresses
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture, origin
@@ -50,6 +50,7 @@ from plugin_server.plugins.tracking import CallTracker, HungMarks, job_label
 from plugin_server.plugins.vm import PluginVM
 from plugin_server.services.geoip import GeoIP
 from plugin_server.services.metrics import get_metrics
+from plugin_server.topology import open_log_writer
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class PluginHost:
     redis: aioredis.Redis
     http: httpx.AsyncClient
     posthog_http: httpx.AsyncClient
-    logs: PluginLogWriter
+    logs: BufferedLogWriter
     jobs: JobQueue
     geoip: GeoIP
     teams: TeamManager
@@ -309,7 +310,7 @@ async def open_plugin_host(
         plugin_http_client(settings) as http,
         plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
     ):
-        logs = PluginLogWriter(pool)
+        logs = open_log_writer(settings, pool)
         enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
         host = PluginHost(
             settings=settings,
