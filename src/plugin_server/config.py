@@ -213,6 +213,10 @@ class Settings(BaseModel):
         "events, clickhouse_person_unique_id) or current (today's PostHog's: clickhouse_events_json with "
         "person columns, versioned clickhouse_person_distinct_id)",
     )
+    KAFKA_PREFIX: str = Field(
+        "",
+        description="prefix of the ClickHouse topic names (as PostHog's KAFKA_PREFIX), e.g. to share a broker",
+    )
     KAFKA_ENABLED: bool = Field(False, description="use Kafka instead of Celery to ingest events")
     KAFKA_HOSTS: str | None = Field(None, description="comma-delimited Kafka hosts")
     KAFKA_CONSUMPTION_TOPIC: str = Field("events_plugin_ingestion", description="Kafka incoming events topic")

@@ -80,11 +80,13 @@ async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> Asyn
 
 
 def kafka_format(settings: Settings) -> KafkaFormat:
-    return CurrentFormat() if settings.CLICKHOUSE_KAFKA_FORMAT == "current" else OriginalFormat()
+    if settings.CLICKHOUSE_KAFKA_FORMAT == "current":
+        return CurrentFormat(settings.KAFKA_PREFIX)
+    return OriginalFormat(settings.KAFKA_PREFIX)
 
 
 def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
     """Plugin logs go where events go: posthog_pluginlogentry, or the `plugin_log_entries` topic."""
     if settings.EVENT_STORE == "postgres":
         return PluginLogWriter(pool)
-    return KafkaLogEntryWriter(KafkaProducer(settings))
+    return KafkaLogEntryWriter(KafkaProducer(settings), prefix=settings.KAFKA_PREFIX)

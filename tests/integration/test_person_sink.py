@@ -11,34 +11,13 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.teams import CreatedTeam
-from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
-from plugin_server.ingestion.definitions import DefinitionsManager
-from plugin_server.ingestion.groups import GroupRow, GroupTypeManager
-from plugin_server.ingestion.persons import DistinctIdRow, PersonManager, PersonRow
-from plugin_server.ingestion.pipeline import EventPipeline
-from plugin_server.ingestion.teams import TeamManager
-from plugin_server.sinks import PersonSink, PersonSinkRow
+from plugin_server.ingestion.groups import GroupRow
+from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
+from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.memory import ListEventSink, ListPersonSink
+from tests.pipelines import message, pipeline
 
-NOW = "2021-11-28T10:00:00.000Z"
 Db = psycopg.Connection[Any]
-
-
-def pipeline(pool: AsyncConnectionPool[Any], person_sink: PersonSink) -> EventPipeline:
-    return EventPipeline(
-        teams=TeamManager(pool),
-        definitions=DefinitionsManager(pool),
-        groups=GroupTypeManager(pool),
-        persons=PersonManager(pool, lru_size=100),
-        sink=ListEventSink(),
-        person_sink=person_sink,
-    )
-
-
-def message(team_id: int, distinct_id: str, event: str, properties: dict[str, Any]) -> bytes:
-    data = {"event": event, "properties": properties, "timestamp": "2021-11-28T09:59:58.123Z"}
-    args = [distinct_id, "1.2.3.4", "http://example.com", data, team_id, NOW, NOW]
-    return encode_task(PROCESS_EVENT_TASK, args, queue="posthog-plugins")
 
 
 class Mirror:
@@ -88,7 +67,7 @@ async def test_the_sink_gets_the_committed_rows_merges_and_deletions_included(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
 ) -> None:
     sink = ListPersonSink()
-    run = pipeline(pool, sink).run
+    run = pipeline(pool, ListEventSink(), sink).run
     t = team.team_id
     await run([message(t, "anon", "$pageview", {"$set": {"a": 1}}), message(t, "user", "$pageview", {})])
     first = sink.rows
@@ -157,7 +136,7 @@ async def test_rows_a_failed_write_did_not_take_reach_the_sink_when_the_batch_is
     """The batch's rows are in Postgres before the sink fails; its second run changes nothing there, so
     the person manager hands the rows of the failed write over again."""
     sink = FailingOnce()
-    built = pipeline(pool, sink)
+    built = pipeline(pool, ListEventSink(), sink)
     batch = [
         message(team.team_id, "a", "$pageview", {"$set": {"k": 1}}),
         message(team.team_id, "b", "$identify", {"$anon_distinct_id": "a"}),

@@ -42,7 +42,7 @@ class KafkaEventSink:
         now = datetime.now(UTC)
         await self._producer.send(
             [
-                recording_record(event)
+                recording_record(event, self._format.prefix)
                 if event.is_snapshot
                 else self._format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
                 for event in events

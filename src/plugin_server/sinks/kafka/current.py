@@ -36,6 +36,9 @@ def personless_uuid(team_id: int, distinct_id: str) -> str:
 class CurrentFormat:
     needs_persons = True
 
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
     def event_record(self, event: PreparedEvent, person: PersonRow | None, now: datetime) -> Record:
         """The event with its person as the person step left it (plus the event's own $set)."""
         properties = dict(event.properties)
@@ -65,7 +68,7 @@ class CurrentFormat:
             "person_mode": "full",
         }
         track = b"llma" if event.event.startswith("$ai_") else b"general"
-        return Record(EVENTS, json_bytes(value), event.uuid.encode(), [("productTrack", track)])
+        return Record(self.prefix + EVENTS, json_bytes(value), event.uuid.encode(), [("productTrack", track)])
 
     def row_records(self, row: PersonSinkRow) -> list[Record]:
         if isinstance(row, PersonRow):
@@ -75,7 +78,7 @@ class CurrentFormat:
                 "version": row.version + (DELETED_VERSION_STEP if row.is_deleted else 0),
                 "last_seen_at": None,
             }
-            return [Record(PERSONS, json_bytes(person), row.uuid.encode())]
+            return [Record(self.prefix + PERSONS, json_bytes(person), row.uuid.encode())]
         if isinstance(row, DistinctIdRow):
             if row.is_deleted:
                 return []  # the id's new owner, at a higher version, replaces it
@@ -86,7 +89,7 @@ class CurrentFormat:
                 "version": row.version,
                 "is_deleted": 0,
             }
-            return [
-                Record(DISTINCT_IDS, json_bytes(distinct_id), f"{row.team_id}:{row.distinct_id}".encode())
-            ]
-        return [Record(GROUPS, json_bytes({**group_value(row), "version": 0}), group_key(row))]
+            key = f"{row.team_id}:{row.distinct_id}".encode()
+            return [Record(self.prefix + DISTINCT_IDS, json_bytes(distinct_id), key)]
+        group = {**group_value(row), "version": 0}
+        return [Record(self.prefix + GROUPS, json_bytes(group), group_key(row))]

@@ -13,12 +13,13 @@ class KafkaLogEntryWriter(BufferedLogWriter):
 
     passing_errors = (KafkaUnavailableError,)
 
-    def __init__(self, producer: KafkaProducer, *, flush_interval: float = 1.0) -> None:
+    def __init__(self, producer: KafkaProducer, *, prefix: str = "", flush_interval: float = 1.0) -> None:
         super().__init__(flush_interval=flush_interval)
         self._producer = producer
+        self._prefix = prefix
 
     async def _insert(self, batch: list[PluginLogEntry]) -> None:
-        await self._producer.send([log_entry_record(entry) for entry in batch])
+        await self._producer.send([log_entry_record(entry, self._prefix) for entry in batch])
         get_metrics().log_entries_created(len(batch))
 
     async def close(self) -> None:

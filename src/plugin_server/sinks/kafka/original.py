@@ -31,6 +31,9 @@ GROUPS = "clickhouse_groups"
 class OriginalFormat:
     needs_persons = False
 
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
     def event_record(self, event: PreparedEvent, person: PersonRow | None, now: datetime) -> Record:
         timestamp = clickhouse_ms(event.timestamp)
         message = Event(
@@ -43,11 +46,11 @@ class OriginalFormat:
             created_at=timestamp,  # the original wrote the event's time here too
             elements_chain=elements_to_chain(event.elements) if event.elements else "",
         )
-        return Record(EVENTS, delimited(message), event.uuid.encode())
+        return Record(self.prefix + EVENTS, delimited(message), event.uuid.encode())
 
     def row_records(self, row: PersonSinkRow) -> list[Record]:
         if isinstance(row, PersonRow):
-            return [Record(PERSONS, json_bytes(person_value(row)), row.uuid.encode())]
+            return [Record(self.prefix + PERSONS, json_bytes(person_value(row)), row.uuid.encode())]
         if isinstance(row, DistinctIdRow):
             distinct_id = {
                 "distinct_id": row.distinct_id,
@@ -55,10 +58,9 @@ class OriginalFormat:
                 "team_id": row.team_id,
                 "is_deleted": int(row.is_deleted),
             }
-            return [
-                Record(DISTINCT_IDS, json_bytes(distinct_id), f"{row.team_id}:{row.distinct_id}".encode())
-            ]
-        return [Record(GROUPS, json_bytes(group_value(row)), group_key(row))]
+            key = f"{row.team_id}:{row.distinct_id}".encode()
+            return [Record(self.prefix + DISTINCT_IDS, json_bytes(distinct_id), key)]
+        return [Record(self.prefix + GROUPS, json_bytes(group_value(row)), group_key(row))]
 
 
 def person_value(row: PersonRow) -> dict[str, object]:

@@ -30,8 +30,10 @@ def json_text(value: Any) -> str:
 
 
 class KafkaFormat(Protocol):
-    """How events and person, distinct-id and group rows become records of ClickHouse's topics."""
+    """How events and person, distinct-id and group rows become records of ClickHouse's topics (named
+    with KAFKA_PREFIX in front)."""
 
+    prefix: str
     # Whether `event_record` needs the person of the event's distinct id (read after the person step).
     needs_persons: bool
 
@@ -40,7 +42,7 @@ class KafkaFormat(Protocol):
     def row_records(self, row: PersonSinkRow) -> list[Record]: ...
 
 
-def recording_record(event: PreparedEvent) -> Record:
+def recording_record(event: PreparedEvent, prefix: str) -> Record:
     """A `$snapshot` event for `clickhouse_session_recording_events`, keyed by its uuid."""
     timestamp = clickhouse_ms(event.timestamp)
     value = {
@@ -52,10 +54,10 @@ def recording_record(event: PreparedEvent) -> Record:
         "timestamp": timestamp,
         "created_at": timestamp,
     }
-    return Record(SESSION_RECORDING_EVENTS, json_bytes(value), event.uuid.encode())
+    return Record(prefix + SESSION_RECORDING_EVENTS, json_bytes(value), event.uuid.encode())
 
 
-def log_entry_record(entry: PluginLogEntry) -> Record:
+def log_entry_record(entry: PluginLogEntry, prefix: str) -> Record:
     """A plugin log entry for `plugin_log_entries`, keyed by its id."""
     value = {
         "id": entry.id,
@@ -68,4 +70,4 @@ def log_entry_record(entry: PluginLogEntry) -> Record:
         "message": entry.message,
         "instance_id": entry.instance_id,
     }
-    return Record(PLUGIN_LOG_ENTRIES, json_bytes(value), entry.id.encode())
+    return Record(prefix + PLUGIN_LOG_ENTRIES, json_bytes(value), entry.id.encode())
