@@ -140,6 +140,14 @@ def recovery_seconds(database_url: str, team_id: int, sent: int, timeout: float 
             time.sleep(0.1)
 
 
+def stored_count(database_url: str, team_id: int) -> int:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT COUNT(*) FROM posthog_event WHERE team_id = %s", (team_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 class RssWatch:
     """Samples the resident memory of the processes `pids()` names, keeping the largest seen."""
 

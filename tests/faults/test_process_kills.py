@@ -33,7 +33,7 @@ def _env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
 def test_kill_9_of_a_worker(
     tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, redis_client: redis.Redis
 ) -> None:
-    with running_server(tmp_path, _env(database_url, redis_url)) as server:
+    with running_server(tmp_path, _env(database_url, redis_url, DISABLE_WEB="true")) as server:
         server.wait_for_log("All systems go")
         with RssWatch(server.worker_pids) as rss, Load(celery_sender(redis_url, team.team_id)) as load:
             time.sleep(RUN_BEFORE)
