@@ -58,14 +58,13 @@ def test_postgres_slowed_by_a_latency_adding_proxy(
             server.wait_for_log("All systems go")
             with RssWatch(server.worker_pids) as rss, Load(celery_sender(redis_url, team.team_id)) as load:
                 time.sleep(RUN_BEFORE)
-                with psycopg.connect(through_proxy, autocommit=True) as probe:
-                    with proxy.slowed(0.05):
-                        before = stored_count(database_url, team.team_id)
-                        started = time.monotonic()
-                        probe.execute("SELECT 1")
-                        round_trip = time.monotonic() - started
-                        time.sleep(OUTAGE)
-                        during = stored_count(database_url, team.team_id) - before
+                with psycopg.connect(through_proxy, autocommit=True) as probe, proxy.slowed(0.05):
+                    before = stored_count(database_url, team.team_id)
+                    started = time.monotonic()
+                    probe.execute("SELECT 1")
+                    round_trip = time.monotonic() - started
+                    time.sleep(OUTAGE)
+                    during = stored_count(database_url, team.team_id) - before
                 recovered = recovery_seconds(database_url, team.team_id, load.sent)
             result = tally(database_url, team.team_id, load.sent)
     print(f"stored {during} events in {OUTAGE:.0f} s while slowed")
