@@ -43,7 +43,8 @@ class Load:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
         self.sent = 0
-        self.retries = 0
+        self.retries = 0  # sends that failed and were made again
+        self.slowest = 0.0  # seconds, of the slowest send that succeeded
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -64,8 +65,10 @@ class Load:
         next_at = time.monotonic()
         while not self._stop.is_set():
             while True:
+                started = time.monotonic()
                 try:
                     self._send(self.sent)
+                    self.slowest = max(self.slowest, time.monotonic() - started)
                     break
                 except (redis.RedisError, httpx.HTTPError, OSError):
                     self.retries += 1
@@ -91,7 +94,7 @@ def celery_sender(redis_url: str, team_id: int) -> Send:
 def capture_sender(web_url: str, token: str) -> Send:
     """Each event posted to the capture API with its own uuid, as posthog-js sends it (a retry sends
     the same uuid); anything but a 200 is a failure to retry."""
-    client = httpx.Client(timeout=5)
+    client = httpx.Client(timeout=15)  # capture itself answers 503 after 10 s without Kafka
     run = uuid.uuid4()
 
     def send(n: int) -> None:

@@ -16,6 +16,12 @@ from tests.kafka_broker import free_port
 TEAM_ID = 2
 
 
+def postgres_socket(database_url: str) -> str:
+    """The Unix socket an embedded Postgres listens on (it listens on no TCP port)."""
+    params = psycopg.conninfo.conninfo_to_dict(database_url)
+    return f"{params['host']}/.s.PGSQL.{params.get('port') or 5432}"
+
+
 class PrivatePostgres:
     """An embedded Postgres in `pgdata` with a migrated database and team 2."""
 
@@ -31,12 +37,6 @@ class PrivatePostgres:
         migrate(self.url)
         with psycopg.connect(self.url, autocommit=True) as connection:
             self.team = create_organization_and_team(connection, team_id=TEAM_ID)
-
-    @property
-    def socket(self) -> str:
-        """The Unix socket it listens on (it listens on no TCP port)."""
-        params = psycopg.conninfo.conninfo_to_dict(self.url)
-        return f"{params['host']}/.s.PGSQL.{params.get('port') or 5432}"
 
     def stop(self, mode: str) -> None:
         """pg_ctl stop -m fast (sessions ended cleanly) or immediate (no shutdown: crash recovery)."""

@@ -12,7 +12,7 @@ import redis
 from plugin_server.db.teams import CreatedTeam
 from tests.e2e.server import running_server
 from tests.faults.harness import Load, Report, RssWatch, celery_sender, recovery_seconds, stored_count, tally
-from tests.faults.services import TEAM_ID, PrivatePostgres
+from tests.faults.services import TEAM_ID, PrivatePostgres, postgres_socket
 from tests.tcp_proxy import TcpProxy
 
 RUN_BEFORE = 2.0
@@ -50,9 +50,7 @@ def test_postgres_stopped_fast_and_immediate_then_started_again(
 def test_postgres_slowed_by_a_latency_adding_proxy(
     tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, redis_client: redis.Redis
 ) -> None:
-    params = psycopg.conninfo.conninfo_to_dict(database_url)
-    socket = f"{params['host']}/.s.PGSQL.{params.get('port') or 5432}"
-    with TcpProxy(socket) as proxy:
+    with TcpProxy(postgres_socket(database_url)) as proxy:
         through_proxy = psycopg.conninfo.make_conninfo(database_url, host="127.0.0.1", port=proxy.port)
         with running_server(tmp_path, _env(through_proxy, redis_url)) as server:
             server.wait_for_log("All systems go")
