@@ -205,11 +205,12 @@ class Settings(BaseModel):
     CLICKHOUSE_PASSWORD: str | None = Field(None, description="ClickHouse password")
     CLICKHOUSE_CA: str | None = Field(None, description="ClickHouse CA certs")
     CLICKHOUSE_SECURE: bool = Field(False, description="whether to secure ClickHouse connection")
-    EVENT_STORE: Literal["postgres", "clickhouse-direct"] = Field(
+    EVENT_STORE: Literal["postgres", "clickhouse-kafka", "clickhouse-direct"] = Field(
         "postgres",
-        description="where events and recordings are stored (and historical exports read them): postgres "
-        "(PostHog's tables) or clickhouse-direct (inserted straight into ClickHouse's tables at CLICKHOUSE_HOST, "
-        "no Kafka; persons stay in Postgres)",
+        description="where events and recordings are stored (and historical exports read them) and persons, "
+        "distinct ids and groups mirrored: postgres (PostHog's tables), clickhouse-kafka (ClickHouse's topics "
+        "at KAFKA_HOSTS, with plugin logs) or clickhouse-direct (inserted straight into ClickHouse's tables at "
+        "CLICKHOUSE_HOST, no Kafka); persons stay in Postgres, their source of truth",
     )
     CLICKHOUSE_KAFKA_FORMAT: Literal["original", "current"] = Field(
         "original",

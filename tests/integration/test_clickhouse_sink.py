@@ -25,7 +25,7 @@ from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
 from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
 from plugin_server.sinks.postgres import PostgresEventSink
-from plugin_server.topology import open_event_sink, open_stored_events
+from plugin_server.topology import open_sinks, open_stored_events
 from tests.integration.test_pipeline import message, pipeline
 
 AUTOCAPTURE = {
@@ -50,9 +50,9 @@ async def clickhouse_pipeline(
     clickhouse: Client, clickhouse_settings: Settings, pool: AsyncConnectionPool[Any]
 ) -> AsyncIterator[EventPipeline]:
     settings = clickhouse_settings.model_copy(update={"EVENT_STORE": "clickhouse-direct"})
-    async with open_event_sink(settings, pool) as sink:
+    async with open_sinks(settings, pool) as sinks:
         built = pipeline(pool)
-        built.sink = sink
+        built.sink = sinks.events
         yield built
 
 
@@ -115,8 +115,8 @@ async def test_a_message_delivered_again_is_stored_once(
 async def test_event_sink_postgres_is_the_default(
     clickhouse_settings: Settings, pool: AsyncConnectionPool[Any]
 ) -> None:
-    async with open_event_sink(clickhouse_settings, pool) as sink:
-        assert isinstance(sink, PostgresEventSink)
+    async with open_sinks(clickhouse_settings, pool) as sinks:
+        assert isinstance(sinks.events, PostgresEventSink)
 
 
 class Recorder:
