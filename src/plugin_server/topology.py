@@ -140,6 +140,7 @@ async def open_plugin_services(
     async with (
         plugin_http_client(settings) as http,
         plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
+        open_stored_events(settings, pool) as stored_events,
     ):
         logs = open_log_writer(settings, pool)
         enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
@@ -158,6 +159,7 @@ async def open_plugin_services(
                 hung=HungMarks(redis),
                 enqueuer=enqueuer,
                 api_keys=PersonalApiKeys(pool),
+                stored_events=stored_events,
             )
         finally:
             await logs.close()
@@ -169,7 +171,7 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
     """A worker's plugin machinery over `services`; on exit its plugins are torn down."""
     meta = MetaFactory(services, posthog_host=settings.POSTHOG_API_HOST)
     runtimes = RuntimeServices(settings, services.http, services.connect_guard, services.tracker)
-    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool)
+    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool, services.stored_events)
     registry = PluginRegistry(
         services.pool,
         VMFactory(services.pool, services.logs, services.hung, create),
@@ -191,14 +193,18 @@ async def open_stored_events(
     settings: Settings, pool: AsyncConnectionPool[Any]
 ) -> AsyncIterator[StoredEvents]:
     """Where the historical export reads stored events: Postgres, or ClickHouse when events are stored
-    there (directly or through Kafka)."""
+    there (directly or through Kafka; connected at the first read)."""
     if settings.EVENT_STORE == "postgres":
         yield PostgresStoredEvents(pool)
         return
+    from plugin_server.sinks.clickhouse.client import open_client
     from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
 
-    async with _open_clickhouse(settings) as clickhouse:
-        yield ClickHouseStoredEvents(clickhouse)
+    reader = ClickHouseStoredEvents(partial(open_client, settings))
+    try:
+        yield reader
+    finally:
+        await reader.close()
 
 
 @contextlib.asynccontextmanager

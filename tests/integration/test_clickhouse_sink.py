@@ -1,14 +1,12 @@
 """The direct writer on chDB: with EVENT_STORE=clickhouse-direct the pipeline (Celery messages in) stores its
 events in ClickHouse's `events` and recordings in `session_recording_events`, in the original's row
-shape; a message delivered again collapses into the first (FINAL); the historical export reads them
-back in time order."""
+shape; a message delivered again collapses into the first (FINAL)."""
 
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -19,13 +17,9 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.config import Settings
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.pipeline import EventPipeline
-from plugin_server.ingestion.types import PreparedEvent
-from plugin_server.plugins.historical import HistoricalExport, ReadFailed
-from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
-from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
 from plugin_server.sinks.postgres import PostgresEventSink
-from plugin_server.topology import open_sinks, open_stored_events
+from plugin_server.topology import open_sinks
 from tests.integration.test_pipeline import message, pipeline
 
 AUTOCAPTURE = {
@@ -117,104 +111,6 @@ async def test_event_sink_postgres_is_the_default(
 ) -> None:
     async with open_sinks(clickhouse_settings, pool) as sinks:
         assert isinstance(sinks.events, PostgresEventSink)
-
-
-class Recorder:
-    """The parts of a plugin config the historical export drives: exportEvents, storage, jobs, logs."""
-
-    def __init__(self) -> None:
-        self.exported: list[dict[str, Any]] = []
-        self.storage: dict[str, Any] = {}
-        self.queued: list[dict[str, Any]] = []
-        self.lines: list[str] = []
-
-    async def export_events(self, events: list[dict[str, Any]]) -> None:
-        self.exported.extend(events)
-
-    async def get(self, key: str, default: Any = None) -> Any:
-        return self.storage.get(key, default)
-
-    async def set(self, key: str, value: Any) -> None:
-        self.storage[key] = value
-
-    def __getitem__(self, name: str) -> Any:
-        recorder = self
-
-        class Runner:
-            def __init__(self, payload: dict[str, Any]) -> None:
-                self.payload = payload
-
-            async def run_now(self) -> None:
-                recorder.queued.append(self.payload)
-
-        return Runner
-
-    def info(self, line: str) -> None:
-        self.lines.append(line)
-
-    debug = warn = error = info
-
-
-def prepared(team_id: int, n: int, at: datetime) -> PreparedEvent:
-    return PreparedEvent(
-        uuid=str(uuid.UUID(int=n + 1)),
-        team_id=team_id,
-        distinct_id=f"d{n}",
-        ip=None,
-        site_url=None,
-        event="$pageview",
-        properties={"n": n},
-        timestamp=at,
-        now=at,
-        sent_at=None,
-    )
-
-
-async def test_the_historical_export_reads_clickhouse(
-    clickhouse: Client, clickhouse_settings: Settings, pool: AsyncConnectionPool[Any]
-) -> None:
-    """250 events 6 s apart (25 minutes: intervals of 60 events, pages of 100), one stored twice,
-    one of another team: each of the team's events exported once, in time order."""
-    start = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
-    events = [prepared(2, n, start + timedelta(seconds=6 * n)) for n in range(250)]
-    clickhouse_sink = ClickHouseEventSink(AsyncClickHouse(clickhouse))
-    await clickhouse_sink.write(events[:200])
-    await clickhouse_sink.write(
-        [*events[150:], prepared(3, 999, start)]
-    )  # a batch delivered again, and team 3
-    recorder = Recorder()
-    settings = clickhouse_settings.model_copy(
-        update={"EVENT_STORE": "clickhouse-direct", "AUTO_MIGRATE": False}
-    )
-    async with open_stored_events(settings, pool) as stored:
-        assert isinstance(stored, ClickHouseStoredEvents)
-        assert await stored.boundaries(2) == (start, start + timedelta(seconds=6 * 249))
-        assert await stored.boundaries(4) == (None, None)
-        fake: Any = recorder  # stands for the plugin's instance and logger
-        export = HistoricalExport(
-            pool, fake, team_id=2, storage=recorder, jobs=recorder, logger=fake, events=stored
-        )
-        await export.run("Export historical events", {})
-        while recorder.queued:
-            await export.run("exportEventsFromTheBeginning", recorder.queued.pop(0))
-    assert [event["properties"]["n"] for event in recorder.exported] == list(range(250))
-    first = recorder.exported[0]
-    assert (first["uuid"], first["distinct_id"], first["timestamp"]) == (
-        events[0].uuid,
-        "d0",
-        start.isoformat(),
-    )
-    assert first["properties"]["$$historical_export_source_db"] == "clickhouse"
-    assert recorder.storage["is_export_running"] is None
-    assert recorder.lines[-1] == "Done exporting all historical events."
-
-
-async def test_a_failed_clickhouse_read_is_a_read_failure(clickhouse: Client) -> None:
-    clickhouse.command("DROP TABLE events")
-    with pytest.raises(ReadFailed):
-        await ClickHouseStoredEvents(AsyncClickHouse(clickhouse)).page(
-            2, datetime.now(UTC), datetime.now(UTC), 0, 1
-        )
 
 
 async def test_hostile_text_is_stored_as_postgres_would(
