@@ -1,80 +1,61 @@
 """A stand-in for ClickHouse's Kafka engine, which chDB lacks: it consumes the ClickHouse topics from the
-broker and inserts each message, as the engine would, into the stand-in Kafka table of its topic
-(`kafka_statements(..., engine="Null")`: the same columns plus the engine's virtual ones), whose
-materialized views then copy it into the tables, exactly as in production."""
+broker and hands their messages to the direct writer's transport (sinks/clickhouse/topics.py), which
+inserts them into the Kafka tables (Null tables on chDB), whose materialized views fill the tables as in
+production. The engine's virtual columns keep their defaults (the time of the insert, offset 0)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections import defaultdict
 
-import orjson
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO, FEEDS, Formats, KafkaFeed, kafka_statements
+from plugin_server.config import Settings
+from plugin_server.ingestion.kafka_producer import Record
+from plugin_server.sinks.clickhouse.client import AsyncClickHouse
+from plugin_server.sinks.clickhouse.schema import FEEDS
+from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
 from tests.kafka_broker import unique_topic
 
 
-def create_stand_in_tables(client: Client, formats: Formats) -> None:
-    for statement in kafka_statements(formats, brokers="unused", engine="Null"):
-        client.command(statement)
+async def copy_topics(client: Client, settings: Settings, *, expected: int, timeout: float = 15) -> int:
+    """Consume the topics of CLICKHOUSE_KAFKA_FORMAT (named with KAFKA_PREFIX) at KAFKA_HOSTS from their
+    beginning until `expected` messages came and none for a moment more; store them. Returns how many."""
+    topics = {settings.KAFKA_PREFIX + feed.topic for feed in FEEDS[settings.CLICKHOUSE_KAFKA_FORMAT]}
+    messages = await asyncio.to_thread(_consume, settings.KAFKA_HOSTS or "", topics, expected, timeout)
+    writer = ClickHouseTopicWriter.for_settings(AsyncClickHouse(client), settings)
+    await writer.send([Record(message.topic() or "", message.value() or b"") for message in messages])
+    return len(messages)
 
 
-def copy_topics(
-    client: Client, bootstrap: str, formats: Formats, *, prefix: str = "", expected: int, timeout: float = 15
-) -> int:
-    """Consume the `formats` topics (named with `prefix`) from their beginning until `expected` messages
-    came and none for a moment more; insert them into the stand-in Kafka tables. Returns how many."""
-    feeds = {prefix + feed.topic: feed for feed in FEEDS[formats]}
+def _consume(bootstrap: str, topics: set[str], expected: int, timeout: float) -> list[Message]:
     existing = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=timeout).topics
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": unique_topic("ch-engine"), "enable.auto.commit": False}
-    )
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": unique_topic("ch-engine"),
+        "enable.auto.commit": False,
+    }
+    consumer = Consumer(config)
     consumer.assign(
         [
             TopicPartition(topic, partition, 0)
-            for topic in feeds
-            if topic in existing
+            for topic in topics & set(existing)
             for partition in existing[topic].partitions
         ]
     )
-    received: dict[str, list[Message]] = defaultdict(list)
-    count, deadline = 0, time.monotonic() + timeout
+    received: list[Message] = []
+    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             message = consumer.poll(0.2)
             if message is None:
-                if count >= expected:
+                if len(received) >= expected:
                     break
-                continue
-            if message.error() is None:
-                received[message.topic() or ""].append(message)
-                count += 1
+            elif message.error() is None:
+                received.append(message)
     finally:
         consumer.close()
-    for topic, messages in received.items():
-        _insert(client, feeds[topic], messages)
-    assert count >= expected, f"{count} of {expected} messages arrived"
-    return count
-
-
-def _insert(client: Client, feed: KafkaFeed, messages: list[Message]) -> None:
-    if feed.format == "Protobuf":  # the virtual columns keep their defaults
-        described = client.query(f"DESCRIBE TABLE {feed.table}").result_rows
-        columns = [row[0] for row in described if not row[0].startswith("_")]
-        block = b"".join(message.value() or b"" for message in messages)
-        settings = {"format_schema": f"{EVENTS_PROTO}:Event"}
-        client.raw_insert(feed.table, columns, insert_block=block, fmt="Protobuf", settings=settings)
-        return
-    rows = []
-    for message in messages:
-        row = orjson.loads(message.value() or b"{}")
-        row.update(
-            _timestamp=(message.timestamp()[1] or 0) // 1000,
-            _offset=message.offset(),
-            _partition=message.partition(),
-        )
-        rows.append(orjson.dumps(row) + b"\n")
-    client.raw_insert(feed.table, insert_block=b"".join(rows), fmt="JSONEachRow")
+    assert len(received) >= expected, f"{len(received)} of {expected} messages arrived"
+    return received

@@ -35,7 +35,7 @@ from plugin_server.plugins.services import PluginServices, WorkerPlugins
 from plugin_server.plugins.tracking import CallTracker, HungMarks
 from plugin_server.services.geoip import GeoIP
 from plugin_server.sinks import EventSink, PersonSink
-from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink, RecordSender
 from plugin_server.sinks.kafka.current import CurrentFormat
 from plugin_server.sinks.kafka.logs import KafkaLogEntryWriter
 from plugin_server.sinks.kafka.original import OriginalFormat
@@ -86,25 +86,28 @@ class Sinks:
 async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
     """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
     clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
-    the way out, after what is in flight is delivered). clickhouse-direct: events inserted into
-    ClickHouse's tables."""
+    the way out, after what is in flight is delivered). clickhouse-direct: the same records inserted
+    straight into ClickHouse's tables."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
         return
     if settings.EVENT_STORE == "clickhouse-direct":
-        from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
+        from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
 
         async with _open_clickhouse(settings) as clickhouse:
-            yield Sinks(ClickHouseEventSink(clickhouse), PostgresPersonSink())
+            yield _record_sinks(ClickHouseTopicWriter.for_settings(clickhouse, settings), settings, pool)
         return
     producer = KafkaProducer(settings)
-    format = kafka_format(settings)
     try:
-        yield Sinks(
-            KafkaEventSink(producer, format, partial(persons_of, pool)), KafkaPersonSink(producer, format)
-        )
+        yield _record_sinks(producer, settings, pool)
     finally:
         await producer.close()
+
+
+def _record_sinks(sender: RecordSender, settings: Settings, pool: AsyncConnectionPool[Any]) -> Sinks:
+    """Events, persons, distinct ids and groups as records of CLICKHOUSE_KAFKA_FORMAT, through `sender`."""
+    format = kafka_format(settings)
+    return Sinks(KafkaEventSink(sender, format, partial(persons_of, pool)), KafkaPersonSink(sender, format))
 
 
 def kafka_format(settings: Settings) -> KafkaFormat:
@@ -209,8 +212,9 @@ async def open_stored_events(
 
 @contextlib.asynccontextmanager
 async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
-    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (not the
-    Kafka tables, which `plugin-server migrate --clickhouse` creates)."""
+    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (the Kafka
+    tables as Null tables for the direct writer: `plugin-server migrate --clickhouse` makes Kafka-engine
+    ones)."""
     from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
     from plugin_server.sinks.clickhouse.migrate import open_migrated
 

@@ -24,10 +24,8 @@ from plugin_server.ingestion.types import Element, PreparedEvent
 from plugin_server.jobs.queue import PluginJob
 from plugin_server.plugins.historical import ReadFailed
 from plugin_server.plugins.meta.storage import PluginStorage
-from plugin_server.sinks.clickhouse.client import AsyncClickHouse
-from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
 from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
-from plugin_server.topology import open_stored_events
+from plugin_server.topology import open_sinks, open_stored_events
 from tests.integration.test_historical_export import _finished, run_jobs_until
 from tests.plugin_hosts import install_files, running_plugins
 
@@ -70,16 +68,16 @@ async def test_the_export_reads_clickhouse(
     and an event of another team: each of the team's events exported once, in time order."""
     await aredis.flushdb()
     events = [prepared(team.team_id, n) for n in range(130)]
-    sink = ClickHouseEventSink(AsyncClickHouse(clickhouse))
-    await sink.write(events[:100])
-    await sink.write([*events[50:], prepared(team.team_id + 1, 999)])  # a batch redelivered, and another team
-    files = {"plugin.json": json.dumps({"name": "historical test", "main": "index.ts"}), "index.ts": PLUGIN}
-    plugin, config_id = install_files(clean_db, tmp_path, team, files, {})
     settings = {
         "EVENT_STORE": "clickhouse-direct",
         "CLICKHOUSE_HOST": clickhouse_settings.CLICKHOUSE_HOST,
         "CLICKHOUSE_DATABASE": clickhouse_settings.CLICKHOUSE_DATABASE,
     }
+    async with open_sinks(clickhouse_settings.model_copy(update=settings), pool) as sinks:
+        await sinks.events.write(events[:100])
+        await sinks.events.write([*events[50:], prepared(team.team_id + 1, 999)])  # redelivered; another team
+    files = {"plugin.json": json.dumps({"name": "historical test", "main": "index.ts"}), "index.ts": PLUGIN}
+    plugin, config_id = install_files(clean_db, tmp_path, team, files, {})
     async with running_plugins(pool, aredis, **settings) as running:
         await running.plugins.registry.reload()
         start_job = PluginJob(

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
-from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.records import KafkaFormat, recording_record
 
 PersonLookup = Callable[[Iterable[Key]], Awaitable[dict[Key, PersonRow]]]
+
+
+class RecordSender(Protocol):
+    """Where the records go: the Kafka producer, or the direct writer's inserts into ClickHouse
+    (sinks/clickhouse/topics.py). Returns once every record is stored; raises otherwise."""
+
+    async def send(self, records: Sequence[Record]) -> None: ...
 
 
 class KafkaEventSink:
@@ -26,7 +34,7 @@ class KafkaEventSink:
     distinct ids with `persons`, after the person step committed them.
     """
 
-    def __init__(self, producer: KafkaProducer, format: KafkaFormat, persons: PersonLookup) -> None:
+    def __init__(self, producer: RecordSender, format: KafkaFormat, persons: PersonLookup) -> None:
         self._producer = producer
         self._format = format
         self._persons = persons
@@ -53,7 +61,7 @@ class KafkaEventSink:
 class KafkaPersonSink:
     """Person, distinct-id and group rows to their topics, in the order given."""
 
-    def __init__(self, producer: KafkaProducer, format: KafkaFormat) -> None:
+    def __init__(self, producer: RecordSender, format: KafkaFormat) -> None:
         self._producer = producer
         self._format = format
 
