@@ -70,9 +70,6 @@ class AsyncClickHouse:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
-        await asyncio.to_thread(self.client.insert, table, rows, column_names=column_names)
-
     async def raw_insert(
         self,
         table: str,

@@ -56,7 +56,9 @@ class ClickHouseTopicWriter:
                 feed.table, feed.column_names, b"".join(values), "Protobuf", settings
             )
         else:
-            await self._clickhouse.raw_insert(feed.table, None, b"\n".join(values), feed.format)
+            # Fields without a column (project_id, captured_at...) are left out, as the Kafka tables do.
+            settings = {"input_format_skip_unknown_fields": 1}
+            await self._clickhouse.raw_insert(feed.table, None, b"\n".join(values), feed.format, settings)
 
     async def close(self) -> None:
         """Nothing of its own to close (the client is the caller's)."""
