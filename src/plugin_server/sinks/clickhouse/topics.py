@@ -51,14 +51,14 @@ class ClickHouseTopicWriter:
 
     async def _insert(self, feed: KafkaFeed, values: list[bytes]) -> None:
         if feed.format == "Protobuf":  # length-delimited messages, one after the other
-            settings = {"format_schema": self._protobuf_schema}
+            schema = {"format_schema": self._protobuf_schema}
             await self._clickhouse.raw_insert(
-                feed.table, feed.column_names, b"".join(values), "Protobuf", settings
+                feed.table, feed.column_names, b"".join(values), "Protobuf", schema
             )
         else:
             # Fields without a column (project_id, captured_at...) are left out, as the Kafka tables do.
-            settings = {"input_format_skip_unknown_fields": 1}
-            await self._clickhouse.raw_insert(feed.table, None, b"\n".join(values), feed.format, settings)
+            skip_unknown = {"input_format_skip_unknown_fields": 1}
+            await self._clickhouse.raw_insert(feed.table, None, b"\n".join(values), feed.format, skip_unknown)
 
     async def close(self) -> None:
         """Nothing of its own to close (the client is the caller's)."""
