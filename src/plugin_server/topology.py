@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ from plugin_server.config import Settings
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
-from plugin_server.plugins.capabilities import CapabilityDiscovery
+from plugin_server.plugins.capabilities import CapabilityDiscovery, scheduled_tasks
 from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
 from plugin_server.plugins.instance import RuntimeServices
 from plugin_server.plugins.instances import InstanceFactory, VMFactory
@@ -126,6 +127,7 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
             job_runner=PluginJobRunner(registry, services.hung),
             metrics=PluginMetricsReporter(registry, services.enqueuer),
             capabilities=CapabilityDiscovery(registry),
+            scheduled_tasks=partial(scheduled_tasks, services.pool),
         )
     finally:
         await registry.close()
