@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -14,6 +15,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugins.capabilities import CapabilityDiscovery, scheduled_tasks
@@ -22,15 +25,20 @@ from plugin_server.plugins.instance import RuntimeServices
 from plugin_server.plugins.instances import InstanceFactory, VMFactory
 from plugin_server.plugins.job_runner import PluginJobRunner
 from plugin_server.plugins.meta.build import MetaFactory
-from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogWriter
 from plugin_server.plugins.meta.posthog import PersonalApiKeys, origin
 from plugin_server.plugins.metrics_report import PluginMetricsReporter
 from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.services import PluginServices, WorkerPlugins
 from plugin_server.plugins.tracking import CallTracker, HungMarks
 from plugin_server.services.geoip import GeoIP
-from plugin_server.sinks import EventSink
-from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.sinks import EventSink, PersonSink
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
+from plugin_server.sinks.kafka.current import CurrentFormat
+from plugin_server.sinks.kafka.logs import KafkaLogEntryWriter
+from plugin_server.sinks.kafka.original import OriginalFormat
+from plugin_server.sinks.kafka.records import KafkaFormat
+from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
 
@@ -61,10 +69,43 @@ async def open_sources(
             await source.close()
 
 
-def open_event_sink(pool: AsyncConnectionPool[Any]) -> EventSink:
-    """Where the pipeline stores events: Postgres (PostHog's tables) today; the ClickHouse sinks
-    (through Kafka, or direct; issue 11) will be chosen here from the settings."""
-    return PostgresEventSink(pool)
+@dataclass(frozen=True)
+class Sinks:
+    """Where the pipeline stores a batch: its events, and the person, distinct-id and group rows."""
+
+    events: EventSink
+    persons: PersonSink
+
+
+@contextlib.asynccontextmanager
+async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
+    """EVENT_STORE=postgres: events in PostHog's tables, persons already there (a no-op person sink).
+    EVENT_STORE=clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer
+    (closed on the way out, after what is in flight is delivered)."""
+    if settings.EVENT_STORE == "postgres":
+        yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
+        return
+    producer = KafkaProducer(settings)
+    format = kafka_format(settings)
+    try:
+        yield Sinks(
+            KafkaEventSink(producer, format, partial(persons_of, pool)), KafkaPersonSink(producer, format)
+        )
+    finally:
+        await producer.close()
+
+
+def kafka_format(settings: Settings) -> KafkaFormat:
+    if settings.CLICKHOUSE_KAFKA_FORMAT == "current":
+        return CurrentFormat(settings.KAFKA_PREFIX)
+    return OriginalFormat(settings.KAFKA_PREFIX)
+
+
+def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
+    """Plugin logs go where events go: posthog_pluginlogentry, or the `plugin_log_entries` topic."""
+    if settings.EVENT_STORE == "postgres":
+        return PluginLogWriter(pool)
+    return KafkaLogEntryWriter(KafkaProducer(settings), prefix=settings.KAFKA_PREFIX)
 
 
 @contextlib.asynccontextmanager
@@ -87,7 +128,7 @@ async def open_plugin_services(
         plugin_http_client(settings) as http,
         plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
     ):
-        logs = PluginLogWriter(pool)
+        logs = open_log_writer(settings, pool)
         enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
         try:
             yield PluginServices(

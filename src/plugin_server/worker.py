@@ -47,7 +47,7 @@ from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sources import Source
-from plugin_server.topology import open_event_sink, open_plugin_services, open_plugins, open_sources
+from plugin_server.topology import open_plugin_services, open_plugins, open_sinks, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,14 @@ class Worker:
             await self._reload(worker_plugins)
             jobs, teams = services.jobs, services.teams
             actions = await stack.enter_async_context(
-                open_actions(settings, pool, redis_client, teams, jobs, write_action_events=True)
+                open_actions(
+                    settings,
+                    pool,
+                    redis_client,
+                    teams,
+                    jobs,
+                    write_action_events=settings.EVENT_STORE == "postgres",
+                )
             )
             sources = await stack.enter_async_context(
                 open_sources(settings, redis_client, self.consumer_id, teams)
@@ -133,14 +140,15 @@ class Worker:
             plugins = PluginRunner(
                 worker_plugins.registry, services.hung, on_event_concurrency=settings.TASKS_PER_WORKER
             )
-            sink = open_event_sink(pool)
+            sinks = await stack.enter_async_context(open_sinks(settings, pool))
             pipelines = [
                 EventPipeline(
                     teams=teams,
                     definitions=definitions,
                     groups=groups,
                     persons=persons,
-                    sink=sink,
+                    sink=sinks.events,
+                    person_sink=sinks.persons,
                     plugins=plugins,
                     jobs=jobs,
                     actions=actions.service,

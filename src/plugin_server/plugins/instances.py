@@ -17,7 +17,7 @@ from plugin_server.plugins.instance import LoadRequest, PluginInstance, RuntimeS
 from plugin_server.plugins.loader import resolve_plugin_code
 from plugin_server.plugins.meta.api import Meta
 from plugin_server.plugins.meta.build import MetaFactory
-from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
+from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogger
 from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
 from plugin_server.plugins.models import PluginConfigInForce
 from plugin_server.plugins.runtimes import RUNTIMES
@@ -78,7 +78,7 @@ class VMFactory:
     """config -> its PluginVM (the registry's `create_vm`), with a logger of its own instance id."""
 
     pool: AsyncConnectionPool[Any]
-    logs: PluginLogWriter
+    logs: BufferedLogWriter
     hung: HungMarks
     create: InstanceFactory
 

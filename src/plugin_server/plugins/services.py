@@ -17,7 +17,7 @@ from plugin_server.jobs.queue import JobQueue
 from plugin_server.jobs.scheduler import ScheduleSource
 from plugin_server.plugins.capabilities import CapabilityDiscovery
 from plugin_server.plugins.job_runner import PluginJobRunner
-from plugin_server.plugins.meta.logs import PluginLogWriter
+from plugin_server.plugins.meta.logs import BufferedLogWriter
 from plugin_server.plugins.meta.network import ConnectGuard
 from plugin_server.plugins.meta.posthog import PersonalApiKeys
 from plugin_server.plugins.metrics_report import PluginMetricsReporter
@@ -33,7 +33,7 @@ class PluginServices:
     http: httpx.AsyncClient  # plugins' fetch, through the egress policy (PLUGIN_HTTP_*)
     posthog_http: httpx.AsyncClient  # posthog.api's: also reaches POSTHOG_API_HOST wherever it is
     connect_guard: ConnectGuard  # where JS plugins' own connections (pg, snowflake-sdk...) may go
-    logs: PluginLogWriter
+    logs: BufferedLogWriter
     jobs: JobQueue
     geoip: GeoIP
     teams: TeamManager
