@@ -3,11 +3,12 @@ builds the services its plugins share."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -21,6 +22,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugins.capabilities import CapabilityDiscovery, scheduled_tasks
 from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
+from plugin_server.plugins.historical import PostgresStoredEvents, StoredEvents
 from plugin_server.plugins.instance import RuntimeServices
 from plugin_server.plugins.instances import InstanceFactory, VMFactory
 from plugin_server.plugins.job_runner import PluginJobRunner
@@ -41,6 +43,9 @@ from plugin_server.sinks.kafka.records import KafkaFormat
 from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
+
+if TYPE_CHECKING:
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 
 
 @contextlib.asynccontextmanager
@@ -79,11 +84,18 @@ class Sinks:
 
 @contextlib.asynccontextmanager
 async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
-    """EVENT_STORE=postgres: events in PostHog's tables, persons already there (a no-op person sink).
-    EVENT_STORE=clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer
-    (closed on the way out, after what is in flight is delivered)."""
+    """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
+    clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
+    the way out, after what is in flight is delivered). clickhouse-direct: events inserted into
+    ClickHouse's tables."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
+        return
+    if settings.EVENT_STORE == "clickhouse-direct":
+        from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
+
+        async with _open_clickhouse(settings) as clickhouse:
+            yield Sinks(ClickHouseEventSink(clickhouse), PostgresPersonSink())
         return
     producer = KafkaProducer(settings)
     format = kafka_format(settings)
@@ -102,8 +114,9 @@ def kafka_format(settings: Settings) -> KafkaFormat:
 
 
 def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
-    """Plugin logs go where events go: posthog_pluginlogentry, or the `plugin_log_entries` topic."""
-    if settings.EVENT_STORE == "postgres":
+    """Plugin logs go to posthog_pluginlogentry, or with EVENT_STORE=clickhouse-kafka to the
+    `plugin_log_entries` topic."""
+    if settings.EVENT_STORE != "clickhouse-kafka":
         return PluginLogWriter(pool)
     return KafkaLogEntryWriter(KafkaProducer(settings), prefix=settings.KAFKA_PREFIX)
 
@@ -172,3 +185,36 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
         )
     finally:
         await registry.close()
+
+
+@contextlib.asynccontextmanager
+async def open_stored_events(
+    settings: Settings, pool: AsyncConnectionPool[Any]
+) -> AsyncIterator[StoredEvents]:
+    """Where the historical export reads stored events: Postgres, or ClickHouse when events are stored
+    there (directly or through Kafka)."""
+    if settings.EVENT_STORE == "postgres":
+        yield PostgresStoredEvents(pool)
+        return
+    from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
+
+    async with _open_clickhouse(settings) as clickhouse:
+        yield ClickHouseStoredEvents(clickhouse)
+
+
+@contextlib.asynccontextmanager
+async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
+    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (not the
+    Kafka tables, which `plugin-server migrate --clickhouse` creates)."""
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
+    from plugin_server.sinks.clickhouse.migrate import open_migrated
+
+    if settings.AUTO_MIGRATE:
+        client, _ = await asyncio.to_thread(open_migrated, settings)
+    else:
+        client = await asyncio.to_thread(open_client, settings)
+    clickhouse = AsyncClickHouse(client)
+    try:
+        yield clickhouse
+    finally:
+        await clickhouse.close()
