@@ -20,7 +20,7 @@ from plugin_server.ingestion.kafka_producer import KafkaProducer
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
-from plugin_server.plugins.capabilities import CapabilityDiscovery
+from plugin_server.plugins.capabilities import CapabilityDiscovery, scheduled_tasks
 from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
 from plugin_server.plugins.historical import PostgresStoredEvents, StoredEvents
 from plugin_server.plugins.instance import RuntimeServices
@@ -186,6 +186,7 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
             job_runner=PluginJobRunner(registry, services.hung),
             metrics=PluginMetricsReporter(registry, services.enqueuer),
             capabilities=CapabilityDiscovery(registry),
+            scheduled_tasks=partial(scheduled_tasks, services.pool),
         )
     finally:
         await registry.close()

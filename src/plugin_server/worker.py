@@ -15,7 +15,6 @@ import logging
 import signal
 import time
 from collections.abc import Coroutine
-from functools import partial
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
@@ -39,7 +38,6 @@ from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, message_context
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.jobs.scheduler import Scheduler
-from plugin_server.plugins.capabilities import scheduled_tasks
 from plugin_server.plugins.metrics_report import PluginMetricsReporter
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.plugins.services import WorkerPlugins
@@ -185,7 +183,7 @@ class Worker:
             ]
             if self.index == 0:  # one scheduler per server; the Redis lock makes it one per cluster
                 scheduler = Scheduler(
-                    redis_client, jobs, partial(scheduled_tasks, pool), lock_ttl=settings.SCHEDULE_LOCK_TTL
+                    redis_client, jobs, worker_plugins.scheduled_tasks, lock_ttl=settings.SCHEDULE_LOCK_TTL
                 )
                 until_stopped.append(asyncio.create_task(scheduler.run(self._stopping)))
                 helpers.append(asyncio.create_task(self._sample_job_queue(jobs)))

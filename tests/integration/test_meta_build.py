@@ -1,6 +1,6 @@
 """The Python side of the meta API against its declaration (meta/api.py): the `meta` a Python
 plugin gets, loaded through the real plugin machinery, has the declared members, and each declared
-operation is an async method at the declared path taking the declared arguments in order (those
+operation is an async method of the service behind it, taking the declared arguments in order (those
 JavaScript may leave out have defaults). The JavaScript side: tests/unit/test_meta_api.py."""
 
 from __future__ import annotations

@@ -25,33 +25,34 @@ from plugin_server.plugins.meta.api import (
     Operation,
     namespaces,
 )
+from plugin_server.plugins.meta.build import declared_namespaces
 from plugin_server.plugins.meta.network import resolve_addresses
 from tests.js_support import loaded_plugin, process_one
 
 Calls = list[tuple[str, tuple[Any, ...]]]
 
 
-def recording_meta(calls: Calls) -> dict[str, Any]:
-    """A `meta` (as keyword arguments of loaded_plugin) whose declared methods record their calls."""
-    tree: dict[str, Any] = {}
-    for operation in OPERATIONS:
-        *parents, method = operation.python
-        node = tree
-        for name in parents:
-            node = node.setdefault(name, {})
+class Recorder:
+    """Provides a namespace of the declared operations whose methods record their calls."""
 
-        async def record(*args: Any, name: str = operation.name) -> str:
-            calls.append((name, args))
+    def __init__(self, namespace: str, calls: Calls) -> None:
+        self._namespace = tuple(namespace.split("."))
+        self._calls = calls
+
+    def __getattr__(self, method: str) -> Any:
+        [name] = [op.name for op in OPERATIONS if op.python == (*self._namespace, method)]
+
+        async def record(*args: Any) -> str:
+            self._calls.append((name, args))
             return f"answer of {name}"
 
-        node[method] = record
+        return record
 
-    def namespace(node: Any) -> Any:
-        return (
-            SimpleNamespace(**{k: namespace(v) for k, v in node.items()}) if isinstance(node, dict) else node
-        )
 
-    return {name: namespace(node) for name, node in tree.items()}
+def recording_meta(calls: Calls) -> dict[str, Any]:
+    """A `meta` (as keyword arguments of loaded_plugin) whose declared methods record their calls."""
+    paths = {".".join(operation.python[:-1]) for operation in OPERATIONS}
+    return declared_namespaces({path: Recorder(path, calls) for path in paths})
 
 
 def js_target(operation: Operation) -> str:

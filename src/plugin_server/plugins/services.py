@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.ingestion.enqueue import EventEnqueuer
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
+from plugin_server.jobs.scheduler import ScheduleSource
 from plugin_server.plugins.capabilities import CapabilityDiscovery
 from plugin_server.plugins.historical import StoredEvents
 from plugin_server.plugins.job_runner import PluginJobRunner
@@ -47,9 +48,11 @@ class PluginServices:
 @dataclass(frozen=True)
 class WorkerPlugins:
     """A worker's plugin machinery: the configs in force (empty until `registry.reload()`), the job
-    queue's handler for plugin jobs, the metrics reporter and the capability discovery."""
+    queue's handler for plugin jobs, the metrics reporter, the capability discovery and what the
+    scheduler reads the scheduled tasks from."""
 
     registry: PluginRegistry
     job_runner: PluginJobRunner
     metrics: PluginMetricsReporter
     capabilities: CapabilityDiscovery
+    scheduled_tasks: ScheduleSource

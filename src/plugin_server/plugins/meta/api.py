@@ -1,14 +1,15 @@
 """The `meta` API, declared once for both runtimes.
 
 Plugins reach the server's services through `meta` (and, in JavaScript, the `posthog` global). Each
-of OPERATIONS is an async call that both runtimes give plugins: JavaScript finds it at its `name`
-(under `meta`, or a global of JS_GLOBALS), and Python at the attribute path `python` of its `meta`
-(meta/build.py builds it). In JavaScript the functions are made from this declaration (prelude.js
-gets `js_declaration()` as JSON): each posts the host request `name` with its arguments shaped as
-declared, and the JS runtime calls the Python method by HOST_OPERATIONS (js/runtime.py). Requests
-whose two sides differ too much to declare are HAND_SHAPED; the logger and metrics are calls
-without an answer (LOG_LEVELS, METRIC_METHODS). tests/unit/test_meta_api.py checks both runtimes'
-`meta` against this declaration.
+of OPERATIONS is an async call that both runtimes give plugins. JavaScript finds it at its `name`
+(under `meta`, or a global of JS_GLOBALS): prelude.js, given `js_declaration()` as JSON, makes the
+functions, each posting the host request `name` with its arguments shaped as declared, and the JS
+runtime (js/runtime.py) calls the Python method at HOST_OPERATIONS[name]. Python finds it at the
+attribute path `python` of its `meta`: meta/build.py makes those namespaces from this declaration,
+taking each declared method from the service object behind it. Requests whose two sides differ too
+much to declare are HAND_SHAPED; the logger and metrics are calls without an answer (LOG_LEVELS,
+METRIC_METHODS). tests/unit/test_meta_api.py and tests/integration/test_meta_build.py check both
+runtimes against this declaration.
 """
 
 from __future__ import annotations
