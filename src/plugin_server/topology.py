@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
 from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogWriter
@@ -59,13 +60,15 @@ class Sinks:
 
     events: EventSink
     persons: PersonSink
+    # Where the person manager records the rows the person sink has not taken yet (a mirror only).
+    outbox: PersonOutbox | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
     """EVENT_STORE=postgres: events in PostHog's tables, persons already there (a no-op person sink).
     EVENT_STORE=clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer
-    (closed on the way out, after what is in flight is delivered)."""
+    (closed on the way out, after what is in flight is delivered), with a person outbox."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
         return
@@ -73,7 +76,9 @@ async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> Asyn
     format = kafka_format(settings)
     try:
         yield Sinks(
-            KafkaEventSink(producer, format, partial(persons_of, pool)), KafkaPersonSink(producer, format)
+            KafkaEventSink(producer, format, partial(persons_of, pool)),
+            KafkaPersonSink(producer, format),
+            PersonOutbox(),
         )
     finally:
         await producer.close()

@@ -35,6 +35,7 @@ from plugin_server.ingestion.batches import (
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
+from plugin_server.ingestion.person_outbox import resend_forever
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, message_context
 from plugin_server.jobs.scheduler import Scheduler
@@ -130,9 +131,9 @@ class Worker:
                 open_sources(settings, redis_client, self.consumer_id, host.teams)
             )
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
-            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
-            plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
             sinks = await stack.enter_async_context(open_sinks(settings, pool))
+            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE, outbox=sinks.outbox)
+            plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
             pipelines = [
                 EventPipeline(
                     teams=host.teams,
@@ -156,6 +157,8 @@ class Worker:
                 asyncio.create_task(self._report_plugin_metrics(host)),
                 asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
             ]
+            if sinks.outbox is not None:
+                helpers.append(asyncio.create_task(resend_forever(sinks.outbox, pool, sinks.persons.write)))
             until_stopped = [
                 asyncio.create_task(
                     jobs.run_forever(

@@ -20,6 +20,7 @@ from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.kafka_producer import KafkaProducer, KafkaUnavailableError, Record
 from plugin_server.ingestion.ordering import Turnstile
+from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
@@ -114,7 +115,7 @@ async def run_batches(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, db: Db, sinks: Sinks
 ) -> dict[str, Any]:
     """Run `batches` through a pipeline with these sinks; answer the one person they leave in Postgres."""
-    run = pipeline(pool, sinks.events, sinks.persons).run
+    run = pipeline(pool, sinks.events, sinks.persons, sinks.outbox).run
     for batch in batches(team.team_id):
         outcome = await run(batch)
         assert outcome.dead_letters == []
@@ -352,17 +353,22 @@ async def test_a_batch_waits_out_a_broker_outage_and_loses_no_row(
     producer = KafkaProducer(settings, delivery_timeout=1.0)
     format = OriginalFormat(settings.KAFKA_PREFIX)
     persons = Watched(producer, format)
-    built = pipeline(pool, KafkaEventSink(producer, format, partial(persons_of, pool)), persons)
+    built = pipeline(
+        pool, KafkaEventSink(producer, format, partial(persons_of, pool)), persons, PersonOutbox()
+    )
     [batch, _] = batches(team.team_id)
     storing = asyncio.create_task(process_until_done(built, batch, Turnstile().ticket()))
     try:
         await asyncio.wait_for(persons.failed.wait(), 15)
         assert not storing.done()
+        waiting = clean_db.execute("SELECT count(*) FROM plugin_server_person_outbox").fetchone()
+        assert waiting == (4,)  # two persons with their ids, recorded until Kafka takes them
         with broker:
             outcome = await asyncio.wait_for(storing, 60)
             assert (outcome.stored, outcome.dead_letters) == (2, [])
             assert len(await topic(settings, "clickhouse_person", 2)) == 2
             assert len(await topic(settings, "clickhouse_person_unique_id", 2)) == 2
+            assert clean_db.execute("SELECT count(*) FROM plugin_server_person_outbox").fetchone() == (0,)
             events = await asyncio.to_thread(
                 read_topic, broker.bootstrap, settings.KAFKA_PREFIX + "clickhouse_events_proto", 2
             )
