@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -376,3 +377,19 @@ async def test_a_batch_waits_out_a_broker_outage_and_loses_no_row(
     finally:
         storing.cancel()
         await producer.close()
+
+
+async def test_a_whole_batch_is_sent_at_once_not_after_the_linger(kafka: str) -> None:
+    """KAFKA_FLUSH_FREQUENCY_MS (librdkafka's linger) would hold each micro-batch that long before its
+    acknowledgement; the sinks' batches are flushed as soon as they are handed over."""
+    settings = kafka_settings(kafka, KAFKA_FLUSH_FREQUENCY_MS=1500)
+    name = settings.KAFKA_PREFIX + "soon"
+    producer = KafkaProducer(settings)
+    try:
+        await producer.send([Record(name, b"warm-up")], at_once=True)  # connects and creates the topic
+        started = time.monotonic()
+        await producer.send([Record(name, b"a"), Record(name, b"b")], at_once=True)
+        assert time.monotonic() - started < 1.0
+    finally:
+        await producer.close()
+    assert len(await asyncio.to_thread(read_topic, kafka, name, 3)) == 3

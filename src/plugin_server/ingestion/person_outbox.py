@@ -67,7 +67,7 @@ class PersonOutbox:
         """Record the rows (inside the caller's transaction); answer their ids."""
         if not rows:
             return []
-        recorded = [{"kind": type(row).__name__, **dataclasses.asdict(row)} for row in rows]
+        recorded = [_recorded(row) for row in rows]
         cursor = await conn.execute(_ADD, (json_text(recorded),))
         return [row["id"] for row in await cursor.fetchall()]
 
@@ -91,6 +91,14 @@ class PersonOutbox:
             await conn.execute("DELETE FROM plugin_server_person_outbox WHERE id = ANY(%s)", (ids,))
         log.warning("sent again %d person rows a worker had left unsent", len(claimed))
         return len(claimed)
+
+
+def _recorded(row: PersonChange) -> dict[str, Any]:
+    """The row's fields and kind (shallow: `dataclasses.asdict` deep-copies the properties, slowly)."""
+    return {
+        "kind": type(row).__name__,
+        **{field.name: getattr(row, field.name) for field in dataclasses.fields(row)},
+    }
 
 
 def _row(recorded: dict[str, Any]) -> PersonChange:

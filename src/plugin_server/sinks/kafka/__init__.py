@@ -46,7 +46,8 @@ class KafkaEventSink:
                 if event.is_snapshot
                 else self._format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
                 for event in events
-            ]
+            ],
+            at_once=True,
         )
 
 
@@ -60,4 +61,4 @@ class KafkaPersonSink:
     async def write(self, rows: Sequence[PersonSinkRow]) -> None:
         records = [record for row in rows for record in self._format.row_records(row)]
         if records:
-            await self._producer.send(records)
+            await self._producer.send(records, at_once=True)
