@@ -195,17 +195,22 @@ class Settings(BaseModel):
     )
 
     # --- ClickHouse and Kafka
-    CLICKHOUSE_HOST: str = Field("localhost", description="ClickHouse host")
+    CLICKHOUSE_HOST: str = Field(
+        "localhost",
+        description="ClickHouse host, optionally host:port (HTTP port 8123, 8443 with CLICKHOUSE_SECURE); or "
+        "chdb:///folder for the in-process chDB engine storing in that folder (the chdb extra; one process at a time)",
+    )
     CLICKHOUSE_DATABASE: str = Field("default", description="ClickHouse database")
     CLICKHOUSE_USER: str = Field("default", description="ClickHouse username")
     CLICKHOUSE_PASSWORD: str | None = Field(None, description="ClickHouse password")
     CLICKHOUSE_CA: str | None = Field(None, description="ClickHouse CA certs")
     CLICKHOUSE_SECURE: bool = Field(False, description="whether to secure ClickHouse connection")
-    EVENT_STORE: Literal["postgres", "clickhouse-kafka"] = Field(
+    EVENT_STORE: Literal["postgres", "clickhouse-kafka", "clickhouse-direct"] = Field(
         "postgres",
-        description="where events, recordings and plugin logs are stored and persons, distinct ids and groups "
-        "mirrored: postgres (PostHog's tables) or clickhouse-kafka (ClickHouse's topics at KAFKA_HOSTS; "
-        "persons stay in Postgres too)",
+        description="where events and recordings are stored (and historical exports read them) and persons, "
+        "distinct ids and groups mirrored: postgres (PostHog's tables), clickhouse-kafka (ClickHouse's topics "
+        "at KAFKA_HOSTS, with plugin logs) or clickhouse-direct (inserted straight into ClickHouse's tables at "
+        "CLICKHOUSE_HOST, no Kafka); persons stay in Postgres, their source of truth",
     )
     CLICKHOUSE_KAFKA_FORMAT: Literal["original", "current"] = Field(
         "original",

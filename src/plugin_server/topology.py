@@ -1,22 +1,40 @@
-"""The one place that decides, from the settings, where a worker's events come from and go to."""
+"""The one place that decides, from the settings, where a worker's events come from and go to, and
+builds the services its plugins share."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
+from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.kafka_producer import KafkaProducer
 from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
+from plugin_server.jobs.queue import JobQueue
+from plugin_server.plugins.capabilities import CapabilityDiscovery, scheduled_tasks
+from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
+from plugin_server.plugins.historical import PostgresStoredEvents, StoredEvents
+from plugin_server.plugins.instance import RuntimeServices
+from plugin_server.plugins.instances import InstanceFactory, VMFactory
+from plugin_server.plugins.job_runner import PluginJobRunner
+from plugin_server.plugins.meta.build import MetaFactory
 from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogWriter
+from plugin_server.plugins.meta.posthog import PersonalApiKeys, origin
+from plugin_server.plugins.metrics_report import PluginMetricsReporter
+from plugin_server.plugins.registry import PluginRegistry
+from plugin_server.plugins.services import PluginServices, WorkerPlugins
+from plugin_server.plugins.tracking import CallTracker, HungMarks
+from plugin_server.services.geoip import GeoIP
 from plugin_server.sinks import EventSink, PersonSink
 from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
 from plugin_server.sinks.kafka.current import CurrentFormat
@@ -26,6 +44,9 @@ from plugin_server.sinks.kafka.records import KafkaFormat
 from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
+
+if TYPE_CHECKING:
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 
 
 @contextlib.asynccontextmanager
@@ -66,11 +87,18 @@ class Sinks:
 
 @contextlib.asynccontextmanager
 async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
-    """EVENT_STORE=postgres: events in PostHog's tables, persons already there (a no-op person sink).
-    EVENT_STORE=clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer
-    (closed on the way out, after what is in flight is delivered), with a person outbox."""
+    """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
+    clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
+    the way out, after what is in flight is delivered), with a person outbox. clickhouse-direct: events
+    inserted into ClickHouse's tables."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
+        return
+    if settings.EVENT_STORE == "clickhouse-direct":
+        from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
+
+        async with _open_clickhouse(settings) as clickhouse:
+            yield Sinks(ClickHouseEventSink(clickhouse), PostgresPersonSink())
         return
     producer = KafkaProducer(settings)
     format = kafka_format(settings)
@@ -91,7 +119,107 @@ def kafka_format(settings: Settings) -> KafkaFormat:
 
 
 def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
-    """Plugin logs go where events go: posthog_pluginlogentry, or the `plugin_log_entries` topic."""
-    if settings.EVENT_STORE == "postgres":
+    """Plugin logs go to posthog_pluginlogentry, or with EVENT_STORE=clickhouse-kafka to the
+    `plugin_log_entries` topic."""
+    if settings.EVENT_STORE != "clickhouse-kafka":
         return PluginLogWriter(pool)
     return KafkaLogEntryWriter(KafkaProducer(settings), prefix=settings.KAFKA_PREFIX)
+
+
+@contextlib.asynccontextmanager
+async def open_plugin_services(
+    settings: Settings,
+    pool: AsyncConnectionPool[Any],
+    redis: aioredis.Redis,
+    *,
+    geoip: GeoIP,
+    tracker: CallTracker,
+) -> AsyncIterator[PluginServices]:
+    """The services of a worker's plugins, with their own HTTP clients, log writer and enqueuer; on
+    exit their logs are flushed and the enqueuer closed.
+
+    Plugin HTTP goes only where the egress policy allows (PLUGIN_HTTP_*); posthog.api's client also
+    reaches the configured PostHog host wherever it is (the operator chose it)."""
+    posthog_url = httpx.URL(settings.POSTHOG_API_HOST)
+    posthog_origin = (posthog_url.raw_host.decode("ascii"), origin(posthog_url)[2])  # as connections name it
+    async with (
+        plugin_http_client(settings) as http,
+        plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
+    ):
+        logs = open_log_writer(settings, pool)
+        enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
+        try:
+            yield PluginServices(
+                pool=pool,
+                redis=redis,
+                http=http,
+                posthog_http=posthog_http,
+                connect_guard=plugin_connect_guard(settings),
+                logs=logs,
+                jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
+                geoip=geoip,
+                teams=TeamManager(pool),
+                tracker=tracker,
+                hung=HungMarks(redis),
+                enqueuer=enqueuer,
+                api_keys=PersonalApiKeys(pool),
+            )
+        finally:
+            await logs.close()
+            await enqueuer.close()
+
+
+@contextlib.asynccontextmanager
+async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIterator[WorkerPlugins]:
+    """A worker's plugin machinery over `services`; on exit its plugins are torn down."""
+    meta = MetaFactory(services, posthog_host=settings.POSTHOG_API_HOST)
+    runtimes = RuntimeServices(settings, services.http, services.connect_guard, services.tracker)
+    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool)
+    registry = PluginRegistry(
+        services.pool,
+        VMFactory(services.pool, services.logs, services.hung, create),
+        idle_unload_seconds=settings.PLUGIN_IDLE_UNLOAD_SECONDS,
+    )
+    try:
+        yield WorkerPlugins(
+            registry=registry,
+            job_runner=PluginJobRunner(registry, services.hung),
+            metrics=PluginMetricsReporter(registry, services.enqueuer),
+            capabilities=CapabilityDiscovery(registry),
+            scheduled_tasks=partial(scheduled_tasks, services.pool),
+        )
+    finally:
+        await registry.close()
+
+
+@contextlib.asynccontextmanager
+async def open_stored_events(
+    settings: Settings, pool: AsyncConnectionPool[Any]
+) -> AsyncIterator[StoredEvents]:
+    """Where the historical export reads stored events: Postgres, or ClickHouse when events are stored
+    there (directly or through Kafka)."""
+    if settings.EVENT_STORE == "postgres":
+        yield PostgresStoredEvents(pool)
+        return
+    from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
+
+    async with _open_clickhouse(settings) as clickhouse:
+        yield ClickHouseStoredEvents(clickhouse)
+
+
+@contextlib.asynccontextmanager
+async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
+    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (not the
+    Kafka tables, which `plugin-server migrate --clickhouse` creates)."""
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
+    from plugin_server.sinks.clickhouse.migrate import open_migrated
+
+    if settings.AUTO_MIGRATE:
+        client, _ = await asyncio.to_thread(open_migrated, settings)
+    else:
+        client = await asyncio.to_thread(open_client, settings)
+    clickhouse = AsyncClickHouse(client)
+    try:
+        yield clickhouse
+    finally:
+        await clickhouse.close()

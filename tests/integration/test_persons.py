@@ -1041,3 +1041,44 @@ def count_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting)
     return queries
+
+
+async def writers_waiting(conn: psycopg.AsyncConnection[Any], count: int) -> None:
+    """Wait until `count` other sessions wait for a lock (the person-property writes: nothing else runs)."""
+    for _ in range(500):
+        cursor = await conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity"
+            " WHERE cardinality(pg_blocking_pids(pid)) > 0 AND datname = current_database()"
+        )
+        row = await cursor.fetchone()
+        if row is not None and row[0] >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} property writes did not come to wait for the person's row")
+
+
+async def test_set_once_keeps_what_another_server_wrote_between_read_and_write(
+    servers: Servers, clean_db: SyncConnection, database_url: str
+) -> None:
+    """Two servers read the person (no `plan` yet), then write their `$set_once` of `plan` one after the
+    other: a third connection holds the person's row until both wait for it, so both reads come before
+    either write. The first write wins and neither loses the other's `$set`, because the change is
+    written as the expression `(set_once || properties) || set` over the row as it is at the write, not
+    as the properties each server computed from its read."""
+    person_id = create_person(clean_db, 2, ["u"], {"kept": 1})
+    first, second = servers(0)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as holder:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM posthog_person WHERE id = %s FOR UPDATE", (person_id,))
+            one = asyncio.create_task(
+                first.process_batch([event("u", properties={"$set_once": {"plan": "one"}, "$set": {"a": 1}})])
+            )
+            await writers_waiting(holder, 1)
+            two = asyncio.create_task(
+                second.process_batch(
+                    [event("u", properties={"$set_once": {"plan": "two"}, "$set": {"b": 2}})]
+                )
+            )
+            await writers_waiting(holder, 2)
+        await asyncio.gather(one, two)
+    assert person_of(clean_db, "u")["properties"] == {"kept": 1, "plan": "one", "a": 1, "b": 2}

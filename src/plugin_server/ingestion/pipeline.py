@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plugin_server.actions.service import ActionService
-from plugin_server.ingestion.celery import MalformedMessage, parse_now
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import (
     GroupRow,
@@ -32,6 +31,7 @@ from plugin_server.ingestion.groups import (
     groupidentify_pair,
     identified_group,
 )
+from plugin_server.ingestion.message_fields import MalformedMessage, parse_now
 from plugin_server.ingestion.persons import PersonChanges, PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager

@@ -5,10 +5,3 @@
 -- before this migration count as version 0.
 ALTER TABLE posthog_person ADD COLUMN IF NOT EXISTS version bigint NULL;
 ALTER TABLE posthog_persondistinctid ADD COLUMN IF NOT EXISTS version bigint NULL;
-
--- The person rows written but not yet taken by a person mirror (ingestion/person_outbox.py).
-CREATE TABLE IF NOT EXISTS plugin_server_person_outbox (
-    id          bigserial PRIMARY KEY,
-    row         jsonb NOT NULL,
-    written_at  timestamptz NOT NULL DEFAULT now()
-);

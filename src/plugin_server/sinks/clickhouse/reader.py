@@ -1,0 +1,68 @@
+"""Reads stored events back from ClickHouse's `events` (FINAL: each event once), for the historical
+export (plugins/historical.py's `StoredEvents`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from plugin_server.ingestion.elements import chain_to_elements
+from plugin_server.plugins.historical import ReadFailed
+from plugin_server.sinks.clickhouse.client import AsyncClickHouse
+
+_PAGE = """
+    SELECT uuid, event, distinct_id, properties, elements_chain, team_id, timestamp, created_at
+    FROM events FINAL
+    WHERE team_id = {team_id:Int64} AND timestamp >= {start:DateTime64(6, 'UTC')}
+        AND timestamp < {until:DateTime64(6, 'UTC')}
+    ORDER BY timestamp, uuid
+    LIMIT {limit:UInt32} OFFSET {offset:UInt64}"""
+_BOUNDARIES = """
+    SELECT min(timestamp) AS first, max(timestamp) AS last, count() AS stored
+    FROM events WHERE team_id = {team_id:Int64}"""
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class ClickHouseStoredEvents:
+    source_db = "clickhouse"
+
+    def __init__(self, clickhouse: AsyncClickHouse) -> None:
+        self._clickhouse = clickhouse
+
+    async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            return await self._clickhouse.rows(sql, parameters)
+        except ClickHouseError as error:
+            raise ReadFailed(str(error)) from error
+
+    async def boundaries(self, team_id: int) -> tuple[datetime | None, datetime | None]:
+        rows = await self._rows(_BOUNDARIES, {"team_id": team_id})
+        if not rows or not rows[0]["stored"]:
+            return None, None
+        return _aware(rows[0]["first"]), _aware(rows[0]["last"])
+
+    async def page(
+        self, team_id: int, start: datetime, until: datetime, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        parameters = {"team_id": team_id, "start": start, "until": until, "offset": offset, "limit": limit}
+        return [
+            {
+                "uuid": row["uuid"],
+                "event": row["event"],
+                "distinct_id": row["distinct_id"],
+                "properties": orjson.loads(row["properties"] or "{}"),
+                # As the Postgres sink stores them (posthog_event.elements).
+                "elements": [asdict(element) for element in chain_to_elements(row["elements_chain"])],
+                "team_id": row["team_id"],
+                "timestamp": _aware(row["timestamp"]),
+                "created_at": _aware(row["created_at"]),
+            }
+            for row in await self._rows(_PAGE, parameters)
+        ]
