@@ -69,6 +69,7 @@ TABLES = [
     "posthog_organization",
     "plugin_server_jobs",
     "plugin_server_schedule_periods",
+    "plugin_server_person_outbox",
 ]
 
 

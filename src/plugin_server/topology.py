@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.config import Settings
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
@@ -80,6 +81,8 @@ class Sinks:
 
     events: EventSink
     persons: PersonSink
+    # Where the person manager records the rows the person sink has not taken yet (a mirror only).
+    outbox: PersonOutbox | None = None
 
 
 @contextlib.asynccontextmanager
@@ -87,7 +90,7 @@ async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> Asyn
     """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
     clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
     the way out, after what is in flight is delivered). clickhouse-direct: the same records inserted
-    straight into ClickHouse's tables."""
+    straight into ClickHouse's tables. Both mirrors keep a person outbox."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
         return
@@ -105,9 +108,14 @@ async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> Asyn
 
 
 def _record_sinks(sender: RecordSender, settings: Settings, pool: AsyncConnectionPool[Any]) -> Sinks:
-    """Events, persons, distinct ids and groups as records of CLICKHOUSE_KAFKA_FORMAT, through `sender`."""
+    """Events, persons, distinct ids and groups as records of CLICKHOUSE_KAFKA_FORMAT, through `sender`,
+    with an outbox for the person rows a crash could leave unsent."""
     format = kafka_format(settings)
-    return Sinks(KafkaEventSink(sender, format, partial(persons_of, pool)), KafkaPersonSink(sender, format))
+    return Sinks(
+        KafkaEventSink(sender, format, partial(persons_of, pool)),
+        KafkaPersonSink(sender, format),
+        PersonOutbox(),
+    )
 
 
 def kafka_format(settings: Settings) -> KafkaFormat:

@@ -12,8 +12,8 @@ from plugin_server.sinks.kafka.protobuf import EVENT_FIELDS, Event, delimited, v
 _TYPES = {"string": FieldDescriptor.TYPE_STRING, "uint64": FieldDescriptor.TYPE_UINT64}
 
 
-def declared_fields() -> list[tuple[str, int, int]]:
-    text = (resources.files("plugin_server.sinks.kafka") / "events.proto").read_text()
+def declared_fields(package: str = "plugin_server.sinks.kafka") -> list[tuple[str, int, int]]:
+    text = (resources.files(package) / "events.proto").read_text()
     body = re.search(r"message Event \{(.*?)\}", text, re.S)
     assert body is not None
     fields = re.findall(r"^\s*([\w.]+)\s+(\w+)\s*=\s*(\d+);", body[1], re.M)
@@ -37,3 +37,8 @@ def test_delimited_messages_carry_their_length_first() -> None:
     assert varint(len(body))[0] & 0x80  # over 127 bytes: a two-byte length
     assert Event.FromString(body).team_id == 2**40
     assert [varint(n) for n in (0, 1, 127, 128, 300)] == [b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02"]
+
+
+def test_the_schema_clickhouse_reads_the_topic_with_has_the_same_fields() -> None:
+    """The Kafka table's schema (migrate --clickhouse) leaves out the two Timestamp fields, never set."""
+    assert declared_fields("plugin_server.sinks.clickhouse") == declared_fields()[:8]
