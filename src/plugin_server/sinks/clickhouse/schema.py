@@ -25,7 +25,7 @@ from typing import Literal
 Formats = Literal["original", "current"]
 
 # The schema of the protobuf events, which ClickHouse's format_schemas folder needs for `kafka_events`.
-EVENTS_PROTO = Path(str(resources.files("plugin_server.sinks.clickhouse").joinpath("events.proto")))
+EVENTS_PROTO = Path(str(resources.files("plugin_server.sinks.kafka").joinpath("events.proto")))
 
 # Kafka tables' virtual columns, which the materialized views copy into every table.
 KAFKA_COLUMNS = "_timestamp DateTime, _offset UInt64"
