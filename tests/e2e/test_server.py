@@ -88,7 +88,10 @@ def test_bad_messages_go_to_the_dead_letter_list_and_consumption_goes_on(
 def test_a_killed_worker_loses_nothing(
     tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam, redis_client: redis.Redis
 ) -> None:
-    """kill -9 of the workers while they hold unacknowledged batches: every event is stored once."""
+    """kill -9 of the workers while they hold unacknowledged batches: every event is stored once.
+
+    The workers are frozen (SIGSTOP) just before the kill, so that the test sees the kill land
+    mid-stream: some events stored but not all, and claimed batches not acknowledged yet."""
     app = celery_app(redis_url)
     total = 3000
     for index in range(total):
@@ -99,8 +102,15 @@ def test_a_killed_worker_loses_nothing(
     with running_server(tmp_path, env) as server:
         server.wait_for_log("All systems go")
         wait_for_count(database_url, COUNT_EVENTS, 200)
-        for pid in server.worker_pids():
+        workers = server.worker_pids()
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        in_flight = sum(redis_client.llen(key) for key in redis_client.keys("posthog-plugins:unacked:*"))
+        stored_at_kill = wait_for_count(database_url, COUNT_EVENTS, 0)
+        for pid in workers:
             os.kill(pid, signal.SIGKILL)
+        assert 0 < stored_at_kill < total, "the kill must land while events are still being ingested"
+        assert in_flight > 0, "the killed workers must hold claimed, unacknowledged events"
         server.wait_for_log("starting it again")
         assert wait_for_count(database_url, COUNT_EVENTS, total, timeout=120) == total
         # Batches stored by a killed worker but not acknowledged are requeued and stored again (the

@@ -1,0 +1,211 @@
+"""Load, memory watch and the final count for fault tests.
+
+A `Load` sends numbered events at a steady rate from a thread of its own, as a client would: a send that
+fails is tried again (so an event may arrive twice, and must still be stored once). `tally` then counts,
+by number, the events lost (sent, not stored) and doubled (stored more than once). `RssWatch` samples the
+resident memory of the server's workers throughout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psycopg
+import redis
+
+from plugin_server.ingestion.celery import encode_task
+from tests.e2e.server import PROCESS_EVENT_TASK
+
+# A worker's resident memory must stay below this during every fault: the pipeline holds at most
+# TASKS_PER_WORKER batches, whatever piles up in the queue. (A worker with its V8 runtime and the
+# plugin machinery loaded takes about a third of this.)
+WORKER_RSS_BOUND_MB = 400
+NOW = "2021-11-28T10:00:00.000000+00:00"
+TALLY = """SELECT COUNT(*), COUNT(DISTINCT properties->>'n') FROM posthog_event
+           WHERE team_id = %s AND (properties->>'n')::int < %s"""
+
+Send = Callable[[int], None]
+
+
+class Load:
+    """Sends event n = 0, 1, 2... with `send(n)` at `rate` events per second until stopped."""
+
+    def __init__(self, send: Send, rate: float = 150) -> None:
+        self._send = send
+        self._interval = 1 / rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.sent = 0
+        self.retries = 0  # sends that failed and were made again
+        self.slowest = 0.0  # seconds, of the slowest send that succeeded
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> int:
+        """Stop sending; the number of events sent (0 .. sent-1)."""
+        self._stop.set()
+        self._thread.join(60)
+        return self.sent
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            while True:
+                started = time.monotonic()
+                try:
+                    self._send(self.sent)
+                    self.slowest = max(self.slowest, time.monotonic() - started)
+                    break
+                except (redis.RedisError, httpx.HTTPError, OSError):
+                    self.retries += 1
+                    if self._stop.wait(0.1):
+                        return
+            self.sent += 1
+            next_at += self._interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+def celery_sender(redis_url: str, team_id: int) -> Send:
+    """Each event as a Celery task on the `posthog-plugins` list, as PostHog's web app enqueues it."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+    def send(n: int) -> None:
+        data = {"event": "load", "properties": {"n": n}, "timestamp": NOW}
+        args = [f"person-{n % 20}", "127.0.0.1", "http://localhost", data, team_id, NOW, NOW]
+        client.lpush("posthog-plugins", encode_task(PROCESS_EVENT_TASK, args, queue="posthog-plugins"))
+
+    return send
+
+
+def capture_sender(web_url: str, token: str) -> Send:
+    """Each event posted to the capture API with its own uuid, as posthog-js sends it (a retry sends
+    the same uuid); anything but a 200 is a failure to retry."""
+    client = httpx.Client(timeout=15)  # capture itself answers 503 after 10 s without Kafka
+    run = uuid.uuid4()
+
+    def send(n: int) -> None:
+        event_uuid = str(uuid.uuid5(run, str(n)))
+        event = {
+            "event": "load",
+            "distinct_id": f"person-{n % 20}",
+            "properties": {"n": n},
+            "uuid": event_uuid,
+        }
+        response = client.post(f"{web_url}/batch/", json={"api_key": token, "batch": [event]})
+        if response.status_code != 200:
+            raise httpx.HTTPStatusError("not accepted", request=response.request, response=response)
+
+    return send
+
+
+@dataclass
+class Tally:
+    lost: int
+    doubled: int
+
+
+def tally(database_url: str, team_id: int, sent: int, timeout: float = 60) -> Tally:
+    """Wait (up to `timeout`) until every event sent is stored, then count the lost and the doubled."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while True:
+            row = connection.execute(TALLY, (team_id, sent)).fetchone()
+            assert row is not None
+            rows, distinct = row
+            if distinct >= sent or time.monotonic() > deadline:
+                return Tally(lost=sent - distinct, doubled=rows - distinct)
+            time.sleep(0.2)
+
+
+def recovery_seconds(database_url: str, team_id: int, sent: int, timeout: float = 90) -> float:
+    """Seconds until every event numbered below `sent` (those sent before the fault ended) is stored."""
+    start = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        while True:
+            row = connection.execute(TALLY, (team_id, sent)).fetchone()
+            if row is not None and row[1] >= sent:
+                return time.monotonic() - start
+            assert time.monotonic() - start < timeout, f"{row} stored of {sent} within {timeout} s"
+            time.sleep(0.1)
+
+
+def stored_count(database_url: str, team_id: int) -> int:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT COUNT(*) FROM posthog_event WHERE team_id = %s", (team_id,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+class RssWatch:
+    """Samples the resident memory of the processes `pids()` names, keeping the largest seen."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self._pids = pids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+        self.max_mb = 0.0
+
+    def __enter__(self) -> RssWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.3):
+            for pid in self._safe_pids():
+                self.max_mb = max(self.max_mb, rss_mb(pid))
+
+    def _safe_pids(self) -> list[int]:
+        try:
+            return self._pids()
+        except (AssertionError, httpx.HTTPError, OSError):
+            return []  # the server is between lives
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Report:
+    """What one fault did, printed for the README's table (pytest -rP shows it)."""
+
+    fault: str
+    sent: int
+    tally: Tally
+    recovery_seconds: float
+    rss_mb: float
+
+    def check(self) -> None:
+        print(
+            f"FAULT {self.fault}: sent {self.sent}, lost {self.tally.lost}, doubled {self.tally.doubled}, "
+            f"recovered in {self.recovery_seconds:.1f} s, worker RSS max {self.rss_mb:.0f} MB"
+        )
+        assert (self.tally.lost, self.tally.doubled) == (0, 0)
+        assert 0 < self.rss_mb < WORKER_RSS_BOUND_MB
