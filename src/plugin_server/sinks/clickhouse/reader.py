@@ -26,7 +26,7 @@ _BOUNDARIES = """
     FROM events WHERE team_id = {team_id:Int64}"""
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -46,7 +46,7 @@ class ClickHouseStoredEvents:
         rows = await self._rows(_BOUNDARIES, {"team_id": team_id})
         if not rows or not rows[0]["stored"]:
             return None, None
-        return _aware(rows[0]["first"]), _aware(rows[0]["last"])
+        return aware(rows[0]["first"]), aware(rows[0]["last"])
 
     async def page(
         self, team_id: int, start: datetime, until: datetime, offset: int, limit: int
@@ -61,8 +61,8 @@ class ClickHouseStoredEvents:
                 # As the Postgres sink stores them (posthog_event.elements).
                 "elements": [asdict(element) for element in chain_to_elements(row["elements_chain"])],
                 "team_id": row["team_id"],
-                "timestamp": _aware(row["timestamp"]),
-                "created_at": _aware(row["created_at"]),
+                "timestamp": aware(row["timestamp"]),
+                "created_at": aware(row["created_at"]),
             }
             for row in await self._rows(_PAGE, parameters)
         ]

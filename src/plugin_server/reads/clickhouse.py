@@ -1,0 +1,123 @@
+"""The readers of EVENT_STORE=clickhouse-*: ClickHouse's `events` (and, with clickhouse-kafka, its
+`plugin_log_entries`), read with FINAL so that a redelivered row shows once.
+
+The client is opened at the first read, not when the web process starts: a ClickHouse that is down
+fails the reads (503) and readiness, not the capture API. The in-process chDB engine (CLICKHOUSE_HOST
+`chdb:///folder`) lets one process at a time open its folder, and a running server's worker holds it:
+then the client is opened for each read and closed after it, so that a read never keeps the folder
+from a worker (while the worker holds it, the read fails, saying so)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from plugin_server.config import Settings
+from plugin_server.plugins.meta.logs import PluginLogEntry
+from plugin_server.reads import DEFAULT_LIMIT, LOG_COLUMNS, LogQuery, ReadFailed, StoredEvent, log_entry
+from plugin_server.sinks.clickhouse.client import AsyncClickHouse, is_in_process, open_client
+from plugin_server.sinks.clickhouse.reader import aware
+
+_RECENT_EVENTS = """
+    SELECT toString(uuid) AS uuid, event, distinct_id, timestamp, properties FROM events FINAL
+    WHERE team_id = {team:Int64} AND startsWith(distinct_id, {prefix:String})
+    ORDER BY timestamp DESC, uuid DESC LIMIT {limit:UInt32}"""
+_MATCHING_LOGS = f"""
+    SELECT {LOG_COLUMNS} FROM plugin_log_entries FINAL
+    WHERE plugin_config_id = {{config:Int64}}
+        AND (empty({{types:Array(String)}}) OR has({{types:Array(String)}}, type))
+        AND positionCaseInsensitiveUTF8(message, {{text:String}}) > 0"""
+_NEWEST_LOGS = f"""SELECT * FROM ({_MATCHING_LOGS} ORDER BY timestamp DESC, id DESC LIMIT {{limit:UInt32}})
+    ORDER BY timestamp, id"""
+_LOGS_AFTER = f"""{_MATCHING_LOGS}
+        AND (timestamp, id) > ({{at:DateTime64(6, 'UTC')}}, {{after:UUID}})
+    ORDER BY timestamp, id LIMIT {{limit:UInt32}}"""
+_ENTRY_TIME = """SELECT timestamp FROM plugin_log_entries
+    WHERE id = {after:UUID} AND plugin_config_id = {config:Int64} LIMIT 1"""
+
+
+class ClickHouseConnection:
+    """A ClickHouse client of the CLICKHOUSE_* settings, opened at the first query (see above)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._keep = not is_in_process(settings)
+        self._client: AsyncClickHouse | None = None
+        self._opening = asyncio.Lock()
+
+    async def rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        """The rows of a query; ReadFailed when ClickHouse cannot be reached or refuses it."""
+        try:
+            client = await self._open()
+            try:
+                return await client.rows(sql, parameters)
+            finally:
+                if not self._keep:
+                    await client.close()
+        except ClickHouseError as error:
+            raise ReadFailed(f"ClickHouse: {error}") from error
+
+    async def problem(self) -> str | None:
+        """For readiness: None when ClickHouse answers. The in-process engine is not probed (it belongs
+        to the worker; probing it would fail, or hold it from a worker starting meanwhile)."""
+        if self._keep:
+            await self.rows("SELECT 1", {})
+        return None
+
+    async def _open(self) -> AsyncClickHouse:
+        if not self._keep:
+            return AsyncClickHouse(await asyncio.to_thread(open_client, self._settings))
+        async with self._opening:
+            if self._client is None:
+                self._client = AsyncClickHouse(await asyncio.to_thread(open_client, self._settings))
+            return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+class ClickHouseReads:
+    """Both readers, over one connection (the log reader is used only with clickhouse-kafka)."""
+
+    def __init__(self, clickhouse: ClickHouseConnection) -> None:
+        self._clickhouse = clickhouse
+
+    async def recent_events(
+        self, team_id: int, distinct_id: str = "", limit: int = DEFAULT_LIMIT
+    ) -> list[StoredEvent]:
+        parameters = {"team": team_id, "prefix": distinct_id, "limit": limit}
+        return [
+            StoredEvent(
+                uuid=row["uuid"],
+                event=row["event"],
+                distinct_id=row["distinct_id"],
+                timestamp=aware(row["timestamp"]),
+                properties=orjson.loads(row["properties"] or "{}"),
+            )
+            for row in await self._clickhouse.rows(_RECENT_EVENTS, parameters)
+        ]
+
+    async def log_entries(self, query: LogQuery) -> list[PluginLogEntry]:
+        after = query.after_id()
+        parameters: dict[str, Any] = {
+            "config": query.plugin_config_id,
+            "limit": query.limit,
+            "types": list(query.types),
+            "text": query.text,
+        }
+        if after is None:
+            rows = await self._clickhouse.rows(_NEWEST_LOGS, parameters)
+        else:
+            # The entry's time first: a scalar subquery that finds nothing would compare with zeros.
+            found = await self._clickhouse.rows(_ENTRY_TIME, {**parameters, "after": after})
+            if not found:
+                return []
+            rows = await self._clickhouse.rows(
+                _LOGS_AFTER, {**parameters, "after": after, "at": found[0]["timestamp"]}
+            )
+        return [log_entry({**row, "timestamp": aware(row["timestamp"])}) for row in rows]
