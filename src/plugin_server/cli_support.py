@@ -62,19 +62,14 @@ def database_url(settings: Settings) -> Iterator[str]:
 
 
 def read_stored(settings: Settings, url: str, read: Callable[[Reads], Awaitable[T]]) -> T:
-    """What `read` reads through the readers of EVENT_STORE (topology.open_reads), over the database at
+    """What `read` reads through the readers of EVENT_STORE (topology.open_reads), with the database at
     `url`; exit 1 saying why when the store cannot be read."""
-    from plugin_server.db.postgres import open_pool
     from plugin_server.reads import ReadFailed
     from plugin_server.topology import open_reads
 
     async def run() -> T:
-        pool = await open_pool(url, min_size=1, max_size=1)
-        try:
-            async with open_reads(settings, pool) as reads:
-                return await read(reads)
-        finally:
-            await pool.close()
+        async with open_reads(settings, url) as reads:
+            return await read(reads)
 
     try:
         return asyncio.run(run())

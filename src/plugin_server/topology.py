@@ -205,12 +205,12 @@ async def open_stored_events(
 
 
 @contextlib.asynccontextmanager
-async def open_reads(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Reads]:
+async def open_reads(settings: Settings, database_url: str) -> AsyncIterator[Reads]:
     """Where the console, the operator API and the CLI read events and plugin logs back: where the
     workers store them. Events: Postgres, or ClickHouse with either ClickHouse store (with
     clickhouse-kafka, once ClickHouse's Kafka tables consumed them). Plugin logs: ClickHouse with
     clickhouse-kafka (open_log_writer sends them there), else Postgres."""
-    postgres = postgres_reads(pool)
+    postgres = postgres_reads(database_url)
     if settings.EVENT_STORE == "postgres":
         yield postgres
         return

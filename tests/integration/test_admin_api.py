@@ -55,7 +55,9 @@ def settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def client_for(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> AsyncIterator[Any]:
+async def client_for(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, database_url: str
+) -> AsyncIterator[Any]:
     """Makes an HTTP client of an app with the admin router, on the test database and Redis."""
     clients: list[httpx.AsyncClient] = []
 
@@ -66,7 +68,7 @@ async def client_for(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> 
             pool=pool,
             redis=aredis,
             enqueuer=open_enqueuer(app_settings, aredis),
-            reads=postgres_reads(pool),
+            reads=postgres_reads(database_url),
         )
         include_operator_api(app, app_settings)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin")

@@ -43,7 +43,7 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     config = load_settings({}, **settings)
     enqueuer = open_enqueuer(config, redis)
-    app = create_app(WebContext(config, pool, redis, enqueuer, workers, reads=postgres_reads(pool)))
+    app = create_app(WebContext(config, pool, redis, enqueuer, workers, reads=postgres_reads(pool.conninfo)))
     transport = httpx.ASGITransport(app=app, client=(peer, 50000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

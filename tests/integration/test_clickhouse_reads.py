@@ -48,11 +48,14 @@ class BothStores:
 
 @pytest.fixture
 async def reads(
-    clickhouse: Client, clickhouse_settings: Settings, pool: AsyncConnectionPool[Any]
+    clickhouse: Client, clickhouse_settings: Settings, database_url: str
 ) -> AsyncIterator[tuple[Reads, Reads]]:
     """(Postgres' readers, ClickHouse's readers with EVENT_STORE=clickhouse-kafka)."""
     kafka_mode = clickhouse_settings.model_copy(update={"EVENT_STORE": "clickhouse-kafka"})
-    async with open_reads(load_settings({}), pool) as postgres, open_reads(kafka_mode, pool) as in_clickhouse:
+    async with (
+        open_reads(load_settings({}), database_url) as postgres,
+        open_reads(kafka_mode, database_url) as in_clickhouse,
+    ):
         yield postgres, in_clickhouse
 
 
@@ -189,6 +192,7 @@ async def test_with_the_direct_writer_plugin_logs_are_read_where_they_are_writte
     clickhouse: Client,
     clickhouse_settings: Settings,
     pool: AsyncConnectionPool[Any],
+    database_url: str,
     team: CreatedTeam,
     clean_db: Db,
 ) -> None:
@@ -200,17 +204,17 @@ async def test_with_the_direct_writer_plugin_logs_are_read_where_they_are_writte
     await writer.close()
     await store_events(pool, clickhouse_settings, [message(team.team_id, "ann", {"event": "seen"})])
     clean_db.execute("TRUNCATE posthog_event CASCADE")  # so that only ClickHouse has it
-    async with open_reads(direct, pool) as reads:
+    async with open_reads(direct, database_url) as reads:
         assert await reads.logs.log_entries(LogQuery(written.plugin_config_id)) == [written]
         assert [event.event for event in await reads.events.recent_events(team.team_id)] == ["seen"]
 
 
 async def test_a_clickhouse_that_is_down_fails_the_reads_and_readiness(
-    pool: AsyncConnectionPool[Any], team: CreatedTeam
+    database_url: str, team: CreatedTeam
 ) -> None:
     # A closed port on loopback: nothing listens there.
     down = load_settings({}, EVENT_STORE="clickhouse-kafka", CLICKHOUSE_HOST="127.0.0.1:9")
-    async with open_reads(down, pool) as reads:
+    async with open_reads(down, database_url) as reads:
         with pytest.raises(ReadFailed, match="ClickHouse"):
             await reads.events.recent_events(team.team_id)
         with pytest.raises(ReadFailed):

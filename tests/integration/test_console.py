@@ -43,12 +43,14 @@ SCHEMA = [
 
 
 @pytest.fixture
-async def client_for(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> AsyncIterator[Any]:
+async def client_for(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, database_url: str
+) -> AsyncIterator[Any]:
     """Makes an HTTP client of the whole web app (as served), on the test database and Redis."""
     async with contextlib.AsyncExitStack() as clients:
 
         async def make(settings: Settings) -> httpx.AsyncClient:
-            reads = await clients.enter_async_context(open_reads(settings, pool))
+            reads = await clients.enter_async_context(open_reads(settings, database_url))
             app = create_app(WebContext(settings, pool, aredis, open_enqueuer(settings, aredis), reads=reads))
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console.test")
             return await clients.enter_async_context(client)

@@ -34,13 +34,15 @@ Login = Callable[[Settings], Any]
 
 
 @pytest.fixture
-async def logged_in(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> AsyncIterator[Login]:
+async def logged_in(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, database_url: str
+) -> AsyncIterator[Login]:
     """Makes a client of the web app with these settings, logged in to the console."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def login(settings: Settings) -> httpx.AsyncClient:
             settings = settings.model_copy(update={"ADMIN_TOKEN": TOKEN})
-            reads = await stack.enter_async_context(open_reads(settings, pool))
+            reads = await stack.enter_async_context(open_reads(settings, database_url))
             app = create_app(WebContext(settings, pool, aredis, open_enqueuer(settings, aredis), reads=reads))
             transport = httpx.ASGITransport(app=app)
             client = httpx.AsyncClient(transport=transport, base_url="http://console.test")

@@ -348,7 +348,7 @@ def operator_context(database_url: str, redis_url: str, **settings: Any) -> WebC
         pool,
         redis_client,
         open_enqueuer(app_settings, redis_client),
-        reads=postgres_reads(pool),
+        reads=postgres_reads(database_url),
     )
 
 

@@ -1,12 +1,15 @@
 """The readers of EVENT_STORE=postgres: posthog_event and posthog_pluginlogentry (plugin logs live in
-Postgres with clickhouse-direct too)."""
+Postgres with clickhouse-direct too).
+
+Each read has a connection of its own, as the operator API's and the console's other database calls
+(web/admin.py): reads are rare, and the web process's pool stays free for capture."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.postgres import escape_like
 from plugin_server.plugins.meta.logs import PluginLogEntry
@@ -27,16 +30,15 @@ _LOGS_AFTER = f"""{_MATCHING_LOGS}
 
 
 class PostgresReads:
-    """Both readers, over the pool's connections."""
+    """Both readers, of the database at `database_url`."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
 
     async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        async with self._pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(sql, parameters)
-            rows: list[dict[str, Any]] = await cursor.fetchall()
-            return rows
+        connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True, row_factory=dict_row)
+        async with connection:
+            return await (await connection.execute(sql, parameters)).fetchall()
 
     async def recent_events(
         self, team_id: int, distinct_id: str = "", limit: int = DEFAULT_LIMIT
@@ -57,7 +59,7 @@ class PostgresReads:
         return [log_entry(row) for row in rows]
 
 
-def postgres_reads(pool: AsyncConnectionPool[Any]) -> Reads:
+def postgres_reads(database_url: str) -> Reads:
     """Events and plugin logs both from Postgres."""
-    reads = PostgresReads(pool)
+    reads = PostgresReads(database_url)
     return Reads(events=reads, logs=reads)

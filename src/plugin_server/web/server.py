@@ -38,7 +38,7 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
         stack.push_async_callback(redis_client.aclose)
         enqueuer = open_enqueuer(settings, redis_client)
         stack.push_async_callback(enqueuer.close)
-        reads = await stack.enter_async_context(open_reads(settings, pool))
+        reads = await stack.enter_async_context(open_reads(settings, settings.database_url))
         app = create_app(WebContext(settings, pool, redis_client, enqueuer, workers, reads=reads))
         config = uvicorn.Config(
             app,
