@@ -92,12 +92,19 @@ async def test_recent_events_read_alike_from_postgres_and_clickhouse(
         for distinct_id, minute in sent
     ]
     messages.append(message(other.team_id, "ann-1", {"event": "elsewhere", "timestamp": START.isoformat()}))
+    now = datetime.now(UTC)
+    for days in (2, 40, 400):  # ClickHouse looks back a day, a week, a month, a year, then ever
+        moment = (now - timedelta(days=days)).isoformat()
+        messages.append(message(team.team_id, "cy", {"event": f"{days} days ago", "timestamp": moment}))
     await store_events(pool, clickhouse_settings, messages)
 
     postgres, in_clickhouse = reads
     for distinct_id, limit, expected in [
-        ("", 50, ["e4", "e3", "e2", "e1"]),  # newest first, one team's only, each event once
-        ("ann", 50, ["e4", "e3", "e1"]),
+        ("", 50, ["2 days ago", "40 days ago", "400 days ago", "e4", "e3", "e2", "e1"]),  # newest first,
+        ("ann", 50, ["e4", "e3", "e1"]),  # one team's only, each event once
+        ("cy", 1, ["2 days ago"]),
+        ("cy", 2, ["2 days ago", "40 days ago"]),
+        ("", 4, ["2 days ago", "40 days ago", "400 days ago", "e4"]),
         ("ann-1", 1, ["e4"]),
         ("a%", 50, []),  # a prefix, not a pattern
         ("", 0, []),
@@ -106,7 +113,7 @@ async def test_recent_events_read_alike_from_postgres_and_clickhouse(
         from_clickhouse = await in_clickhouse.events.recent_events(team.team_id, distinct_id, limit)
         assert [event.event for event in from_clickhouse] == expected, distinct_id
         assert from_clickhouse == from_postgres
-    [newest, *_] = await in_clickhouse.events.recent_events(team.team_id)
+    [newest] = await in_clickhouse.events.recent_events(team.team_id, "ann", 1)
     assert newest.timestamp == START + timedelta(minutes=4)  # aware, to the microsecond
     assert newest.properties["nested"] == {"ö": [1, None]}
     assert uuid.UUID(newest.uuid or "")

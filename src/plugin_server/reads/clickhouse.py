@@ -4,12 +4,15 @@
 The client is opened at the first read, not when the web process starts: a ClickHouse that is down
 fails the reads (503) and readiness, not the capture API. The in-process chDB engine (CLICKHOUSE_HOST
 `chdb:///folder`) lets one process at a time open its folder, and a running server's worker holds it:
-then the client is opened for each read and closed after it, so that a read never keeps the folder
+then the client is opened for each read and closed after it, so that reads never keep the folder
 from a worker (while the worker holds it, the read fails, saying so)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -23,8 +26,14 @@ from plugin_server.sinks.clickhouse.reader import aware
 
 _RECENT_EVENTS = """
     SELECT toString(uuid) AS uuid, event, distinct_id, timestamp, properties FROM events FINAL
-    WHERE team_id = {team:Int64} AND startsWith(distinct_id, {prefix:String})
+    WHERE team_id = {team:Int64} AND timestamp >= {since:DateTime64(6, 'UTC')}
+        AND startsWith(distinct_id, {prefix:String})
     ORDER BY timestamp DESC, uuid DESC LIMIT {limit:UInt32}"""
+# The newest events are looked for in the last day first, then further back until there are enough:
+# the sorting key starts with (team_id, toDate(timestamp)), so a window reads only its days, not all of
+# a large team's events (which FINAL would have to merge).
+_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=31), timedelta(days=366))
+_EVER = datetime(1970, 1, 1, tzinfo=UTC)
 _MATCHING_LOGS = f"""
     SELECT {LOG_COLUMNS} FROM plugin_log_entries FINAL
     WHERE plugin_config_id = {{config:Int64}}
@@ -48,12 +57,14 @@ class ClickHouseConnection:
         self._client: AsyncClickHouse | None = None
         self._opening = asyncio.Lock()
 
-    async def rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        """The rows of a query; ReadFailed when ClickHouse cannot be reached or refuses it."""
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[AsyncClickHouse]:
+        """The client for one read's queries; ClickHouse's errors, opening it or in the queries, become
+        ReadFailed."""
         try:
             client = await self._open()
             try:
-                return await client.rows(sql, parameters)
+                yield client
             finally:
                 if not self._keep:
                     await client.close()
@@ -64,7 +75,8 @@ class ClickHouseConnection:
         """For readiness: None when ClickHouse answers. The in-process engine is not probed (it belongs
         to the worker; probing it would fail, or hold it from a worker starting meanwhile)."""
         if self._keep:
-            await self.rows("SELECT 1", {})
+            async with self.client() as client:
+                await client.rows("SELECT 1", {})
         return None
 
     async def _open(self) -> AsyncClickHouse:
@@ -90,7 +102,13 @@ class ClickHouseReads:
     async def recent_events(
         self, team_id: int, distinct_id: str = "", limit: int = DEFAULT_LIMIT
     ) -> list[StoredEvent]:
-        parameters = {"team": team_id, "prefix": distinct_id, "limit": limit}
+        now = datetime.now(UTC)
+        async with self._clickhouse.client() as client:
+            for since in [now - window for window in _WINDOWS] + [_EVER]:
+                parameters = {"team": team_id, "since": since, "prefix": distinct_id, "limit": limit}
+                rows = await client.rows(_RECENT_EVENTS, parameters)
+                if len(rows) >= limit:
+                    break
         return [
             StoredEvent(
                 uuid=row["uuid"],
@@ -99,7 +117,7 @@ class ClickHouseReads:
                 timestamp=aware(row["timestamp"]),
                 properties=orjson.loads(row["properties"] or "{}"),
             )
-            for row in await self._clickhouse.rows(_RECENT_EVENTS, parameters)
+            for row in rows
         ]
 
     async def log_entries(self, query: LogQuery) -> list[PluginLogEntry]:
@@ -110,14 +128,15 @@ class ClickHouseReads:
             "types": list(query.types),
             "text": query.text,
         }
-        if after is None:
-            rows = await self._clickhouse.rows(_NEWEST_LOGS, parameters)
-        else:
-            # The entry's time first: a scalar subquery that finds nothing would compare with zeros.
-            found = await self._clickhouse.rows(_ENTRY_TIME, {**parameters, "after": after})
-            if not found:
-                return []
-            rows = await self._clickhouse.rows(
-                _LOGS_AFTER, {**parameters, "after": after, "at": found[0]["timestamp"]}
-            )
+        async with self._clickhouse.client() as client:
+            if after is None:
+                rows = await client.rows(_NEWEST_LOGS, parameters)
+            else:
+                # The entry's time first: a scalar subquery that finds nothing would compare with zeros.
+                found = await client.rows(_ENTRY_TIME, {**parameters, "after": after})
+                if not found:
+                    return []
+                rows = await client.rows(
+                    _LOGS_AFTER, {**parameters, "after": after, "at": found[0]["timestamp"]}
+                )
         return [log_entry({**row, "timestamp": aware(row["timestamp"])}) for row in rows]
