@@ -69,6 +69,7 @@ TABLES = [
     "posthog_organization",
     "plugin_server_jobs",
     "plugin_server_schedule_periods",
+    "plugin_server_person_outbox",
 ]
 
 
@@ -196,10 +197,17 @@ def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def clickhouse_settings(chdb_folder: Path) -> Iterator[Settings]:
-    """Settings of a fresh ClickHouse database on chDB (dropped afterwards)."""
+def clickhouse_settings(request: pytest.FixtureRequest, chdb_folder: Path) -> Iterator[Settings]:
+    """Settings of a fresh ClickHouse database on chDB (dropped afterwards), in the CLICKHOUSE_KAFKA_FORMAT
+    a test may parametrize it with (indirect; default original)."""
     database = f"test_{uuid.uuid4().hex[:12]}"
-    yield load_settings({}, CLICKHOUSE_HOST=f"chdb://{chdb_folder}", CLICKHOUSE_DATABASE=database)
+    formats = getattr(request, "param", "original")
+    yield load_settings(
+        {},
+        CLICKHOUSE_HOST=f"chdb://{chdb_folder}",
+        CLICKHOUSE_DATABASE=database,
+        CLICKHOUSE_KAFKA_FORMAT=formats,
+    )
     client = open_client(load_settings({}, CLICKHOUSE_HOST=f"chdb://{chdb_folder}"))
     client.command(f"DROP DATABASE IF EXISTS {database}")
     client.close()
@@ -207,7 +215,7 @@ def clickhouse_settings(chdb_folder: Path) -> Iterator[Settings]:
 
 @pytest.fixture
 def clickhouse(clickhouse_settings: Settings) -> Iterator[Client]:
-    """A client of the test's ClickHouse database, migrated (no Kafka tables)."""
+    """A client of the test's ClickHouse database, migrated (the Kafka tables as Null tables)."""
     client, _ = open_migrated(clickhouse_settings)
     yield client
     client.close()

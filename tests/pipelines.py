@@ -9,6 +9,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
+from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
@@ -18,12 +19,17 @@ NOW = "2021-11-28T10:00:00.000Z"
 EVENT_TIME = "2021-11-28T09:59:58.123Z"
 
 
-def pipeline(pool: AsyncConnectionPool[Any], sink: EventSink, person_sink: PersonSink) -> EventPipeline:
+def pipeline(
+    pool: AsyncConnectionPool[Any],
+    sink: EventSink,
+    person_sink: PersonSink,
+    outbox: PersonOutbox | None = None,
+) -> EventPipeline:
     return EventPipeline(
         teams=TeamManager(pool),
         definitions=DefinitionsManager(pool),
         groups=GroupTypeManager(pool),
-        persons=PersonManager(pool, lru_size=100),
+        persons=PersonManager(pool, lru_size=100, outbox=outbox),
         sink=sink,
         person_sink=person_sink,
     )

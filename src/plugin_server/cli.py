@@ -101,8 +101,8 @@ def migrate(
         bool,
         typer.Option(
             "--no-kafka-engine",
-            help="With --clickhouse: no Kafka tables (a ClickHouse without the Kafka engine, fed by "
-            "EVENT_STORE=clickhouse-direct); chDB never gets them.",
+            help="With --clickhouse: Null tables in place of the Kafka tables, for a ClickHouse without the "
+            "Kafka engine fed by EVENT_STORE=clickhouse-direct (always so on chDB).",
         ),
     ] = False,
 ) -> None:

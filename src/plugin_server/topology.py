@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.config import Settings
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
@@ -37,7 +38,7 @@ from plugin_server.reads import Reads
 from plugin_server.reads.postgres import postgres_reads
 from plugin_server.services.geoip import GeoIP
 from plugin_server.sinks import EventSink, PersonSink
-from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink, RecordSender
 from plugin_server.sinks.kafka.current import CurrentFormat
 from plugin_server.sinks.kafka.logs import KafkaLogEntryWriter
 from plugin_server.sinks.kafka.original import OriginalFormat
@@ -82,31 +83,41 @@ class Sinks:
 
     events: EventSink
     persons: PersonSink
+    # Where the person manager records the rows the person sink has not taken yet (a mirror only).
+    outbox: PersonOutbox | None = None
 
 
 @contextlib.asynccontextmanager
 async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
     """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
     clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
-    the way out, after what is in flight is delivered). clickhouse-direct: events inserted into
-    ClickHouse's tables."""
+    the way out, after what is in flight is delivered). clickhouse-direct: the same records inserted
+    straight into ClickHouse's tables. Both mirrors keep a person outbox."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
         return
     if settings.EVENT_STORE == "clickhouse-direct":
-        from plugin_server.sinks.clickhouse.events import ClickHouseEventSink
+        from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
 
         async with _open_clickhouse(settings) as clickhouse:
-            yield Sinks(ClickHouseEventSink(clickhouse), PostgresPersonSink())
+            yield _record_sinks(ClickHouseTopicWriter.for_settings(clickhouse, settings), settings, pool)
         return
     producer = KafkaProducer(settings)
-    format = kafka_format(settings)
     try:
-        yield Sinks(
-            KafkaEventSink(producer, format, partial(persons_of, pool)), KafkaPersonSink(producer, format)
-        )
+        yield _record_sinks(producer, settings, pool)
     finally:
         await producer.close()
+
+
+def _record_sinks(sender: RecordSender, settings: Settings, pool: AsyncConnectionPool[Any]) -> Sinks:
+    """Events, persons, distinct ids and groups as records of CLICKHOUSE_KAFKA_FORMAT, through `sender`,
+    with an outbox for the person rows a crash could leave unsent."""
+    format = kafka_format(settings)
+    return Sinks(
+        KafkaEventSink(sender, format, partial(persons_of, pool)),
+        KafkaPersonSink(sender, format),
+        PersonOutbox(),
+    )
 
 
 def kafka_format(settings: Settings) -> KafkaFormat:
@@ -142,6 +153,7 @@ async def open_plugin_services(
     async with (
         plugin_http_client(settings) as http,
         plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
+        open_stored_events(settings, pool) as stored_events,
     ):
         logs = open_log_writer(settings, pool)
         enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
@@ -160,6 +172,7 @@ async def open_plugin_services(
                 hung=HungMarks(redis),
                 enqueuer=enqueuer,
                 api_keys=PersonalApiKeys(pool),
+                stored_events=stored_events,
             )
         finally:
             await logs.close()
@@ -171,7 +184,7 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
     """A worker's plugin machinery over `services`; on exit its plugins are torn down."""
     meta = MetaFactory(services, posthog_host=settings.POSTHOG_API_HOST)
     runtimes = RuntimeServices(settings, services.http, services.connect_guard, services.tracker)
-    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool)
+    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool, services.stored_events)
     registry = PluginRegistry(
         services.pool,
         VMFactory(services.pool, services.logs, services.hung, create),
@@ -194,14 +207,18 @@ async def open_stored_events(
     settings: Settings, pool: AsyncConnectionPool[Any]
 ) -> AsyncIterator[StoredEvents]:
     """Where the historical export reads stored events: Postgres, or ClickHouse when events are stored
-    there (directly or through Kafka)."""
+    there (directly or through Kafka; connected at the first read)."""
     if settings.EVENT_STORE == "postgres":
         yield PostgresStoredEvents(pool)
         return
+    from plugin_server.sinks.clickhouse.client import open_client
     from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
 
-    async with _open_clickhouse(settings) as clickhouse:
-        yield ClickHouseStoredEvents(clickhouse)
+    reader = ClickHouseStoredEvents(partial(open_client, settings))
+    try:
+        yield reader
+    finally:
+        await reader.close()
 
 
 @contextlib.asynccontextmanager
@@ -230,8 +247,9 @@ async def open_reads(settings: Settings, database_url: str) -> AsyncIterator[Rea
 
 @contextlib.asynccontextmanager
 async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
-    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (not the
-    Kafka tables, which `plugin-server migrate --clickhouse` creates)."""
+    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (the Kafka
+    tables as Null tables for the direct writer: `plugin-server migrate --clickhouse` makes Kafka-engine
+    ones)."""
     from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
     from plugin_server.sinks.clickhouse.migrate import open_migrated
 

@@ -34,6 +34,7 @@ from plugin_server.ingestion.batches import (
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
+from plugin_server.ingestion.person_outbox import resend_forever
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, message_context
 from plugin_server.jobs.queue import JobQueue
@@ -136,11 +137,11 @@ class Worker:
                 open_sources(settings, redis_client, self.consumer_id, teams)
             )
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
-            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
+            sinks = await stack.enter_async_context(open_sinks(settings, pool))
+            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE, outbox=sinks.outbox)
             plugins = PluginRunner(
                 worker_plugins.registry, services.hung, on_event_concurrency=settings.TASKS_PER_WORKER
             )
-            sinks = await stack.enter_async_context(open_sinks(settings, pool))
             pipelines = [
                 EventPipeline(
                     teams=teams,
@@ -164,6 +165,8 @@ class Worker:
                 asyncio.create_task(self._report_plugin_metrics(worker_plugins.metrics)),
                 asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
             ]
+            if sinks.outbox is not None:
+                helpers.append(asyncio.create_task(resend_forever(sinks.outbox, pool, sinks.persons.write)))
             until_stopped = [
                 asyncio.create_task(
                     jobs.run_forever(

@@ -1,12 +1,14 @@
 """The whole server with EVENT_STORE=clickhouse-direct on the in-process chDB engine: Celery messages in, the
-worker migrates ClickHouse at start and stores the events straight into its tables (persons stay in
-Postgres). chDB opens its folder in one process at a time, so the data is read once the server stopped."""
+worker migrates ClickHouse at start and stores the events straight into its tables, and mirrors the
+persons and distinct ids it commits to Postgres (their source of truth). chDB opens its folder in one
+process at a time, so the data is read once the server stopped."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import orjson
+import psycopg
 import redis
 
 from plugin_server.config import Settings
@@ -42,7 +44,7 @@ def test_celery_to_worker_to_clickhouse(
                 properties={"n": n},
                 queue=queue,
             )
-        snapshot = {"$session_id": "s-1", "$snapshot_data": {"type": 3}}
+        snapshot: dict[str, object] = {"$session_id": "s-1", "$snapshot_data": {"type": 3}}
         send_event(
             app,
             team_id=team.team_id,
@@ -66,5 +68,15 @@ def test_celery_to_worker_to_clickhouse(
         assert {distinct_id for distinct_id, _ in events.result_rows} == {f"user-{n}" for n in range(4)}
         recordings = clickhouse.query("SELECT session_id, snapshot_data FROM session_recording_events FINAL")
         assert recordings.result_rows == [("s-1", '{"type":3}')]
+        persons = clickhouse.query("SELECT toString(id) FROM person FINAL WHERE is_deleted = 0").result_rows
+        owners = clickhouse.query("SELECT distinct_id, toString(person_id) FROM person_distinct_id FINAL")
     finally:
         clickhouse.close()
+    with psycopg.connect(database_url) as db:
+        postgres_owners = db.execute(
+            """SELECT pdi.distinct_id, p.uuid::text FROM posthog_persondistinctid pdi
+               JOIN posthog_person p ON p.id = pdi.person_id"""
+        ).fetchall()
+        postgres_persons = db.execute("SELECT uuid::text FROM posthog_person").fetchall()
+    assert sorted(persons) == sorted(postgres_persons) and len(persons) == 4
+    assert sorted(owners.result_rows) == sorted(postgres_owners)

@@ -9,12 +9,15 @@ import uuid
 
 import pytest
 from clickhouse_connect.driver.client import Client
+from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from plugin_server.cli import app
 from plugin_server.config import Settings, load_settings
 from plugin_server.sinks.clickhouse.migrate import migrate_clickhouse
-from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO, Formats, kafka_statements
+from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO, FEEDS, kafka_statements
+from tests.clickhouse_kafka_engine import copy_topics
+from tests.kafka_broker import create_topic, unique_topic
 
 TABLES = {
     "events": "ReplacingMergeTree",
@@ -42,7 +45,13 @@ def final_count(client: Client, table: str) -> int:
 
 
 def test_migrate_creates_the_tables_once(clickhouse: Client, clickhouse_settings: Settings) -> None:
-    assert engines(clickhouse) == TABLES
+    """Without a Kafka engine (chDB), the Kafka tables are Null tables under the same views."""
+    expected = {
+        **TABLES,
+        **{feed.table: "Null" for feed in FEEDS["original"]},
+        **{feed.view: "MaterializedView" for feed in FEEDS["original"]},
+    }
+    assert engines(clickhouse) == expected
     versions = clickhouse.query("SELECT version, name FROM plugin_server_migrations ORDER BY version")
     assert versions.result_rows == [
         (1, "events"),
@@ -52,7 +61,7 @@ def test_migrate_creates_the_tables_once(clickhouse: Client, clickhouse_settings
     database = clickhouse_settings.CLICKHOUSE_DATABASE
     assert migrate_clickhouse(clickhouse, database, formats="original", kafka_brokers=None) == []
     assert final_count(clickhouse, "plugin_server_migrations") == 3
-    assert engines(clickhouse) == TABLES
+    assert engines(clickhouse) == expected
 
 
 def test_rows_delivered_twice_collapse(clickhouse: Client) -> None:
@@ -113,10 +122,11 @@ PERSON = str(uuid.uuid4())
 EVENT = str(uuid.uuid4())
 
 
-@pytest.mark.parametrize("formats", ["original", "current"])
-def test_kafka_views_copy_each_topic_into_its_table(clickhouse: Client, formats: Formats) -> None:
-    for statement in kafka_statements(formats, brokers="unused", engine="Null"):
-        clickhouse.command(statement)
+@pytest.mark.parametrize("clickhouse_settings", ["original", "current"], indirect=True)
+def test_kafka_views_copy_each_topic_into_its_table(
+    clickhouse: Client, clickhouse_settings: Settings
+) -> None:
+    formats = clickhouse_settings.CLICKHOUSE_KAFKA_FORMAT
     event = {
         "uuid": EVENT,
         "event": "$pageview",
@@ -296,9 +306,7 @@ def proto_field(number: int, value: int | str | bytes) -> bytes:
 def test_the_original_protobuf_events_reach_events(clickhouse: Client) -> None:
     """A length-delimited `Event` as the original produced it (fields 1-8, and a google.protobuf.Timestamp
     in 9 and 10, which the shipped schema leaves out) is read by `kafka_events` with EVENTS_PROTO."""
-    for statement in kafka_statements("original", brokers="unused", engine="Null"):
-        clickhouse.command(statement)
-    fields = [
+    fields: list[tuple[int, int | str | bytes]] = [
         (1, EVENT),
         (2, "$autocapture"),
         (3, '{"$browser":"Firefox"}'),
@@ -339,3 +347,58 @@ def test_the_original_protobuf_events_reach_events(clickhouse: Client) -> None:
             'button:text="Go"',
         )
     ]
+
+
+@pytest.mark.parametrize("clickhouse_settings", ["original", "current"], indirect=True)
+async def test_the_topics_on_a_broker_reach_the_tables(
+    clickhouse: Client, clickhouse_settings: Settings, kafka: str
+) -> None:
+    """Messages produced to the broker under a KAFKA_PREFIX (the original's protobuf events; today's JSON
+    events and versioned distinct ids), each twice, consumed by the Kafka-engine stand-in: once after FINAL."""
+    settings = clickhouse_settings.model_copy(
+        update={"KAFKA_PREFIX": unique_topic("ch") + "_", "KAFKA_HOSTS": kafka}
+    )
+    if settings.CLICKHOUSE_KAFKA_FORMAT == "original":
+        proto: list[tuple[int, int | str | bytes]] = [
+            (1, EVENT),
+            (2, "p"),
+            (4, "2021-11-28 10:00:00.000"),
+            (5, 2),
+        ]
+        body = b"".join(proto_field(number, value) for number, value in proto)
+        records = [("clickhouse_events_proto", varint(len(body)) + body)] * 2
+    else:
+        event = {
+            "uuid": EVENT,
+            "event": "e",
+            "properties": "{}",
+            "timestamp": "2021-11-28 10:00:00.000",
+            "team_id": 2,
+            "distinct_id": "d",
+            "elements_chain": "",
+            "created_at": "2021-11-28 10:00:00.000",
+            "person_id": PERSON,
+            "person_properties": "{}",
+            "person_created_at": "2021-11-28 10:00:00",
+            "person_mode": "full",
+            "project_id": 2,
+        }
+        pdi = {"distinct_id": "d", "person_id": PERSON, "team_id": 2, "is_deleted": 0, "version": 0}
+        records = [
+            ("clickhouse_events_json", json.dumps(event).encode()),
+            ("clickhouse_events_json", json.dumps(event).encode()),
+            ("clickhouse_person_distinct_id", json.dumps(pdi).encode()),
+            ("clickhouse_person_distinct_id", json.dumps({**pdi, "version": 1}).encode()),
+        ]
+    producer = Producer({"bootstrap.servers": kafka})
+    for topic in {topic for topic, _ in records}:
+        create_topic(kafka, settings.KAFKA_PREFIX + topic, 1)
+    for topic, value in records:
+        producer.produce(settings.KAFKA_PREFIX + topic, value)
+    assert producer.flush(10) == 0
+    assert await copy_topics(clickhouse, settings, expected=len(records)) == len(records)
+    assert clickhouse.query("SELECT toString(uuid), event FROM events FINAL").result_rows == [
+        (EVENT, "p" if settings.CLICKHOUSE_KAFKA_FORMAT == "original" else "e")
+    ]
+    if settings.CLICKHOUSE_KAFKA_FORMAT == "current":
+        assert clickhouse.query("SELECT version FROM person_distinct_id2 FINAL").result_rows == [(1,)]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 import psycopg
@@ -16,10 +18,17 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.teams import CreatedTeam
+from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.kafka_producer import KafkaProducer, KafkaUnavailableError, Record
+from plugin_server.ingestion.ordering import Turnstile
+from plugin_server.ingestion.person_outbox import PersonOutbox
+from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
+from plugin_server.sinks import PersonSinkRow
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
 from plugin_server.sinks.kafka.current import personless_uuid
+from plugin_server.sinks.kafka.original import OriginalFormat
 from plugin_server.sinks.kafka.protobuf import Event
 from plugin_server.topology import Sinks, open_log_writer, open_sinks
 from tests.kafka_broker import KafkaBroker, read_topic, unique_topic
@@ -107,7 +116,7 @@ async def run_batches(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, db: Db, sinks: Sinks
 ) -> dict[str, Any]:
     """Run `batches` through a pipeline with these sinks; answer the one person they leave in Postgres."""
-    run = pipeline(pool, sinks.events, sinks.persons).run
+    run = pipeline(pool, sinks.events, sinks.persons, sinks.outbox).run
     for batch in batches(team.team_id):
         outcome = await run(batch)
         assert outcome.dead_letters == []
@@ -135,7 +144,6 @@ async def test_a_pipeline_run_stores_into_the_original_topics(
     properties = json.loads(click.properties)
     assert properties["$set"] == {"a": 1} and properties["$ip"] == "1.2.3.4" and "$elements" not in properties
     assert json.loads(events["$groupidentify"][0].properties)["$group_set"] == {"n": 1}
-    assert not events["$pageview"][0].HasField("proto_timestamp")
 
     # 2 created; the merge (the merged person, the deleted one); identified; $set
     persons = await topic(settings, "clickhouse_person", 6)
@@ -318,3 +326,69 @@ async def test_an_unreachable_broker_is_a_passing_error_so_the_batch_waits_and_i
         await producer.send([Record(settings.KAFKA_PREFIX + "t", b"after")])
     assert isinstance(raised.value, ConnectionError)  # the worker retries such a batch as it is
     await producer.close()
+
+
+class Watched(KafkaPersonSink):
+    """The Kafka person sink, telling when a write failed."""
+
+    def __init__(self, producer: KafkaProducer, format: OriginalFormat) -> None:
+        super().__init__(producer, format)
+        self.failed = asyncio.Event()
+
+    async def write(self, rows: Sequence[PersonSinkRow]) -> None:
+        try:
+            await super().write(rows)
+        except ConnectionError:
+            self.failed.set()
+            raise
+
+
+async def test_a_batch_waits_out_a_broker_outage_and_loses_no_row(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    """Kafka is down when the batch is stored: the batch is tried again (not dead-lettered) until the
+    broker is back, and the person rows committed by the first try reach their topic with the retry."""
+    broker = KafkaBroker()  # its address is known, but it starts later
+    settings = kafka_settings(broker.bootstrap)
+    producer = KafkaProducer(settings, delivery_timeout=1.0)
+    format = OriginalFormat(settings.KAFKA_PREFIX)
+    persons = Watched(producer, format)
+    built = pipeline(
+        pool, KafkaEventSink(producer, format, partial(persons_of, pool)), persons, PersonOutbox()
+    )
+    [batch, _] = batches(team.team_id)
+    storing = asyncio.create_task(process_until_done(built, batch, Turnstile().ticket()))
+    try:
+        await asyncio.wait_for(persons.failed.wait(), 15)
+        assert not storing.done()
+        waiting = clean_db.execute("SELECT count(*) FROM plugin_server_person_outbox").fetchone()
+        assert waiting == (4,)  # two persons with their ids, recorded until Kafka takes them
+        with broker:
+            outcome = await asyncio.wait_for(storing, 60)
+            assert (outcome.stored, outcome.dead_letters) == (2, [])
+            assert len(await topic(settings, "clickhouse_person", 2)) == 2
+            assert len(await topic(settings, "clickhouse_person_unique_id", 2)) == 2
+            assert clean_db.execute("SELECT count(*) FROM plugin_server_person_outbox").fetchone() == (0,)
+            events = await asyncio.to_thread(
+                read_topic, broker.bootstrap, settings.KAFKA_PREFIX + "clickhouse_events_proto", 2
+            )
+            assert {undelimited(record).distinct_id for record in events} == {"anon", "user"}
+    finally:
+        storing.cancel()
+        await producer.close()
+
+
+async def test_a_whole_batch_is_sent_at_once_not_after_the_linger(kafka: str) -> None:
+    """KAFKA_FLUSH_FREQUENCY_MS (librdkafka's linger) would hold each micro-batch that long before its
+    acknowledgement; the sinks' batches are flushed as soon as they are handed over."""
+    settings = kafka_settings(kafka, KAFKA_FLUSH_FREQUENCY_MS=1500)
+    name = settings.KAFKA_PREFIX + "soon"
+    producer = KafkaProducer(settings)
+    try:
+        await producer.send([Record(name, b"warm-up")], at_once=True)  # connects and creates the topic
+        started = time.monotonic()
+        await producer.send([Record(name, b"a"), Record(name, b"b")], at_once=True)
+        assert time.monotonic() - started < 1.0
+    finally:
+        await producer.close()
+    assert len(await asyncio.to_thread(read_topic, kafka, name, 3)) == 3

@@ -225,7 +225,7 @@ async def test_nested_values_are_compared_deeply(
     changes = await manager.process_batch(
         [event("d", properties={"$set": {"o": {"a": [1, {"b": True}]}, "l": [1, 2]}})]
     )
-    assert changes == []
+    assert changes.rows == []
     await manager.process_batch([event("d", properties={"$set": {"o": {"a": [1, {"b": 1}]}, "l": [1, 2]}})])
     assert person_of(clean_db, "d")["properties"] == {"o": {"a": [1, {"b": 1}]}, "l": [1, 2]}
 
@@ -273,7 +273,7 @@ async def test_unchanged_properties_are_not_written(
     before = clean_db.execute("SELECT xmin::text FROM posthog_person").fetchone()
     changes = await manager.process_batch([event("d", properties={"$set": {"a": 1}, "$set_once": {"a": 2}})])
     assert clean_db.execute("SELECT xmin::text FROM posthog_person").fetchone() == before
-    assert changes == []
+    assert changes.rows == []
 
 
 async def test_sequences_in_one_batch_equal_one_event_per_batch(
@@ -670,18 +670,18 @@ async def test_changes_are_reported(
 ) -> None:
     manager = PersonManager(pool, lru_size=10)
     changes = await manager.process_batch([event("a", properties={"$set": {"k": 1}}), event("b")])
-    created = [c for c in changes if isinstance(c, PersonRow)]
+    created = [c for c in changes.rows if isinstance(c, PersonRow)]
     assert sorted((p.properties == {"k": 1}, p.is_deleted) for p in created) == [
         (False, False),
         (True, False),
     ]
-    assert {c.distinct_id for c in changes if isinstance(c, DistinctIdRow)} == {"a", "b"}
-    by_id = {c.distinct_id: c.person_uuid for c in changes if isinstance(c, DistinctIdRow)}
+    assert {c.distinct_id for c in changes.rows if isinstance(c, DistinctIdRow)} == {"a", "b"}
+    by_id = {c.distinct_id: c.person_uuid for c in changes.rows if isinstance(c, DistinctIdRow)}
 
-    assert {c.version for c in changes} == {0}
+    assert {c.version for c in changes.rows} == {0}
 
     changes = await manager.process_batch([create_alias("a", "b")])
-    rows = [c for c in changes if isinstance(c, PersonRow)]
+    rows = [c for c in changes.rows if isinstance(c, PersonRow)]
     assert [(r.uuid, r.is_deleted, r.version) for r in rows] == [
         (by_id["a"], False, 1),
         (by_id["b"], True, 0),
@@ -689,7 +689,7 @@ async def test_changes_are_reported(
     assert rows[0].properties == {"k": 1}
     moves = [
         (c.distinct_id, c.person_uuid, c.is_deleted, c.version)
-        for c in changes
+        for c in changes.rows
         if isinstance(c, DistinctIdRow)
     ]
     assert moves == [("b", by_id["a"], False, 1), ("b", by_id["b"], True, 0)]
@@ -700,7 +700,7 @@ async def test_changes_are_reported(
     assert versions == [("a", 0, 1), ("b", 1, 1)]
 
     changes = await manager.process_batch([event("b", properties={"$set": {"k": 2}})])
-    assert [(c.uuid, c.properties, c.version) for c in changes if isinstance(c, PersonRow)] == [
+    assert [(c.uuid, c.properties, c.version) for c in changes.rows if isinstance(c, PersonRow)] == [
         (by_id["a"], {"k": 2}, 2)
     ]
 

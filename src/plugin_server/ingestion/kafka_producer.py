@@ -42,6 +42,11 @@ DeliveryReport = Callable[[KafkaError | None, Message], None]
 # How long a record may wait for the broker's acknowledgement, retries included, before `send` gives up.
 DELIVERY_TIMEOUT_SECONDS = 10.0
 RETRY_DELAY_SECONDS = 0.1
+# How often the poll thread looks for delivery reports and flush requests, and how long a flush it
+# makes may wait (long enough for librdkafka's broker threads to wake up and send: a flush that ends
+# before they do sends nothing early).
+POLL_SECONDS = 0.005
+FLUSH_SECONDS = 0.05
 # The largest record librdkafka lets through (its own maximum): the broker's limit is the one that
 # counts, and a record it refuses is an error that names its size, not a silent drop.
 MAX_RECORD_BYTES = 1_000_000_000
@@ -127,15 +132,24 @@ class KafkaProducer:
         self._delivery_timeout = delivery_timeout
         self._producer = Producer(producer_config(settings, delivery_timeout), logger=log)
         self._closing = threading.Event()
+        self._flush_wanted = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
         while not self._closing.is_set():
-            self._producer.poll(0.1)
+            if self._flush_wanted.is_set():
+                self._flush_wanted.clear()
+                self._producer.flush(FLUSH_SECONDS)  # also serves delivery reports
+            else:
+                self._producer.poll(POLL_SECONDS)
 
-    async def send(self, records: Sequence[Record]) -> None:
+    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None:
         """Produce every record and wait until the broker acknowledged all of them.
+
+        `at_once`: the records are a whole batch, so send them without waiting for more to come
+        (linger.ms, KAFKA_FLUSH_FREQUENCY_MS): librdkafka is flushed once they are handed over. The ClickHouse
+        sinks do so, or every micro-batch would wait the linger before its acknowledgement.
 
         Records whose delivery failed for a passing reason are produced again until the delivery timeout.
         A failure can still leave other records of the call in their topics (Kafka has no partial
@@ -145,7 +159,7 @@ class KafkaProducer:
         deadline = time.monotonic() + self._delivery_timeout
         pending = list(records)
         while pending:
-            errors = await self._deliver(pending, deadline)
+            errors = await self._deliver(pending, deadline, at_once)
             failed = [(record, error) for record, error in zip(pending, errors, strict=True) if error]
             refused = [error for _, error in failed if not _passing(error)]
             if refused:
@@ -156,7 +170,9 @@ class KafkaProducer:
             if pending:
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
 
-    async def _deliver(self, records: list[Record], deadline: float) -> list[KafkaError | None]:
+    async def _deliver(
+        self, records: list[Record], deadline: float, at_once: bool
+    ) -> list[KafkaError | None]:
         """Produce the records and answer each one's delivery error (None: delivered)."""
         loop = asyncio.get_running_loop()
         deliveries: list[asyncio.Future[KafkaError | None]] = []
@@ -164,6 +180,8 @@ class KafkaProducer:
             delivered: asyncio.Future[KafkaError | None] = loop.create_future()
             await self._produce(record, _reporter(loop, delivered), deadline)
             deliveries.append(delivered)
+        if at_once:
+            self._flush_wanted.set()
         return list(await asyncio.gather(*deliveries))
 
     async def _produce(self, record: Record, on_delivery: DeliveryReport, deadline: float) -> None:

@@ -27,11 +27,12 @@ Writes are safe against other processes doing the same at the same time:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from cachetools import TTLCache
@@ -93,6 +94,30 @@ class DistinctIdRow:
 
 
 PersonChange = PersonRow | DistinctIdRow
+
+
+@dataclass
+class PersonChanges:
+    """The rows a `process_batch` call wrote, in commit order, and their outbox entries (if any)."""
+
+    rows: list[PersonChange] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)
+
+    def extend(self, other: PersonChanges) -> None:
+        self.rows.extend(other.rows)
+        self.outbox_ids.extend(other.outbox_ids)
+
+
+class ChangeOutbox(Protocol):
+    """Where written rows are recorded, in the transaction that writes them, until a sink took them
+    (ingestion/person_outbox.py)."""
+
+    async def add(self, conn: Connection, rows: Sequence[PersonChange]) -> list[int]: ...
+
+    async def remove(self, pool: AsyncConnectionPool[Any], ids: Sequence[int]) -> None: ...
+
+
+Atomic = Callable[[], contextlib.AbstractAsyncContextManager[list[PersonChange]]]
 
 
 class _RaceConditionError(Exception):
@@ -192,7 +217,7 @@ async def persons_of(pool: AsyncConnectionPool[Any], keys: Iterable[Key]) -> dic
         return await _fetch_persons(conn, keys)
 
 
-def _person_row(row: dict[str, Any]) -> PersonRow:
+def person_row(row: dict[str, Any]) -> PersonRow:
     return PersonRow(
         id=row["id"],
         uuid=str(row["uuid"]),
@@ -205,7 +230,7 @@ def _person_row(row: dict[str, Any]) -> PersonRow:
 
 
 def _keyed_rows(rows: Iterable[dict[str, Any]]) -> dict[Key, PersonRow]:
-    return {(row["key_team_id"], row["key_distinct_id"]): _person_row(row) for row in rows}
+    return {(row["key_team_id"], row["key_distinct_id"]): person_row(row) for row in rows}
 
 
 def _jsonb(value: Any) -> Jsonb:
@@ -267,13 +292,13 @@ async def _insert_person(
     cursor = await conn.execute(_INSERT_PERSON_WITH_IDS, params)
     row = await cursor.fetchone()
     assert row is not None
-    person = _person_row(row)
+    person = person_row(row)
     return [person, *(DistinctIdRow(team_id, distinct_id, person.uuid) for distinct_id in distinct_ids)]
 
 
 async def _set_identified(conn: Connection, team_id: int, distinct_id: str) -> list[PersonChange]:
     cursor = await conn.execute(_SET_IDENTIFIED, (team_id, distinct_id))
-    return [_person_row(row) for row in await cursor.fetchall()]
+    return [person_row(row) for row in await cursor.fetchall()]
 
 
 async def _merge_people(
@@ -286,7 +311,7 @@ async def _merge_people(
     """
     async with conn.transaction():
         cursor = await conn.execute(_LOCK_PERSONS, ([source.id, target.id],))
-        locked = {row["id"]: _person_row(row) for row in await cursor.fetchall()}
+        locked = {row["id"]: person_row(row) for row in await cursor.fetchall()}
         if len(locked) < 2:
             raise _RaceConditionError("a person to merge was deleted concurrently")
         source, target = locked[source.id], locked[target.id]
@@ -317,7 +342,7 @@ async def _merge_people(
         await conn.execute(
             "DELETE FROM posthog_person WHERE team_id = %s AND id = %s", (source.team_id, source.id)
         )
-    changes: list[PersonChange] = [_person_row(merged)]
+    changes: list[PersonChange] = [person_row(merged)]
     for distinct_id, version in moved:
         changes.append(DistinctIdRow(target.team_id, distinct_id, target.uuid, version))
         changes.append(DistinctIdRow(source.team_id, distinct_id, source.uuid, version - 1, is_deleted=True))
@@ -342,13 +367,13 @@ class _Aliaser:
         previous: str,
         *,
         identify: bool,
-        emit: Callable[[list[PersonChange]], None],
+        atomic: Atomic,
     ) -> None:
         self.conn = conn
         self.team_id, self.new = key
         self.previous = previous
         self.identify = identify
-        self.emit = emit
+        self.atomic = atomic  # a transaction whose written rows are recorded
         self.touched: set[int] = set()  # ids of the persons it saw, whose state in memory is now stale
 
     async def run(self) -> None:
@@ -360,7 +385,8 @@ class _Aliaser:
                 if attempt == MAX_ALIAS_ATTEMPTS:
                     raise
         if self.identify:
-            self.emit(await _set_identified(self.conn, self.team_id, self.new))
+            async with self.atomic() as written:
+                written += await _set_identified(self.conn, self.team_id, self.new)
 
     async def _attempt(self) -> None:
         previous_key, new_key = (self.team_id, self.previous), (self.team_id, self.new)
@@ -374,25 +400,25 @@ class _Aliaser:
 
     async def _link(self, old: PersonRow | None, new: PersonRow | None) -> None:
         """Rules 15-17: add the missing id to the person that exists, or create one person with both."""
-        if old is not None:
-            self.emit([await _add_distinct_id(self.conn, old, self.new)])
-        elif new is not None:
-            self.emit([await _add_distinct_id(self.conn, new, self.previous)])
-        else:
-            changes = await _insert_person(
-                self.conn, self.team_id, [self.new, self.previous], is_identified=self.identify
-            )
-            self.emit(changes)
+        async with self.atomic() as written:
+            if old is not None:
+                written.append(await _add_distinct_id(self.conn, old, self.new))
+            elif new is not None:
+                written.append(await _add_distinct_id(self.conn, new, self.previous))
+            else:
+                written += await _insert_person(
+                    self.conn, self.team_id, [self.new, self.previous], is_identified=self.identify
+                )
 
     async def _merge(self, old: PersonRow, new: PersonRow) -> None:
         """Rule 18: merge the old person into the new one, unless $identify would merge an identified one."""
         changes = None
-        if not (self.identify and old.is_identified):
-            changes = await _merge_people(self.conn, old, new, keep_identified_source=self.identify)
+        async with self.atomic() as written:
+            if not (self.identify and old.is_identified):
+                changes = await _merge_people(self.conn, old, new, keep_identified_source=self.identify)
+            written += changes or []
         if changes is None:
             log.warning("refused to merge an already identified user via an $identify call")
-        else:
-            self.emit(changes)
 
 
 # ---------------------------------------------------------------------------------------- batching
@@ -510,7 +536,22 @@ class _BatchRun:
         self.known: dict[Key, _Person | None] = {}
         self.by_id: dict[int, _Person] = {}
         self.new: list[_Person] = []
-        self.changes: list[PersonChange] = []  # the rows written so far, each after its commit
+        self.changes = PersonChanges()  # the rows written so far, each after its commit
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[list[PersonChange]]:
+        """The rows written in this block, recorded in the outbox in the same transaction (if there is an
+        outbox), are added to `changes` once committed."""
+        written: list[PersonChange] = []
+        outbox = self.manager.outbox
+        if outbox is None:
+            yield written
+            self.changes.rows += written
+            return
+        async with self.conn.transaction():
+            yield written
+            ids = await outbox.add(self.conn, written)
+        self.changes.extend(PersonChanges(written, ids))
 
     async def load(self, keys: Iterable[Key]) -> None:
         keys = list(keys)
@@ -570,7 +611,7 @@ class _BatchRun:
         # The persons of both ids must be in the database as the events so far left them. Pending work
         # of other persons can wait, unless an id is not loaded: then its person is not known here.
         await self.flush(keys if all(k in self.known for k in keys) else None)
-        aliaser = _Aliaser(self.conn, key, previous, identify=identify, emit=self.changes.extend)
+        aliaser = _Aliaser(self.conn, key, previous, identify=identify, atomic=self.atomic)
         try:
             await aliaser.run()
         except _CONFLICTS as error:
@@ -596,8 +637,9 @@ class _BatchRun:
             if not new:
                 return
             self.new = [person for person in self.new if not selected(person)]
-            created = await _insert_new_persons(self.conn, new)
-            self.changes.extend(_creation_changes(new, created))
+            async with self.atomic() as written:
+                created = await _insert_new_persons(self.conn, new)
+                written += _creation_changes(new, created)
             losers = [person for person in new if person.uuid not in created]
             for person in new:
                 if person.uuid in created:
@@ -633,8 +675,9 @@ class _BatchRun:
             }
             if not pending:
                 return
-            rows = await _write_properties(self.conn, list(pending.values()))
-            self.changes.extend(rows.values())
+            async with self.atomic() as written:
+                rows = await _write_properties(self.conn, list(pending.values()))
+                written += rows.values()
             moved: set[int] = set()
             for person_id, person in pending.items():
                 row = rows.get((person.team_id, person.distinct_id))
@@ -702,14 +745,18 @@ class PersonManager:
     """Keeps persons and distinct ids up to date for a stream of event batches (one per worker).
 
     `process_batch` answers the person and distinct-id rows it wrote, each after its commit: what a
-    PersonSink mirrors (ClickHouse's `person` and `person_distinct_id` tables).
+    PersonSink mirrors (ClickHouse's `person` and `person_distinct_id` tables). With an `outbox`, each
+    write also records its rows there in its own transaction, until `delivered` says the sink took them.
     """
 
-    def __init__(self, pool: AsyncConnectionPool[Any], *, lru_size: int) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], *, lru_size: int, outbox: ChangeOutbox | None = None
+    ) -> None:
         self._pool = pool
+        self.outbox = outbox
         # Rows committed by a call that then failed: the next call answers them first, so that they
         # still reach the sink (the failed batch is run again, and finds nothing left to change).
-        self._unanswered: list[PersonChange] = []
+        self._unanswered = PersonChanges()
         # (team, distinct id) of ids known to have a person (the original's DISTINCT_ID_LRU_SIZE).
         self._seen: TTLCache[Key, bool] | None = (
             TTLCache(maxsize=lru_size, ttl=LRU_MAX_AGE_SECONDS) if lru_size > 0 else None
@@ -718,14 +765,14 @@ class PersonManager:
         self.alias_failures = 0
         self.unstorable_distinct_ids = 0
 
-    async def process_batch(self, updates: Sequence[PersonUpdate]) -> list[PersonChange]:
+    async def process_batch(self, updates: Sequence[PersonUpdate]) -> PersonChanges:
         """Apply the person rules of these events, in order; answer the rows written, in commit order.
 
         Conflicts with other processes are resolved; errors of the database itself (connection lost...)
         propagate, and the batch can be run again. What such a failed call committed before the error is
         answered by the next call, ahead of its own rows.
         """
-        changes, self._unanswered = self._unanswered, []
+        changes, self._unanswered = self._unanswered, PersonChanges()
         updates = [update for update in updates if self._storable(update)]
         if not updates:
             return changes
@@ -740,14 +787,22 @@ class PersonManager:
                     await run.apply(step)
                 await run.flush()
             except BaseException:
-                self._unanswered = changes + run.changes + self._unanswered
+                changes.extend(run.changes)
+                self.hand_back(changes)
                 raise
         self._remember(unseen)
-        return changes + run.changes
+        changes.extend(run.changes)
+        return changes
 
-    def hand_back(self, changes: list[PersonChange]) -> None:
+    def hand_back(self, changes: PersonChanges) -> None:
         """Rows answered by `process_batch` that could not be passed on: the next call answers them again."""
-        self._unanswered = changes + self._unanswered
+        changes.extend(self._unanswered)
+        self._unanswered = changes
+
+    async def delivered(self, changes: PersonChanges) -> None:
+        """The sink took these rows: forget their outbox entries."""
+        if self.outbox is not None:
+            await self.outbox.remove(self._pool, changes.outbox_ids)
 
     def _storable(self, update: PersonUpdate) -> bool:
         if _storable(update.distinct_id):

@@ -32,7 +32,7 @@ from plugin_server.ingestion.groups import (
     identified_group,
 )
 from plugin_server.ingestion.message_fields import MalformedMessage, parse_now
-from plugin_server.ingestion.persons import PersonChange, PersonManager, PersonUpdate
+from plugin_server.ingestion.persons import PersonChanges, PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
@@ -170,17 +170,18 @@ class EventPipeline:
         return outcome
 
     async def _store(
-        self, events: list[PreparedEvent], changes: list[PersonChange], groups: list[GroupRow]
+        self, events: list[PreparedEvent], changes: PersonChanges, groups: list[GroupRow]
     ) -> None:
         """Write to both sinks at once; raise if either failed. Person rows the person sink did not take
         go back to the person manager, which answers them with the next batch (a retry of this one finds
         them already in Postgres, and would not write them again)."""
         person_write, event_write = await asyncio.gather(
-            self.person_sink.write([*changes, *groups]), self.sink.write(events), return_exceptions=True
+            self.person_sink.write([*changes.rows, *groups]), self.sink.write(events), return_exceptions=True
         )
         if isinstance(person_write, BaseException):
             self.persons.hand_back(changes)
             raise person_write
+        await self.persons.delivered(changes)
         if isinstance(event_write, BaseException):
             raise event_write
 

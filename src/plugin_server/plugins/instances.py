@@ -12,7 +12,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
-from plugin_server.plugins.historical import START_JOB, HistoricalExport, register_public_job
+from plugin_server.plugins.historical import START_JOB, HistoricalExport, StoredEvents, register_public_job
 from plugin_server.plugins.instance import LoadRequest, PluginInstance, RuntimeServices
 from plugin_server.plugins.loader import resolve_plugin_code
 from plugin_server.plugins.meta.api import Meta
@@ -33,6 +33,7 @@ class InstanceFactory:
     meta: MetaFactory
     runtimes: RuntimeServices
     pool: AsyncConnectionPool[Any]  # to register the historical export's public job
+    stored_events: StoredEvents | None = None  # where the historical export reads (None: Postgres)
 
     async def __call__(self, vm: PluginVM) -> PluginInstance:
         config = vm.config
@@ -70,6 +71,7 @@ class InstanceFactory:
             storage=meta.storage,
             jobs=meta.jobs,
             logger=vm.logger,
+            events=self.stored_events,
         )
 
 

@@ -16,6 +16,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.jobs.scheduler import ScheduleSource
 from plugin_server.plugins.capabilities import CapabilityDiscovery
+from plugin_server.plugins.historical import StoredEvents
 from plugin_server.plugins.job_runner import PluginJobRunner
 from plugin_server.plugins.meta.logs import BufferedLogWriter
 from plugin_server.plugins.meta.network import ConnectGuard
@@ -41,6 +42,7 @@ class PluginServices:
     hung: HungMarks
     enqueuer: EventEnqueuer  # where posthog.capture and plugin metrics events go
     api_keys: PersonalApiKeys  # posthog.api's bot keys, per organization
+    stored_events: StoredEvents | None = None  # where historical exports read (None: Postgres, via pool)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ to ClickHouse's topics; `postgres.PostgresPersonSink` does nothing (Postgres is 
 `memory.ListPersonSink` keeps them for tests.
 
 The pipeline awaits both sinks before the batch is acknowledged, so a sink's failure redelivers the
-batch; the rows carry what lets a mirror collapse what it gets twice (uuids, versions, timestamps).
+batch; the rows carry what lets a mirror collapse what it gets twice (uuids, versions, timestamps). A
+mirror's person rows are also kept in an outbox until it took them (ingestion/person_outbox.py), as a
+redelivered batch finds its persons written and writes (and answers) nothing.
 """
 
 from __future__ import annotations

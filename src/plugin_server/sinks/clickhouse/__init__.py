@@ -1,7 +1,8 @@
 """ClickHouse: the schema (`schema`, `migrate`), the client built from the CLICKHOUSE_* settings
-(`client`), the direct event writer (`events`) and the reader of stored events (`reader`).
+(`client`), the direct writer's transport (`topics`) and the reader of stored events (`reader`).
 
-The direct writer inserts micro-batches straight into the tables, for installations whose ClickHouse
-has no Kafka engine (or for the in-process chDB engine); with the Kafka engine, ClickHouse reads the
-`clickhouse_*` topics itself, through the Kafka tables and materialized views `migrate` creates.
+With the Kafka engine, ClickHouse reads the `clickhouse_*` topics itself, through the Kafka tables and
+materialized views `migrate` creates. Without it (or with the in-process chDB engine), the Kafka tables
+are Null tables, and the direct writer (EVENT_STORE=clickhouse-direct) inserts into them the very
+records the Kafka sinks would produce: the same views then fill the same tables.
 """

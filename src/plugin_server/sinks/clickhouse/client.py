@@ -70,8 +70,18 @@ class AsyncClickHouse:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    async def insert(self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
-        await asyncio.to_thread(self.client.insert, table, rows, column_names=column_names)
+    async def raw_insert(
+        self,
+        table: str,
+        column_names: Sequence[str] | None,
+        data: bytes,
+        fmt: str,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """Insert `data` already in the ClickHouse format `fmt` (JSONEachRow, Protobuf...)."""
+        await asyncio.to_thread(
+            self.client.raw_insert, table, column_names, insert_block=data, fmt=fmt, settings=settings
+        )
 
     async def rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         """The rows of a query, as dicts by column name."""

@@ -3,8 +3,9 @@
 Each migration of schema.MIGRATIONS runs once, in order, and is recorded in the database's
 `plugin_server_migrations` table; its statements are CREATE ... IF NOT EXISTS, so two servers migrating
 at once (ClickHouse has no advisory lock) do no harm. The Kafka tables and views are created on every
-run that asks for them (IF NOT EXISTS: a second run does nothing), since whether the server has a Kafka
-engine, and where the brokers are, is the installation's, not the schema's.
+run (IF NOT EXISTS: a second run does nothing), since whether the server has a Kafka engine, and where
+the brokers are, is the installation's, not the schema's: without brokers they are Null tables, into
+which the direct writer inserts what it would have produced to the topics.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def quote_identifier(name: str) -> str:
 def migrate_clickhouse(
     client: Client, database: str, *, formats: Formats, kafka_brokers: str | None, topic_prefix: str = ""
 ) -> list[Migration]:
-    """Create `database` and apply every pending migration in it; with `kafka_brokers` (the broker
-    list as ClickHouse reaches it) also the Kafka tables and views of `formats` (topic names with
-    `topic_prefix` in front). Returns the migrations applied now. The client is left using `database`."""
+    """Create `database` and apply every pending migration in it, then the Kafka tables and views of
+    `formats`: reading the topics (names with `topic_prefix` in front) from `kafka_brokers` (the broker
+    list as ClickHouse reaches it), or without brokers Null tables for the direct writer. Returns the
+    migrations applied now. The client is left using `database`."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
     client.database = database
     client.command(_RECORD_TABLE)
@@ -47,8 +49,11 @@ def migrate_clickhouse(
         )
         applied.append(migration)
     if kafka_brokers:
-        for statement in kafka_statements(formats, brokers=kafka_brokers, prefix=topic_prefix):
-            client.command(statement)
+        statements = kafka_statements(formats, brokers=kafka_brokers, prefix=topic_prefix)
+    else:
+        statements = kafka_statements(formats, brokers="", engine="Null")
+    for statement in statements:
+        client.command(statement)
     return applied
 
 

@@ -1,13 +1,20 @@
 """Reads stored events back from ClickHouse's `events` (FINAL: each event once), for the historical
-export (plugins/historical.py's `StoredEvents`)."""
+export (plugins/historical.py's `StoredEvents`).
+
+The client is opened at the first read, not when the worker starts: a worker whose events go to
+ClickHouse through Kafka does not need to reach ClickHouse until a plugin exports its history, and a
+ClickHouse that cannot be reached then is a failed read (the page is tried again later)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from plugin_server.ingestion.elements import chain_to_elements
@@ -33,14 +40,24 @@ def aware(moment: datetime) -> datetime:
 class ClickHouseStoredEvents:
     source_db = "clickhouse"
 
-    def __init__(self, clickhouse: AsyncClickHouse) -> None:
-        self._clickhouse = clickhouse
+    def __init__(self, connect: Callable[[], Client]) -> None:
+        """`connect` opens the client (blocking: it runs in a thread)."""
+        self._connect = connect
+        self._clickhouse: AsyncClickHouse | None = None
+        self._opening = asyncio.Lock()
 
     async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         try:
+            async with self._opening:
+                if self._clickhouse is None:
+                    self._clickhouse = AsyncClickHouse(await asyncio.to_thread(self._connect))
             return await self._clickhouse.rows(sql, parameters)
         except ClickHouseError as error:
             raise ReadFailed(str(error)) from error
+
+    async def close(self) -> None:
+        if self._clickhouse is not None:
+            await self._clickhouse.close()
 
     async def boundaries(self, team_id: int) -> tuple[datetime | None, datetime | None]:
         rows = await self._rows(_BOUNDARIES, {"team_id": team_id})

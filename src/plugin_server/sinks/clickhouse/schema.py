@@ -25,7 +25,7 @@ from typing import Literal
 Formats = Literal["original", "current"]
 
 # The schema of the protobuf events, which ClickHouse's format_schemas folder needs for `kafka_events`.
-EVENTS_PROTO = Path(str(resources.files("plugin_server.sinks.clickhouse").joinpath("events.proto")))
+EVENTS_PROTO = Path(str(resources.files("plugin_server.sinks.kafka").joinpath("events.proto")))
 
 # Kafka tables' virtual columns, which the materialized views copy into every table.
 KAFKA_COLUMNS = "_timestamp DateTime, _offset UInt64"
@@ -130,6 +130,22 @@ class KafkaFeed:
     select: str  # the view's SELECT list (the Kafka virtual columns are added)
     format: str = "JSONEachRow"
     schema: str | None = None  # kafka_schema, for formats that need one
+
+    @property
+    def view(self) -> str:
+        """The materialized view from the Kafka table into `target` (PostHog's names: `events_mv`...)."""
+        return self.table.removeprefix("kafka_") + "_mv"
+
+    @property
+    def column_names(self) -> list[str]:
+        """The names of `columns` (a type's own commas are inside its parentheses)."""
+        names, depth, start = [], 0, 0
+        for index, char in enumerate(self.columns + ","):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                names.append(self.columns[start:index].split()[0])
+                start = index + 1
+        return names
 
 
 _ORIGINAL_EVENT_FIELDS = (
@@ -242,8 +258,10 @@ def kafka_statements(
     formats: Formats, *, brokers: str, prefix: str = "", group: str = "group1", engine: str | None = None
 ) -> list[str]:
     """CREATE statements of the Kafka tables and their views (IF NOT EXISTS: running them again does
-    nothing). `engine` replaces the Kafka engine clause (a test stand-in, e.g. "Null", gets the Kafka
-    virtual columns as real ones, so that the same views work over it)."""
+    nothing). `engine` replaces the Kafka engine clause: "Null" for a ClickHouse without the Kafka engine,
+    whose Kafka tables the direct writer inserts the topics' messages into (they keep nothing; their
+    views fill the tables). Such a table has the Kafka engine's virtual columns as real ones (for the
+    views), by default the time of the insert and offset 0."""
     statements = []
     for feed in FEEDS[formats]:
         if engine is None:
@@ -258,11 +276,13 @@ def kafka_statements(
                 settings.append(f"kafka_schema = '{feed.schema}'")
             columns, clause = feed.columns, f"Kafka SETTINGS {', '.join(settings)}"
         else:
-            columns, clause = f"{feed.columns}, {KAFKA_COLUMNS}, _partition UInt64", engine
-        view = feed.table.removeprefix("kafka_") + "_mv"
+            virtual = (
+                "_timestamp DateTime DEFAULT now(), _offset UInt64 DEFAULT 0, _partition UInt64 DEFAULT 0"
+            )
+            columns, clause = f"{feed.columns}, {virtual}", engine
         statements.append(f"CREATE TABLE IF NOT EXISTS {feed.table} ({columns}) ENGINE = {clause}")
         statements.append(
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {feed.target} AS "
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {feed.view} TO {feed.target} AS "
             f"SELECT {feed.select}, _timestamp, _offset FROM {feed.table}"
         )
     return statements

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Protocol
 
-from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.records import KafkaFormat, recording_record
 
 PersonLookup = Callable[[Iterable[Key]], Awaitable[dict[Key, PersonRow]]]
+
+
+class RecordSender(Protocol):
+    """Where the records go: the Kafka producer, or the direct writer's inserts into ClickHouse
+    (sinks/clickhouse/topics.py). Returns once every record is stored; raises otherwise. `at_once`: the
+    records are a whole batch, not to be held back for more to come."""
+
+    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None: ...
 
 
 class KafkaEventSink:
@@ -26,7 +35,7 @@ class KafkaEventSink:
     distinct ids with `persons`, after the person step committed them.
     """
 
-    def __init__(self, producer: KafkaProducer, format: KafkaFormat, persons: PersonLookup) -> None:
+    def __init__(self, producer: RecordSender, format: KafkaFormat, persons: PersonLookup) -> None:
         self._producer = producer
         self._format = format
         self._persons = persons
@@ -46,18 +55,19 @@ class KafkaEventSink:
                 if event.is_snapshot
                 else self._format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
                 for event in events
-            ]
+            ],
+            at_once=True,
         )
 
 
 class KafkaPersonSink:
     """Person, distinct-id and group rows to their topics, in the order given."""
 
-    def __init__(self, producer: KafkaProducer, format: KafkaFormat) -> None:
+    def __init__(self, producer: RecordSender, format: KafkaFormat) -> None:
         self._producer = producer
         self._format = format
 
     async def write(self, rows: Sequence[PersonSinkRow]) -> None:
         records = [record for row in rows for record in self._format.row_records(row)]
         if records:
-            await self._producer.send(records)
+            await self._producer.send(records, at_once=True)

@@ -19,7 +19,7 @@ class KafkaLogEntryWriter(BufferedLogWriter):
         self._prefix = prefix
 
     async def _insert(self, batch: list[PluginLogEntry]) -> None:
-        await self._producer.send([log_entry_record(entry, self._prefix) for entry in batch])
+        await self._producer.send([log_entry_record(entry, self._prefix) for entry in batch], at_once=True)
         get_metrics().log_entries_created(len(batch))
 
     async def close(self) -> None:

@@ -1,4 +1,7 @@
-"""Times as ClickHouse reads them from JSON and protobuf text fields, in UTC."""
+"""Times as ClickHouse reads them from JSON and protobuf text fields, in UTC.
+
+`isoformat` and a slice, as strftime costs several times more (three times per event in today's format).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,10 @@ from datetime import UTC, datetime
 def clickhouse_ms(moment: datetime) -> str:
     """'YYYY-MM-DD HH:MM:SS.mmm' (the original's TimestampFormat.ClickHouse)."""
     utc = moment.astimezone(UTC) if moment.tzinfo else moment
-    return utc.strftime("%Y-%m-%d %H:%M:%S.") + f"{utc.microsecond // 1000:03d}"
+    return utc.isoformat(sep=" ", timespec="milliseconds")[:23]
 
 
 def clickhouse_seconds(moment: datetime) -> str:
     """'YYYY-MM-DD HH:MM:SS' (the original's TimestampFormat.ClickHouseSecondPrecision)."""
     utc = moment.astimezone(UTC) if moment.tzinfo else moment
-    return utc.strftime("%Y-%m-%d %H:%M:%S")
+    return utc.isoformat(sep=" ", timespec="seconds")[:19]
