@@ -231,9 +231,10 @@ async def open_reads(settings: Settings, database_url: str) -> AsyncIterator[Rea
     if settings.EVENT_STORE == "postgres":
         yield postgres
         return
-    from plugin_server.reads.clickhouse import ClickHouseConnection, ClickHouseReads
+    from plugin_server.reads.clickhouse import ClickHouseReads
+    from plugin_server.reads.connection import ClickHouseConnection
 
-    clickhouse = ClickHouseConnection(settings)
+    clickhouse = ClickHouseConnection.for_settings(settings)
     reads = ClickHouseReads(clickhouse)
     try:
         yield Reads(

@@ -40,7 +40,9 @@ async def test_events_list_and_plugin_logs_read_clickhouse(
     config = insert_plugin_config(clean_db, team)
     client = open_client(clickhouse_settings)
     try:
-        feed_logs(client, [entry(config, team, 1, LogType.INFO, "from ClickHouse")])
+        await feed_logs(
+            client, clickhouse_settings, [entry(config, team, 1, LogType.INFO, "from ClickHouse")]
+        )
     finally:
         client.close()
     env = {

@@ -23,7 +23,8 @@ from plugin_server.plugins.admin import AdminError
 from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry, PluginLogWriter
 from plugin_server.reads import LogQuery, ReadFailed, Reads
 from plugin_server.sinks import EventSink
-from plugin_server.sinks.clickhouse.schema import kafka_statements
+from plugin_server.sinks.clickhouse.client import AsyncClickHouse
+from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
 from plugin_server.sinks.kafka.records import log_entry_record
 from plugin_server.topology import open_log_writer, open_reads, open_sinks
 from tests.integration.test_pipeline import message, pipeline
@@ -137,28 +138,28 @@ def entry(
 
 
 async def store_logs(
-    pool: AsyncConnectionPool[Any], clickhouse: Client, entries: list[PluginLogEntry]
+    pool: AsyncConnectionPool[Any], clickhouse: Client, settings: Settings, entries: list[PluginLogEntry]
 ) -> None:
     writer = PluginLogWriter(pool)
     for written in entries:
         writer.write(written)
     await writer.close()
-    feed_logs(clickhouse, entries)
+    await feed_logs(clickhouse, settings, entries)
 
 
-def feed_logs(clickhouse: Client, entries: list[PluginLogEntry]) -> None:
-    """Into `plugin_log_entries` as ClickHouse's Kafka engine would from the topic: each twice."""
-    for statement in kafka_statements("current", brokers="unused", engine="Null"):
-        clickhouse.command(statement)
-    records = b"".join(log_entry_record(written, "").value + b"\n" for written in entries)
-    for _ in range(2):
-        clickhouse.raw_insert("kafka_plugin_log_entries", insert_block=records, fmt="JSONEachRow")
+async def feed_logs(clickhouse: Client, settings: Settings, entries: list[PluginLogEntry]) -> None:
+    """The `plugin_log_entries` records the Kafka log writer produces, into ClickHouse as its Kafka engine
+    would (through the direct writer's transport and the Kafka table's view), each twice."""
+    records = [log_entry_record(written, settings.KAFKA_PREFIX) for written in entries]
+    writer = ClickHouseTopicWriter.for_settings(AsyncClickHouse(clickhouse), settings)
+    await writer.send(records + records)
 
 
 async def test_log_entries_read_alike_from_postgres_and_clickhouse(
     reads: tuple[Reads, Reads],
     pool: AsyncConnectionPool[Any],
     clickhouse: Client,
+    clickhouse_settings: Settings,
     team: CreatedTeam,
     clean_db: Db,
 ) -> None:
@@ -171,7 +172,7 @@ async def test_log_entries_read_alike_from_postgres_and_clickhouse(
         entry(config, team, 4, LogType.WARN, "slow"),
         entry(other_config, team, 5, LogType.ERROR, "not this config's"),
     ]
-    await store_logs(pool, clickhouse, entries)
+    await store_logs(pool, clickhouse, clickhouse_settings, entries)
     config_id = config[1]
     first, second, third, fourth, _ = (written.id for written in entries)
     postgres, in_clickhouse = reads

@@ -1,27 +1,18 @@
 """The readers of EVENT_STORE=clickhouse-*: ClickHouse's `events` (and, with clickhouse-kafka, its
-`plugin_log_entries`), read with FINAL so that a redelivered row shows once.
-
-The client is opened at the first read, not when the web process starts: a ClickHouse that is down
-fails the reads (503) and readiness, not the capture API. The in-process chDB engine (CLICKHOUSE_HOST
-`chdb:///folder`) lets one process at a time open its folder, and a running server's worker holds it:
-then the client is opened for each read and closed after it, so that reads never keep the folder
-from a worker (while the worker holds it, the read fails, saying so)."""
+`plugin_log_entries`), read with FINAL so that a redelivered row shows once, over a ClickHouseConnection
+(connection.py: opened at the first read, so that a ClickHouse that is down fails the reads, 503, and
+readiness, not the capture API)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from plugin_server.config import Settings
 from plugin_server.plugins.meta.logs import PluginLogEntry
-from plugin_server.reads import DEFAULT_LIMIT, LOG_COLUMNS, LogQuery, ReadFailed, StoredEvent, log_entry
-from plugin_server.sinks.clickhouse.client import AsyncClickHouse, is_in_process, open_client
+from plugin_server.reads import DEFAULT_LIMIT, LOG_COLUMNS, LogQuery, StoredEvent, log_entry
+from plugin_server.reads.connection import ClickHouseConnection
 from plugin_server.sinks.clickhouse.reader import aware
 
 _RECENT_EVENTS = """
@@ -46,51 +37,6 @@ _LOGS_AFTER = f"""{_MATCHING_LOGS}
     ORDER BY timestamp, id LIMIT {{limit:UInt32}}"""
 _ENTRY_TIME = """SELECT timestamp FROM plugin_log_entries
     WHERE id = {after:UUID} AND plugin_config_id = {config:Int64} LIMIT 1"""
-
-
-class ClickHouseConnection:
-    """A ClickHouse client of the CLICKHOUSE_* settings, opened at the first query (see above)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._keep = not is_in_process(settings)
-        self._client: AsyncClickHouse | None = None
-        self._opening = asyncio.Lock()
-
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[AsyncClickHouse]:
-        """The client for one read's queries; ClickHouse's errors, opening it or in the queries, become
-        ReadFailed."""
-        try:
-            client = await self._open()
-            try:
-                yield client
-            finally:
-                if not self._keep:
-                    await client.close()
-        except ClickHouseError as error:
-            raise ReadFailed(f"ClickHouse: {error}") from error
-
-    async def problem(self) -> str | None:
-        """For readiness: None when ClickHouse answers. The in-process engine is not probed (it belongs
-        to the worker; probing it would fail, or hold it from a worker starting meanwhile)."""
-        if self._keep:
-            async with self.client() as client:
-                await client.rows("SELECT 1", {})
-        return None
-
-    async def _open(self) -> AsyncClickHouse:
-        if not self._keep:
-            return AsyncClickHouse(await asyncio.to_thread(open_client, self._settings))
-        async with self._opening:
-            if self._client is None:
-                self._client = AsyncClickHouse(await asyncio.to_thread(open_client, self._settings))
-            return self._client
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
 
 
 class ClickHouseReads:
