@@ -1,6 +1,7 @@
 """What the console, the operator API and the CLI read back: a team's newest events and a plugin config's
 log entries, from where EVENT_STORE keeps them. `topology.open_reads` picks the readers: Postgres
-(postgres.py) or ClickHouse (clickhouse.py). Persons always come from Postgres (db/browse.py).
+(postgres.py) or ClickHouse (clickhouse.py, over connection.py's client, which the historical export's
+reader shares). Persons always come from Postgres (db/browse.py).
 
 A reader that cannot read raises `ReadFailed` (the web answers 503)."""
 
