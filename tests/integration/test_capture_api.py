@@ -21,6 +21,7 @@ from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import decode_message, event_from_task
 from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.reads.postgres import postgres_reads
 from plugin_server.services.metrics import get_metrics
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
@@ -42,7 +43,7 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     config = load_settings({}, **settings)
     enqueuer = open_enqueuer(config, redis)
-    app = create_app(WebContext(config, pool, redis, enqueuer, workers))
+    app = create_app(WebContext(config, pool, redis, enqueuer, workers, reads=postgres_reads(pool.conninfo)))
     transport = httpx.ASGITransport(app=app, client=(peer, 50000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
