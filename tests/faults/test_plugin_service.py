@@ -16,7 +16,7 @@ from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 from tests.e2e.plugin_stack import write_plugin
 from tests.e2e.server import running_server, wait_until
-from tests.faults.harness import Load, Report, RssWatch, celery_sender, recovery_seconds, stored_count, tally
+from tests.faults.harness import Load, Report, RssWatch, celery_sender, recovery_seconds, tally
 from tests.loopback import LoopbackService, Request
 
 RUN_BEFORE = 2.0
