@@ -17,15 +17,23 @@ from tests.tcp_proxy import TcpProxy
 
 RUN_BEFORE = 2.0
 OUTAGE = 3.0
+WORKERS, TASKS_PER_WORKER, BATCH_SIZE = 2, 2, 50
 
 
 def _env(database_url: str, redis_url: str) -> dict[str, str]:
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
-        "WORKER_CONCURRENCY": "2",
+        "WORKER_CONCURRENCY": str(WORKERS),
+        "TASKS_PER_WORKER": str(TASKS_PER_WORKER),
+        "INGESTION_BATCH_SIZE": str(BATCH_SIZE),
         "DISABLE_WEB": "true",
     }
+
+
+def claimed(redis_client: redis.Redis) -> int:
+    """Events the workers hold (claimed, not acknowledged)."""
+    return sum(redis_client.llen(key) for key in redis_client.keys("posthog-plugins:unacked:*"))
 
 
 def test_postgres_stopped_fast_and_immediate_then_started_again(
@@ -33,6 +41,7 @@ def test_postgres_stopped_fast_and_immediate_then_started_again(
 ) -> None:
     database_url = private_postgres.url
     recovered = 0.0
+    held: list[tuple[int, int]] = []  # (claimed, waiting in the queue) at the end of each outage
     with running_server(tmp_path, _env(database_url, redis_url)) as server:
         server.wait_for_log("All systems go")
         with RssWatch(server.worker_pids) as rss, Load(celery_sender(redis_url, TEAM_ID)) as load:
@@ -40,10 +49,15 @@ def test_postgres_stopped_fast_and_immediate_then_started_again(
                 time.sleep(RUN_BEFORE)
                 private_postgres.stop(mode)
                 time.sleep(OUTAGE)
+                # Backpressure: the workers hold what they claimed and no more; the rest waits in the queue.
+                held.append((claimed(redis_client), redis_client.llen("posthog-plugins")))
                 private_postgres.start()
                 recovered = max(recovered, recovery_seconds(database_url, TEAM_ID, load.sent))
         result = tally(database_url, TEAM_ID, load.sent)
         assert "database or Redis unavailable" in server.log()
+    print(f"at the end of each outage (claimed by the workers, waiting in the queue): {held}")
+    for holding, waiting in held:
+        assert holding <= WORKERS * TASKS_PER_WORKER * BATCH_SIZE and waiting > 0
     Report("Postgres stopped (fast, immediate) for 3 s", load.sent, result, recovered, rss.max_mb).check()
 
 
