@@ -136,13 +136,15 @@ def logs(
         if not follow:
             return
         last = entries[-1] if entries else None
-        with contextlib.suppress(KeyboardInterrupt):
+        try:
             while True:
                 new = read_logs(connection, config_id, limit=limit, after=None if last is None else last.id)
                 _print_logs(new)
                 last = new[-1] if new else last
                 if len(new) < limit:
                     time.sleep(FOLLOW_INTERVAL)
+        except KeyboardInterrupt:
+            connection.close()  # Ctrl-C may land mid-query: close, rather than commit on the way out
 
 
 def _settings() -> Settings:
