@@ -120,26 +120,29 @@ class Tally:
 
 def tally(database_url: str, team_id: int, sent: int, timeout: float = 60) -> Tally:
     """Wait (up to `timeout`) until every event sent is stored, then count the lost and the doubled."""
-    deadline = time.monotonic() + timeout
+    _, rows, distinct = _until_stored(database_url, team_id, sent, timeout)
+    return Tally(lost=sent - distinct, doubled=rows - distinct)
+
+
+def recovery_seconds(database_url: str, team_id: int, sent: int, timeout: float = 90) -> float:
+    """Seconds until every event numbered below `sent` (those sent before the fault ended) is stored."""
+    seconds, _, distinct = _until_stored(database_url, team_id, sent, timeout)
+    assert distinct >= sent, f"{distinct} of the first {sent} events stored within {timeout} s"
+    return seconds
+
+
+def _until_stored(database_url: str, team_id: int, sent: int, timeout: float) -> tuple[float, int, int]:
+    """Poll until the events numbered below `sent` are all stored, or `timeout` passed: the seconds
+    waited, and the rows and distinct events of those numbers stored."""
+    start = time.monotonic()
     with psycopg.connect(database_url, autocommit=True) as connection:
         while True:
             row = connection.execute(TALLY, (team_id, sent)).fetchone()
             assert row is not None
             rows, distinct = row
-            if distinct >= sent or time.monotonic() > deadline:
-                return Tally(lost=sent - distinct, doubled=rows - distinct)
-            time.sleep(0.2)
-
-
-def recovery_seconds(database_url: str, team_id: int, sent: int, timeout: float = 90) -> float:
-    """Seconds until every event numbered below `sent` (those sent before the fault ended) is stored."""
-    start = time.monotonic()
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        while True:
-            row = connection.execute(TALLY, (team_id, sent)).fetchone()
-            if row is not None and row[1] >= sent:
-                return time.monotonic() - start
-            assert time.monotonic() - start < timeout, f"{row} stored of {sent} within {timeout} s"
+            waited = time.monotonic() - start
+            if distinct >= sent or waited > timeout:
+                return waited, rows, distinct
             time.sleep(0.1)
 
 
