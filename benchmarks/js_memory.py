@@ -1,8 +1,8 @@
 """Memory of many JavaScript plugin configs in one worker process, and what idle unloading gives back.
 
 The js-benchmark plugin is installed once (made global) and enabled for `--configs` teams, so there
-are that many plugin configs of one small plugin: each gets its own V8 isolate. Through the real
-PluginHost, registry and PluginRunner, each config is set up and processes one small batch (its
+are that many plugin configs of one small plugin: each gets its own V8 isolate. Through a worker's
+real plugin machinery (registry, PluginRunner), each config is set up and processes one small batch (its
 team's events); the script reports the process's RSS growth per loaded config and the time per load
 (transpile, isolate, setupPlugin and the first batch). Then every instance is unloaded as idle
 (`PluginRegistry.unload_idle`, what the PLUGIN_IDLE_UNLOAD_SECONDS sweep does), and RSS is reported
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import psycopg
 
 from benchmarks.plugin_step import make_events
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, running_plugins
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, find_plugin
-from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.js.runtime import JSPlugin
+from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.run import PluginRunner
 
 MIB = 1024 * 1024
@@ -80,18 +80,19 @@ def prepare(database_url: str, configs: int) -> list[int]:
     return team_ids
 
 
-def open_isolates(host: PluginHost) -> int:
+def open_isolates(registry: PluginRegistry) -> int:
     return sum(
         1
-        for vm in host.registry.all()
+        for vm in registry.all()
         if isinstance(instance := vm._instance, JSPlugin) and instance._isolate is not None
     )
 
 
 async def run(database_url: str, redis_url: str, team_ids: list[int], batch_size: int) -> Result:
     # the sweep is off while loading, so that nothing is unloaded before it is measured
-    async with plugin_host(database_url, redis_url, PLUGIN_IDLE_UNLOAD_SECONDS=0) as host:
-        runner = PluginRunner(host.registry, host.hung)
+    async with running_plugins(database_url, redis_url, PLUGIN_IDLE_UNLOAD_SECONDS=0) as running:
+        registry = running.plugins.registry
+        runner = PluginRunner(registry, running.services.hung)
         # warm up: the transpiler, the pools and the first isolate's one-time costs are not per config
         await runner.process_events(make_events(batch_size, team_ids[0]))
         malloc_trim()
@@ -104,25 +105,25 @@ async def run(database_url: str, redis_url: str, team_ids: list[int], batch_size
             assert all(result is not None and result["properties"]["processed"] for result in results)
         malloc_trim()
         rss_loaded = rss_bytes()
-        open_loaded = open_isolates(host)
+        open_loaded = open_isolates(registry)
 
         started = time.perf_counter()
-        host.registry.unload_idle(0)
-        await host.registry.settle()
+        registry.unload_idle(0)
+        await registry.settle()
         unload_seconds = time.perf_counter() - started
         gc.collect()
         rss_unloaded = rss_bytes()
         malloc_trim()
         rss_trimmed = rss_bytes()
-        open_unloaded = open_isolates(host)
+        open_unloaded = open_isolates(registry)
 
         # a second round (set up again on next use, then unloaded again) shows whether memory leaks
         for team_id in team_ids:
             await runner.process_events(make_events(batch_size, team_id))
         malloc_trim()
         rss_reloaded = rss_bytes()
-        host.registry.unload_idle(0)
-        await host.registry.settle()
+        registry.unload_idle(0)
+        await registry.settle()
         malloc_trim()
         rss_second_trimmed = rss_bytes()
     return Result(

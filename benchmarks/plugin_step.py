@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, running_plugins
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.run import PluginRunner
 
@@ -64,8 +64,8 @@ async def measure(runner: PluginRunner, team_id: int, batches: int, batch_size: 
 
 
 async def run(database_url: str, redis_url: str, batches: int, batch_size: int) -> tuple[float, float]:
-    async with plugin_host(database_url, redis_url) as host:
-        runner = PluginRunner(host.registry, host.hung)
+    async with running_plugins(database_url, redis_url) as running:
+        runner = PluginRunner(running.plugins.registry, running.services.hung)
         with_plugin = await measure(runner, TEAM_ID, batches, batch_size)
         without = await measure(runner, NO_PLUGINS_TEAM, batches, batch_size)
     return with_plugin, without

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import psycopg
 import redis.asyncio as aioredis
+from tests.plugin_hosts import RunningPlugins, open_running_plugins
 
 from plugin_server.config import load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import open_pool, recreate_database
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.services.geoip import GeoIP
 
@@ -62,22 +62,22 @@ def fresh_database(server_url: str, plugin: str | None = None, name: str = BENCH
 
 
 @contextlib.asynccontextmanager
-async def plugin_host(
+async def running_plugins(
     database_url: str, redis_url: str, *, geoip: GeoIP | None = None, **settings: Any
-) -> AsyncIterator[PluginHost]:
-    """A worker's plugin machinery (host, registry loaded, calls tracked as in a worker) in this process."""
+) -> AsyncIterator[RunningPlugins]:
+    """A worker's plugin machinery (registry loaded, calls tracked as in a worker) in this process."""
     pool = await open_pool(database_url, max_size=8)
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        async with open_plugin_host(
+        async with open_running_plugins(
             load_settings({}, DATABASE_URL=database_url, REDIS_URL=redis_url, **settings),
             pool,
             redis,
-            geoip=geoip or GeoIP.disabled(),
+            geoip=geoip,
             tracker=CallTracker(SharedCallState()),
-        ) as host:
-            await host.registry.reload()
-            yield host
+        ) as running:
+            await running.plugins.registry.reload()
+            yield running
     finally:
         await redis.aclose()
         await pool.close()

@@ -10,6 +10,7 @@ import asyncio
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,17 @@ import psycopg
 import pytest
 import redis
 import redis.asyncio as aioredis
+from clickhouse_connect.driver.client import Client
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from plugin_server.config import Settings, load_settings
 from plugin_server.db.migrate import migrate
 from plugin_server.db.postgres import open_pool, recreate_database
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
 from plugin_server.services.embedded import start_embedded
+from plugin_server.sinks.clickhouse.client import open_client
+from plugin_server.sinks.clickhouse.migrate import open_migrated
 from tests.kafka_broker import KafkaBroker
 
 TEST_DATABASE = "plugin_server_test"
@@ -64,6 +69,7 @@ TABLES = [
     "posthog_organization",
     "plugin_server_jobs",
     "plugin_server_schedule_periods",
+    "plugin_server_person_outbox",
 ]
 
 
@@ -177,3 +183,39 @@ async def counted(database_url: str) -> AsyncIterator[Counted]:
     await pool.open(wait=True)
     yield pool, statements
     await pool.close()
+
+
+# --- ClickHouse: the in-process chDB engine behind clickhouse-connect. chDB opens one data folder per
+# process, so the whole session shares one folder and each test gets a database of its own. A test that
+# runs a server subprocess on the folder must hold no client of it meanwhile (closing every client
+# releases the folder).
+
+
+@pytest.fixture(scope="session")
+def chdb_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def clickhouse_settings(request: pytest.FixtureRequest, chdb_folder: Path) -> Iterator[Settings]:
+    """Settings of a fresh ClickHouse database on chDB (dropped afterwards), in the CLICKHOUSE_KAFKA_FORMAT
+    a test may parametrize it with (indirect; default original)."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    formats = getattr(request, "param", "original")
+    yield load_settings(
+        {},
+        CLICKHOUSE_HOST=f"chdb://{chdb_folder}",
+        CLICKHOUSE_DATABASE=database,
+        CLICKHOUSE_KAFKA_FORMAT=formats,
+    )
+    client = open_client(load_settings({}, CLICKHOUSE_HOST=f"chdb://{chdb_folder}"))
+    client.command(f"DROP DATABASE IF EXISTS {database}")
+    client.close()
+
+
+@pytest.fixture
+def clickhouse(clickhouse_settings: Settings) -> Iterator[Client]:
+    """A client of the test's ClickHouse database, migrated (the Kafka tables as Null tables)."""
+    client, _ = open_migrated(clickhouse_settings)
+    yield client
+    client.close()

@@ -40,7 +40,8 @@ Answer = Callable[[Request], tuple[int, bytes]]
 
 
 def loopback_plugin_http(timeout: float = 5) -> httpx.AsyncClient:
-    """Plugin HTTP as the host builds it, with PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS on for the stand-ins."""
+    """Plugin HTTP as topology.open_plugin_services builds it, with PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS
+    on for the stand-ins."""
     return plugin_http_client(
         load_settings({}, PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS=True, TASK_TIMEOUT=timeout)
     )

@@ -34,16 +34,17 @@ from typing import Any
 import httpx
 import psycopg
 from benchmarks.plugin_step import plugin_event
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, plugin_host
+from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, running_plugins
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg.types.json import Jsonb
+from tests.plugin_hosts import RunningPlugins
 
 from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.models import PluginAttachment
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.services.geoip import GeoIP
+from plugin_server.topology import open_plugins
 
 MMDB = Path(__file__).parents[1] / "tests" / "assets" / "GeoLite2-City-Test.mmdb"
 # Longest a plugin may take for its setup, events and tasks in one run.
@@ -222,7 +223,7 @@ class Run:
         return self.error is not None and (self.requests > 0 or bool(NETWORK.search(self.error)))
 
 
-async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside: Outside) -> Run:
+async def run_plugin(running: RunningPlugins, database_url: str, folder: Path, outside: Outside) -> Run:
     config, attachments = config_of(folder)
     before, started = outside.requests, datetime.now(UTC)
     with psycopg.connect(database_url, autocommit=True) as connection:
@@ -232,9 +233,10 @@ async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside:
         except Exception as error:  # not installable (no plugin.json, no main file)
             return Run(f"install: {error}", 0)
         config_id = enable_plugin(connection, plugin, TEAM_ID, config, attachments).id
-    await host.registry.reload()
-    runner = PluginRunner(host.registry, host.hung)
-    vm = host.registry.get(config_id)
+    registry = running.plugins.registry
+    await registry.reload()
+    runner = PluginRunner(registry, running.services.hung)
+    vm = registry.get(config_id)
     failure: str | None = None
 
     async def exercise() -> None:
@@ -247,7 +249,7 @@ async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside:
             for task in instance.scheduled_tasks if instance is not None else ():
                 await instance.run_task(task)
         await asyncio.sleep(SETTLE_SECONDS)  # work the plugin started without awaiting it (callbacks)
-        await run_jobs(host, database_url)
+        await run_jobs(running, database_url)
 
     try:
         await asyncio.wait_for(exercise(), PLUGIN_SECONDS)
@@ -255,7 +257,7 @@ async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside:
         failure = f"did not finish in {PLUGIN_SECONDS:g} s"
     except Exception as error:
         failure = f"{type(error).__name__}: {error}"
-    await host.logs.flush()
+    await running.services.logs.flush()
     with psycopg.connect(database_url) as connection:
         row = connection.execute(
             "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
@@ -274,11 +276,12 @@ async def run_plugin(host: PluginHost, database_url: str, folder: Path, outside:
     return Run(failure, outside.requests - before)
 
 
-async def run_jobs(host: PluginHost, database_url: str) -> None:
+async def run_jobs(running: RunningPlugins, database_url: str) -> None:
     """The jobs the plugin queued (its own, export retries, a historical export) that are due within
     JOB_SECONDS, until none is left."""
     stop = asyncio.Event()
-    runner = asyncio.create_task(host.jobs.run_forever(host.run_job, stop_event=stop, concurrency=2))
+    jobs, job_runner = running.services.jobs, running.plugins.job_runner
+    runner = asyncio.create_task(jobs.run_forever(job_runner.run, stop_event=stop, concurrency=2))
     deadline = asyncio.get_running_loop().time() + JOB_SECONDS
     try:
         while asyncio.get_running_loop().time() < deadline:
@@ -329,16 +332,17 @@ async def run_all(
         folders = [path for path in folders if path.name in only]
     runs: dict[str, list[Run]] = {folder.name: [] for folder in folders}
     store_events(database_url)
-    async with plugin_host(database_url, redis_url, geoip=GeoIP.from_file(MMDB), TASK_TIMEOUT=5) as host:
+    async with running_plugins(
+        database_url, redis_url, geoip=GeoIP.from_file(MMDB), TASK_TIMEOUT=5
+    ) as running:
         for outside in (Outside(answer=False), Outside(answer=True)):
             async with httpx.AsyncClient(transport=httpx.MockTransport(outside)) as http:
-                trial_host = dataclasses.replace(host, http=http)
-                try:
+                services = dataclasses.replace(running.services, http=http)
+                async with open_plugins(running.settings, services) as plugins:
+                    trial = RunningPlugins(running.settings, services, plugins)
                     for folder in folders:
-                        runs[folder.name].append(await run_plugin(trial_host, database_url, folder, outside))
+                        runs[folder.name].append(await run_plugin(trial, database_url, folder, outside))
                         print(f"  {outside.name}: {folder.name}: {runs[folder.name][-1].error or 'ok'}"[:200])
-                finally:
-                    await trial_host.registry.close()
     return [(name, *verdict(*results)) for name, results in runs.items()]
 
 

@@ -88,12 +88,52 @@ def start(
 
 
 @app.command()
-def migrate() -> None:
+def migrate(
+    clickhouse: Annotated[
+        bool,
+        typer.Option(
+            "--clickhouse",
+            help="Migrate ClickHouse (CLICKHOUSE_* settings) instead of Postgres: its tables, and the Kafka "
+            "tables and views reading the ClickHouse topics (CLICKHOUSE_KAFKA_FORMAT, KAFKA_PREFIX) from KAFKA_HOSTS.",
+        ),
+    ] = False,
+    no_kafka_engine: Annotated[
+        bool,
+        typer.Option(
+            "--no-kafka-engine",
+            help="With --clickhouse: Null tables in place of the Kafka tables, for a ClickHouse without the "
+            "Kafka engine fed by EVENT_STORE=clickhouse-direct (always so on chDB).",
+        ),
+    ] = False,
+) -> None:
     """Apply pending database migrations and exit."""
     settings = load_settings_or_exit()
-    with database_url(settings) as url:
-        applied = apply_migrations(url)
+    if clickhouse:
+        applied = _migrate_clickhouse(settings, kafka_engine=not no_kafka_engine)
+    else:
+        with database_url(settings) as url:
+            applied = apply_migrations(url)
     typer.echo("\n".join(f"applied {m.version:04d}_{m.name}" for m in applied) or "nothing to migrate")
+
+
+def _migrate_clickhouse(settings: Settings, *, kafka_engine: bool) -> list[Any]:
+    from plugin_server.sinks.clickhouse.client import is_in_process
+    from plugin_server.sinks.clickhouse.migrate import open_migrated
+    from plugin_server.sinks.clickhouse.schema import EVENTS_PROTO
+
+    brokers = None
+    if kafka_engine and not is_in_process(settings):
+        if not settings.KAFKA_HOSTS:
+            typer.echo("KAFKA_HOSTS is needed for the Kafka tables (or pass --no-kafka-engine)", err=True)
+            raise typer.Exit(1)
+        brokers = settings.KAFKA_HOSTS
+    client, applied = open_migrated(settings, kafka_brokers=brokers)
+    client.close()
+    if brokers and settings.CLICKHOUSE_KAFKA_FORMAT == "original":
+        typer.echo(
+            f"kafka_events reads protobuf: copy {EVENTS_PROTO} into ClickHouse's format_schemas folder"
+        )
+    return applied
 
 
 @app.command()

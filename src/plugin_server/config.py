@@ -195,12 +195,33 @@ class Settings(BaseModel):
     )
 
     # --- ClickHouse and Kafka
-    CLICKHOUSE_HOST: str = Field("localhost", description="ClickHouse host")
+    CLICKHOUSE_HOST: str = Field(
+        "localhost",
+        description="ClickHouse host, optionally host:port (HTTP port 8123, 8443 with CLICKHOUSE_SECURE); or "
+        "chdb:///folder for the in-process chDB engine storing in that folder (the chdb extra; one process at a time)",
+    )
     CLICKHOUSE_DATABASE: str = Field("default", description="ClickHouse database")
     CLICKHOUSE_USER: str = Field("default", description="ClickHouse username")
     CLICKHOUSE_PASSWORD: str | None = Field(None, description="ClickHouse password")
     CLICKHOUSE_CA: str | None = Field(None, description="ClickHouse CA certs")
     CLICKHOUSE_SECURE: bool = Field(False, description="whether to secure ClickHouse connection")
+    EVENT_STORE: Literal["postgres", "clickhouse-kafka", "clickhouse-direct"] = Field(
+        "postgres",
+        description="where events and recordings are stored (and historical exports read them) and persons, "
+        "distinct ids and groups mirrored: postgres (PostHog's tables), clickhouse-kafka (ClickHouse's topics "
+        "at KAFKA_HOSTS, with plugin logs) or clickhouse-direct (inserted straight into ClickHouse's tables at "
+        "CLICKHOUSE_HOST, no Kafka); persons stay in Postgres, their source of truth",
+    )
+    CLICKHOUSE_KAFKA_FORMAT: Literal["original", "current"] = Field(
+        "original",
+        description="message formats of the ClickHouse topics: original (the 2021 plugin server's: protobuf "
+        "events, clickhouse_person_unique_id) or current (today's PostHog's: clickhouse_events_json with "
+        "person columns, versioned clickhouse_person_distinct_id)",
+    )
+    KAFKA_PREFIX: str = Field(
+        "",
+        description="prefix of the ClickHouse topic names (as PostHog's KAFKA_PREFIX), e.g. to share a broker",
+    )
     KAFKA_ENABLED: bool = Field(False, description="use Kafka instead of Celery to ingest events")
     KAFKA_HOSTS: str | None = Field(None, description="comma-delimited Kafka hosts")
     KAFKA_CONSUMPTION_TOPIC: str = Field("events_plugin_ingestion", description="Kafka incoming events topic")
@@ -303,9 +324,9 @@ class Settings(BaseModel):
     def _boolean(cls, value: Any) -> bool:
         return parse_bool(value)
 
-    @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
+    @field_validator("LOG_LEVEL", "LOG_FORMAT", "EVENT_STORE", "CLICKHOUSE_KAFKA_FORMAT", mode="before")
     @classmethod
-    def _log_level(cls, value: Any) -> str:
+    def _lower_case(cls, value: Any) -> str:
         return str(value).strip().lower()
 
     @field_validator("JOB_QUEUES")

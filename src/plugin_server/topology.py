@@ -1,20 +1,52 @@
-"""The one place that decides, from the settings, where a worker's events come from and go to."""
+"""The one place that decides, from the settings, where a worker's events come from and go to, and
+builds the services its plugins share."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
+from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.ingestion.kafka_producer import KafkaProducer
+from plugin_server.ingestion.person_outbox import PersonOutbox
+from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.teams import TeamManager
-from plugin_server.sinks import EventSink
-from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.jobs.queue import JobQueue
+from plugin_server.plugins.capabilities import CapabilityDiscovery, scheduled_tasks
+from plugin_server.plugins.egress import plugin_connect_guard, plugin_http_client
+from plugin_server.plugins.historical import PostgresStoredEvents, StoredEvents
+from plugin_server.plugins.instance import RuntimeServices
+from plugin_server.plugins.instances import InstanceFactory, VMFactory
+from plugin_server.plugins.job_runner import PluginJobRunner
+from plugin_server.plugins.meta.build import MetaFactory
+from plugin_server.plugins.meta.logs import BufferedLogWriter, PluginLogWriter
+from plugin_server.plugins.meta.posthog import PersonalApiKeys, origin
+from plugin_server.plugins.metrics_report import PluginMetricsReporter
+from plugin_server.plugins.registry import PluginRegistry
+from plugin_server.plugins.services import PluginServices, WorkerPlugins
+from plugin_server.plugins.tracking import CallTracker, HungMarks
+from plugin_server.services.geoip import GeoIP
+from plugin_server.sinks import EventSink, PersonSink
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink, RecordSender
+from plugin_server.sinks.kafka.current import CurrentFormat
+from plugin_server.sinks.kafka.logs import KafkaLogEntryWriter
+from plugin_server.sinks.kafka.original import OriginalFormat
+from plugin_server.sinks.kafka.records import KafkaFormat
+from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
+
+if TYPE_CHECKING:
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 
 
 @contextlib.asynccontextmanager
@@ -43,7 +75,164 @@ async def open_sources(
             await source.close()
 
 
-def open_event_sink(pool: AsyncConnectionPool[Any]) -> EventSink:
-    """Where the pipeline stores events: Postgres (PostHog's tables) today; the ClickHouse sinks
-    (through Kafka, or direct; issue 11) will be chosen here from the settings."""
-    return PostgresEventSink(pool)
+@dataclass(frozen=True)
+class Sinks:
+    """Where the pipeline stores a batch: its events, and the person, distinct-id and group rows."""
+
+    events: EventSink
+    persons: PersonSink
+    # Where the person manager records the rows the person sink has not taken yet (a mirror only).
+    outbox: PersonOutbox | None = None
+
+
+@contextlib.asynccontextmanager
+async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
+    """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
+    clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
+    the way out, after what is in flight is delivered). clickhouse-direct: the same records inserted
+    straight into ClickHouse's tables. Both mirrors keep a person outbox."""
+    if settings.EVENT_STORE == "postgres":
+        yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
+        return
+    if settings.EVENT_STORE == "clickhouse-direct":
+        from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
+
+        async with _open_clickhouse(settings) as clickhouse:
+            yield _record_sinks(ClickHouseTopicWriter.for_settings(clickhouse, settings), settings, pool)
+        return
+    producer = KafkaProducer(settings)
+    try:
+        yield _record_sinks(producer, settings, pool)
+    finally:
+        await producer.close()
+
+
+def _record_sinks(sender: RecordSender, settings: Settings, pool: AsyncConnectionPool[Any]) -> Sinks:
+    """Events, persons, distinct ids and groups as records of CLICKHOUSE_KAFKA_FORMAT, through `sender`,
+    with an outbox for the person rows a crash could leave unsent."""
+    format = kafka_format(settings)
+    return Sinks(
+        KafkaEventSink(sender, format, partial(persons_of, pool)),
+        KafkaPersonSink(sender, format),
+        PersonOutbox(),
+    )
+
+
+def kafka_format(settings: Settings) -> KafkaFormat:
+    if settings.CLICKHOUSE_KAFKA_FORMAT == "current":
+        return CurrentFormat(settings.KAFKA_PREFIX)
+    return OriginalFormat(settings.KAFKA_PREFIX)
+
+
+def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
+    """Plugin logs go to posthog_pluginlogentry, or with EVENT_STORE=clickhouse-kafka to the
+    `plugin_log_entries` topic."""
+    if settings.EVENT_STORE != "clickhouse-kafka":
+        return PluginLogWriter(pool)
+    return KafkaLogEntryWriter(KafkaProducer(settings), prefix=settings.KAFKA_PREFIX)
+
+
+@contextlib.asynccontextmanager
+async def open_plugin_services(
+    settings: Settings,
+    pool: AsyncConnectionPool[Any],
+    redis: aioredis.Redis,
+    *,
+    geoip: GeoIP,
+    tracker: CallTracker,
+) -> AsyncIterator[PluginServices]:
+    """The services of a worker's plugins, with their own HTTP clients, log writer and enqueuer; on
+    exit their logs are flushed and the enqueuer closed.
+
+    Plugin HTTP goes only where the egress policy allows (PLUGIN_HTTP_*); posthog.api's client also
+    reaches the configured PostHog host wherever it is (the operator chose it)."""
+    posthog_url = httpx.URL(settings.POSTHOG_API_HOST)
+    posthog_origin = (posthog_url.raw_host.decode("ascii"), origin(posthog_url)[2])  # as connections name it
+    async with (
+        plugin_http_client(settings) as http,
+        plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
+        open_stored_events(settings, pool) as stored_events,
+    ):
+        logs = open_log_writer(settings, pool)
+        enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
+        try:
+            yield PluginServices(
+                pool=pool,
+                redis=redis,
+                http=http,
+                posthog_http=posthog_http,
+                connect_guard=plugin_connect_guard(settings),
+                logs=logs,
+                jobs=JobQueue(pool, lease_seconds=settings.JOB_LEASE_SECONDS),
+                geoip=geoip,
+                teams=TeamManager(pool),
+                tracker=tracker,
+                hung=HungMarks(redis),
+                enqueuer=enqueuer,
+                api_keys=PersonalApiKeys(pool),
+                stored_events=stored_events,
+            )
+        finally:
+            await logs.close()
+            await enqueuer.close()
+
+
+@contextlib.asynccontextmanager
+async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIterator[WorkerPlugins]:
+    """A worker's plugin machinery over `services`; on exit its plugins are torn down."""
+    meta = MetaFactory(services, posthog_host=settings.POSTHOG_API_HOST)
+    runtimes = RuntimeServices(settings, services.http, services.connect_guard, services.tracker)
+    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool, services.stored_events)
+    registry = PluginRegistry(
+        services.pool,
+        VMFactory(services.pool, services.logs, services.hung, create),
+        idle_unload_seconds=settings.PLUGIN_IDLE_UNLOAD_SECONDS,
+    )
+    try:
+        yield WorkerPlugins(
+            registry=registry,
+            job_runner=PluginJobRunner(registry, services.hung),
+            metrics=PluginMetricsReporter(registry, services.enqueuer),
+            capabilities=CapabilityDiscovery(registry),
+            scheduled_tasks=partial(scheduled_tasks, services.pool),
+        )
+    finally:
+        await registry.close()
+
+
+@contextlib.asynccontextmanager
+async def open_stored_events(
+    settings: Settings, pool: AsyncConnectionPool[Any]
+) -> AsyncIterator[StoredEvents]:
+    """Where the historical export reads stored events: Postgres, or ClickHouse when events are stored
+    there (directly or through Kafka; connected at the first read)."""
+    if settings.EVENT_STORE == "postgres":
+        yield PostgresStoredEvents(pool)
+        return
+    from plugin_server.sinks.clickhouse.client import open_client
+    from plugin_server.sinks.clickhouse.reader import ClickHouseStoredEvents
+
+    reader = ClickHouseStoredEvents(partial(open_client, settings))
+    try:
+        yield reader
+    finally:
+        await reader.close()
+
+
+@contextlib.asynccontextmanager
+async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
+    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (the Kafka
+    tables as Null tables for the direct writer: `plugin-server migrate --clickhouse` makes Kafka-engine
+    ones)."""
+    from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
+    from plugin_server.sinks.clickhouse.migrate import open_migrated
+
+    if settings.AUTO_MIGRATE:
+        client, _ = await asyncio.to_thread(open_migrated, settings)
+    else:
+        client = await asyncio.to_thread(open_client, settings)
+    clickhouse = AsyncClickHouse(client)
+    try:
+        yield clickhouse
+    finally:
+        await clickhouse.close()

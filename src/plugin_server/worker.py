@@ -19,7 +19,6 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 import redis.asyncio as aioredis
-from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.actions.setup import open_actions
 from plugin_server.config import Settings, load_settings
@@ -35,18 +34,21 @@ from plugin_server.ingestion.batches import (
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.ordering import Turn, Turnstile
+from plugin_server.ingestion.person_outbox import resend_forever
 from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import BatchOutcome, EventPipeline, message_context
+from plugin_server.jobs.queue import JobQueue
 from plugin_server.jobs.scheduler import Scheduler
-from plugin_server.plugins.host import PluginHost, open_plugin_host
+from plugin_server.plugins.metrics_report import PluginMetricsReporter
 from plugin_server.plugins.run import PluginRunner
+from plugin_server.plugins.services import WorkerPlugins
 from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sources import Source
-from plugin_server.topology import open_event_sink, open_sources
+from plugin_server.topology import open_plugin_services, open_plugins, open_sinks, open_sources
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +116,40 @@ class Worker:
                 max_size=settings.REDIS_POOL_MAX_SIZE,
             )
             stack.push_async_callback(redis_client.aclose)
-            host = await self._plugin_host(pool, redis_client, stack)
-            jobs = host.jobs
+            geoip = await load_geoip(pool, file_path=settings.MMDB_FILE_PATH, disabled=settings.DISABLE_MMDB)
+            services = await stack.enter_async_context(
+                open_plugin_services(settings, pool, redis_client, geoip=geoip, tracker=self.tracker)
+            )
+            worker_plugins = await stack.enter_async_context(open_plugins(settings, services))
+            await self._reload(worker_plugins)
+            jobs, teams = services.jobs, services.teams
             actions = await stack.enter_async_context(
-                open_actions(settings, pool, redis_client, host.teams, jobs, write_action_events=True)
+                open_actions(
+                    settings,
+                    pool,
+                    redis_client,
+                    teams,
+                    jobs,
+                    write_action_events=settings.EVENT_STORE == "postgres",
+                )
             )
             sources = await stack.enter_async_context(
-                open_sources(settings, redis_client, self.consumer_id, host.teams)
+                open_sources(settings, redis_client, self.consumer_id, teams)
             )
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
-            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE)
-            plugins = PluginRunner(host.registry, host.hung, on_event_concurrency=settings.TASKS_PER_WORKER)
-            sink = open_event_sink(pool)
+            sinks = await stack.enter_async_context(open_sinks(settings, pool))
+            persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE, outbox=sinks.outbox)
+            plugins = PluginRunner(
+                worker_plugins.registry, services.hung, on_event_concurrency=settings.TASKS_PER_WORKER
+            )
             pipelines = [
                 EventPipeline(
-                    teams=host.teams,
+                    teams=teams,
                     definitions=definitions,
                     groups=groups,
                     persons=persons,
-                    sink=sink,
+                    sink=sinks.events,
+                    person_sink=sinks.persons,
                     plugins=plugins,
                     jobs=jobs,
                     actions=actions.service,
@@ -144,14 +161,18 @@ class Worker:
                 await source.start()
             helpers = [
                 asyncio.create_task(self._housekeeping(sources)),
-                asyncio.create_task(self._listen_for_reloads(redis_client, host)),
-                asyncio.create_task(self._report_plugin_metrics(host)),
+                asyncio.create_task(self._listen_for_reloads(redis_client, worker_plugins)),
+                asyncio.create_task(self._report_plugin_metrics(worker_plugins.metrics)),
                 asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
             ]
+            if sinks.outbox is not None:
+                helpers.append(asyncio.create_task(resend_forever(sinks.outbox, pool, sinks.persons.write)))
             until_stopped = [
                 asyncio.create_task(
                     jobs.run_forever(
-                        host.run_job, stop_event=self._stopping, concurrency=settings.JOB_QUEUE_CONCURRENCY
+                        worker_plugins.job_runner.run,
+                        stop_event=self._stopping,
+                        concurrency=settings.JOB_QUEUE_CONCURRENCY,
                     )
                 ),
                 asyncio.create_task(
@@ -165,10 +186,10 @@ class Worker:
             ]
             if self.index == 0:  # one scheduler per server; the Redis lock makes it one per cluster
                 scheduler = Scheduler(
-                    redis_client, jobs, host.scheduled_tasks, lock_ttl=settings.SCHEDULE_LOCK_TTL
+                    redis_client, jobs, worker_plugins.scheduled_tasks, lock_ttl=settings.SCHEDULE_LOCK_TTL
                 )
                 until_stopped.append(asyncio.create_task(scheduler.run(self._stopping)))
-                helpers.append(asyncio.create_task(self._sample_job_queue(host)))
+                helpers.append(asyncio.create_task(self._sample_job_queue(jobs)))
             try:
                 await asyncio.gather(*map(self._consume, sources, pipelines))
             finally:
@@ -177,24 +198,12 @@ class Worker:
                     task.cancel()
                 await asyncio.gather(*helpers, *until_stopped, return_exceptions=True)
 
-    async def _plugin_host(
-        self, pool: AsyncConnectionPool[Any], redis_client: aioredis.Redis, stack: contextlib.AsyncExitStack
-    ) -> PluginHost:
-        """The plugin services of this worker, with the plugins in force loaded (lazily set up)."""
-        settings = self.settings
-        geoip = await load_geoip(pool, file_path=settings.MMDB_FILE_PATH, disabled=settings.DISABLE_MMDB)
-        host = await stack.enter_async_context(
-            open_plugin_host(settings, pool, redis_client, geoip=geoip, tracker=self.tracker)
-        )
-        await self._reload(host)
-        return host
-
-    async def _reload(self, host: PluginHost) -> None:
-        await host.registry.reload()
+    async def _reload(self, plugins: WorkerPlugins) -> None:
+        await plugins.registry.reload()
         if self.index == 0:
-            host.discover_capabilities()
+            plugins.capabilities.discover()
 
-    async def _listen_for_reloads(self, redis_client: aioredis.Redis, host: PluginHost) -> None:
+    async def _listen_for_reloads(self, redis_client: aioredis.Redis, plugins: WorkerPlugins) -> None:
         """Reload the plugins when a message arrives on PLUGINS_RELOAD_PUBSUB_CHANNEL (any content)."""
         channel = self.settings.PLUGINS_RELOAD_PUBSUB_CHANNEL
         while True:
@@ -204,26 +213,26 @@ class Worker:
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             log.info("reloading plugins (message on %r)", channel)
-                            await self._reload(host)
+                            await self._reload(plugins)
             except asyncio.CancelledError:
                 raise
             except Exception as error:
                 log.error("plugin reload listener failed (%s); subscribing again", error)
                 await asyncio.sleep(1.0)
 
-    async def _report_plugin_metrics(self, host: PluginHost) -> None:
+    async def _report_plugin_metrics(self, reporter: PluginMetricsReporter) -> None:
         while True:
             await asyncio.sleep(self.settings.PLUGIN_METRICS_INTERVAL_SECONDS)
             try:
-                await host.report_metrics()
+                await reporter.report()
             except Exception:
                 log.exception("reporting plugin metrics failed")
 
-    async def _sample_job_queue(self, host: PluginHost) -> None:
+    async def _sample_job_queue(self, jobs: JobQueue) -> None:
         """The job queue depth gauge (one worker samples it for the server)."""
         while True:
             try:
-                get_metrics().job_queue_sampled(await host.jobs.queue_depth())
+                get_metrics().job_queue_sampled(await jobs.queue_depth())
             except TRANSIENT_ERRORS as error:
                 log.warning("cannot read the job queue depth: %s", error)
             await asyncio.sleep(GAUGE_INTERVAL_SECONDS)

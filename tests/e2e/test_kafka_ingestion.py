@@ -61,7 +61,7 @@ def test_capture_to_kafka_to_worker_to_postgres(
         assert producer.flush(15) == 0
         listed = wait_until(lambda: cli("dead-letters", "list", **server.env).stdout)
         [letter] = [json.loads(line) for line in listed.splitlines()]
-        assert letter["message"] == "not json" and "not JSON" in letter["reason"]
+        assert letter["message"] == "not json" and "not valid JSON" in letter["reason"]
         wait_until(lambda: committed(kafka, group, topic, 2) == 23)  # after Kafka took the dead letter
         assert cli("dead-letters", "replay", **server.env).stdout.strip() == "replayed 1 messages"
     with psycopg.connect(database_url) as connection:

@@ -10,14 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.plugins.host import PluginHost
-from tests.plugin_hosts import running_plugin_host
+from tests.plugin_hosts import RunningPlugins, running_plugins
 
 
 @pytest.fixture
-async def running_host(
+async def running(
     clean_db: psycopg.Connection[Any], pool: AsyncConnectionPool[Any], aredis: aioredis.Redis
-) -> AsyncIterator[PluginHost]:
+) -> AsyncIterator[RunningPlugins]:
     """A worker's plugin machinery on a clean database (see tests/plugin_hosts.py)."""
-    async with running_plugin_host(pool, aredis) as host:
-        yield host
+    async with running_plugins(pool, aredis) as machinery:
+        yield machinery

@@ -18,11 +18,11 @@ from plugin_server.ingestion.celery import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
     CeleryTask,
-    MalformedMessage,
     decode_message,
     encode_task,
     event_from_task,
 )
+from plugin_server.ingestion.message_fields import MalformedMessage
 
 QUEUE = "posthog-plugins"
 NOW = "2021-03-04T05:06:07.890000+00:00"

@@ -1,4 +1,4 @@
-"""The historical export through the real PluginHost and job queue: "Export historical events" sends
+"""The historical export through the real plugin machinery and job queue: "Export historical events" sends
 the team's stored events in the date range, oldest first, in pages, through a JS plugin's exportEvents
 (each marked $$is_historical_export_event), retries a page on RetryError, keeps its state under the
 original's storage keys, goes on from where it was when its runner stopped, and registers its public job."""
@@ -21,9 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.jobs.queue import PluginJob
 from plugin_server.plugins import historical
-from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.meta.storage import PluginStorage
-from tests.plugin_hosts import install_files
+from tests.plugin_hosts import RunningPlugins, install_files
 
 Db = psycopg.Connection[Any]
 START = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -62,9 +61,11 @@ def store_events(db: Db, team: CreatedTeam, count: int) -> list[str]:
     return uuids[1:-1]
 
 
-async def run_jobs_until(host: PluginHost, done: Any, timeout: float = 60) -> None:
+async def run_jobs_until(running: RunningPlugins, done: Any, timeout: float = 60) -> None:
     stop = asyncio.Event()
-    runner = asyncio.create_task(host.jobs.run_forever(host.run_job, stop_event=stop, concurrency=1))
+    runner = asyncio.create_task(
+        running.services.jobs.run_forever(running.plugins.job_runner.run, stop_event=stop, concurrency=1)
+    )
     try:
         async with asyncio.timeout(timeout):
             while not await done():
@@ -78,7 +79,7 @@ async def test_stored_events_go_through_export_events_in_pages(
     clean_db: Db,
     tmp_path: Path,
     team: CreatedTeam,
-    running_host: PluginHost,
+    running: RunningPlugins,
     pool: AsyncConnectionPool[Any],
     aredis: aioredis.Redis,
     monkeypatch: pytest.MonkeyPatch,
@@ -88,7 +89,7 @@ async def test_stored_events_go_through_export_events_in_pages(
     expected = store_events(clean_db, team, 230)  # 23 minutes: 3 intervals, 2 pages in each of the first two
     files = {"plugin.json": json.dumps({"name": "historical test", "main": "index.ts"}), "index.ts": PLUGIN}
     plugin, config_id = install_files(clean_db, tmp_path, team, files, {})
-    await running_host.registry.reload()
+    await running.plugins.registry.reload()
     storage = PluginStorage(pool, config_id)
     exported_key = f"@plugin/{plugin.id}/{team.team_id}/exported"
 
@@ -100,14 +101,14 @@ async def test_stored_events_go_through_export_events_in_pages(
         plugin_config_team=team.team_id,
         run_at=datetime.now(UTC),
     )
-    await running_host.run_job(start_job)
+    await running.plugins.job_runner.run(start_job)
     assert await storage.get("is_export_running") is True
     assert await storage.get("min_timestamp") == int(START.timestamp() * 1000)
 
     # A runner that stops after the first pages; a new one goes on from there.
-    await run_jobs_until(running_host, lambda: _count_at_least(aredis, exported_key, 100))
+    await run_jobs_until(running, lambda: _count_at_least(aredis, exported_key, 100))
     assert await aredis.llen(exported_key) < 230
-    await run_jobs_until(running_host, lambda: _finished(storage))
+    await run_jobs_until(running, lambda: _finished(storage))
 
     exported = [line.decode().split() for line in reversed(await aredis.lrange(exported_key, 0, -1))]
     assert [event_uuid for event_uuid, _, _ in exported] == expected  # each once, in time order
@@ -117,7 +118,7 @@ async def test_stored_events_go_through_export_events_in_pages(
         "SELECT public_jobs FROM posthog_plugin WHERE id = %s", (plugin.id,)
     ).fetchone() or [None]
     assert public_jobs["Export historical events"]["payload"]["dateFrom"]["type"] == "date"
-    await running_host.logs.flush()
+    await running.services.logs.flush()
     entries = [
         row[0]
         for row in clean_db.execute(
@@ -129,14 +130,14 @@ async def test_stored_events_go_through_export_events_in_pages(
 
 
 async def test_one_export_at_a_time_and_nothing_to_export(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost, pool: AsyncConnectionPool[Any]
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running: RunningPlugins, pool: AsyncConnectionPool[Any]
 ) -> None:
     files = {
         "plugin.json": json.dumps({"name": "historical test", "main": "index.js"}),
         "index.js": "exports.exportEvents = async () => {}",
     }
     _, config_id = install_files(clean_db, tmp_path, team, files, {})
-    await running_host.registry.reload()
+    await running.plugins.registry.reload()
     job = PluginJob(
         type="Export historical events",
         payload={},
@@ -145,10 +146,10 @@ async def test_one_export_at_a_time_and_nothing_to_export(
         run_at=datetime.now(UTC),
     )
     with pytest.raises(ValueError, match="There are no events to export"):
-        await running_host.run_job(job)
+        await running.plugins.job_runner.run(job)
     storage = PluginStorage(pool, config_id)
     await storage.set("is_export_running", True)
-    await running_host.run_job(job)  # refused quietly: one is running
+    await running.plugins.job_runner.run(job)  # refused quietly: one is running
     assert await storage.get("min_timestamp") is None
 
 

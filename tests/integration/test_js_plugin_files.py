@@ -1,4 +1,4 @@
-"""JavaScript plugins installed as folders and run through the real PluginHost (loader, transpiler,
+"""JavaScript plugins installed as folders and run through the real plugin machinery (loader, transpiler,
 runtime): a plugin of several files, whose relative imports resolve; and the errors its author reads
 in posthog_pluginconfig.error: one naming every missing module, a RetryError's JavaScript stack."""
 
@@ -12,9 +12,8 @@ from typing import Any
 import psycopg
 
 from plugin_server.db.teams import CreatedTeam
-from plugin_server.plugins.host import PluginHost
 from plugin_server.plugins.run import PluginRunner
-from tests.plugin_hosts import install_files
+from tests.plugin_hosts import RunningPlugins, install_files
 
 Db = psycopg.Connection[Any]
 
@@ -58,18 +57,18 @@ def event(team: CreatedTeam, **properties: Any) -> dict[str, Any]:
 
 
 async def test_a_plugin_of_several_files_runs(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running: RunningPlugins
 ) -> None:
     install(clean_db, tmp_path, team, SCHEMA_LIKE, {"required": "plan"})
-    await running_host.registry.reload()
-    runner = PluginRunner(running_host.registry, running_host.hung)
+    await running.plugins.registry.reload()
+    runner = PluginRunner(running.plugins.registry, running.services.hung)
     with_plan, without = await runner.process_events([event(team, plan="pro"), event(team)])
     assert with_plan is not None and with_plan["properties"]["valid"] is True
     assert without is not None and without["properties"]["valid"] is False
 
 
 async def test_every_missing_module_is_named_in_the_config_error(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running: RunningPlugins
 ) -> None:
     files = {
         **SCHEMA_LIKE,
@@ -77,8 +76,10 @@ async def test_every_missing_module_is_named_in_the_config_error(
         "src/index.ts": "import { isValid } from './lib'\nimport { nope } from './nope'\nexport const processEvent = isValid || nope",
     }
     config_id = install(clean_db, tmp_path, team, files, {})
-    await running_host.registry.reload()
-    [passed] = await PluginRunner(running_host.registry, running_host.hung).process_events([event(team)])
+    await running.plugins.registry.reload()
+    [passed] = await PluginRunner(running.plugins.registry, running.services.hung).process_events(
+        [event(team)]
+    )
     assert passed is not None  # the plugin is skipped, the event goes on
     [error] = clean_db.execute(
         "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
@@ -90,7 +91,7 @@ async def test_every_missing_module_is_named_in_the_config_error(
 
 
 async def test_a_retry_error_in_setup_plugin_keeps_its_javascript_stack(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, running_host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running: RunningPlugins
 ) -> None:
     files = {
         "plugin.json": json.dumps({"name": "retry test", "main": "index.ts"}),
@@ -107,8 +108,8 @@ async def test_a_retry_error_in_setup_plugin_keeps_its_javascript_stack(
         """,
     }
     config_id = install(clean_db, tmp_path, team, files, {})
-    await running_host.registry.reload()
-    await PluginRunner(running_host.registry, running_host.hung).process_events([event(team)])
+    await running.plugins.registry.reload()
+    await PluginRunner(running.plugins.registry, running.services.hung).process_events([event(team)])
     [error] = clean_db.execute(
         "SELECT error FROM posthog_pluginconfig WHERE id = %s", (config_id,)
     ).fetchone() or [None]

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -23,21 +22,23 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import decode_message, event_from_task
 from plugin_server.ingestion.celery_enqueuer import CeleryEnqueuer
+from plugin_server.ingestion.teams import TeamManager
 from plugin_server.jobs.queue import JobQueue
 from plugin_server.plugin_api import RetryError
-from plugin_server.plugins.host import GeoIPExtension, Meta
 from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout, capabilities
 from plugin_server.plugins.js.modules import PluginModules
 from plugin_server.plugins.js.runtime import FetchError, JSError, JSHeapLimitError, JSPlugin, MemoryLimits
 from plugin_server.plugins.js.transpile import get_transpiler
-from plugin_server.plugins.meta.cache import PluginCache
+from plugin_server.plugins.meta.api import Meta
+from plugin_server.plugins.meta.build import MetaFactory
 from plugin_server.plugins.meta.errors import IllegalOperationError
-from plugin_server.plugins.meta.jobs import PluginJobs
 from plugin_server.plugins.meta.logs import PluginLogger, PluginLogWriter
 from plugin_server.plugins.meta.metrics import PluginMetrics, declared_metrics
-from plugin_server.plugins.meta.posthog import PersonalApiKeys, PostHogApi, PostHogCapture
-from plugin_server.plugins.meta.storage import Cursor, PluginStorage
-from plugin_server.plugins.models import PluginAttachment
+from plugin_server.plugins.meta.network import resolve_addresses
+from plugin_server.plugins.meta.posthog import PersonalApiKeys
+from plugin_server.plugins.models import PluginAttachment, PluginConfigInForce, PluginConfigRow, PluginRow
+from plugin_server.plugins.services import PluginServices
+from plugin_server.plugins.tracking import CallTracker, HungMarks
 from plugin_server.services.geoip import GeoIP
 from tests.integration.test_plugin_logs import insert_plugin_config
 from tests.loopback import LoopbackService, Request, loopback_plugin_http
@@ -74,7 +75,7 @@ def service() -> Iterator[LoopbackService]:
 
 @dataclass
 class Setup:
-    """One plugin config's services, built like PluginHost._meta."""
+    """One plugin config's services, its meta made by the server's MetaFactory."""
 
     plugin_id: int
     config_id: int
@@ -84,7 +85,7 @@ class Setup:
     writer: PluginLogWriter
     http: httpx.AsyncClient
 
-    def meta(self, config: dict[str, Any], attachments: dict[str, PluginAttachment]) -> Meta:
+    async def meta(self, config: dict[str, Any], attachments: dict[str, PluginAttachment]) -> Meta:
         team_id = self.team.team_id
         logger = PluginLogger(
             self.writer,
@@ -93,37 +94,27 @@ class Setup:
             plugin_config_id=self.config_id,
             instance_id=str(uuid.uuid4()),
         )
-
-        shared_global: dict[str, Any] = {}
-        meta = Meta(
-            config=config,
-            attachments=attachments,
-            global_=shared_global,
-            cache=PluginCache(self.redis, plugin_id=self.plugin_id, team_id=team_id),
-            storage=PluginStorage(self.pool, self.config_id),
-            jobs=PluginJobs(JobQueue(self.pool), self.config_id, team_id),
-            geoip=GeoIPExtension(GeoIP.from_file(GEOIP_DATABASE)),
-            metrics=None,
-            utils=SimpleNamespace(cursor=Cursor(self.pool, self.config_id)),
-            posthog=SimpleNamespace(
-                capture=PostHogCapture(
-                    team_id=team_id,
-                    plugin_name="js test",
-                    plugin_id=self.plugin_id,
-                    enqueuer=CeleryEnqueuer(self.redis, QUEUE),
-                ).capture,
-                api=PostHogApi(
-                    http=self.http,
-                    keys=PersonalApiKeys(self.pool),
-                    team_api_token=self.team.api_token,
-                    organization_id=self.team.organization_id,
-                    default_host="http://127.0.0.1:9",
-                ),
-            ),
-            logger=logger,
+        services = PluginServices(
+            pool=self.pool,
+            redis=self.redis,
+            http=self.http,
+            posthog_http=self.http,
+            connect_guard=resolve_addresses,
+            logs=self.writer,
+            jobs=JobQueue(self.pool),
+            geoip=GeoIP.from_file(GEOIP_DATABASE),
+            teams=TeamManager(self.pool),
+            tracker=CallTracker(None),
+            hung=HungMarks(self.redis),
+            enqueuer=CeleryEnqueuer(self.redis, QUEUE),
+            api_keys=PersonalApiKeys(self.pool),
         )
-        setattr(meta, "global", shared_global)
-        return meta
+        in_force = PluginConfigInForce(
+            PluginConfigRow(self.config_id, team_id, self.plugin_id, enabled=True, order=0, config=config),
+            PluginRow(self.plugin_id, self.team.organization_id, "js test"),
+            attachments,
+        )
+        return await MetaFactory(services, posthog_host="http://127.0.0.1:9")(in_force, logger)
 
 
 Loader = Callable[..., Awaitable[JSPlugin]]
@@ -158,7 +149,7 @@ async def load(setup: Setup) -> AsyncIterator[Loader]:
     ) -> JSPlugin:
         transpiler = get_transpiler()
         code = await transpiler.transpile_async(source, file_name) if transpile else source
-        meta = setup.meta(config or {}, attachments or {})
+        meta = await setup.meta(config or {}, attachments or {})
         plugin = await JSPlugin.load(
             PluginModules.single(code, file_name),
             meta,
@@ -169,7 +160,7 @@ async def load(setup: Setup) -> AsyncIterator[Loader]:
             guards_name=transpiler.guards_name,
         )
         loaded.append(plugin)
-        # as the host does once the instance exists
+        # as instances.InstanceFactory does once the instance exists
         meta.metrics = PluginMetrics(declared_metrics(plugin.metrics, plugin.methods))
         if set_up:
             await plugin.setup()

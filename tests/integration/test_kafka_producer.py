@@ -120,7 +120,7 @@ async def test_a_broker_that_goes_down_makes_enqueue_raise_within_the_delivery_t
         await enqueuer.enqueue([captured("alice", 1)])
         assert await kafka_ready(settings) is None
     started = time.monotonic()
-    with pytest.raises(KafkaDeliveryError, match="did not take 2 of 2 events"):
+    with pytest.raises(KafkaDeliveryError, match="did not take 2 of 2 records"):
         await enqueuer.enqueue([captured("alice", 2), captured("bob", 3)])
     assert time.monotonic() - started < 5
     problem = await kafka_ready(settings, timeout=1.0)

@@ -129,7 +129,7 @@ async def test_both_formats_are_stored_and_bad_messages_are_dead_letters(
     assert len(reasons) == 3
     assert "no team has the token 'phc_nobody'" in reasons[0]
     assert "neither a team_id nor a token" in reasons[1]
-    assert "not JSON" in reasons[2]
+    assert "not valid JSON" in reasons[2]
 
     letters = [orjson.loads(m.value() or b"") for m in read_topic(kafka, source.dead_letter_topic, 3)]
     assert [letter["raw_payload"].encode() for letter in letters] == values[2:5]

@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.ordering import Turn, Turnstile
-from plugin_server.ingestion.persons import PersonUpdate
+from plugin_server.ingestion.persons import PersonChanges, PersonUpdate
 from tests.integration.test_pipeline import message, pipeline
 from tests.integration.test_team_isolation import Db, GatedPlugins
 
@@ -29,10 +29,10 @@ async def test_a_later_batch_waits_for_the_person_step_of_an_earlier_batch_of_it
     reached = asyncio.Event()
     process_batch = built.persons.process_batch
 
-    async def recording(updates: list[PersonUpdate]) -> None:
+    async def recording(updates: list[PersonUpdate]) -> PersonChanges:
         seen.extend(update.event for update in updates)
         reached.set()
-        await process_batch(updates)
+        return await process_batch(updates)
 
     built.persons.process_batch = recording  # type: ignore[method-assign]
     turnstile = Turnstile()

@@ -24,7 +24,6 @@ from plugin_server.ingestion import persons as persons_module
 from plugin_server.ingestion.persons import (
     MAX_DISTINCT_ID_LENGTH,
     DistinctIdRow,
-    PersonChange,
     PersonManager,
     PersonRow,
     PersonUpdate,
@@ -221,13 +220,12 @@ async def test_set_is_strict_about_types(manager: PersonManager, clean_db: SyncC
 async def test_nested_values_are_compared_deeply(
     pool: AsyncConnectionPool[Any], clean_db: SyncConnection, team: CreatedTeam
 ) -> None:
-    changes: list[PersonChange] = []
-    manager = PersonManager(pool, lru_size=10, on_changes=changes.extend)
+    manager = PersonManager(pool, lru_size=10)
     create_person(clean_db, 2, ["d"], {"o": {"a": [1, {"b": True}]}, "l": [1, 2]})
-    await manager.process_batch(
+    changes = await manager.process_batch(
         [event("d", properties={"$set": {"o": {"a": [1, {"b": True}]}, "l": [1, 2]}})]
     )
-    assert changes == []
+    assert changes.rows == []
     await manager.process_batch([event("d", properties={"$set": {"o": {"a": [1, {"b": 1}]}, "l": [1, 2]}})])
     assert person_of(clean_db, "d")["properties"] == {"o": {"a": [1, {"b": 1}]}, "l": [1, 2]}
 
@@ -270,13 +268,12 @@ async def test_snapshot_and_groupidentify_create_persons_but_set_nothing(
 async def test_unchanged_properties_are_not_written(
     pool: AsyncConnectionPool[Any], clean_db: SyncConnection, team: CreatedTeam
 ) -> None:
-    changes: list[PersonChange] = []
-    manager = PersonManager(pool, lru_size=10, on_changes=changes.extend)
+    manager = PersonManager(pool, lru_size=10)
     create_person(clean_db, 2, ["d"], {"a": 1})
     before = clean_db.execute("SELECT xmin::text FROM posthog_person").fetchone()
-    await manager.process_batch([event("d", properties={"$set": {"a": 1}, "$set_once": {"a": 2}})])
+    changes = await manager.process_batch([event("d", properties={"$set": {"a": 1}, "$set_once": {"a": 2}})])
     assert clean_db.execute("SELECT xmin::text FROM posthog_person").fetchone() == before
-    assert changes == []
+    assert changes.rows == []
 
 
 async def test_sequences_in_one_batch_equal_one_event_per_batch(
@@ -671,24 +668,41 @@ async def test_lru_skips_the_lookup_of_recently_seen_ids(
 async def test_changes_are_reported(
     pool: AsyncConnectionPool[Any], clean_db: SyncConnection, team: CreatedTeam
 ) -> None:
-    changes: list[PersonChange] = []
-    manager = PersonManager(pool, lru_size=10, on_changes=changes.extend)
-    await manager.process_batch([event("a", properties={"$set": {"k": 1}}), event("b")])
-    created = [c for c in changes if isinstance(c, PersonRow)]
+    manager = PersonManager(pool, lru_size=10)
+    changes = await manager.process_batch([event("a", properties={"$set": {"k": 1}}), event("b")])
+    created = [c for c in changes.rows if isinstance(c, PersonRow)]
     assert sorted((p.properties == {"k": 1}, p.is_deleted) for p in created) == [
         (False, False),
         (True, False),
     ]
-    assert {c.distinct_id for c in changes if isinstance(c, DistinctIdRow)} == {"a", "b"}
-    by_id = {c.distinct_id: c.person_uuid for c in changes if isinstance(c, DistinctIdRow)}
+    assert {c.distinct_id for c in changes.rows if isinstance(c, DistinctIdRow)} == {"a", "b"}
+    by_id = {c.distinct_id: c.person_uuid for c in changes.rows if isinstance(c, DistinctIdRow)}
 
-    changes.clear()
-    await manager.process_batch([create_alias("a", "b")])
-    rows = [c for c in changes if isinstance(c, PersonRow)]
-    assert [(r.uuid, r.is_deleted) for r in rows] == [(by_id["a"], False), (by_id["b"], True)]
+    assert {c.version for c in changes.rows} == {0}
+
+    changes = await manager.process_batch([create_alias("a", "b")])
+    rows = [c for c in changes.rows if isinstance(c, PersonRow)]
+    assert [(r.uuid, r.is_deleted, r.version) for r in rows] == [
+        (by_id["a"], False, 1),
+        (by_id["b"], True, 0),
+    ]
     assert rows[0].properties == {"k": 1}
-    moves = [(c.distinct_id, c.person_uuid, c.is_deleted) for c in changes if isinstance(c, DistinctIdRow)]
-    assert moves == [("b", by_id["a"], False), ("b", by_id["b"], True)]
+    moves = [
+        (c.distinct_id, c.person_uuid, c.is_deleted, c.version)
+        for c in changes.rows
+        if isinstance(c, DistinctIdRow)
+    ]
+    assert moves == [("b", by_id["a"], False, 1), ("b", by_id["b"], True, 0)]
+    versions = clean_db.execute(
+        "SELECT d.distinct_id, d.version, p.version FROM posthog_persondistinctid d "
+        "JOIN posthog_person p ON p.id = d.person_id ORDER BY d.distinct_id"
+    ).fetchall()
+    assert versions == [("a", 0, 1), ("b", 1, 1)]
+
+    changes = await manager.process_batch([event("b", properties={"$set": {"k": 2}})])
+    assert [(c.uuid, c.properties, c.version) for c in changes.rows if isinstance(c, PersonRow)] == [
+        (by_id["a"], {"k": 2}, 2)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- races

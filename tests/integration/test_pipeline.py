@@ -15,7 +15,7 @@ from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.sinks.memory import ListEventSink
-from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 
 NOW = "2021-11-28T10:00:00.000Z"
 Db = psycopg.Connection[Any]
@@ -28,6 +28,7 @@ def pipeline(pool: AsyncConnectionPool[Any]) -> EventPipeline:
         groups=GroupTypeManager(pool),
         persons=PersonManager(pool, lru_size=100),
         sink=PostgresEventSink(pool),
+        person_sink=PostgresPersonSink(),
     )
 
 

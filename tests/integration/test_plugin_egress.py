@@ -1,6 +1,6 @@
 """Plugin HTTP reaches only public addresses unless the operator allows more.
 
-Through the real plugin host, a JavaScript plugin's fetch is refused on the inside of the network (the
+Through the real plugin machinery, a JavaScript plugin's fetch is refused on the inside of the network (the
 test Postgres and Redis, loopback services, `localhost`, private and metadata addresses) with an error
 naming the host and the reason, and reaches loopback once PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS is on. The
 client itself: redirects are checked hop by hop, names resolve once (a stub resolver stands in for DNS)
@@ -26,17 +26,14 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 from plugin_server.plugins.egress import ForbiddenDestination
 from plugin_server.plugins.egress.addresses import EgressPolicy, IPAddress
 from plugin_server.plugins.egress.client import GuardedBackend, guarded_client, system_resolver
-from plugin_server.plugins.host import open_plugin_host
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker
-from plugin_server.services.geoip import GeoIP
 from tests.loopback import LoopbackService, Request
+from tests.plugin_hosts import running_plugins
 
 Db = psycopg.Connection[Any]
 
@@ -82,20 +79,17 @@ async def run_in_host(
     config: dict[str, str],
     **env: Any,
 ) -> dict[str, Any]:
-    """The properties of an event after the JS plugin `source` processed it, in a plugin host with
-    settings `env`."""
+    """The properties of an event after the JS plugin `source` processed it, in a worker's plugin
+    machinery with settings `env`."""
     folder = tmp_path / f"plugin-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
     (folder / "plugin.json").write_text(json.dumps({"name": "egress", "main": "index.js"}))
     (folder / "index.js").write_text(textwrap.dedent(source))
     enable_plugin(db, install_plugin(db, folder), team.team_id, config)
-    settings = load_settings({}, TASK_TIMEOUT=5, **env)
-    async with open_plugin_host(
-        settings, pool, redis, geoip=GeoIP.disabled(), tracker=CallTracker(None)
-    ) as host:
-        await host.registry.reload()
+    async with running_plugins(pool, redis, **env) as running:
+        await running.plugins.registry.reload()
         event = {"uuid": str(uuid.uuid4()), "event": "e", "distinct_id": "d", "team_id": team.team_id}
-        [processed] = await PluginRunner(host.registry, host.hung).process_events(
+        [processed] = await PluginRunner(running.plugins.registry, running.services.hung).process_events(
             [{**event, "properties": {}}]
         )
     assert processed is not None
@@ -112,7 +106,7 @@ async def fetch_with_host(
     urls: list[str],
     **env: Any,
 ) -> dict[str, str]:
-    """What `fetch` gave for each url, in a JS plugin run by a plugin host with settings `env`."""
+    """What `fetch` gave for each url, in a JS plugin run with settings `env`."""
     properties = await run_in_host(
         db, tmp_path, team, pool, redis, FETCH_ALL, {"urls": json.dumps(urls)}, **env
     )

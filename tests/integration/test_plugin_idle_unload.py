@@ -1,11 +1,10 @@
-"""PLUGIN_IDLE_UNLOAD_SECONDS through the real PluginHost: an instance unused for that long is torn down
+"""PLUGIN_IDLE_UNLOAD_SECONDS through the real plugin machinery: an instance unused for that long is torn down
 (teardownPlugin runs, a JS isolate is closed) and set up again on its next use; an instance in use (a
 long job) is never unloaded, and jobs count as use."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import textwrap
 import uuid
@@ -19,16 +18,13 @@ import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.jobs.queue import PluginJob
 from plugin_server.plugins.admin import enable_plugin, install_plugin
-from plugin_server.plugins.host import PluginHost, open_plugin_host
 from plugin_server.plugins.js.runtime import JSPlugin
 from plugin_server.plugins.meta.storage import PluginStorage
 from plugin_server.plugins.run import PluginRunner
-from plugin_server.plugins.tracking import CallTracker
-from plugin_server.services.geoip import GeoIP
+from tests.plugin_hosts import RunningPlugins, running_plugins
 
 Db = psycopg.Connection[Any]
 
@@ -77,14 +73,11 @@ def install(db: Db, tmp_path: Path, team: CreatedTeam, main: str, source: str) -
 
 
 @pytest.fixture
-async def host(
+async def running(
     clean_db: Db, pool: AsyncConnectionPool[Any], aredis: aioredis.Redis
-) -> AsyncIterator[PluginHost]:
-    settings = load_settings({}, PLUGIN_IDLE_UNLOAD_SECONDS=IDLE_SECONDS, TASK_TIMEOUT=5)
-    async with open_plugin_host(
-        settings, pool, aredis, geoip=GeoIP.disabled(), tracker=CallTracker(None)
-    ) as plugin_host:
-        yield plugin_host
+) -> AsyncIterator[RunningPlugins]:
+    async with running_plugins(pool, aredis, PLUGIN_IDLE_UNLOAD_SECONDS=IDLE_SECONDS) as machinery:
+        yield machinery
 
 
 def event(team: CreatedTeam) -> dict[str, Any]:
@@ -102,12 +95,12 @@ async def counts(pool: AsyncConnectionPool[Any], config_id: int) -> tuple[Any, A
     return await storage.get("setups"), await storage.get("teardowns")
 
 
-async def wait_until_unloaded(host: PluginHost, config_id: int) -> None:
-    vm = host.registry.get(config_id)
+async def wait_until_unloaded(running: RunningPlugins, config_id: int) -> None:
+    vm = running.plugins.registry.get(config_id)
     assert vm is not None
     for _ in range(100):
         if not vm.loaded:
-            await host.registry.settle()
+            await running.plugins.registry.settle()
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the idle instance was not unloaded")
@@ -119,14 +112,14 @@ async def test_an_idle_instance_is_torn_down_and_set_up_again_on_next_use(
     tmp_path: Path,
     team: CreatedTeam,
     pool: AsyncConnectionPool[Any],
-    host: PluginHost,
+    running: RunningPlugins,
     main: str,
     source: str,
 ) -> None:
     config_id = install(clean_db, tmp_path, team, main, source)
-    await host.registry.reload()
-    runner = PluginRunner(host.registry, host.hung)
-    vm = host.registry.get(config_id)
+    await running.plugins.registry.reload()
+    runner = PluginRunner(running.plugins.registry, running.services.hung)
+    vm = running.plugins.registry.get(config_id)
     assert vm is not None and not vm.loaded
 
     [first] = await runner.process_events([event(team)])
@@ -135,7 +128,7 @@ async def test_an_idle_instance_is_torn_down_and_set_up_again_on_next_use(
     instance = await vm.get()
     assert await counts(pool, config_id) == (1, None)
 
-    await wait_until_unloaded(host, config_id)
+    await wait_until_unloaded(running, config_id)
     assert await counts(pool, config_id) == (1, 1)
     if isinstance(instance, JSPlugin):
         assert instance._isolate is None  # the isolate was closed, its memory freed
@@ -148,11 +141,11 @@ async def test_an_idle_instance_is_torn_down_and_set_up_again_on_next_use(
 
 
 async def test_an_instance_in_use_is_not_unloaded_and_jobs_count_as_use(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, pool: AsyncConnectionPool[Any], host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, pool: AsyncConnectionPool[Any], running: RunningPlugins
 ) -> None:
     config_id = install(clean_db, tmp_path, team, "index.py", PYTHON_PLUGIN)
-    await host.registry.reload()
-    vm = host.registry.get(config_id)
+    await running.plugins.registry.reload()
+    vm = running.plugins.registry.get(config_id)
     assert vm is not None
 
     # a job running for 4 idle periods keeps its instance; it is unloaded only after the job ends
@@ -163,16 +156,16 @@ async def test_an_instance_in_use_is_not_unloaded_and_jobs_count_as_use(
         plugin_config_team=team.team_id,
         run_at=datetime.now(UTC),
     )
-    running = asyncio.create_task(host.run_job(job))
+    in_flight = asyncio.create_task(running.plugins.job_runner.run(job))
     await asyncio.sleep(IDLE_SECONDS * 3)
-    assert vm.loaded and not running.done()
-    await running
+    assert vm.loaded and not in_flight.done()
+    await in_flight
     assert await counts(pool, config_id) == (1, None)
-    await wait_until_unloaded(host, config_id)
+    await wait_until_unloaded(running, config_id)
     assert await counts(pool, config_id) == (1, 1)
 
     # a job on an unloaded instance sets it up again
-    await host.run_job(
+    await running.plugins.job_runner.run(
         PluginJob(
             type="slow",
             payload=0,
@@ -186,19 +179,16 @@ async def test_an_instance_in_use_is_not_unloaded_and_jobs_count_as_use(
 
 
 async def test_zero_disables_idle_unloading(
-    clean_db: Db, tmp_path: Path, team: CreatedTeam, pool: AsyncConnectionPool[Any], host: PluginHost
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, pool: AsyncConnectionPool[Any], aredis: aioredis.Redis
 ) -> None:
     config_id = install(clean_db, tmp_path, team, "index.py", PYTHON_PLUGIN)
-    settings = host.settings.model_copy(update={"PLUGIN_IDLE_UNLOAD_SECONDS": 0})
-    never_unloading = dataclasses.replace(host, settings=settings)
-    try:
-        await never_unloading.registry.reload()
-        runner = PluginRunner(never_unloading.registry, never_unloading.hung)
+    async with running_plugins(pool, aredis, PLUGIN_IDLE_UNLOAD_SECONDS=0) as never_unloading:
+        registry = never_unloading.plugins.registry
+        await registry.reload()
+        runner = PluginRunner(registry, never_unloading.services.hung)
         await runner.process_events([event(team)])
         await asyncio.sleep(IDLE_SECONDS * 3)
-        vm = never_unloading.registry.get(config_id)
+        vm = registry.get(config_id)
         assert vm is not None and vm.loaded
         assert await counts(pool, config_id) == (1, None)
-    finally:
-        await never_unloading.registry.close()
     assert await counts(pool, config_id) == (1, 1)

@@ -266,7 +266,7 @@ async def test_entries_the_database_rejects_are_dropped_not_retried_forever(
     )
     bad.error("for a team that does not exist")
     await writer.flush()
-    assert "rejected by the database" in caplog.text
+    assert "rejected by their store" in caplog.text
     assert writer.buffered == 0
 
     make_logger(writer, team, config_ids).info("later entries still go in")

@@ -21,8 +21,8 @@ from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 from plugin_server.ingestion.ordering import Turnstile
-from tests.integration.test_capture_fuzz import _EVENT, _SCALAR, on_services
 from tests.integration.test_pipeline import pipeline
+from tests.strategies import EVENT, SCALAR, on_services
 
 Db = psycopg.Connection[Any]
 NOW = "2021-11-28T10:00:00.000Z"
@@ -32,7 +32,7 @@ _ARG = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.
 _DISTINCT_ID = st.one_of(st.text(min_size=1, max_size=250), st.integers(-(2**63), 2**63 - 1))
 # Nesting past what orjson writes (254 levels) cannot be stored from any source: capture refuses it
 # (test_capture_fuzz), a queue message holding it is a dead letter; these events leave it out.
-_SHALLOW_EVENT = _EVENT.map(
+_SHALLOW_EVENT = EVENT.map(
     lambda event: {**event, "properties": {k: v for k, v in event["properties"].items() if k != "deep"}}
 )
 _WELL_FORMED = st.tuples(
@@ -69,9 +69,7 @@ def _corrupt(message: bytes, how: int, junk: bytes) -> bytes:
 @on_services(max_examples=40)
 @given(
     good=st.lists(_WELL_FORMED, max_size=4),
-    odd_arguments=st.lists(
-        st.tuples(_SCALAR, _SCALAR, _SCALAR, st.one_of(_SCALAR, _EVENT), _SCALAR), max_size=2
-    ),
+    odd_arguments=st.lists(st.tuples(SCALAR, SCALAR, SCALAR, st.one_of(SCALAR, EVENT), SCALAR), max_size=2),
     corrupt=st.lists(st.tuples(st.integers(0, 3), st.binary(max_size=40)), max_size=2),
 )
 async def test_every_message_is_stored_or_dead_lettered(

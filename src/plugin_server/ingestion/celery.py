@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from plugin_server.ingestion.message_fields import raw_event
-from plugin_server.ingestion.storable import int_like_orjson, may_need_scrubbing, scrub
+from plugin_server.ingestion.message_fields import (
+    MalformedMessage,
+    distinct_id_text,
+    raw_event,
+    read_json,
+    unix_ms,
+)
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.ingestion.uuidt import uuidt, uuidt_for_message
 
@@ -28,12 +31,6 @@ PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
 
 _EVENT_ARGUMENTS = ("distinct_id", "ip", "site_url", "data", "team_id", "now", "sent_at")
 _REQUIRED_EVENT_ARGUMENTS = _EVENT_ARGUMENTS[:-1]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MILLISECOND = timedelta(milliseconds=1)
-
-
-class MalformedMessage(ValueError):
-    """A queue message that can never be processed; the text is the reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +43,7 @@ class CeleryTask:
 
 def decode_message(raw: bytes | str) -> CeleryTask:
     """The task carried by one kombu Redis envelope (Celery task protocol 1 or 2)."""
-    envelope = _loads(raw, "message")
+    envelope = read_json(raw, "message")
     if not isinstance(envelope, dict):
         raise MalformedMessage(f"message is a JSON {type(envelope).__name__}, not an object")
     content_type = envelope.get("content-type")
@@ -70,7 +67,7 @@ def decode_message(raw: bytes | str) -> CeleryTask:
     if not isinstance(encoded_body, str):
         raise MalformedMessage("message 'body' is not a string")
     try:
-        body = _loads(base64.b64decode(encoded_body, validate=True), "body")
+        body = read_json(base64.b64decode(encoded_body, validate=True), "body")
     except binascii.Error as error:
         raise MalformedMessage(f"body is not valid base64 ({error})") from None
 
@@ -109,7 +106,7 @@ def event_from_task(task: CeleryTask) -> RawEvent:
     arguments = _event_arguments(task)
     data = arguments["data"]
     if isinstance(data, str):
-        data = _loads(data, "event data")
+        data = read_json(data, "event data")
     if not isinstance(data, dict):
         raise MalformedMessage(f"event data is a {type(data).__name__}, not an object")
     event = raw_event(arguments, data)
@@ -153,22 +150,6 @@ def encode_task(
     )
 
 
-def _loads(text: bytes | str, what: str) -> Any:
-    """JSON with NUL characters and lone surrogates scrubbed (they cannot be stored; see `storable`)."""
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        # Python producers may write NaN/Infinity and lone surrogates, which orjson rejects; the
-        # standard parser reads them.
-        try:
-            value = json.loads(text, parse_int=int_like_orjson)
-        except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
-            raise MalformedMessage(f"{what} is not valid JSON ({error})") from None
-        return scrub(value)
-    raw = text.encode() if isinstance(text, str) else text
-    return scrub(value) if may_need_scrubbing(raw) else value
-
-
 def _event_arguments(task: CeleryTask) -> dict[str, Any]:
     """The task's arguments by name, from positions and/or keywords (unknown keywords are ignored).
 
@@ -191,33 +172,3 @@ def _event_arguments(task: CeleryTask) -> dict[str, Any]:
         raise MalformedMessage(f"{PROCESS_EVENT_TASK} is missing {', '.join(missing)}")
     arguments.setdefault("sent_at", None)
     return arguments
-
-
-def distinct_id_text(value: Any) -> str:
-    """The distinct id as text, the way the original's `toString()` printed JSON scalars."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, int | float):
-        return str(value)
-    raise MalformedMessage(f"distinct_id {value!r} is not a string or a number")
-
-
-def parse_now(now: Any) -> datetime | None:
-    """The task's `now` argument (ISO 8601, naive means UTC) as an aware time; None when unreadable."""
-    if not isinstance(now, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(now)
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def unix_ms(now: Any) -> int:
-    """`now` in unix milliseconds, 0 when it cannot be read."""
-    moment = parse_now(now)
-    return 0 if moment is None else (moment - _EPOCH) // _MILLISECOND

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -92,6 +94,37 @@ def groupidentify_pair(event_name: str, properties: Mapping[str, Any]) -> tuple[
     if not (_js_truthy(group_type) and _js_truthy(key)):
         return None
     return _as_text(group_type), _as_text(key)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    """A group as a `$groupidentify` event set it: its properties are `$group_set`, replacing the ones it
+    had (rule 28). The original kept groups only in ClickHouse (`clickhouse_groups`), not in Postgres."""
+
+    team_id: int
+    group_type_index: int
+    group_key: str
+    properties: dict[str, Any]
+    created_at: datetime  # the event's timestamp
+
+
+def identified_group(
+    team_id: int,
+    event_name: str,
+    properties: Mapping[str, Any],
+    timestamp: datetime,
+    indexes: Mapping[tuple[int, str], int | None],
+) -> GroupRow | None:
+    """The group a `$groupidentify` event sets, if it names one whose type has an index in `indexes`."""
+    identified = groupidentify_pair(event_name, properties)
+    if identified is None:
+        return None
+    group_type, key = identified
+    index = indexes.get((team_id, group_type))
+    if index is None:
+        return None
+    to_set = properties.get("$group_set")
+    return GroupRow(team_id, index, key, to_set if isinstance(to_set, dict) else {}, timestamp)
 
 
 def add_group_properties(

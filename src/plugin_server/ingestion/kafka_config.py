@@ -30,7 +30,9 @@ def kafka_config(settings: Settings) -> KafkaConfig:
     certificates is an error here (the original silently connected without TLS).
     """
     if not settings.KAFKA_HOSTS:
-        raise SettingsError("KAFKA_HOSTS must name the Kafka brokers when KAFKA_ENABLED is on")
+        raise SettingsError(
+            "KAFKA_HOSTS must name the Kafka brokers when KAFKA_ENABLED is on or EVENT_STORE is clickhouse-kafka"
+        )
     config: KafkaConfig = {"bootstrap.servers": settings.KAFKA_HOSTS, "client.id": CLIENT_ID}
     given = {name: getattr(settings, name) for name in _CERTIFICATES if getattr(settings, name)}
     if not given:

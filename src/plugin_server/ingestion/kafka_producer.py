@@ -1,10 +1,19 @@
-"""Captured events into the Kafka ingestion topic, in the message format PostHog's capture produced.
+"""The server's one Kafka producer, and captured events into the Kafka ingestion topic.
 
-`KafkaEnqueuer.enqueue` returns only once the broker has acknowledged every message, so the capture
-API answers {"status": 1} only for events that are safely in the topic. librdkafka reports deliveries
-through callbacks served by `poll()`; a thread polls and hands each report to the event loop.
+`KafkaProducer.send` hands a batch of records to librdkafka and returns only once the broker has
+acknowledged every one of them, so that whoever calls it (the capture API, the ClickHouse sinks, plugin
+logs) acknowledges its own input only for records that are safely in their topics. librdkafka reports
+deliveries through callbacks served by `poll()`; a thread polls and hands each report to the event loop.
 (confluent-kafka's experimental `aio.AIOProducer` serves reports only when the next batch is produced
-or on flush, and adds a second buffer on top of linger.ms, so it does not fit a wait per request.)
+or on flush, and adds a second buffer on top of linger.ms, so it does not fit a wait per batch.)
+
+No record is dropped. librdkafka batches records per partition (KAFKA_PRODUCER_MAX_QUEUE_SIZE records,
+KAFKA_MAX_MESSAGE_BATCH_SIZE bytes, KAFKA_FLUSH_FREQUENCY_MS; see `producer_config`) and sends a record
+larger than a batch in a batch of its own, where the original dropped it. A record whose delivery failed
+for a passing reason is produced again until the delivery timeout; then `send` raises
+`KafkaUnavailableError`, a ConnectionError, so the worker retries its batch later. A record the broker
+refuses for good (larger than the topic's max.message.bytes, say) raises `KafkaDeliveryError`, so the
+worker splits the batch and the event becomes a dead letter with that reason.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -29,12 +39,45 @@ log = logging.getLogger(__name__)
 
 DeliveryReport = Callable[[KafkaError | None, Message], None]
 
-# How long a message may wait for the broker's acknowledgement before `enqueue` gives up on it.
+# How long a record may wait for the broker's acknowledgement, retries included, before `send` gives up.
 DELIVERY_TIMEOUT_SECONDS = 10.0
+RETRY_DELAY_SECONDS = 0.1
+# How often the poll thread looks for delivery reports and flush requests, and how long a flush it
+# makes may wait (long enough for librdkafka's broker threads to wake up and send: a flush that ends
+# before they do sends nothing early).
+POLL_SECONDS = 0.005
+FLUSH_SECONDS = 0.05
+# The largest record librdkafka lets through (its own maximum): the broker's limit is the one that
+# counts, and a record it refuses is an error that names its size, not a silent drop.
+MAX_RECORD_BYTES = 1_000_000_000
+
+# Local delivery errors that say "not now" rather than "never".
+_PASSING = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._QUEUE_FULL,
+    }
+)
 
 
 class KafkaDeliveryError(Exception):
-    """Kafka did not acknowledge some events of an `enqueue` call (the capture API answers 503)."""
+    """Kafka did not take some records of a `send` (the capture API answers 503)."""
+
+
+class KafkaUnavailableError(KafkaDeliveryError, ConnectionError):
+    """Kafka did not take some records in time, for a passing reason: try the whole batch again later."""
+
+
+class Record(NamedTuple):
+    """One Kafka message to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: list[tuple[str, str | bytes | None]] | None = None
 
 
 def capture_message(event: CapturedEvent) -> tuple[bytes, bytes]:
@@ -65,6 +108,8 @@ def producer_config(settings: Settings, delivery_timeout: float) -> KafkaConfig:
 
     KAFKA_PRODUCER_MAX_QUEUE_SIZE meant "send once this many records are queued": that is librdkafka's
     batch.num.messages (its queue.buffering.max.messages is a hard capacity that would reject bursts).
+    KAFKA_MAX_MESSAGE_BATCH_SIZE is batch.size, which, unlike the original's byte limit, still sends a
+    larger record alone; message.max.bytes is raised so librdkafka refuses no record by its size.
     The murmur2 partitioner is the Java client's, so a key lands where PostHog's own producers put it.
     Idempotence keeps each partition in order and free of duplicates when librdkafka retries.
     """
@@ -73,62 +118,91 @@ def producer_config(settings: Settings, delivery_timeout: float) -> KafkaConfig:
         "linger.ms": settings.KAFKA_FLUSH_FREQUENCY_MS,
         "batch.num.messages": max(1, settings.KAFKA_PRODUCER_MAX_QUEUE_SIZE),
         "batch.size": settings.KAFKA_MAX_MESSAGE_BATCH_SIZE,
+        "message.max.bytes": MAX_RECORD_BYTES,
         "message.timeout.ms": int(delivery_timeout * 1000),
         "enable.idempotence": True,
         "partitioner": "murmur2_random",
     }
 
 
-class KafkaEnqueuer:
-    """The EventEnqueuer for KAFKA_ENABLED: events go to KAFKA_CONSUMPTION_TOPIC."""
+class KafkaProducer:
+    """One librdkafka producer with a thread that serves its delivery reports."""
 
     def __init__(self, settings: Settings, *, delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
-        self._topic = settings.KAFKA_CONSUMPTION_TOPIC
         self._delivery_timeout = delivery_timeout
         self._producer = Producer(producer_config(settings, delivery_timeout), logger=log)
         self._closing = threading.Event()
+        self._flush_wanted = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
 
     def _poll(self) -> None:
         while not self._closing.is_set():
-            self._producer.poll(0.1)
+            if self._flush_wanted.is_set():
+                self._flush_wanted.clear()
+                self._producer.flush(FLUSH_SECONDS)  # also serves delivery reports
+            else:
+                self._producer.poll(POLL_SECONDS)
 
-    async def enqueue(self, events: Sequence[CapturedEvent]) -> None:
-        """Produce every event and wait for all acknowledgements; raise KafkaDeliveryError if any failed.
+    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None:
+        """Produce every record and wait until the broker acknowledged all of them.
 
-        A failure can still leave the other events of the call in the topic (Kafka has no partial
-        rollback without transactions); the caller answers 503 and the client sends again.
+        `at_once`: the records are a whole batch, so send them without waiting for more to come
+        (linger.ms, KAFKA_FLUSH_FREQUENCY_MS): librdkafka is flushed once they are handed over. The ClickHouse
+        sinks do so, or every micro-batch would wait the linger before its acknowledgement.
+
+        Records whose delivery failed for a passing reason are produced again until the delivery timeout.
+        A failure can still leave other records of the call in their topics (Kafka has no partial
+        rollback without transactions): callers send again what they could not acknowledge, and the
+        records carry what makes their consumers collapse duplicates (uuids, versions).
         """
-        loop = asyncio.get_running_loop()
-        deliveries: list[asyncio.Future[str | None]] = []
         deadline = time.monotonic() + self._delivery_timeout
-        for event in events:
-            delivered: asyncio.Future[str | None] = loop.create_future()
-            key, value = capture_message(event)
-            await self._produce(key, value, _reporter(loop, delivered), deadline)
-            deliveries.append(delivered)
-        errors = [error for error in await asyncio.gather(*deliveries) if error is not None]
-        if errors:
-            raise KafkaDeliveryError(
-                f"Kafka did not take {len(errors)} of {len(events)} events for {self._topic}: {errors[0]}"
-            )
+        pending = list(records)
+        while pending:
+            errors = await self._deliver(pending, deadline, at_once)
+            failed = [(record, error) for record, error in zip(pending, errors, strict=True) if error]
+            refused = [error for _, error in failed if not _passing(error)]
+            if refused:
+                raise KafkaDeliveryError(_summary(refused, records))
+            if failed and time.monotonic() >= deadline:
+                raise KafkaUnavailableError(_summary([error for _, error in failed], records))
+            pending = [record for record, _ in failed]
+            if pending:
+                await asyncio.sleep(RETRY_DELAY_SECONDS)
 
-    async def _produce(self, key: bytes, value: bytes, on_delivery: DeliveryReport, deadline: float) -> None:
-        """Hand one message to librdkafka, waiting (until `deadline`) while its local queue is full."""
+    async def _deliver(
+        self, records: list[Record], deadline: float, at_once: bool
+    ) -> list[KafkaError | None]:
+        """Produce the records and answer each one's delivery error (None: delivered)."""
+        loop = asyncio.get_running_loop()
+        deliveries: list[asyncio.Future[KafkaError | None]] = []
+        for record in records:
+            delivered: asyncio.Future[KafkaError | None] = loop.create_future()
+            await self._produce(record, _reporter(loop, delivered), deadline)
+            deliveries.append(delivered)
+        if at_once:
+            self._flush_wanted.set()
+        return list(await asyncio.gather(*deliveries))
+
+    async def _produce(self, record: Record, on_delivery: DeliveryReport, deadline: float) -> None:
+        """Hand one record to librdkafka, waiting (until `deadline`) while its local queue is full."""
         while True:
             try:
-                self._producer.produce(self._topic, value, key, on_delivery=on_delivery)
+                self._producer.produce(
+                    record.topic, record.value, record.key, headers=record.headers, on_delivery=on_delivery
+                )
                 return
             except BufferError:
                 if time.monotonic() >= deadline:
-                    raise KafkaDeliveryError("the Kafka producer queue stayed full") from None
+                    raise KafkaUnavailableError("the Kafka producer queue stayed full") from None
                 await asyncio.sleep(0.01)
             except KafkaException as error:
-                raise KafkaDeliveryError(f"Kafka refused an event: {error.args[0]}") from None
+                raise KafkaDeliveryError(
+                    f"Kafka refused a record of {len(record.value)} bytes for {record.topic}: {error.args[0]}"
+                ) from None
 
     async def close(self) -> None:
-        """Wait for messages still in flight (up to the delivery timeout), then stop polling."""
+        """Wait for records still in flight (up to the delivery timeout), then stop polling."""
         if self._closing.is_set():
             return
         await asyncio.to_thread(self._producer.flush, self._delivery_timeout)
@@ -136,19 +210,49 @@ class KafkaEnqueuer:
         await asyncio.to_thread(self._poller.join)
 
 
-def _reporter(loop: asyncio.AbstractEventLoop, delivered: asyncio.Future[str | None]) -> DeliveryReport:
+def _passing(error: KafkaError) -> bool:
+    return error.retriable() or error.code() in _PASSING
+
+
+def _summary(errors: list[KafkaError], records: Sequence[Record]) -> str:
+    topics = ", ".join(sorted({record.topic for record in records}))
+    return f"Kafka did not take {len(errors)} of {len(records)} records for {topics}: {errors[0].str()}"
+
+
+def _reporter(
+    loop: asyncio.AbstractEventLoop, delivered: asyncio.Future[KafkaError | None]
+) -> DeliveryReport:
     """A delivery callback (run on the poll thread) that settles `delivered` with None or the error."""
 
     def report(error: KafkaError | None, _message: Message) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(_settle, delivered, None if error is None else str(error))
+            loop.call_soon_threadsafe(_settle, delivered, error)
 
     return report
 
 
-def _settle(delivered: asyncio.Future[str | None], error: str | None) -> None:
+def _settle(delivered: asyncio.Future[KafkaError | None], error: KafkaError | None) -> None:
     if not delivered.done():
         delivered.set_result(error)
+
+
+class KafkaEnqueuer:
+    """The EventEnqueuer for KAFKA_ENABLED: events go to KAFKA_CONSUMPTION_TOPIC."""
+
+    def __init__(self, settings: Settings, *, delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+        self._topic = settings.KAFKA_CONSUMPTION_TOPIC
+        self._producer = KafkaProducer(settings, delivery_timeout=delivery_timeout)
+
+    async def enqueue(self, events: Sequence[CapturedEvent]) -> None:
+        """Produce every event and wait for all acknowledgements; raise KafkaDeliveryError if any failed."""
+        records = []
+        for event in events:
+            key, value = capture_message(event)
+            records.append(Record(self._topic, value, key))
+        await self._producer.send(records)
+
+    async def close(self) -> None:
+        await self._producer.close()
 
 
 async def kafka_ready(settings: Settings, timeout: float = 2.0) -> str | None:

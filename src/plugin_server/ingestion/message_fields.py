@@ -18,12 +18,23 @@ the client's event as sent. The original merged `data` over the fields, so a cli
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
+from plugin_server.ingestion.storable import int_like_orjson, may_need_scrubbing, scrub
 from plugin_server.ingestion.types import RawEvent
 
 SERVER_FIELDS = ("distinct_id", "ip", "site_url", "team_id", "now", "sent_at")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+class MalformedMessage(ValueError):
+    """A queue message that can never be processed; the text is the reason."""
 
 
 def raw_event(fields: Mapping[str, Any], data: Mapping[str, Any]) -> RawEvent:
@@ -50,3 +61,49 @@ def without_ip_property(properties: dict[str, Any]) -> dict[str, Any]:
     if "$ip" not in properties:
         return properties
     return {key: value for key, value in properties.items() if key != "$ip"}
+
+
+def read_json(text: bytes | str, what: str) -> Any:
+    """A message's JSON, with NUL characters and lone surrogates scrubbed (they cannot be stored; see `storable`)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        # Python producers may write NaN/Infinity and lone surrogates, which orjson rejects; the
+        # standard parser reads them.
+        try:
+            value = json.loads(text, parse_int=int_like_orjson)
+        except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
+            raise MalformedMessage(f"{what} is not valid JSON ({error})") from None
+        return scrub(value)
+    raw = text.encode() if isinstance(text, str) else text
+    return scrub(value) if may_need_scrubbing(raw) else value
+
+
+def distinct_id_text(value: Any) -> str:
+    """The distinct id as text, the way the original's `toString()` printed JSON scalars."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    raise MalformedMessage(f"distinct_id {value!r} is not a string or a number")
+
+
+def parse_now(now: Any) -> datetime | None:
+    """The task's `now` argument (ISO 8601, naive means UTC) as an aware time; None when unreadable."""
+    if not isinstance(now, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(now)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def unix_ms(now: Any) -> int:
+    """`now` in unix milliseconds, 0 when it cannot be read."""
+    moment = parse_now(now)
+    return 0 if moment is None else (moment - _EPOCH) // _MILLISECOND

@@ -27,11 +27,12 @@ Writes are safe against other processes doing the same at the same time:
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from cachetools import TTLCache
@@ -77,6 +78,7 @@ class PersonRow:
     created_at: datetime
     properties: dict[str, Any]
     is_identified: bool
+    version: int = 0  # posthog_person.version: 0 when created, one more on every update
     is_deleted: bool = False
 
 
@@ -87,11 +89,35 @@ class DistinctIdRow:
     team_id: int
     distinct_id: str
     person_uuid: str
+    version: int = 0  # posthog_persondistinctid.version: 0 when added, one more on every move
     is_deleted: bool = False
 
 
 PersonChange = PersonRow | DistinctIdRow
-ChangeListener = Callable[[list[PersonChange]], None]
+
+
+@dataclass
+class PersonChanges:
+    """The rows a `process_batch` call wrote, in commit order, and their outbox entries (if any)."""
+
+    rows: list[PersonChange] = field(default_factory=list)
+    outbox_ids: list[int] = field(default_factory=list)
+
+    def extend(self, other: PersonChanges) -> None:
+        self.rows.extend(other.rows)
+        self.outbox_ids.extend(other.outbox_ids)
+
+
+class ChangeOutbox(Protocol):
+    """Where written rows are recorded, in the transaction that writes them, until a sink took them
+    (ingestion/person_outbox.py)."""
+
+    async def add(self, conn: Connection, rows: Sequence[PersonChange]) -> list[int]: ...
+
+    async def remove(self, pool: AsyncConnectionPool[Any], ids: Sequence[int]) -> None: ...
+
+
+Atomic = Callable[[], contextlib.AbstractAsyncContextManager[list[PersonChange]]]
 
 
 class _RaceConditionError(Exception):
@@ -101,7 +127,7 @@ class _RaceConditionError(Exception):
 # What another process doing the same work can cause; the alias is retried, then given up with a warning.
 _CONFLICTS = (IntegrityError, DeadlockDetected, SerializationFailure, _RaceConditionError)
 
-_PERSON_COLUMNS = "p.id, p.uuid, p.team_id, p.created_at, p.properties, p.is_identified"
+_PERSON_COLUMNS = "p.id, p.uuid, p.team_id, p.created_at, p.properties, p.is_identified, p.version"
 
 _SELECT_PERSONS = f"""
 SELECT d.team_id AS key_team_id, d.distinct_id AS key_distinct_id, {_PERSON_COLUMNS}
@@ -119,14 +145,14 @@ WITH input AS MATERIALIZED (
     FROM jsonb_to_recordset(%s::jsonb)
         AS i(team_id int, distinct_id text, uuid uuid, created_at timestamptz, properties jsonb)
 ), kept AS (
-    INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id)
-    SELECT distinct_id, id, team_id FROM input ORDER BY team_id, distinct_id
+    INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id, version)
+    SELECT distinct_id, id, team_id, 0 FROM input ORDER BY team_id, distinct_id
     ON CONFLICT (team_id, distinct_id) DO NOTHING
     RETURNING person_id
 )
 INSERT INTO posthog_person
-    (id, created_at, properties, properties_last_updated_at, team_id, is_user_id, is_identified, uuid)
-SELECT input.id, input.created_at, input.properties, '{}', input.team_id, NULL, false, input.uuid
+    (id, created_at, properties, properties_last_updated_at, team_id, is_user_id, is_identified, uuid, version)
+SELECT input.id, input.created_at, input.properties, '{}', input.team_id, NULL, false, input.uuid, 0
 FROM input JOIN kept ON kept.person_id = input.id
 RETURNING id, uuid
 """
@@ -141,7 +167,8 @@ WITH k AS (
     ORDER BY p.id
     FOR UPDATE OF p
 )
-UPDATE posthog_person p SET properties = (k.set_once || p.properties) || k.set_props
+UPDATE posthog_person p
+SET properties = (k.set_once || p.properties) || k.set_props, version = COALESCE(p.version, 0) + 1
 FROM k
 WHERE p.id = k.person_id
 RETURNING k.team_id AS key_team_id, k.distinct_id AS key_distinct_id, {_PERSON_COLUMNS}
@@ -150,23 +177,23 @@ RETURNING k.team_id AS key_team_id, k.distinct_id AS key_distinct_id, {_PERSON_C
 _INSERT_PERSON_WITH_IDS = f"""
 WITH new AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('posthog_person', 'id')) AS id),
 ids AS (
-    INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id)
-    SELECT distinct_id, new.id, %(team_id)s::int FROM new, unnest(%(distinct_ids)s::text[]) AS distinct_id
+    INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id, version)
+    SELECT distinct_id, new.id, %(team_id)s::int, 0 FROM new, unnest(%(distinct_ids)s::text[]) AS distinct_id
 )
 INSERT INTO posthog_person AS p
-    (id, created_at, properties, properties_last_updated_at, team_id, is_user_id, is_identified, uuid)
+    (id, created_at, properties, properties_last_updated_at, team_id, is_user_id, is_identified, uuid, version)
 SELECT new.id, %(created_at)s::timestamptz, '{{}}', '{{}}', %(team_id)s::int, NULL, %(is_identified)s::bool,
-       %(uuid)s::uuid
+       %(uuid)s::uuid, 0
 FROM new
 RETURNING {_PERSON_COLUMNS}
 """
 
 _ADD_DISTINCT_ID = (
-    "INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id) VALUES (%s, %s, %s)"
+    "INSERT INTO posthog_persondistinctid (distinct_id, person_id, team_id, version) VALUES (%s, %s, %s, 0)"
 )
 
 _SET_IDENTIFIED = f"""
-UPDATE posthog_person p SET is_identified = true
+UPDATE posthog_person p SET is_identified = true, version = COALESCE(p.version, 0) + 1
 FROM posthog_persondistinctid d
 WHERE d.team_id = %s AND d.distinct_id = %s AND p.id = d.person_id AND NOT p.is_identified
 RETURNING {_PERSON_COLUMNS}
@@ -177,12 +204,20 @@ SELECT {_PERSON_COLUMNS} FROM posthog_person p WHERE p.id = ANY(%s) ORDER BY p.i
 """
 
 _UPDATE_MERGED = f"""
-UPDATE posthog_person p SET properties = %s, created_at = %s, is_identified = %s WHERE p.id = %s
+UPDATE posthog_person p SET properties = %s, created_at = %s, is_identified = %s,
+    version = COALESCE(p.version, 0) + 1
+WHERE p.id = %s
 RETURNING {_PERSON_COLUMNS}
 """
 
 
-def _person_row(row: dict[str, Any]) -> PersonRow:
+async def persons_of(pool: AsyncConnectionPool[Any], keys: Iterable[Key]) -> dict[Key, PersonRow]:
+    """The persons these (team, distinct id) pairs point at now; pairs without a person are left out."""
+    async with pool.connection() as conn:
+        return await _fetch_persons(conn, keys)
+
+
+def person_row(row: dict[str, Any]) -> PersonRow:
     return PersonRow(
         id=row["id"],
         uuid=str(row["uuid"]),
@@ -190,11 +225,12 @@ def _person_row(row: dict[str, Any]) -> PersonRow:
         created_at=row["created_at"],
         properties=row["properties"],
         is_identified=row["is_identified"],
+        version=row["version"] or 0,
     )
 
 
 def _keyed_rows(rows: Iterable[dict[str, Any]]) -> dict[Key, PersonRow]:
-    return {(row["key_team_id"], row["key_distinct_id"]): _person_row(row) for row in rows}
+    return {(row["key_team_id"], row["key_distinct_id"]): person_row(row) for row in rows}
 
 
 def _jsonb(value: Any) -> Jsonb:
@@ -256,13 +292,13 @@ async def _insert_person(
     cursor = await conn.execute(_INSERT_PERSON_WITH_IDS, params)
     row = await cursor.fetchone()
     assert row is not None
-    person = _person_row(row)
+    person = person_row(row)
     return [person, *(DistinctIdRow(team_id, distinct_id, person.uuid) for distinct_id in distinct_ids)]
 
 
 async def _set_identified(conn: Connection, team_id: int, distinct_id: str) -> list[PersonChange]:
     cursor = await conn.execute(_SET_IDENTIFIED, (team_id, distinct_id))
-    return [_person_row(row) for row in await cursor.fetchall()]
+    return [person_row(row) for row in await cursor.fetchall()]
 
 
 async def _merge_people(
@@ -275,7 +311,7 @@ async def _merge_people(
     """
     async with conn.transaction():
         cursor = await conn.execute(_LOCK_PERSONS, ([source.id, target.id],))
-        locked = {row["id"]: _person_row(row) for row in await cursor.fetchall()}
+        locked = {row["id"]: person_row(row) for row in await cursor.fetchall()}
         if len(locked) < 2:
             raise _RaceConditionError("a person to merge was deleted concurrently")
         source, target = locked[source.id], locked[target.id]
@@ -296,20 +332,20 @@ async def _merge_people(
             "UPDATE posthog_cohortpeople SET person_id = %s WHERE person_id = %s", (target.id, source.id)
         )
         cursor = await conn.execute(
-            "UPDATE posthog_persondistinctid SET person_id = %s WHERE person_id = %s AND team_id = %s "
-            "RETURNING distinct_id",
+            "UPDATE posthog_persondistinctid SET person_id = %s, version = COALESCE(version, 0) + 1 "
+            "WHERE person_id = %s AND team_id = %s RETURNING distinct_id, version",
             (target.id, source.id, target.team_id),
         )
-        moved = [row["distinct_id"] for row in await cursor.fetchall()]
+        moved = [(row["distinct_id"], row["version"]) for row in await cursor.fetchall()]
         if not moved:
             raise _RaceConditionError("the person to merge has no distinct ids left")
         await conn.execute(
             "DELETE FROM posthog_person WHERE team_id = %s AND id = %s", (source.team_id, source.id)
         )
-    changes: list[PersonChange] = [_person_row(merged)]
-    for distinct_id in moved:
-        changes.append(DistinctIdRow(target.team_id, distinct_id, target.uuid))
-        changes.append(DistinctIdRow(source.team_id, distinct_id, source.uuid, is_deleted=True))
+    changes: list[PersonChange] = [person_row(merged)]
+    for distinct_id, version in moved:
+        changes.append(DistinctIdRow(target.team_id, distinct_id, target.uuid, version))
+        changes.append(DistinctIdRow(source.team_id, distinct_id, source.uuid, version - 1, is_deleted=True))
     changes.append(replace(source, is_deleted=True))
     return changes
 
@@ -331,13 +367,13 @@ class _Aliaser:
         previous: str,
         *,
         identify: bool,
-        emit: Callable[[list[PersonChange]], None],
+        atomic: Atomic,
     ) -> None:
         self.conn = conn
         self.team_id, self.new = key
         self.previous = previous
         self.identify = identify
-        self.emit = emit
+        self.atomic = atomic  # a transaction whose written rows are recorded
         self.touched: set[int] = set()  # ids of the persons it saw, whose state in memory is now stale
 
     async def run(self) -> None:
@@ -349,7 +385,8 @@ class _Aliaser:
                 if attempt == MAX_ALIAS_ATTEMPTS:
                     raise
         if self.identify:
-            self.emit(await _set_identified(self.conn, self.team_id, self.new))
+            async with self.atomic() as written:
+                written += await _set_identified(self.conn, self.team_id, self.new)
 
     async def _attempt(self) -> None:
         previous_key, new_key = (self.team_id, self.previous), (self.team_id, self.new)
@@ -363,25 +400,25 @@ class _Aliaser:
 
     async def _link(self, old: PersonRow | None, new: PersonRow | None) -> None:
         """Rules 15-17: add the missing id to the person that exists, or create one person with both."""
-        if old is not None:
-            self.emit([await _add_distinct_id(self.conn, old, self.new)])
-        elif new is not None:
-            self.emit([await _add_distinct_id(self.conn, new, self.previous)])
-        else:
-            changes = await _insert_person(
-                self.conn, self.team_id, [self.new, self.previous], is_identified=self.identify
-            )
-            self.emit(changes)
+        async with self.atomic() as written:
+            if old is not None:
+                written.append(await _add_distinct_id(self.conn, old, self.new))
+            elif new is not None:
+                written.append(await _add_distinct_id(self.conn, new, self.previous))
+            else:
+                written += await _insert_person(
+                    self.conn, self.team_id, [self.new, self.previous], is_identified=self.identify
+                )
 
     async def _merge(self, old: PersonRow, new: PersonRow) -> None:
         """Rule 18: merge the old person into the new one, unless $identify would merge an identified one."""
         changes = None
-        if not (self.identify and old.is_identified):
-            changes = await _merge_people(self.conn, old, new, keep_identified_source=self.identify)
+        async with self.atomic() as written:
+            if not (self.identify and old.is_identified):
+                changes = await _merge_people(self.conn, old, new, keep_identified_source=self.identify)
+            written += changes or []
         if changes is None:
             log.warning("refused to merge an already identified user via an $identify call")
-        else:
-            self.emit(changes)
 
 
 # ---------------------------------------------------------------------------------------- batching
@@ -499,6 +536,22 @@ class _BatchRun:
         self.known: dict[Key, _Person | None] = {}
         self.by_id: dict[int, _Person] = {}
         self.new: list[_Person] = []
+        self.changes = PersonChanges()  # the rows written so far, each after its commit
+
+    @contextlib.asynccontextmanager
+    async def atomic(self) -> AsyncIterator[list[PersonChange]]:
+        """The rows written in this block, recorded in the outbox in the same transaction (if there is an
+        outbox), are added to `changes` once committed."""
+        written: list[PersonChange] = []
+        outbox = self.manager.outbox
+        if outbox is None:
+            yield written
+            self.changes.rows += written
+            return
+        async with self.conn.transaction():
+            yield written
+            ids = await outbox.add(self.conn, written)
+        self.changes.extend(PersonChanges(written, ids))
 
     async def load(self, keys: Iterable[Key]) -> None:
         keys = list(keys)
@@ -558,7 +611,7 @@ class _BatchRun:
         # The persons of both ids must be in the database as the events so far left them. Pending work
         # of other persons can wait, unless an id is not loaded: then its person is not known here.
         await self.flush(keys if all(k in self.known for k in keys) else None)
-        aliaser = _Aliaser(self.conn, key, previous, identify=identify, emit=self.manager._emit)
+        aliaser = _Aliaser(self.conn, key, previous, identify=identify, atomic=self.atomic)
         try:
             await aliaser.run()
         except _CONFLICTS as error:
@@ -584,8 +637,9 @@ class _BatchRun:
             if not new:
                 return
             self.new = [person for person in self.new if not selected(person)]
-            created = await _insert_new_persons(self.conn, new)
-            self.manager._emit(_creation_changes(new, created))
+            async with self.atomic() as written:
+                created = await _insert_new_persons(self.conn, new)
+                written += _creation_changes(new, created)
             losers = [person for person in new if person.uuid not in created]
             for person in new:
                 if person.uuid in created:
@@ -621,8 +675,9 @@ class _BatchRun:
             }
             if not pending:
                 return
-            rows = await _write_properties(self.conn, list(pending.values()))
-            self.manager._emit(list(rows.values()))
+            async with self.atomic() as written:
+                rows = await _write_properties(self.conn, list(pending.values()))
+                written += rows.values()
             moved: set[int] = set()
             for person_id, person in pending.items():
                 row = rows.get((person.team_id, person.distinct_id))
@@ -689,19 +744,19 @@ async def _write_properties(conn: Connection, persons: list[_Person]) -> dict[Ke
 class PersonManager:
     """Keeps persons and distinct ids up to date for a stream of event batches (one per worker).
 
-    `on_changes`, when given, hears of every person and distinct-id row written, after its commit: the
-    hook for a ClickHouse sink (the original's `clickhouse_person` and `clickhouse_person_unique_id`).
+    `process_batch` answers the person and distinct-id rows it wrote, each after its commit: what a
+    PersonSink mirrors (ClickHouse's `person` and `person_distinct_id` tables). With an `outbox`, each
+    write also records its rows there in its own transaction, until `delivered` says the sink took them.
     """
 
     def __init__(
-        self,
-        pool: AsyncConnectionPool[Any],
-        *,
-        lru_size: int,
-        on_changes: ChangeListener | None = None,
+        self, pool: AsyncConnectionPool[Any], *, lru_size: int, outbox: ChangeOutbox | None = None
     ) -> None:
         self._pool = pool
-        self._on_changes = on_changes
+        self.outbox = outbox
+        # Rows committed by a call that then failed: the next call answers them first, so that they
+        # still reach the sink (the failed batch is run again, and finds nothing left to change).
+        self._unanswered = PersonChanges()
         # (team, distinct id) of ids known to have a person (the original's DISTINCT_ID_LRU_SIZE).
         self._seen: TTLCache[Key, bool] | None = (
             TTLCache(maxsize=lru_size, ttl=LRU_MAX_AGE_SECONDS) if lru_size > 0 else None
@@ -710,26 +765,44 @@ class PersonManager:
         self.alias_failures = 0
         self.unstorable_distinct_ids = 0
 
-    async def process_batch(self, updates: Sequence[PersonUpdate]) -> None:
-        """Apply the person rules of these events, in order. Conflicts with other processes are resolved;
-        errors of the database itself (connection lost...) propagate, and the batch can be run again."""
+    async def process_batch(self, updates: Sequence[PersonUpdate]) -> PersonChanges:
+        """Apply the person rules of these events, in order; answer the rows written, in commit order.
+
+        Conflicts with other processes are resolved; errors of the database itself (connection lost...)
+        propagate, and the batch can be run again. What such a failed call committed before the error is
+        answered by the next call, ahead of its own rows.
+        """
+        changes, self._unanswered = self._unanswered, PersonChanges()
         updates = [update for update in updates if self._storable(update)]
         if not updates:
-            return
+            return changes
         steps = [_step(update) for update in updates]
         unseen = {key for key in dict.fromkeys(step.key for step in steps) if not self._recently_seen(key)}
         wanted = unseen.union(step.key for step in steps if step.sets_properties)
         async with self._pool.connection() as conn:
             run = _BatchRun(self, conn)
-            await run.load(wanted)
-            for step in steps:
-                await run.apply(step)
-            await run.flush()
+            try:
+                await run.load(wanted)
+                for step in steps:
+                    await run.apply(step)
+                await run.flush()
+            except BaseException:
+                changes.extend(run.changes)
+                self.hand_back(changes)
+                raise
         self._remember(unseen)
+        changes.extend(run.changes)
+        return changes
 
-    def _emit(self, changes: list[PersonChange]) -> None:
-        if changes and self._on_changes is not None:
-            self._on_changes(changes)
+    def hand_back(self, changes: PersonChanges) -> None:
+        """Rows answered by `process_batch` that could not be passed on: the next call answers them again."""
+        changes.extend(self._unanswered)
+        self._unanswered = changes
+
+    async def delivered(self, changes: PersonChanges) -> None:
+        """The sink took these rows: forget their outbox entries."""
+        if self.outbox is not None:
+            await self.outbox.remove(self._pool, changes.outbox_ids)
 
     def _storable(self, update: PersonUpdate) -> bool:
         if _storable(update.distinct_id):

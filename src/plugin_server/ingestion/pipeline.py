@@ -1,7 +1,8 @@
 """The ingestion pipeline for one micro-batch of queue messages.
 
 decode -> prepare (timestamps, name, $set, elements) -> team -> $ip -> definitions -> campaign and
-initial properties -> groups -> persons (in claim order) -> store -> actions (matches, hooks) ->
+initial properties -> groups -> persons (in claim order) -> store (events to the event sink; the
+person, distinct-id and group rows written to the person sink) -> actions (matches, hooks) ->
 first-event flag.
 
 A message that cannot be ingested (malformed, unknown task, invalid event, unknown team) becomes a
@@ -13,6 +14,7 @@ so a caller can ingest a processed batch again, or event by event, without runni
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -20,22 +22,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from plugin_server.actions.service import ActionService
-from plugin_server.ingestion.celery import MalformedMessage, parse_now
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import (
+    GroupRow,
     GroupTypeManager,
     add_group_properties,
     group_pairs,
     groupidentify_pair,
+    identified_group,
 )
-from plugin_server.ingestion.persons import PersonManager, PersonUpdate
+from plugin_server.ingestion.message_fields import MalformedMessage, parse_now
+from plugin_server.ingestion.persons import PersonChanges, PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
 from plugin_server.jobs.queue import JobQueue, PluginJob
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.services.metrics import get_metrics
-from plugin_server.sinks import EventSink
+from plugin_server.sinks import EventSink, PersonSink
 from plugin_server.sources import MessageCodec
 from plugin_server.sources.celery_redis import CeleryCodec
 
@@ -106,6 +110,7 @@ class EventPipeline:
         groups: GroupTypeManager,
         persons: PersonManager,
         sink: EventSink,
+        person_sink: PersonSink,
         plugins: PluginRunner | None = None,
         jobs: JobQueue | None = None,
         actions: ActionService | None = None,
@@ -117,6 +122,7 @@ class EventPipeline:
         self.groups = groups
         self.persons = persons
         self.sink = sink
+        self.person_sink = person_sink
         self.plugins = plugins
         self.jobs = jobs
         self.actions = actions
@@ -148,11 +154,11 @@ class EventPipeline:
         """Everything after processEvent; the outcome includes the processing's. Repeatable."""
         outcome = replace(batch.outcome, dead_letters=list(batch.outcome.dead_letters))
         items = await self._prepare(batch.events, outcome)
-        await self._enrich(items)
+        groups = await self._enrich(items)
         if wait_for_person_turn is not None:
             await wait_for_person_turn()
-        await self.persons.process_batch([_person_update(item.event) for item in items])
-        await self.sink.write([item.event for item in items])
+        changes = await self.persons.process_batch([_person_update(item.event) for item in items])
+        await self._store([item.event for item in items], changes, groups)
         if self.actions is not None:
             await self.actions.on_stored([item.event for item in items])
         outcome.stored = len(items)
@@ -162,6 +168,22 @@ class EventPipeline:
         if self.plugins is not None and captures:
             await self.plugins.on_events(captures)
         return outcome
+
+    async def _store(
+        self, events: list[PreparedEvent], changes: PersonChanges, groups: list[GroupRow]
+    ) -> None:
+        """Write to both sinks at once; raise if either failed. Person rows the person sink did not take
+        go back to the person manager, which answers them with the next batch (a retry of this one finds
+        them already in Postgres, and would not write them again)."""
+        person_write, event_write = await asyncio.gather(
+            self.person_sink.write([*changes.rows, *groups]), self.sink.write(events), return_exceptions=True
+        )
+        if isinstance(person_write, BaseException):
+            self.persons.hand_back(changes)
+            raise person_write
+        await self.persons.delivered(changes)
+        if isinstance(event_write, BaseException):
+            raise event_write
 
     async def _decode(self, messages: Sequence[bytes], outcome: BatchOutcome) -> list[tuple[bytes, RawEvent]]:
         decoded = []
@@ -205,8 +227,9 @@ class EventPipeline:
                 items.append(_Item(message, raw, event, team))
         return items
 
-    async def _enrich(self, items: list[_Item]) -> None:
-        """$ip, definitions, campaign/initial properties and groups, in the original's order."""
+    async def _enrich(self, items: list[_Item]) -> list[GroupRow]:
+        """$ip, definitions, campaign/initial properties and groups, in the original's order; answer the
+        groups that `$groupidentify` events set."""
         captures = [item for item in items if not item.event.is_snapshot]
         for item in captures:
             apply_ip(item.event.properties, item.event.ip, item.team.anonymize_ips)
@@ -225,10 +248,16 @@ class EventPipeline:
             if identified is not None:
                 wanted[(item.event.team_id, identified[0])] = None
         if not wanted:
-            return
+            return []
         indexes = await self.groups.resolve(wanted)
+        groups = []
         for item in captures:
-            add_group_properties(item.event.properties, item.event.team_id, indexes)
+            event = item.event
+            add_group_properties(event.properties, event.team_id, indexes)
+            group = identified_group(event.team_id, event.event, event.properties, event.timestamp, indexes)
+            if group is not None:
+                groups.append(group)
+        return groups
 
     async def _mark_first_events(self, items: list[_Item]) -> None:
         first = {

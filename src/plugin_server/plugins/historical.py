@@ -2,8 +2,9 @@
 "Export historical events" ({dateFrom, dateTo}) sends the team's stored events, oldest first, through
 the plugin's exportEvents.
 
-Events are read from Postgres (`posthog_event`) in 10-minute intervals of their timestamp, 100 at a
-time in id order, each marked `$$is_historical_export_event`. Every page is a durable job of the
+Events are read from where EVENT_STORE stores them (a `StoredEvents` reader: Postgres' `posthog_event`
+in id order, or ClickHouse's `events` FINAL in timestamp and uuid order) in 10-minute intervals of their
+timestamp, 100 at a time, each marked `$$is_historical_export_event`. Every page is a durable job of the
 plugin config ("exportEventsFromTheBeginning" with the interval and offset), queued only once the page
 before it was exported: an export that a crash interrupts goes on from its last page, and a page whose
 export raises RetryError (or whose read fails) is tried again after 3, 6, 12 ... s, 15 times. The
@@ -54,6 +55,57 @@ _REGISTER = """
     WHERE id = %s AND NOT COALESCE(public_jobs, '{}'::jsonb) ? %s"""
 
 
+class ReadFailed(Exception):
+    """Stored events could not be read (the page is tried again later)."""
+
+
+class StoredEvents(Protocol):
+    """Reads a team's stored events as rows of uuid, event, distinct_id, properties (dict), elements
+    (list), team_id, timestamp and created_at (aware datetimes); raises ReadFailed when it cannot."""
+
+    source_db: str  # $$historical_export_source_db
+
+    async def boundaries(self, team_id: int) -> tuple[datetime | None, datetime | None]:
+        """The times of the team's first and last events (None, None when it has none)."""
+        ...
+
+    async def page(
+        self, team_id: int, start: datetime, until: datetime, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Events with start <= timestamp < until, in a stable order, `limit` from `offset`."""
+        ...
+
+
+class PostgresStoredEvents:
+    source_db = "postgres"
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def _rows(self, sql: str, parameters: tuple[Any, ...]) -> list[dict[str, Any]]:
+        try:
+            async with (
+                self._pool.connection() as connection,
+                connection.cursor(row_factory=dict_row) as cursor,
+            ):
+                await cursor.execute(sql, parameters)
+                rows: list[dict[str, Any]] = await cursor.fetchall()
+                return rows
+        except psycopg.Error as error:
+            raise ReadFailed(str(error)) from error
+
+    async def boundaries(self, team_id: int) -> tuple[datetime | None, datetime | None]:
+        rows = await self._rows(_BOUNDARIES, (team_id,))
+        if not rows or rows[0]["first"] is None:
+            return None, None
+        return rows[0]["first"], rows[0]["last"]
+
+    async def page(
+        self, team_id: int, start: datetime, until: datetime, offset: int, limit: int
+    ) -> list[dict[str, Any]]:
+        return await self._rows(_PAGE, (team_id, start, until, limit, offset))
+
+
 class Storage(Protocol):
     async def get(self, key: str, default: Any = None) -> Any: ...
 
@@ -84,12 +136,12 @@ def _moment(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def plugin_event(row: dict[str, Any], exported_at: str) -> dict[str, Any]:
+def plugin_event(row: dict[str, Any], exported_at: str, source_db: str = "postgres") -> dict[str, Any]:
     """A stored event as exportEvents gets it, marked as historical (the original's conversion)."""
     properties = dict(row["properties"] or {})
     properties["$$is_historical_export_event"] = True
     properties["$$historical_export_timestamp"] = exported_at
-    properties["$$historical_export_source_db"] = "postgres"
+    properties["$$historical_export_source_db"] = source_db
     return {
         "uuid": str(row["uuid"]) if row["uuid"] else None,
         "event": row["event"],
@@ -117,8 +169,10 @@ class HistoricalExport:
         storage: Storage,
         jobs: Jobs,
         logger: PluginLogger,
+        events: StoredEvents | None = None,
     ) -> None:
-        self._pool = pool
+        """`events` reads the stored events (default: Postgres, through `pool`)."""
+        self._events = events or PostgresStoredEvents(pool)
         self._instance = instance
         self._team_id = team_id
         self._storage = storage
@@ -138,7 +192,7 @@ class HistoricalExport:
             return
         start, end = _moment(payload.get("dateFrom")), _moment(payload.get("dateTo"))
         if start is None or end is None:
-            first, last = await self._boundaries()
+            first, last = await self._events.boundaries(self._team_id)
             start, end = start or first, end or last
         if start is None or end is None:
             raise ValueError("There are no events to export (no date range given, and no stored events).")
@@ -150,14 +204,6 @@ class HistoricalExport:
             f"Starting the export of historical events from {start.isoformat()} to {end.isoformat()}."
         )
         await self._queue({"timestampCursor": _millis(start), "offset": 0, "retriesPerformedSoFar": 0})
-
-    async def _boundaries(self) -> tuple[datetime | None, datetime | None]:
-        """The times of the team's first and last events."""
-        async with self._pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
-            row = await (await cursor.execute(_BOUNDARIES, (self._team_id,))).fetchone()
-        if row is None or row["first"] is None:
-            return None, None
-        return row["first"], row["last"]
 
     async def _page(self, payload: dict[str, Any]) -> None:
         cursor = int(payload["timestampCursor"])
@@ -172,11 +218,14 @@ class HistoricalExport:
         start = datetime.fromtimestamp(cursor / 1000, UTC)
         until = min(start + INTERVAL, datetime.fromtimestamp(end / 1000, UTC))
         try:
-            rows = await self._read(start, until, offset)
+            rows = await self._events.page(self._team_id, start, until, offset, PAGE_SIZE)
             if rows:
                 exported_at = datetime.now(UTC).isoformat()
-                await self._instance.export_events([plugin_event(row, exported_at) for row in rows])
-        except (RetryError, psycopg.Error) as error:
+                source_db = self._events.source_db
+                await self._instance.export_events(
+                    [plugin_event(row, exported_at, source_db) for row in rows]
+                )
+        except (RetryError, ReadFailed) as error:
             await self._retry(payload, retries, error)
             return
         if len(rows) == PAGE_SIZE:
@@ -188,12 +237,6 @@ class HistoricalExport:
         await self._storage.set("timestamp_cursor", following)
         await self._log_progress(following)
         await self._queue({"timestampCursor": following, "offset": 0, "retriesPerformedSoFar": 0})
-
-    async def _read(self, start: datetime, until: datetime, offset: int) -> list[dict[str, Any]]:
-        async with self._pool.connection() as connection, connection.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(_PAGE, (self._team_id, start, until, PAGE_SIZE, offset))
-            rows: list[dict[str, Any]] = await cursor.fetchall()
-            return rows
 
     async def _retry(self, payload: dict[str, Any], retries: int, error: BaseException) -> None:
         if retries >= MAX_RETRIES:

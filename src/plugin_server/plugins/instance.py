@@ -1,10 +1,19 @@
-"""What every plugin runtime (Python, JavaScript) provides for one loaded plugin config."""
+"""What every plugin runtime (Python, JavaScript) provides for one loaded plugin config, and what
+its loader is given (runtimes.py has the table of loaders)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import httpx
+
+from plugin_server.config import Settings
 from plugin_server.ingestion.types import RawEvent
+from plugin_server.plugins.meta.network import ConnectGuard
+from plugin_server.plugins.models import PluginCode
+from plugin_server.plugins.tracking import CallTracker
 
 # Method names as PostHog stores them in posthog_plugin.capabilities (the JS names, for every runtime).
 METHODS = ("setupPlugin", "teardownPlugin", "processEvent", "onEvent", "exportEvents")
@@ -55,3 +64,31 @@ def capabilities(instance: PluginInstance) -> dict[str, list[str]]:
         "scheduled_tasks": list(instance.scheduled_tasks),
         "jobs": list(instance.jobs),
     }
+
+
+# Records an error of a plugin config that no call raises.
+RecordError = Callable[[BaseException], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RuntimeServices:
+    """What the runtimes share in a worker."""
+
+    settings: Settings  # TASK_TIMEOUT and the JS_* limits
+    http: httpx.AsyncClient  # plugins' HTTP (fetch), through the egress policy
+    connect_guard: ConnectGuard  # where JS plugins' own connections (pg, snowflake-sdk...) may go
+    tracker: CallTracker  # what a Python plugin runs, for the supervisor
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """One plugin config to load: its code and `meta`."""
+
+    code: PluginCode
+    meta: Any
+    plugin_config_id: int
+    record_error: RecordError  # errors no call raises (a JS timer's)
+
+
+# A runtime's loader: the instance of a plugin config's code, not set up yet (`setup()` is next).
+Loader = Callable[[LoadRequest, RuntimeServices], Awaitable[PluginInstance]]

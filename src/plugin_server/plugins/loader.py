@@ -51,7 +51,7 @@ LANGUAGES: dict[str, Language] = {
 SOURCE_MAIN = "index.js"
 
 # The plugin configs in force: enabled, for teams whose organization may use plugins, with a plugin
-# of that organization or a global one. Also used to read the scheduled tasks (plugins/host.py).
+# of that organization or a global one. Also used to read the scheduled tasks (plugins/capabilities.py).
 IN_FORCE_CTE = """
     WITH in_force AS (
         SELECT config.id, config.plugin_id

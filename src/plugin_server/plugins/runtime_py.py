@@ -31,7 +31,13 @@ from typing import Any
 
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugins.events import checked_result, copy_event
-from plugin_server.plugins.instance import EventOutcome, PluginError, PluginTimeout
+from plugin_server.plugins.instance import (
+    EventOutcome,
+    LoadRequest,
+    PluginError,
+    PluginTimeout,
+    RuntimeServices,
+)
 from plugin_server.plugins.models import PluginCode
 from plugin_server.plugins.tracking import SETUP_LABEL, CallTracker, job_label, on_event_label
 from plugin_server.services.instance_dir import pid_alive
@@ -158,6 +164,17 @@ class PythonPlugin:
             raise PluginTimeout(
                 f"Script execution timed out after promise waited for {self._timeout:g} second(s)"
             ) from None
+
+
+async def load_python_plugin(request: LoadRequest, services: RuntimeServices) -> PythonPlugin:
+    """The Python runtime's loader (see plugins/runtimes.py)."""
+    return PythonPlugin.load(
+        request.code,
+        request.meta,
+        plugin_config_id=request.plugin_config_id,
+        timeout=services.settings.TASK_TIMEOUT,
+        tracker=services.tracker,
+    )
 
 
 def _hung_message(timeout: float) -> str:

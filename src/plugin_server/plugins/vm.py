@@ -74,7 +74,8 @@ class PluginVM:
         # Whether this VM set the config's error: `config.error` is the row as loaded, so it does not
         # show an error recorded since, which a successful setup must clear all the same.
         self._error_recorded = False
-        # Set by the host when the instance is created: the plugin's metrics, export buffer and historical export.
+        # Set by instances.InstanceFactory when the instance is created: the plugin's metrics, export buffer
+        # and historical export.
         self.metrics: PluginMetrics | None = None
         self.export_buffer: ExportBuffer | None = None
         self.historical_export: HistoricalExport | None = None  # for plugins with exportEvents

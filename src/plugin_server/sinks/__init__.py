@@ -1,9 +1,20 @@
-"""Where processed events are stored: one small interface, implementations side by side.
+"""Where processed events, and the person and group changes they caused, are stored: two small
+interfaces, implementations side by side.
 
-`postgres.PostgresEventSink` stores them in PostHog's Postgres tables; `memory.ListEventSink` keeps
-them in a list, for tests of the pipeline that are not about storage. A ClickHouse sink (through
-Kafka or direct) is the next one (issue 11). Persons and groups are still written by the person
-manager straight to Postgres, their source of truth.
+Events: `postgres.PostgresEventSink` stores them in PostHog's Postgres tables; `kafka.KafkaEventSink`
+sends them to ClickHouse's topics; `memory.ListEventSink` keeps them in a list, for tests of the
+pipeline that are not about storage.
+
+Persons, distinct ids and groups: Postgres is the source of truth of persons and distinct ids, written
+by the person manager (ingestion/persons.py) before any sink sees them. A `PersonSink` mirrors the rows
+committed there, and the groups `$groupidentify` set, into a store of its own: `kafka.KafkaPersonSink`
+to ClickHouse's topics; `postgres.PostgresPersonSink` does nothing (Postgres is already the store);
+`memory.ListPersonSink` keeps them for tests.
+
+The pipeline awaits both sinks before the batch is acknowledged, so a sink's failure redelivers the
+batch; the rows carry what lets a mirror collapse what it gets twice (uuids, versions, timestamps). A
+mirror's person rows are also kept in an outbox until it took them (ingestion/person_outbox.py), as a
+redelivered batch finds its persons written and writes (and answers) nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from plugin_server.ingestion.groups import GroupRow
+from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
+
+# One row a PersonSink mirrors: a person, a distinct id's owner, or a group.
+PersonSinkRow = PersonRow | DistinctIdRow | GroupRow
 
 
 class EventSink(Protocol):
@@ -20,3 +36,11 @@ class EventSink(Protocol):
     then retried or split; see ingestion/batches.py)."""
 
     async def write(self, events: Sequence[PreparedEvent]) -> None: ...
+
+
+class PersonSink(Protocol):
+    """Mirrors the person, distinct-id and group rows of a micro-batch, in the order they were committed
+    to Postgres (groups: in event order). Returns once every row is stored; raises otherwise (the rows
+    are then handed to the next write, and the batch is retried)."""
+
+    async def write(self, rows: Sequence[PersonSinkRow]) -> None: ...

@@ -1,10 +1,11 @@
-"""An EventSink that keeps what it is given, for tests of the pipeline that are not about storage."""
+"""Sinks that keep what they are given, for tests of the pipeline that are not about storage."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.sinks import PersonSinkRow
 
 
 class ListEventSink:
@@ -16,3 +17,17 @@ class ListEventSink:
     async def write(self, events: Sequence[PreparedEvent]) -> None:
         for event in events:
             self.events.setdefault((event.team_id, event.uuid), event)
+
+
+class ListPersonSink:
+    """Keeps every row it is given, in order, as a list of the writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[PersonSinkRow]] = []
+
+    @property
+    def rows(self) -> list[PersonSinkRow]:
+        return [row for write in self.writes for row in write]
+
+    async def write(self, rows: Sequence[PersonSinkRow]) -> None:
+        self.writes.append(list(rows))

@@ -1,4 +1,5 @@
 """Writes a micro-batch of processed events to Postgres: events, element groups, session recordings.
+Persons and distinct ids are already in Postgres when the sinks run, so its PersonSink does nothing.
 
 Each table gets one statement per batch (`INSERT ... SELECT FROM unnest(...)`; events from one JSON
 document). Events and recordings carry their uuid, and a unique (team_id, uuid) index turns a second
@@ -17,6 +18,7 @@ from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.elements import elements_hash
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.jsvalues import js_string
+from plugin_server.sinks import PersonSinkRow
 
 # The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much
 # cheaper than one array parameter per column, which the driver escapes item by item in Python.
@@ -139,3 +141,12 @@ class PostgresEventSink:
                 [json_text(event.properties.get("$snapshot_data")) for event in events],
             ),
         )
+
+
+class PostgresPersonSink:
+    """The PersonSink of Postgres mode: a no-op. Postgres is the store of persons and distinct ids, and
+    the person manager wrote them there before the sinks run; groups are not kept in Postgres (as in the
+    original, whose `$groupidentify` wrote only to ClickHouse's `clickhouse_groups`)."""
+
+    async def write(self, rows: Sequence[PersonSinkRow]) -> None:
+        return None

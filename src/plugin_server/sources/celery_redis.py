@@ -11,10 +11,10 @@ import redis.asyncio as aioredis
 from plugin_server.ingestion.celery import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
-    MalformedMessage,
     decode_message,
     event_from_task,
 )
+from plugin_server.ingestion.message_fields import MalformedMessage
 from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.jobs.celery_task import job_from_celery_task

@@ -204,7 +204,7 @@ def create_app(context: WebContext) -> FrontDoor:
 async def readiness(context: WebContext) -> dict[str, dict[str, Any]]:
     """One entry per dependency: `ok`, and `error` saying why when it is not."""
     probes = {"database": _database_problem(context), "redis": _redis_problem(context)}
-    if context.settings.KAFKA_ENABLED:
+    if context.settings.KAFKA_ENABLED or context.settings.EVENT_STORE == "clickhouse-kafka":
         from plugin_server.ingestion.kafka_producer import kafka_ready
 
         probes["kafka"] = kafka_ready(context.settings)

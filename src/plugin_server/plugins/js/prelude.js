@@ -8,13 +8,16 @@
 // This file is one JavaScript expression, a function called once per isolate, which returns the
 // `control` SharedArrayBuffer (below):
 //
-//     (prelude)(entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries)
+//     (prelude)(entryName, options, api, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries)
 //
 //   entryName           the global under which the entry points are installed (a random name,
 //                       non-enumerable, read-only)
 //   options             {timeoutMs, maxTimers, config, attachments: {key: {content_type, file_name, base64}},
 //                       randomSeed: 64 hex digits from the host's secure random source,
 //                       sourcePrefix: what the sourceURL of each of the plugin's files starts with}
+//   api                 the meta API's declaration (meta/api.py, js_declaration): {operations: [{name,
+//                       shapes}], globals, logLevels, logAliases, metricMethods}. The functions of
+//                       `meta` (and of the `posthog` global) that post a host request are made from it.
 //   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
 //   createUrl           the value of url.js (URL, URLSearchParams)
@@ -62,7 +65,7 @@
 //   ["console", 0, [level, text]], ["metric", 0, [name, kind, value]]   no answer expected
 //   [operation, requestId, args] any other operation (cache.get, fetch, ...): Python answers with a
 //                                delivery [requestId, 1, value] (resolve) or [requestId, 0, error].
-(function (entryName, options, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries) {
+(function (entryName, options, api, memory, createPluginGuards, createUrl, createCrypto, createContrib, createZlib, libraries) {
     "use strict";
 
     // Builtins the runtime relies on, captured before plugin code can replace them.
@@ -899,15 +902,14 @@
         return (...args) => notify("console", [level, args.map(formatArgument).join(" ")]);
     }
 
-    const console = freeze({
-        debug: consoleMethod("debug"),
-        log: consoleMethod("log"),
-        info: consoleMethod("info"),
-        warn: consoleMethod("warn"),
-        error: consoleMethod("error"),
-        trace: consoleMethod("debug"),
-        dir: consoleMethod("log"),
-    });
+    const consoleMethods = {};
+    for (const level of api.logLevels) {
+        consoleMethods[level] = consoleMethod(level);
+    }
+    for (const alias of keys(api.logAliases)) {
+        consoleMethods[alias] = consoleMethod(api.logAliases[alias]);
+    }
+    const console = freeze(consoleMethods);
 
     // node-fetch's error for a request that got no response (plugins test `instanceof FetchError`).
     class FetchError extends NativeError {
@@ -1090,8 +1092,51 @@
         return (path, options) => then(request("posthog.api", [method, path, options === undefined ? null : options]), responseFrom);
     }
 
+    // ------------------------------------------------------------------ the declared operations
+
+    function shaped(shape, value) {
+        return shape === "jsonSerialize" ? !(value && value.jsonSerialize === false) : value;
+    }
+
+    // A declared operation's function: its arguments shaped as declared (undefined becomes null in
+    // JSON), an optional one left out with those after it, posted as the host request `name`.
+    function hostFunction(name, shapes) {
+        return (...given) => {
+            const args = [];
+            for (let index = 0; index < shapes.length; index++) {
+                if (shapes[index] === "optional" && given[index] === undefined) {
+                    break;
+                }
+                args[index] = shaped(shapes[index], given[index]);
+            }
+            return request(name, args);
+        };
+    }
+
+    // {cache: {get, set, ...}, utils: {cursor: {init, increment}}, posthog: {capture}, ...}, frozen.
+    function declaredNamespaces(operations) {
+        const root = {};
+        for (const { name, shapes } of operations) {
+            const path = name.split(".");
+            let node = root;
+            for (const part of path.slice(0, -1)) {
+                node = hasOwn(node, part) ? node[part] : (node[part] = {});
+            }
+            node[path[path.length - 1]] = hostFunction(name, shapes);
+        }
+        const freezeAll = (node) => {
+            for (const key of keys(node)) {
+                if (typeof node[key] === "object") freezeAll(node[key]);
+            }
+            return freeze(node);
+        };
+        return freezeAll(root);
+    }
+
+    const declared = declaredNamespaces(api.operations);
+
     const posthog = freeze({
-        capture: (event, properties) => request("posthog.capture", [event, properties === undefined ? null : properties]),
+        ...declared.posthog,
         api: freeze({ get: apiMethod("get"), post: apiMethod("post"), put: apiMethod("put"), delete: apiMethod("delete") }),
     });
 
@@ -1169,10 +1214,6 @@
 
     // ------------------------------------------------------------------ meta
 
-    function jsonSerialize(options) {
-        return !(options && options.jsonSerialize === false);
-    }
-
     function orNull(value) {
         return value === undefined ? null : value;
     }
@@ -1194,7 +1235,7 @@
     }
 
     let declaredMetrics = {};
-    const METRIC_OPERATIONS = { sum: "increment", max: "max", min: "min" };
+    const METRIC_OPERATIONS = api.metricMethods;
 
     function metric(name) {
         const kind = hasOwn(declaredMetrics, name) ? declaredMetrics[name] : undefined;
@@ -1230,37 +1271,19 @@
         config: options.config || {},
         attachments: attachmentsOf(options.attachments),
         global: {},
-        cache: freeze({
-            set: (key, value, ttlSeconds, settings) => request("cache.set", [key, orNull(value), orNull(ttlSeconds), jsonSerialize(settings)]),
-            get: (key, defaultValue, settings) => request("cache.get", [key, orNull(defaultValue), jsonSerialize(settings)]),
-            incr: (key) => request("cache.incr", [key]),
-            expire: (key, ttlSeconds) => request("cache.expire", [key, ttlSeconds]),
-            lpush: (key, elementOrArray) => request("cache.lpush", [key, elementOrArray]),
-            lrange: (key, startIndex, endIndex) => request("cache.lrange", [key, startIndex, endIndex]),
-            llen: (key) => request("cache.llen", [key]),
-            lrem: (key, count, elementKey) => request("cache.lrem", [key, count, elementKey]),
-            lpop: (key, count) => request("cache.lpop", [key, count === undefined ? 1 : count]),
-        }),
-        storage: freeze({
-            get: (key, defaultValue) => request("storage.get", [key, orNull(defaultValue)]),
-            set: (key, value) => request("storage.set", [key, orNull(value)]),
-            del: (key) => request("storage.del", [key]),
-        }),
         jobs: new Proxy({}, {
             get: (target, name) => typeof name === "string" ? (payload) => jobRunner(name, payload) : undefined,
         }),
-        geoip: freeze({ locate: (ip) => request("geoip.locate", [ip]) }),
         metrics: new Proxy({}, {
             get: (target, name) => typeof name === "string" ? metric(name) : undefined,
         }),
-        utils: freeze({
-            cursor: freeze({
-                init: (key, initialValue) => request("cursor.init", [key, orNull(initialValue)]),
-                increment: (key, incrementBy) => request("cursor.increment", [key, orNull(incrementBy)]),
-            }),
-        }),
         logger: console,
     };
+    for (const name of keys(declared)) {
+        if (!api.globals.includes(name)) {
+            meta[name] = declared[name];
+        }
+    }
 
     // ------------------------------------------------------------------ the plugin's exports
 

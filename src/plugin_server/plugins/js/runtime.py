@@ -7,8 +7,8 @@ returns the messages the isolate posted meanwhile: meta operations to run (cache
 timers to set, results of calls. No Python function is ever handed to V8 (mini-racer's
 `wrap_py_function` is not used), which has three benefits:
 
-- a plugin reaches Python only by posting the name of an operation from the fixed list below, which
-  acts on its own config's meta;
+- a plugin reaches Python only by posting the name of an operation from a fixed list (the meta API
+  declared in meta/api.py, fetch, and the hosted modules'), which acts on its own config's meta;
 - every exchange is an awaitable that can time out, so the event loop never waits on V8 (a host
   function's answer is a blocking call into the isolate), even when an isolate is stuck in code that
   V8 cannot interrupt (a loop in a promise continuation that the transpiler's guards do not cover):
@@ -44,16 +44,24 @@ from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
 from plugin_server.plugins.events import checked_result, copy_event
-from plugin_server.plugins.instance import METHODS, EventOutcome, PluginError, PluginTimeout
+from plugin_server.plugins.instance import (
+    METHODS,
+    EventOutcome,
+    LoadRequest,
+    PluginError,
+    PluginTimeout,
+    RuntimeServices,
+)
 from plugin_server.plugins.js.engine import js_source, new_racer
 from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, HostedModule, Operation
 from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
-from plugin_server.plugins.js.modules import JSModule, PluginModules
+from plugin_server.plugins.js.modules import JSModule, PluginModules, load_modules
 from plugin_server.plugins.js.timers import DEFAULT_TIMER_LIMITS, TimerBudget, TimerLimits
-from plugin_server.plugins.js.transpile import guards_js, line_map, wrap_module
+from plugin_server.plugins.js.transpile import get_transpiler, guards_js, line_map, wrap_module
+from plugin_server.plugins.meta.api import HOST_OPERATIONS, LOG_LEVELS, METRIC_METHODS, js_declaration
 from plugin_server.plugins.meta.errors import ThrownInJS
 from plugin_server.plugins.meta.metrics import declared_metrics, validate_declared
 from plugin_server.plugins.meta.network import ConnectGuard, FetchError, fetch_failed, resolve_addresses
@@ -87,8 +95,6 @@ TOP_LEVEL_NAMES = (
     "jobs",
     "metrics",
 )
-CONSOLE_LEVELS = frozenset({"debug", "log", "info", "warn", "error"})
-METRIC_OPERATIONS = {"sum": "increment", "max": "max", "min": "min"}
 # What a script returned that the runtime (prelude.js) never returns: plugin code replaced its parts.
 BROKEN = "the plugin broke its JavaScript runtime"
 
@@ -96,26 +102,6 @@ RecordError = Callable[[BaseException], Awaitable[None]]
 
 # While a round of timer firings runs (in the isolate's pump task): the seconds its scripts took.
 _TIMER_TIME: ContextVar[list[float] | None] = ContextVar("timer_time", default=None)
-
-# Operations a plugin's isolate may ask for, by the name prelude.js uses: the meta method they call.
-META_OPERATIONS: dict[str, tuple[str, ...]] = {
-    "cache.set": ("cache", "set"),
-    "cache.get": ("cache", "get"),
-    "cache.incr": ("cache", "incr"),
-    "cache.expire": ("cache", "expire"),
-    "cache.lpush": ("cache", "lpush"),
-    "cache.lrange": ("cache", "lrange"),
-    "cache.llen": ("cache", "llen"),
-    "cache.lrem": ("cache", "lrem"),
-    "cache.lpop": ("cache", "lpop"),
-    "storage.get": ("storage", "get"),
-    "storage.set": ("storage", "set"),
-    "storage.del": ("storage", "delete"),
-    "cursor.init": ("utils", "cursor", "init"),
-    "cursor.increment": ("utils", "cursor", "increment"),
-    "geoip.locate": ("geoip", "locate"),
-    "posthog.capture": ("posthog", "capture"),
-}
 
 
 class JSError(ThrownInJS, PluginError):
@@ -160,7 +146,7 @@ def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -
     modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
     libraries = "[" + ", ".join(js_source(name) for name in LIBRARIES) + "]"
     arguments = ", ".join(
-        (js_string(entry), f"JSON.parse({js_string(_json(options))})", memory, *modules, libraries)
+        (js_string(entry), f"JSON.parse({js_string(_json(options))})", _API, memory, *modules, libraries)
     )
     return f"({js_source('prelude')})({arguments})"
 
@@ -222,6 +208,10 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str)
 
 
+# The meta API's declaration (meta/api.py), as the prelude's `api` argument.
+_API = f"JSON.parse({js_string(_json(js_declaration()))})"
+
+
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
@@ -269,7 +259,7 @@ class HostOperations:
             GoogleClients(http, timeout),
             SnowflakeConnections(guard, timeout, blocking),
         )
-        self._own: dict[str, Operation] = {
+        self._own: dict[str, Operation] = {  # meta/api.py's HAND_SHAPED requests, and fetch
             "posthog.api": self._posthog_api,
             "jobs.run": self._run_job,
             "fetch": self._fetch,
@@ -287,7 +277,7 @@ class HostOperations:
         own = self._own.get(op)
         if own is not None:
             return own
-        path = META_OPERATIONS.get(op)
+        path = HOST_OPERATIONS.get(op)
         if path is None:
             return None
         target = self._meta
@@ -296,14 +286,14 @@ class HostOperations:
         return target  # type: ignore[no-any-return]
 
     def console(self, level: str, text: str) -> None:
-        if level in CONSOLE_LEVELS:
+        if level in LOG_LEVELS:
             getattr(self._meta.logger, level)(str(text))
 
     def metric(self, name: str, kind: str, value: float) -> None:
         """Checked in JavaScript already (declared name, number); the host owns the values."""
         metrics = self._meta.metrics
-        if metrics is not None and kind in METRIC_OPERATIONS:
-            getattr(metrics[name], METRIC_OPERATIONS[kind])(value)
+        if metrics is not None and kind in METRIC_METHODS:
+            getattr(metrics[name], METRIC_METHODS[kind])(value)
 
     def uncaught(self, error: Any) -> None:
         exception = js_exception(error)
@@ -1049,6 +1039,31 @@ class JSPlugin:
         if name not in self.jobs:
             raise PluginError(f"this plugin has no job {name!r}")
         await (await self._ready()).job(name, payload)
+
+
+async def load_js_plugin(request: LoadRequest, services: RuntimeServices) -> JSPlugin:
+    """The JavaScript runtime's loader (see plugins/runtimes.py): the plugin's modules transpiled,
+    then its isolate built."""
+    settings = services.settings
+    transpiler = get_transpiler()
+    return await JSPlugin.load(
+        await load_modules(request.code.files, request.code.main, transpiler),
+        request.meta,
+        plugin_config_id=request.plugin_config_id,
+        timeout=settings.TASK_TIMEOUT,
+        memory=MemoryLimits(
+            heap_mb=settings.JS_HEAP_LIMIT_MB, array_buffers_mb=settings.JS_ARRAY_BUFFER_LIMIT_MB
+        ),
+        http=services.http,
+        guards_name=transpiler.guards_name,
+        timers=TimerLimits(
+            max_timers=settings.JS_MAX_TIMERS,
+            min_interval=settings.JS_TIMER_MIN_INTERVAL_MS / 1000,
+            cpu_share=settings.JS_TIMER_CPU_SHARE,
+        ),
+        record_error=request.record_error,
+        guard=services.connect_guard,
+    )
 
 
 def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:

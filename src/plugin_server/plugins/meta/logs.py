@@ -3,8 +3,8 @@
 `PluginLogger` is what a plugin config gets (its `console`/`logger`, and the system's own notes about
 it); it turns calls into `PluginLogEntry` values and hands them to a `LogEntryWriter`. Writing is
 never awaited by plugin code: `write` only buffers, so a slow or broken database cannot slow or
-break a plugin. `PluginLogWriter` is the writer for Postgres mode; a Kafka writer (topic
-`plugin_log_entries`) can replace it behind the `LogEntryWriter` protocol.
+break a plugin. `BufferedLogWriter` does the buffering; `PluginLogWriter` is its Postgres mode, and
+sinks/kafka/logs.py its Kafka mode (topic `plugin_log_entries`).
 """
 
 from __future__ import annotations
@@ -81,20 +81,19 @@ ON CONFLICT (id) DO NOTHING
 """
 
 
-class PluginLogWriter:
-    """Buffers entries and inserts them in one statement per flush.
+class BufferedLogWriter:
+    """Buffers entries and stores them in one `_insert` per flush.
 
     A flush runs `flush_interval` seconds after the first entry is buffered, on `flush()` and on
-    `close()`. When the database cannot be reached the entries are kept and retried at the next
-    flush; when it refuses them (bad data) they are dropped, as retrying could never succeed. Both
-    are logged. At most `max_buffered` entries are kept: beyond that the oldest are dropped, with a
+    `close()`. When the store cannot be reached (`passing_errors`) the entries are kept and retried at
+    the next flush; when it refuses them (bad data) they are dropped, as retrying could never succeed.
+    Both are logged. At most `max_buffered` entries are kept: beyond that the oldest are dropped, with a
     warning.
     """
 
-    def __init__(
-        self, pool: AsyncConnectionPool[Any], *, flush_interval: float = 1.0, max_buffered: int = 10_000
-    ) -> None:
-        self._pool = pool
+    passing_errors: tuple[type[Exception], ...] = ()
+
+    def __init__(self, *, flush_interval: float = 1.0, max_buffered: int = 10_000) -> None:
         self._flush_interval = flush_interval
         self._buffer: deque[PluginLogEntry] = deque()
         self._max_buffered = max_buffered
@@ -126,15 +125,15 @@ class PluginLogWriter:
             self._buffer.clear()
             try:
                 await self._insert(batch)
-            except psycopg.OperationalError:  # the database is unreachable or busy: try again later
+            except self.passing_errors:  # the store is unreachable or busy: try again later
                 log.exception("could not store %d plugin log entries, will retry", len(batch))
                 self._buffer.extendleft(reversed(batch))
                 while len(self._buffer) > self._max_buffered:
                     self._buffer.popleft()
                     self._dropped += 1
                 self._schedule()
-            except Exception:  # the database refused the data: the same batch would fail forever
-                log.exception("plugin log entries rejected by the database: %d dropped", len(batch))
+            except Exception:  # the store refused the data: the same batch would fail forever
+                log.exception("plugin log entries rejected by their store: %d dropped", len(batch))
 
     async def close(self) -> None:
         """Store what is buffered, after any background flush under way; report what could not be."""
@@ -163,6 +162,21 @@ class PluginLogWriter:
         task = asyncio.get_running_loop().create_task(self.flush())
         self._tasks.add(task)  # the loop keeps only a weak reference
         task.add_done_callback(self._tasks.discard)
+
+    async def _insert(self, batch: list[PluginLogEntry]) -> None:
+        raise NotImplementedError
+
+
+class PluginLogWriter(BufferedLogWriter):
+    """Stores entries in posthog_pluginlogentry, one statement per flush."""
+
+    passing_errors = (psycopg.OperationalError,)
+
+    def __init__(
+        self, pool: AsyncConnectionPool[Any], *, flush_interval: float = 1.0, max_buffered: int = 10_000
+    ) -> None:
+        super().__init__(flush_interval=flush_interval, max_buffered=max_buffered)
+        self._pool = pool
 
     async def _insert(self, batch: list[PluginLogEntry]) -> None:
         rows = [

@@ -12,9 +12,10 @@ from types import MappingProxyType
 from typing import Any
 
 from plugin_server.jsvalues import Number, check_number
+from plugin_server.plugins.meta.api import METRIC_METHODS
 from plugin_server.plugins.meta.errors import IllegalOperationError
 
-METRIC_TYPES = ("sum", "max", "min")
+METRIC_TYPES = tuple(METRIC_METHODS)
 NOT_A_NUMBER = "Only numbers are allowed for operations on metrics"
 
 # Declared automatically for plugins that export `exportEvents`.

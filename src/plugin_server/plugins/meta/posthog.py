@@ -17,6 +17,7 @@ from plugin_server import __version__
 from plugin_server.ingestion.enqueue import CapturedEvent, EventEnqueuer
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.network import fetch_failed
+from plugin_server.plugins.models import PluginConfigInForce
 
 BOT_EMAIL_DOMAIN = "posthogbot.user"
 KEY_CACHE_SECONDS = 30.0
@@ -68,6 +69,16 @@ class PostHogCapture:
             uuid=event_uuid,
         )
         await self._enqueuer.enqueue([captured])
+
+
+def plugin_capture(config: PluginConfigInForce, enqueuer: EventEnqueuer) -> PostHogCapture:
+    """`posthog.capture` for a plugin config: its events enter ingestion as its team's."""
+    return PostHogCapture(
+        team_id=config.config.team_id or 0,
+        plugin_name=config.plugin.name,
+        plugin_id=config.plugin.id,
+        enqueuer=enqueuer,
+    )
 
 
 class PersonalApiKeys:

@@ -12,10 +12,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import orjson
-
-from plugin_server.ingestion.celery import MalformedMessage, distinct_id_text, unix_ms
-from plugin_server.ingestion.message_fields import raw_event
+from plugin_server.ingestion.message_fields import (
+    MalformedMessage,
+    distinct_id_text,
+    raw_event,
+    read_json,
+    unix_ms,
+)
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.ingestion.uuidt import uuidt_for_message
@@ -50,18 +53,12 @@ class KafkaCodec:
 
 
 def _fields_and_data(message: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        fields = orjson.loads(message)
-    except orjson.JSONDecodeError as error:
-        raise MalformedMessage(f"message is not JSON ({error})") from None
+    fields = read_json(message, "message")
     if not isinstance(fields, dict):
         raise MalformedMessage(f"message is a JSON {type(fields).__name__}, not an object")
     data = fields.get("data")
     if isinstance(data, str):
-        try:
-            data = orjson.loads(data)
-        except orjson.JSONDecodeError as error:
-            raise MalformedMessage(f"event data is not JSON ({error})") from None
+        data = read_json(data, "event data")
     if not isinstance(data, dict):
         raise MalformedMessage(f"event data is a {type(data).__name__}, not an object")
     return fields, data

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from plugin_server.ingestion.celery import parse_now
+from plugin_server.ingestion.message_fields import parse_now
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.ingestion.uuidt import uuidt
 

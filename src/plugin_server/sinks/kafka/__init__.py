@@ -1,0 +1,73 @@
+"""The ClickHouse sinks through Kafka: events, persons, distinct ids, groups, recordings and plugin logs
+go to the topics that ClickHouse's Kafka-engine tables read, in the original plugin server's formats
+(original.py) or today's PostHog's (current.py), over the server's one producer
+(ingestion/kafka_producer.py). Each `write` returns once the broker has acknowledged every record of the
+batch, so the source acknowledges the batch only after that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from plugin_server.ingestion.kafka_producer import Record
+from plugin_server.ingestion.persons import Key, PersonRow
+from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.sinks import PersonSinkRow
+from plugin_server.sinks.kafka.records import KafkaFormat, recording_record
+
+PersonLookup = Callable[[Iterable[Key]], Awaitable[dict[Key, PersonRow]]]
+
+
+class RecordSender(Protocol):
+    """Where the records go: the Kafka producer, or the direct writer's inserts into ClickHouse
+    (sinks/clickhouse/topics.py). Returns once every record is stored; raises otherwise. `at_once`: the
+    records are a whole batch, not to be held back for more to come."""
+
+    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None: ...
+
+
+class KafkaEventSink:
+    """Events to the events topic, `$snapshot` events to the session recording topic.
+
+    A format that puts the person in the event record (today's) reads the persons of the batch's
+    distinct ids with `persons`, after the person step committed them.
+    """
+
+    def __init__(self, producer: RecordSender, format: KafkaFormat, persons: PersonLookup) -> None:
+        self._producer = producer
+        self._format = format
+        self._persons = persons
+
+    async def write(self, events: Sequence[PreparedEvent]) -> None:
+        if not events:
+            return
+        found: dict[Key, PersonRow] = {}
+        if self._format.needs_persons:
+            found = await self._persons(
+                {(event.team_id, event.distinct_id) for event in events if not event.is_snapshot}
+            )
+        now = datetime.now(UTC)
+        await self._producer.send(
+            [
+                recording_record(event, self._format.prefix)
+                if event.is_snapshot
+                else self._format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
+                for event in events
+            ],
+            at_once=True,
+        )
+
+
+class KafkaPersonSink:
+    """Person, distinct-id and group rows to their topics, in the order given."""
+
+    def __init__(self, producer: RecordSender, format: KafkaFormat) -> None:
+        self._producer = producer
+        self._format = format
+
+    async def write(self, rows: Sequence[PersonSinkRow]) -> None:
+        records = [record for row in rows for record in self._format.row_records(row)]
+        if records:
+            await self._producer.send(records, at_once=True)

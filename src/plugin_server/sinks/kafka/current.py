@@ -1,0 +1,95 @@
+"""Today's PostHog ClickHouse topics (posthog-today-formats.md; PostHog's `nodejs/` ingestion of 2025-26):
+JSON events with person columns on `clickhouse_events_json`, persons with their version on
+`clickhouse_person`, distinct ids with their version on `clickhouse_person_distinct_id` (a
+ReplacingMergeTree on version, so a move is one record: the new owner at the next version), groups on
+`clickhouse_groups`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from plugin_server.ingestion.elements import elements_to_chain
+from plugin_server.ingestion.kafka_producer import Record
+from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
+from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.jsvalues import js_string
+from plugin_server.sinks import PersonSinkRow
+from plugin_server.sinks.kafka.original import GROUPS, PERSONS, group_key, group_value, person_value
+from plugin_server.sinks.kafka.records import json_bytes, json_text
+from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds
+
+EVENTS = "clickhouse_events_json"
+DISTINCT_IDS = "clickhouse_person_distinct_id"
+
+# PostHog's namespace for the uuid of a distinct id without a person (uuidFromDistinctId).
+PERSONLESS_NAMESPACE = uuid.UUID("932979b4-65c3-4424-8467-0b66ec27bc22")
+# A deleted person's record carries its version plus this, as PostHog's delete_person sends it.
+DELETED_VERSION_STEP = 100
+
+
+def personless_uuid(team_id: int, distinct_id: str) -> str:
+    return str(uuid.uuid5(PERSONLESS_NAMESPACE, f"{team_id}:{distinct_id}"))
+
+
+class CurrentFormat:
+    needs_persons = True
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def event_record(self, event: PreparedEvent, person: PersonRow | None, now: datetime) -> Record:
+        """The event with its person as the person step left it (plus the event's own $set)."""
+        properties = dict(event.properties)
+        chain = properties.pop("$elements_chain", None)
+        properties.pop("$elements", None)
+        if event.elements:
+            chain = elements_to_chain(event.elements)
+        to_set = properties.get("$set")
+        person_properties = {
+            **(person.properties if person else {}),
+            **(to_set if isinstance(to_set, dict) else {}),
+        }
+        value = {
+            "uuid": event.uuid,
+            "event": event.event,
+            "properties": json_text(properties),
+            "timestamp": clickhouse_ms(event.timestamp),
+            "team_id": event.team_id,
+            "project_id": event.team_id,
+            "distinct_id": event.distinct_id,
+            "elements_chain": js_string(chain) if chain else "",
+            "created_at": clickhouse_ms(now),
+            "captured_at": clickhouse_ms(event.now),
+            "person_id": person.uuid if person else personless_uuid(event.team_id, event.distinct_id),
+            "person_properties": json_text(person_properties),
+            "person_created_at": clickhouse_seconds(person.created_at if person else now),
+            "person_mode": "full",
+        }
+        track = b"llma" if event.event.startswith("$ai_") else b"general"
+        return Record(self.prefix + EVENTS, json_bytes(value), event.uuid.encode(), [("productTrack", track)])
+
+    def row_records(self, row: PersonSinkRow) -> list[Record]:
+        if isinstance(row, PersonRow):
+            person = {
+                **person_value(row),
+                "is_identified": int(row.is_identified),
+                "version": row.version + (DELETED_VERSION_STEP if row.is_deleted else 0),
+                "last_seen_at": None,
+            }
+            return [Record(self.prefix + PERSONS, json_bytes(person), row.uuid.encode())]
+        if isinstance(row, DistinctIdRow):
+            if row.is_deleted:
+                return []  # the id's new owner, at a higher version, replaces it
+            distinct_id = {
+                "distinct_id": row.distinct_id,
+                "person_id": row.person_uuid,
+                "team_id": row.team_id,
+                "version": row.version,
+                "is_deleted": 0,
+            }
+            key = f"{row.team_id}:{row.distinct_id}".encode()
+            return [Record(self.prefix + DISTINCT_IDS, json_bytes(distinct_id), key)]
+        group = {**group_value(row), "version": 0}
+        return [Record(self.prefix + GROUPS, json_bytes(group), group_key(row))]
