@@ -90,7 +90,7 @@ def test_capabilities_of_a_plugin_with_only_a_scheduled_task_are_found_without_e
     with stack.server():
         started = time.monotonic()
         wait_until(capabilities, timeout=15)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 10  # at start, not at the next reload
     assert capabilities() == {"methods": [], "scheduled_tasks": ["runEveryMinute"], "jobs": []}
 
 
