@@ -31,7 +31,7 @@ from tests.kafka_broker import committed, unique_topic
 from .server import running_server, wait_until
 
 PARTITIONS = 4
-EVENTS = 8_000
+EVENTS = 6_000
 PEOPLE = 400
 IDENTIFIED = 40  # people who log in mid-stream: their anonymous person merges into their user's
 
