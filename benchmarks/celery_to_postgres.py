@@ -17,7 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -29,62 +32,96 @@ from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 QUEUE = "posthog-plugins"
 
 
+def event_data(index: int, now: str) -> tuple[str, dict[str, Any]]:
+    """The distinct id and `data` of the benchmark's event number `index` (100 persons)."""
+    person = index % 100
+    data = {
+        "event": "$pageview" if index % 3 else "clicked button",
+        "timestamp": now,
+        "properties": {
+            "$current_url": f"https://example.com/page/{index % 17}",
+            "$browser": "Chrome",
+            "$browser_version": 120,
+            "$os": "Linux",
+            "$lib": "web",
+            "$device_id": f"device-{person}",
+            "$session_id": f"session-{person}-{index // 500}",
+            "plan": "pro" if person % 2 else "free",
+            "price": index % 100,
+            "$set": {"email": f"person{person}@example.com"},
+        },
+    }
+    return f"person-{person}", data
+
+
 def make_messages(count: int) -> list[bytes]:
     now = datetime.now(UTC).isoformat()
     messages = []
     for index in range(count):
-        person = index % 100
-        data = {
-            "event": "$pageview" if index % 3 else "clicked button",
-            "timestamp": now,
-            "properties": {
-                "$current_url": f"https://example.com/page/{index % 17}",
-                "$browser": "Chrome",
-                "$browser_version": 120,
-                "$os": "Linux",
-                "$lib": "web",
-                "$device_id": f"device-{person}",
-                "$session_id": f"session-{person}-{index // 500}",
-                "plan": "pro" if person % 2 else "free",
-                "price": index % 100,
-                "$set": {"email": f"person{person}@example.com"},
-            },
-        }
-        args = [f"person-{person}", "127.0.0.1", "https://example.com", data, TEAM_ID, now, now]
+        distinct_id, data = event_data(index, now)
+        args = [distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now]
         messages.append(encode_task(PROCESS_EVENT_TASK, args, queue=QUEUE))
     return messages
 
 
 def run_once(database_url: str, redis_url: str, messages: list[bytes], plugin: str | None) -> float:
-    database_url = fresh_database(database_url, plugin)
     client = redis.Redis.from_url(redis_url)
     client.delete(QUEUE)
+
+    def push() -> None:
+        for offset in range(0, len(messages), 1000):
+            client.lpush(QUEUE, *messages[offset : offset + 1000])
+
+    return timed_run(database_url, redis_url, push, len(messages), plugin)
+
+
+def timed_run(
+    database_url: str,
+    redis_url: str,
+    push: Callable[[], None],
+    count: int,
+    plugin: str | None,
+    env: dict[str, str] | None = None,
+    started: Callable[[Path], bool] = lambda _log: True,
+) -> float:
+    """Events/s of a server (default settings, `env` on top) on a fresh database: from the first
+    message `push` sends, once the server is up and `started` says so of its log, until `count` rows
+    are in posthog_event."""
+    database_url = fresh_database(database_url, plugin)
+    client = redis.Redis.from_url(redis_url)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "LOG_LEVEL": "warn",
         "WEB_PORT": str(web_port := free_port()),
+        **(env or {}),
     }
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "plugin_server.cli", "start"], env=env, stdout=log, stderr=log
-        )
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "server.log"
+        with open(log, "wb") as output:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "plugin_server.cli", "start"], env=env, stdout=output, stderr=output
+            )
         try:
             _wait_for_ping(client)
             # the web process starts after the workers; its start-up (imports) would compete with them
             wait_for_health(f"http://127.0.0.1:{web_port}")
-            started = time.perf_counter()
-            for offset in range(0, len(messages), 1000):
-                client.lpush(QUEUE, *messages[offset : offset + 1000])
-            _wait_for_rows(database_url, len(messages))
-            elapsed = time.perf_counter() - started
+            deadline = time.monotonic() + 60
+            while not started(log):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start consuming:\n{log.read_text()}")
+                time.sleep(0.1)
+            begin = time.perf_counter()
+            push()
+            _wait_for_rows(database_url, count)
+            elapsed = time.perf_counter() - begin
             if plugin:
-                _check_plugin_ran(database_url, len(messages))
+                _check_plugin_ran(database_url, count)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    return len(messages) / elapsed
+    return count / elapsed
 
 
 def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:

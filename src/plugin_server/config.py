@@ -237,6 +237,11 @@ class Settings(BaseModel):
         ge=1000,
         description="how long a silent consumer keeps its partitions before the group moves them",
     )
+    KAFKA_MAX_LAG_READY: int | None = Field(
+        None,
+        ge=0,
+        description="/_ready fails while this server's Kafka consumer lag (messages) is above it; unset: never",
+    )
     KAFKA_CLIENT_CERT_B64: str | None = Field(None, description="Kafka certificate in Base64")
     KAFKA_CLIENT_CERT_KEY_B64: str | None = Field(None, description="Kafka certificate key in Base64")
     KAFKA_TRUSTED_CERT_B64: str | None = Field(None, description="Kafka trusted CA in Base64")

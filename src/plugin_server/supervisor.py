@@ -65,6 +65,7 @@ class _WorkerSlot:
     consumer_id: str
     last_activity: Synchronized[float]
     calls: SharedCallState
+    kafka_lag: Synchronized[int]  # this worker's, as it last sampled it; -1 until then
     process: SpawnProcess | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -176,7 +177,13 @@ class Supervisor:
         context = multiprocessing.get_context("spawn")
         prefix = f"{socket.gethostname()}:{os.getpid()}"
         for index in range(self.settings.worker_count):
-            slot = _WorkerSlot(index, f"{prefix}:{index}", context.Value("d", time.time()), SharedCallState())
+            slot = _WorkerSlot(
+                index,
+                f"{prefix}:{index}",
+                context.Value("d", time.time()),
+                SharedCallState(),
+                context.Value("q", -1),
+            )
             self._slots.append(slot)
             self._spawn(slot)
 
@@ -187,9 +194,10 @@ class Supervisor:
             process_exited(slot.process.pid)
         slot.last_activity.value = slot.started_at = time.time()
         slot.calls.started_at.value = 0.0
+        slot.kafka_lag.value = -1
         slot.process = context.Process(
             target=worker_main,
-            args=(slot.index, slot.consumer_id, slot.last_activity, slot.calls),
+            args=(slot.index, slot.consumer_id, slot.last_activity, slot.calls, slot.kafka_lag),
             name=f"worker-{slot.index}",
         )
         slot.process.start()
@@ -287,7 +295,13 @@ class Supervisor:
             for slot in alive
             if slot.last_activity.value > slot.started_at and now - slot.last_activity.value < silence
         ]
-        self._worker_status.publish(expected=len(self._slots), alive=len(alive), consuming=len(consuming))
+        lags = [slot.kafka_lag.value for slot in alive if slot.kafka_lag.value >= 0]
+        self._worker_status.publish(
+            expected=len(self._slots),
+            alive=len(alive),
+            consuming=len(consuming),
+            kafka_lag=sum(lags) if lags else -1,
+        )
 
     def _stop_web(self) -> None:
         """Stop taking events first, so that what was accepted is in the queue before workers drain."""
@@ -306,6 +320,8 @@ class Supervisor:
             log.error("cannot sample the queue depth: %s", error)
             return
         get_metrics().queue_sampled(queue, int(depth), message_age_seconds(oldest))
+        if self._worker_status is not None:
+            self._worker_status.queue_sampled(int(depth))
 
     def _ping(self, client: redis.Redis) -> None:
         try:

@@ -34,6 +34,8 @@ from plugin_server.plugins.metrics_report import PluginMetricsReporter
 from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.services import PluginServices, WorkerPlugins
 from plugin_server.plugins.tracking import CallTracker, HungMarks
+from plugin_server.reads import Reads
+from plugin_server.reads.postgres import postgres_reads
 from plugin_server.services.geoip import GeoIP
 from plugin_server.sinks import EventSink, PersonSink
 from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink, RecordSender
@@ -217,6 +219,31 @@ async def open_stored_events(
         yield reader
     finally:
         await reader.close()
+
+
+@contextlib.asynccontextmanager
+async def open_reads(settings: Settings, database_url: str) -> AsyncIterator[Reads]:
+    """Where the console, the operator API and the CLI read events and plugin logs back: where the
+    workers store them. Events: Postgres, or ClickHouse with either ClickHouse store (with
+    clickhouse-kafka, once ClickHouse's Kafka tables consumed them). Plugin logs: ClickHouse with
+    clickhouse-kafka (open_log_writer sends them there), else Postgres."""
+    postgres = postgres_reads(database_url)
+    if settings.EVENT_STORE == "postgres":
+        yield postgres
+        return
+    from plugin_server.reads.clickhouse import ClickHouseReads
+    from plugin_server.reads.connection import ClickHouseConnection
+
+    clickhouse = ClickHouseConnection.for_settings(settings)
+    reads = ClickHouseReads(clickhouse)
+    try:
+        yield Reads(
+            events=reads,
+            logs=reads if settings.EVENT_STORE == "clickhouse-kafka" else postgres.logs,
+            probe=clickhouse.problem,
+        )
+    finally:
+        await clickhouse.close()
 
 
 @contextlib.asynccontextmanager

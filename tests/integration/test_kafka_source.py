@@ -5,8 +5,9 @@ first assignment of a new group takes about 5 s)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from plugin_server.ingestion.teams import TeamManager
 from plugin_server.services.metrics import get_metrics
 from plugin_server.sources.kafka import KafkaSource
 from plugin_server.sources.kafka.dead_letters import dead_letter_record
-from plugin_server.sources.kafka.source import KafkaBatch
+from plugin_server.sources.kafka.source import STATISTICS_INTERVAL_MS, KafkaBatch
 from tests.integration.test_pipeline import pipeline as celery_pipeline
 from tests.integration.test_pipeline import rows
 from tests.kafka_broker import committed, create_topic, read_topic, unique_topic
@@ -115,6 +116,7 @@ async def test_both_formats_are_stored_and_bad_messages_are_dead_letters(
 
     outcome = await kafka_pipeline(pool, source).run(batch.messages)
     await source.ack(batch, outcome.dead_letters)
+    await source.housekeeping()  # commits (else the next claim does)
 
     stored = rows(
         clean_db, "SELECT event, distinct_id, team_id, uuid::text FROM posthog_event ORDER BY event"
@@ -165,9 +167,11 @@ async def test_offsets_are_committed_up_to_the_contiguous_acknowledged_prefix(
 
     await source.ack(batches[2])
     await source.ack(batches[1])
+    await source.housekeeping()
     assert committed(kafka, group, source.topic) == 0  # nothing: the first batch is still in flight
     await source.ack(batches[0])
-    assert committed(kafka, group, source.topic) == 6
+    assert await source.claim(10, 0.1) is None  # the claiming thread sends what waits to be committed
+    await until(lambda: committed(kafka, group, source.topic) == 6, timeout=10)
 
 
 async def test_consumer_lag_is_sampled_per_assigned_partition(kafka: str, source: KafkaSource) -> None:
@@ -222,3 +226,69 @@ async def test_dead_letters_on_the_topic_are_listed_counted_and_replayed_once(ka
     replayed = read_topic(kafka, settings.KAFKA_CONSUMPTION_TOPIC, 3)
     assert [m.value() for m in replayed] == originals
     assert [m.key() for m in replayed] == [b"key"] * 3
+
+
+async def test_a_full_pipeline_pauses_the_consumer_and_drops_what_it_fetched_ahead(
+    kafka: str, source: KafkaSource
+) -> None:
+    """While no batch is acknowledged and the worker waits for room, librdkafka would keep up to
+    16 MB of the topic fetched ahead; paused, it holds none, and after the pause nothing is lost."""
+    total = 20_000
+    produce(kafka, source.topic, [message(f"p{i}", "e", {"pad": "x" * 400}, team_id=1) for i in range(total)])
+    claimed = await claim_all(source, 100, 100)  # the pipeline's batches, never acknowledged
+    await asyncio.sleep(2 * STATISTICS_INTERVAL_MS / 1000)  # librdkafka fetches ahead meanwhile
+    claimed += await claim_all(source, 1, 1)  # a poll: serves librdkafka's statistics
+    assert source.prefetched > 5_000
+
+    room = asyncio.Event()
+    waiting = asyncio.create_task(source.paused_until(room.wait()))
+    await until(lambda: source.prefetched == 0, timeout=10)
+    seen = []
+    for _ in range(20):  # still paused: what the consumer holds stays what the pipeline holds
+        await asyncio.sleep(0.1)
+        seen.append(source.prefetched)
+    assert seen == [0] * 20 and not waiting.done()
+
+    room.set()
+    await waiting
+    claimed += await claim_all(source, total - 101, 1000)
+    offsets = [offset for batch in claimed for _, offset, _ in batch.positions]
+    assert sorted(offsets) == list(range(total))  # each once: none dropped or doubled by the pause
+
+
+async def until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_rebalance_during_a_pause_leaves_no_partition_paused(
+    kafka: str, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A second consumer joins while the first is paused (its pipeline full); once the first has room
+    again, every message of its new share comes to it, the one it had claimed before included."""
+    topic, group = unique_topic("ingest"), unique_topic("group")
+    create_topic(kafka, topic, 2)
+    producer = Producer({"bootstrap.servers": kafka})
+    for n in range(400):
+        producer.produce(topic, message(f"p{n}", "e", team_id=1), partition=n % 2)
+    assert producer.flush(15) == 0
+    settings = kafka_settings(kafka, topic, group)
+    first, second = KafkaSource(settings, TeamManager(pool)), KafkaSource(settings, TeamManager(pool))
+    await first.start()
+    try:
+        await claim_all(first, 1, 1)  # never acknowledged: claimed again after the rebalance
+        room = asyncio.Event()
+        waiting = asyncio.create_task(first.paused_until(room.wait()))
+        await second.start()
+        [batch] = await claim_all(second, 1, 1, timeout=60)  # the rebalance is over
+        (_, theirs), _, _ = batch.positions[0]
+        room.set()
+        await waiting
+        claimed = await claim_all(first, 200, 1000)
+    finally:
+        await first.close()
+        await second.close()
+    positions = {(partition, offset) for batch in claimed for (_, partition), offset, _ in batch.positions}
+    assert positions == {(1 - theirs, offset) for offset in range(200)}

@@ -34,6 +34,7 @@ from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.plugins.admin import enable_plugin, install_archive
 from plugin_server.plugins.archive import pack_zip
+from plugin_server.reads.postgres import postgres_reads
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
 from tests.e2e.server import RunningServer, running_server
@@ -342,7 +343,13 @@ def operator_context(database_url: str, redis_url: str, **settings: Any) -> WebC
     app_settings = load_settings({}, ADMIN_TOKEN=TOKEN, **settings)
     redis_client = aioredis.Redis.from_url(redis_url)
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, open=False)
-    return WebContext(app_settings, pool, redis_client, open_enqueuer(app_settings, redis_client))
+    return WebContext(
+        app_settings,
+        pool,
+        redis_client,
+        open_enqueuer(app_settings, redis_client),
+        reads=postgres_reads(database_url),
+    )
 
 
 @pytest.fixture

@@ -17,9 +17,7 @@ def declared_fields() -> list[tuple[str, int, int]]:
     body = re.search(r"message Event \{(.*?)\}", text, re.S)
     assert body is not None
     fields = re.findall(r"^\s*([\w.]+)\s+(\w+)\s*=\s*(\d+);", body[1], re.M)
-    return [
-        (name, int(number), _TYPES[type_]) for type_, name, number in fields
-    ]
+    return [(name, int(number), _TYPES[type_]) for type_, name, number in fields]
 
 
 def test_the_runtime_message_has_the_fields_of_events_proto() -> None:

@@ -1,5 +1,6 @@
-"""Reading stored events and persons of a team, newest first, for the console and the CLI (no psql
-needed). A distinct id search matches ids that start with the text given."""
+"""Reading the persons of a team, newest first, for the console and the CLI (no psql needed). A
+distinct id search matches ids that start with the text given. Persons live in Postgres whatever
+EVENT_STORE is; events are read through `reads` (topology.open_reads)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from plugin_server.db.postgres import escape_like
-
-DEFAULT_LIMIT = 50
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    id: int
-    event: str | None
-    distinct_id: str
-    timestamp: datetime
-    properties: dict[str, Any]
+from plugin_server.reads import DEFAULT_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,20 +23,6 @@ class StoredPerson:
     is_identified: bool
     distinct_ids: list[str]
     properties: dict[str, Any]
-
-
-def recent_events(
-    connection: psycopg.Connection[Any], team_id: int, distinct_id: str = "", limit: int = DEFAULT_LIMIT
-) -> list[StoredEvent]:
-    """The team's newest events in posthog_event, those of distinct ids starting with `distinct_id`."""
-    with connection.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(
-            """SELECT id, event, distinct_id, timestamp, properties FROM posthog_event
-               WHERE team_id = %(team)s AND distinct_id LIKE %(prefix)s
-               ORDER BY timestamp DESC, id DESC LIMIT %(limit)s""",
-            {"team": team_id, "prefix": escape_like(distinct_id) + "%", "limit": limit},
-        ).fetchall()
-    return [StoredEvent(**row) for row in rows]
 
 
 def recent_persons(

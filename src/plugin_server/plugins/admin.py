@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mimetypes
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -22,10 +22,8 @@ import redis
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
-from plugin_server.db.postgres import escape_like
 from plugin_server.plugins.archive import DEFAULT_LIMITS, ArchiveError, pack_zip, read_folder
 from plugin_server.plugins.loader import PluginLoadError, resolve_plugin_code
-from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment, PluginConfigRow, PluginRow
 from plugin_server.plugins.rows import CONFIG_COLUMNS, PLUGIN_COLUMNS, config_from_row, plugin_from_row
 
@@ -33,7 +31,6 @@ Connection = psycopg.Connection[Any]
 RELOAD_MESSAGE = "reload!"  # what PostHog's web app publishes; the server does not read it
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 DOWNLOAD_TIMEOUT = 60.0  # seconds for downloading a plugin archive from a url
-LOG_COLUMNS = "id, team_id, plugin_id, plugin_config_id, timestamp, source, type, message, instance_id"
 # One statement for every change of an existing config: what is None is left as it is, `config` is merged.
 _UPDATE_CONFIG = f"""UPDATE posthog_pluginconfig SET enabled = COALESCE(%(enabled)s, enabled),
         config = config || %(config)s, "order" = COALESCE(%(order)s, "order"), updated_at = now()
@@ -388,59 +385,6 @@ def disable_plugin(connection: Connection, plugin: PluginRow, team_id: int) -> l
     if not rows:
         raise NotFoundError(f"plugin {plugin.name} (id {plugin.id}) is not configured for team {team_id}")
     return [config_from_row(row) for row in rows]
-
-
-def read_logs(
-    connection: Connection,
-    plugin_config_id: int,
-    *,
-    limit: int = 100,
-    after: str | None = None,
-    types: Collection[str] = (),
-    text: str = "",
-) -> list[PluginLogEntry]:
-    """Log entries of a plugin config, oldest first: the newest `limit`, or the first `limit` after the
-    entry with id `after` (to follow the log). With `types` only entries of those types (DEBUG, LOG,
-    INFO, WARN, ERROR), with `text` only those whose message contains it (any case).
-
-    Entries are ordered by (timestamp, id); an entry written later with an older timestamp than
-    `after` is not returned by a later call.
-    """
-    try:
-        after_id = None if after is None else uuid.UUID(after)
-    except ValueError:
-        raise AdminError(f"{after!r} is not a log entry id (a UUID)") from None
-    values = {
-        "config": plugin_config_id,
-        "after": after_id,
-        "limit": limit,
-        "types": list(types),
-        "text": f"%{escape_like(text)}%",
-    }
-    matching = f"""SELECT {LOG_COLUMNS} FROM posthog_pluginlogentry WHERE plugin_config_id = %(config)s
-        AND (cardinality(%(types)s::text[]) = 0 OR type = ANY(%(types)s::text[]))
-        AND message ILIKE %(text)s"""
-    with connection.cursor(row_factory=dict_row) as cursor:
-        if after_id is None:
-            query = f"""SELECT * FROM ({matching} ORDER BY timestamp DESC, id DESC LIMIT %(limit)s) newest
-                        ORDER BY timestamp, id"""
-        else:
-            query = f"""{matching}
-                AND (timestamp, id) > (SELECT timestamp, id FROM posthog_pluginlogentry WHERE id = %(after)s)
-                ORDER BY timestamp, id LIMIT %(limit)s"""
-        rows = cursor.execute(query, values).fetchall()
-    return [
-        PluginLogEntry(
-            **{
-                **row,
-                "id": str(row["id"]),
-                "instance_id": str(row["instance_id"]),
-                "source": LogSource(row["source"]),
-                "type": LogType(row["type"]),
-            }
-        )
-        for row in rows
-    ]
 
 
 def publish_reload(client: redis.Redis, channel: str) -> int:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,7 +13,7 @@ import psycopg
 import redis
 import typer
 
-from plugin_server.cli_support import database_url, load_settings_or_exit, redis_url
+from plugin_server.cli_support import database_url, load_settings_or_exit, read_stored, redis_url
 from plugin_server.config import Settings
 from plugin_server.db.migrate import migrate as apply_migrations
 from plugin_server.plugins.admin import (
@@ -29,11 +29,11 @@ from plugin_server.plugins.admin import (
     list_plugins,
     publish_reload,
     read_attachment,
-    read_logs,
 )
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginRow
 from plugin_server.plugins.settings_schema import SERVER_KEYS, check_settings, setting_fields
+from plugin_server.reads import LogQuery, Reads
 
 FOLLOW_INTERVAL = 1.0  # seconds between polls of `logs --follow`
 
@@ -129,20 +129,24 @@ def logs(
     ] = False,
     limit: Annotated[int, typer.Option(min=1, help="How many of the newest entries to show.")] = 100,
 ) -> None:
-    """Print a plugin config's log entries, oldest first."""
-    with _connection(_settings()) as connection, _admin_errors():
-        entries = read_logs(connection, config_id, limit=limit)
+    """Print a plugin config's log entries, oldest first (from Postgres, or ClickHouse with
+    EVENT_STORE=clickhouse-kafka)."""
+
+    async def show(reads: Reads) -> None:
+        entries = await reads.logs.log_entries(LogQuery(config_id, limit=limit))
         _print_logs(entries)
-        if not follow:
-            return
         last = entries[-1] if entries else None
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                new = read_logs(connection, config_id, limit=limit, after=None if last is None else last.id)
-                _print_logs(new)
-                last = new[-1] if new else last
-                if len(new) < limit:
-                    time.sleep(FOLLOW_INTERVAL)
+        while follow:
+            after = None if last is None else last.id
+            new = await reads.logs.log_entries(LogQuery(config_id, limit=limit, after=after))
+            _print_logs(new)
+            last = new[-1] if new else last
+            if len(new) < limit:
+                await asyncio.sleep(FOLLOW_INTERVAL)
+
+    settings = _settings()
+    with database_url(settings) as url, contextlib.suppress(KeyboardInterrupt):
+        read_stored(settings, url, show)
 
 
 def _settings() -> Settings:

@@ -4,6 +4,8 @@ Events a plugin with exportEvents would see through onEvent are buffered (minus 
 `exportEventsToIgnore`) and handed to exportEvents when the buffer holds `exportEventsBufferBytes`
 or is `exportEventsBufferSeconds` old. A RetryError schedules the same batch again as a durable job,
 after 6, 12, 24 ... seconds, at most MAX_EXPORT_RETRIES times; then the events count as undelivered.
+A call stopped at TASK_TIMEOUT is retried the same way: its destination hangs, and the plugin had no
+chance to say RetryError (its own request shares the call's deadline).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import orjson
 
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
-from plugin_server.plugins.instance import PluginInstance
+from plugin_server.plugins.instance import PluginInstance, PluginTimeout
 from plugin_server.plugins.meta.metrics import PluginMetrics
 from plugin_server.services.metrics import EXPORT_EVENTS, PluginLabels, get_metrics
 
@@ -111,7 +113,7 @@ class ExportBuffer:
         try:
             with get_metrics().plugin_call(self._plugin, EXPORT_EVENTS):
                 await self._instance.export_events(batch)
-        except RetryError as error:
+        except (RetryError, PluginTimeout) as error:
             self._metrics["retry_errors"].increment(1)
             if retries_so_far + 1 >= MAX_EXPORT_RETRIES:
                 get_metrics().export_retry(enqueued=False)

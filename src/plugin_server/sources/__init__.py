@@ -8,7 +8,7 @@ raw event, or a plugin job). Wire formats (kombu envelopes, Kafka JSON) live onl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 from plugin_server.ingestion.types import RawEvent
@@ -64,8 +64,14 @@ class Source(Protocol):
         """A batch of its own for `messages` of `batch`, acknowledged separately (only if `can_split`)."""
         ...
 
-    async def housekeeping(self) -> None:
-        """Periodic upkeep (heartbeats, recovering dead consumers' messages); called every few seconds."""
+    async def paused_until(self, room: Awaitable[object]) -> None:
+        """Wait for `room` (a free place in the full pipeline); a source that fetches ahead of claims
+        stops fetching meanwhile, so that a slow pipeline does not grow memory."""
+        ...
+
+    async def housekeeping(self) -> int | None:
+        """Periodic upkeep (heartbeats, recovering dead consumers' messages); called every few seconds.
+        Returns this consumer's lag (messages waiting for it) when the source knows it per consumer."""
         ...
 
     async def close(self) -> None: ...

@@ -4,7 +4,7 @@ reliable queue (ingestion/redis_queue.py), which keeps a batch in Redis until it
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import redis.asyncio as aioredis
 
@@ -63,6 +63,9 @@ class CelerySource:
 
     async def split_off(self, batch: ClaimedBatch, messages: Sequence[bytes]) -> ClaimedBatch:
         return await self.queue.split_off(batch, messages)
+
+    async def paused_until(self, room: Awaitable[object]) -> None:
+        await room  # claims are pulled from Redis one by one: nothing is fetched ahead
 
     async def housekeeping(self) -> None:
         await self.queue.heartbeat()

@@ -8,7 +8,8 @@ publish the reload message, as the CLI does, so running servers pick them up at 
 
 The plugin operations are the synchronous functions of `plugins.admin` that the CLI calls; they run
 in a thread, on a connection of their own for the request (operator calls are rare, and this keeps
-the async pool free for capture).
+the async pool free for capture). Log entries are read where the workers write them
+(`WebContext.reads`: Postgres, or ClickHouse with EVENT_STORE=clickhouse-kafka).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Self, TypeVar
 
 import orjson
@@ -31,6 +33,7 @@ from plugin_server.dead_letters import open_dead_letters
 from plugin_server.plugins import admin
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.plugins.models import PluginAttachment
+from plugin_server.reads import LogQuery
 from plugin_server.web.context import WebContext, get_context
 from plugin_server.web.error_answers import answer_errors_safely
 from plugin_server.web.operator_gate import OPERATOR_PREFIX, OperatorGate, token_refusal
@@ -286,11 +289,11 @@ async def get_logs(
 ) -> list[PluginLogEntry]:
     """A config's log entries, oldest first (like `plugins logs`)."""
 
-    def run(connection: admin.Connection) -> list[PluginLogEntry]:
-        admin.find_config(connection, config_id)  # 404 rather than an empty list
-        return admin.read_logs(connection, config_id, limit=limit, after=after)
-
-    return await _in_database(context, run)
+    await _in_database(context, partial(admin.find_config, config_id=config_id))  # 404, not an empty list
+    try:
+        return await context.reads.logs.log_entries(LogQuery(config_id, limit=limit, after=after))
+    except admin.AdminError as error:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
 
 
 # --- dead letters and reload

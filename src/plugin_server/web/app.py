@@ -21,7 +21,7 @@ from plugin_server.web.client_ip import client_ip
 from plugin_server.web.console import install_console
 from plugin_server.web.context import WebContext
 from plugin_server.web.docs import install_docs
-from plugin_server.web.health import run_check, workers_problem
+from plugin_server.web.health import run_check, sources_check, workers_problem
 from plugin_server.web.payload import CaptureError, DecodeLimits, read_capture_input
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,11 @@ def create_app(context: WebContext) -> FrontDoor:
     async def health() -> dict[str, str | int]:
         return {"status": "ok", "pid": os.getpid()}
 
-    @app.get("/_ready", tags=["health"], summary="Database, Redis, Kafka (when enabled) and workers are fine")
+    @app.get(
+        "/_ready",
+        tags=["health"],
+        summary="Database, Redis, Kafka and ClickHouse (when used) and workers are fine",
+    )
     async def ready() -> JSONResponse:
         checks = await readiness(context)
         failed = [name for name, check in checks.items() if not check["ok"]]
@@ -208,6 +212,8 @@ async def readiness(context: WebContext) -> dict[str, dict[str, Any]]:
         from plugin_server.ingestion.kafka_producer import kafka_ready
 
         probes["kafka"] = kafka_ready(context.settings)
+    if context.reads.probe is not None:
+        probes["clickhouse"] = context.reads.probe()
     problems = await asyncio.gather(*(run_check(probe) for probe in probes.values()))
     checks: dict[str, dict[str, Any]] = {
         name: _check(problem) for name, problem in zip(probes, problems, strict=True)
@@ -220,6 +226,10 @@ async def readiness(context: WebContext) -> dict[str, dict[str, Any]]:
             "alive": counts.alive,
             "consuming": counts.consuming,
         }
+        settings = context.settings
+        checks["sources"] = sources_check(
+            counts, kafka_enabled=settings.KAFKA_ENABLED, max_lag=settings.KAFKA_MAX_LAG_READY
+        )
     return checks
 
 

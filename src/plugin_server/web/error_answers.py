@@ -5,7 +5,8 @@ be large or not JSON at all (NaN, Infinity), and any detail that quotes the requ
 may hold a lone surrogate, which UTF-8 cannot encode. Either made the error answer raise, and the
 client got a 500. These answers leave the input out of a 422 and escape details to ASCII JSON.
 
-A dependency that is down (Postgres, Redis) is a 503, "send again", not a 500.
+A dependency that is down (Postgres, Redis, the ClickHouse events are read from) is a 503, "send
+again", not a 500.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
+from plugin_server.reads import ReadFailed
+
 DEPENDENCY_DOWN = {
     OperationalError: "the database",
     PoolTimeout: "the database",
     RedisConnectionError: "Redis",
     RedisTimeoutError: "Redis",
+    ReadFailed: "the event store",
 }
 
 

@@ -19,6 +19,7 @@ from plugin_server.db.redis import open_redis
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.observability import setup_process
+from plugin_server.topology import open_reads
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
 from plugin_server.web.health import WorkerStatus
@@ -37,7 +38,8 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
         stack.push_async_callback(redis_client.aclose)
         enqueuer = open_enqueuer(settings, redis_client)
         stack.push_async_callback(enqueuer.close)
-        app = create_app(WebContext(settings, pool, redis_client, enqueuer, workers))
+        reads = await stack.enter_async_context(open_reads(settings, settings.database_url))
+        app = create_app(WebContext(settings, pool, redis_client, enqueuer, workers, reads=reads))
         config = uvicorn.Config(
             app,
             host=settings.WEB_HOSTNAME,

@@ -7,7 +7,6 @@ ClickHouse that cannot be reached then is a failed read (the page is tried again
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -15,11 +14,9 @@ from typing import Any
 
 import orjson
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from plugin_server.ingestion.elements import chain_to_elements
-from plugin_server.plugins.historical import ReadFailed
-from plugin_server.sinks.clickhouse.client import AsyncClickHouse
+from plugin_server.reads.connection import ClickHouseConnection
 
 _PAGE = """
     SELECT uuid, event, distinct_id, properties, elements_chain, team_id, timestamp, created_at
@@ -33,7 +30,7 @@ _BOUNDARIES = """
     FROM events WHERE team_id = {team_id:Int64}"""
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -42,28 +39,20 @@ class ClickHouseStoredEvents:
 
     def __init__(self, connect: Callable[[], Client]) -> None:
         """`connect` opens the client (blocking: it runs in a thread)."""
-        self._connect = connect
-        self._clickhouse: AsyncClickHouse | None = None
-        self._opening = asyncio.Lock()
+        self._clickhouse = ClickHouseConnection(connect)
 
     async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        try:
-            async with self._opening:
-                if self._clickhouse is None:
-                    self._clickhouse = AsyncClickHouse(await asyncio.to_thread(self._connect))
-            return await self._clickhouse.rows(sql, parameters)
-        except ClickHouseError as error:
-            raise ReadFailed(str(error)) from error
+        async with self._clickhouse.client() as client:
+            return await client.rows(sql, parameters)
 
     async def close(self) -> None:
-        if self._clickhouse is not None:
-            await self._clickhouse.close()
+        await self._clickhouse.close()
 
     async def boundaries(self, team_id: int) -> tuple[datetime | None, datetime | None]:
         rows = await self._rows(_BOUNDARIES, {"team_id": team_id})
         if not rows or not rows[0]["stored"]:
             return None, None
-        return _aware(rows[0]["first"]), _aware(rows[0]["last"])
+        return aware(rows[0]["first"]), aware(rows[0]["last"])
 
     async def page(
         self, team_id: int, start: datetime, until: datetime, offset: int, limit: int
@@ -78,8 +67,8 @@ class ClickHouseStoredEvents:
                 # As the Postgres sink stores them (posthog_event.elements).
                 "elements": [asdict(element) for element in chain_to_elements(row["elements_chain"])],
                 "team_id": row["team_id"],
-                "timestamp": _aware(row["timestamp"]),
-                "created_at": _aware(row["created_at"]),
+                "timestamp": aware(row["timestamp"]),
+                "created_at": aware(row["created_at"]),
             }
             for row in await self._rows(_PAGE, parameters)
         ]

@@ -13,9 +13,10 @@ from plugin_server.plugins import admin
 from plugin_server.plugins.meta.logs import LogType
 from plugin_server.plugins.models import PluginAttachment, PluginConfigRow
 from plugin_server.plugins.settings_schema import check_settings, setting_fields
+from plugin_server.reads import LogQuery
 from plugin_server.web.console.auth import COOKIE_PATH, CSRF_FIELD, Session, require_session, safe_next
 from plugin_server.web.console.plugins import MAX_UPLOAD_BYTES
-from plugin_server.web.console.render import change, done, in_database, page
+from plugin_server.web.console.render import change, context_of, done, in_database, page
 from plugin_server.web.console.status import history
 
 router = APIRouter()
@@ -120,13 +121,9 @@ async def logs(
 ) -> Response:
     """Log lines (the newest, or those after `after`), for the viewer that follows the log."""
     types = [kind.value for kind in LogType if kind.value == level.upper()] if level else []
+    query = LogQuery(config_id, limit=LOG_LINES, after=after or None, types=types, text=q)
     try:
-        entries = await in_database(
-            request,
-            lambda connection: admin.read_logs(
-                connection, config_id, limit=LOG_LINES, after=after or None, types=types, text=q
-            ),
-        )
+        entries = await context_of(request).reads.logs.log_entries(query)
     except admin.AdminError as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(error)) from None
     last = entries[-1].id if entries else after

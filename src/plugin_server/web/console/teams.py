@@ -1,4 +1,5 @@
-"""Teams (projects) with their tokens, and a team's stored events and persons."""
+"""Teams (projects) with their tokens, and a team's stored events (where EVENT_STORE keeps them) and
+persons."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response, status
 
-from plugin_server.db.browse import recent_events, recent_persons
+from plugin_server.db.browse import recent_persons
 from plugin_server.db.teams import create_organization_and_team, list_teams
 from plugin_server.web.console.auth import COOKIE_PATH, Session, require_session
-from plugin_server.web.console.render import done, in_database, page
+from plugin_server.web.console.render import context_of, done, in_database, page
 
 router = APIRouter()
 LoggedIn = Annotated[Session, Depends(require_session)]
@@ -49,7 +50,7 @@ async def team_page(request: Request, session: LoggedIn, team_id: int, distinct_
         session,
         team=teams[team_id],
         distinct_id=distinct_id,
-        events=await in_database(request, lambda connection: recent_events(connection, team_id, distinct_id)),
+        events=await context_of(request).reads.events.recent_events(team_id, distinct_id),
         persons=await in_database(
             request, lambda connection: recent_persons(connection, team_id, distinct_id)
         ),

@@ -1,0 +1,104 @@
+"""End-to-end benchmark: Kafka messages -> the real server -> rows in posthog_event, next to the same
+events through the Celery list (`celery_to_postgres.py`), run alternately in one sitting.
+
+The events are the Celery benchmark's (100 persons, team 2, ~10 properties), as the capture API puts
+them on KAFKA_CONSUMPTION_TOPIC: its message format, keys and partitioner. Each Kafka run gets a new
+topic and consumer group on one tansu broker; the clock starts at the first produce, once every worker
+has its partitions, and stops when all rows are in posthog_event. Default settings otherwise
+(one consumer per worker, WORKER_CONCURRENCY workers).
+
+    .venv/bin/python -m benchmarks.kafka_to_postgres [--events 100000] [--runs 3] [--plugin js-benchmark]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import uuid
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+from tests.kafka_broker import KafkaBroker, create_topic, produce_captured, unique_topic
+
+from benchmarks.celery_to_postgres import event_data, make_messages, run_once, timed_run
+from benchmarks.services import TEAM_ID, benchmark_services
+from plugin_server.config import load_settings
+from plugin_server.ingestion.enqueue import CapturedEvent
+
+# tansu gives a new group its first assignment after about half the session timeout
+SESSION_TIMEOUT_MS = 6000
+
+
+def make_events(count: int) -> list[CapturedEvent]:
+    now = datetime.now(UTC).isoformat()
+    events = []
+    for index in range(count):
+        distinct_id, data = event_data(index, now)
+        events.append(
+            CapturedEvent(
+                distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now, str(uuid.uuid4())
+            )
+        )
+    return events
+
+
+def kafka_run(
+    database_url: str, redis_url: str, bootstrap: str, events: list[CapturedEvent], plugin: str | None
+) -> float:
+    topic = unique_topic("bench")
+    workers = load_settings({}).worker_count
+    create_topic(bootstrap, topic, max(2, workers))
+    env = {
+        "KAFKA_ENABLED": "true",
+        "KAFKA_HOSTS": bootstrap,
+        "KAFKA_CONSUMPTION_TOPIC": topic,
+        "KAFKA_CONSUMER_GROUP": unique_topic("bench-group"),
+        "KAFKA_DEAD_LETTER_TOPIC": f"{topic}_dead_letters",
+        "KAFKA_CONSUMER_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+        "LOG_LEVEL": "info",  # to see the assignments
+    }
+
+    def assigned(log: Path) -> bool:
+        """Every worker has partitions (the last rebalance is over)."""
+        lines = [line for line in log.read_text(errors="replace").splitlines() if "partitions [" in line]
+        owners = {}
+        for line in lines:
+            owners[line.rsplit("process=", 1)[-1]] = "assigned partitions [" in line and "[]" not in line
+        return len(owners) == workers and all(owners.values())
+
+    push = partial(produce_captured, bootstrap, topic, events)
+    return timed_run(database_url, redis_url, push, len(events), plugin, env, assigned)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--plugin", default="js-benchmark", help="a plugin under benchmarks/plugins ('' for none)"
+    )
+    options = parser.parse_args()
+    plugin = options.plugin or None
+    messages, events = make_messages(options.events), make_events(options.events)
+    celery: list[float] = []
+    kafka: list[float] = []
+    with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
+        for _ in range(options.runs):
+            celery.append(run_once(database_url, redis_url, messages, plugin))
+            kafka.append(kafka_run(database_url, redis_url, broker.bootstrap, events, plugin))
+            print(f"celery {celery[-1]:,.0f} events/s, kafka {kafka[-1]:,.0f} events/s", flush=True)
+    load = os.getloadavg()
+    print(f"{options.events} events, {plugin or 'no plugins'}, default settings, {os.cpu_count()} cores")
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    for name, rates in (("celery -> postgres", celery), ("kafka -> postgres", kafka)):
+        runs = ", ".join(f"{rate:,.0f}" for rate in rates)
+        print(f"{name}: runs {runs} events/s; median {statistics.median(rates):,.0f}")
+    print(f"kafka / celery (medians): {statistics.median(kafka) / statistics.median(celery):.2f}")
+
+
+if __name__ == "__main__":
+    main()
