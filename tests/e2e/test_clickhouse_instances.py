@@ -33,7 +33,7 @@ from .server import running_server, wait_until
 PARTITIONS = 4
 EVENTS = 6_000
 PEOPLE = 400
-IDENTIFIED = 40  # people who log in mid-stream: their anonymous person merges into their user's
+IDENTIFIED = EVENTS // 200  # people who log in mid-stream: their anonymous person merges into their user's
 
 
 def events(team_id: int) -> list[CapturedEvent]:
@@ -41,9 +41,9 @@ def events(team_id: int) -> list[CapturedEvent]:
     who view a page, then identify as one of the anonymous people (a merge of two persons)."""
     made = []
     for n in range(EVENTS):
-        if n % 200 == 50 and n // 200 < IDENTIFIED:
+        if n % 200 == 50:
             made.append(captured(team_id, f"user-{n // 200}", "$pageview", {"$set": {"user": True}}))
-        elif n % 200 == 150 and n // 200 < IDENTIFIED:
+        elif n % 200 == 150:
             identify = {"$anon_distinct_id": f"anon-{n // 200}", "$set": {"seen": n}}
             made.append(captured(team_id, f"user-{n // 200}", "$identify", identify))
         else:
