@@ -29,55 +29,23 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tests.clickhouse_kafka_engine import copy_topics
-from tests.consumer_group import produce_captured
 from tests.e2e.server import RunningServer, running_server
-from tests.kafka_broker import KafkaBroker, committed, create_topic, unique_topic
+from tests.kafka_broker import KafkaBroker, committed, create_topic, produce_captured, unique_topic
 
 from benchmarks.capture import profiled
-from benchmarks.services import TEAM_ID, benchmark_services, fresh_database
+from benchmarks.kafka_to_postgres import make_events
+from benchmarks.services import benchmark_services, fresh_database
 from plugin_server.config import Settings, load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
-from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.sinks.clickhouse.client import open_client
 from plugin_server.sinks.clickhouse.migrate import open_migrated
 
 # tansu gives a new group its first assignment after about half the session timeout
 SESSION_TIMEOUT_MS = 6000
-
-
-def make_events(count: int) -> list[CapturedEvent]:
-    """The Celery benchmark's events (celery_to_postgres.py), as capture hands them to Kafka."""
-    now = datetime.now(UTC).isoformat()
-    events = []
-    for index in range(count):
-        person = index % 100
-        data = {
-            "event": "$pageview" if index % 3 else "clicked button",
-            "timestamp": now,
-            "properties": {
-                "$current_url": f"https://example.com/page/{index % 17}",
-                "$browser": "Chrome",
-                "$browser_version": 120,
-                "$os": "Linux",
-                "$lib": "web",
-                "$device_id": f"device-{person}",
-                "$session_id": f"session-{person}-{index // 500}",
-                "plan": "pro" if person % 2 else "free",
-                "price": index % 100,
-                "$set": {"email": f"person{person}@example.com"},
-            },
-        }
-        events.append(
-            CapturedEvent(
-                f"person-{person}", "127.0.0.1", "https://example.com", data, TEAM_ID, now, now, uuidt()
-            )
-        )
-    return events
 
 
 @dataclass(frozen=True)

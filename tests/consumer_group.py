@@ -1,17 +1,13 @@
-"""Servers sharing a Kafka topic in one consumer group, for the tests that kill one of them: the events
-put on the topic as capture puts them, the settings both servers share, and which partitions each owns."""
+"""Servers sharing a Kafka topic in one consumer group, for the tests that kill one of them: events as
+capture hands them (`tests.kafka_broker.produce_captured` puts them on the topic), the settings the
+servers share, and which partitions each owns."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Producer
-
-from plugin_server.config import load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
-from plugin_server.ingestion.kafka_producer import capture_message, producer_config
 from plugin_server.ingestion.uuidt import uuidt
 from tests.e2e.server import RunningServer
 from tests.kafka_broker import create_topic, unique_topic
@@ -31,22 +27,6 @@ def captured(team_id: int, distinct_id: str, event: str, properties: dict[str, A
         sent_at=NOW,
         uuid=uuidt(),
     )
-
-
-def produce_captured(bootstrap: str, topic: str, events: Sequence[CapturedEvent]) -> None:
-    """Put `events` on `topic` as the capture API does: its message format, its keys (team and
-    distinct id) and its partitioner, so each person's events share a partition."""
-    settings = load_settings({}, KAFKA_HOSTS=bootstrap, KAFKA_FLUSH_FREQUENCY_MS=20)
-    producer = Producer(producer_config(settings, delivery_timeout=60))
-    for event in events:
-        key, value = capture_message(event)
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:  # librdkafka's queue is full: let it send
-                producer.poll(0.1)
-    assert producer.flush(60) == 0, "the broker did not take every event"
 
 
 def group_env(database_url: str, redis_url: str, bootstrap: str, partitions: int) -> dict[str, str]:

@@ -25,8 +25,8 @@ from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.enqueue import CapturedEvent
 from plugin_server.topology import open_sinks
 from tests.clickhouse_kafka_engine import copy_topics
-from tests.consumer_group import assigned, captured, group_env, produce_captured, split_between
-from tests.kafka_broker import committed, unique_topic
+from tests.consumer_group import assigned, captured, group_env, split_between
+from tests.kafka_broker import committed, produce_captured, unique_topic
 
 from .server import running_server, wait_until
 
