@@ -1,6 +1,6 @@
 """The original's ClickHouse-mode process-event cases (reference: original-behaviour.md 4.2-4.5), as the
-rows they leave in ClickHouse: a pipeline run with the direct writer into chDB in the original's formats
-(the same records as through Kafka), read back with FINAL."""
+rows they leave in ClickHouse: a pipeline run with the direct writer into chDB (the same records as
+through Kafka), in the original's formats and in today's, read back with FINAL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 from clickhouse_connect.driver.client import Client
 from psycopg_pool import AsyncConnectionPool
 
@@ -34,8 +35,14 @@ def rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
     return list(client.query(sql).result_rows)
 
 
+@pytest.mark.parametrize("direct", ["original", "current"], indirect=True)
 async def test_the_original_process_event_cases_give_these_clickhouse_rows(
-    direct: Sinks, clickhouse: Client, pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+    direct: Sinks,
+    clickhouse: Client,
+    pool: AsyncConnectionPool[Any],
+    team: CreatedTeam,
+    clean_db: Db,
+    request: pytest.FixtureRequest,
 ) -> None:
     team_id = team.team_id
     click = {
@@ -122,7 +129,13 @@ async def test_the_original_process_event_cases_give_these_clickhouse_rows(
     owners = dict(
         rows(
             clickhouse,
-            "SELECT distinct_id, toString(person_id) FROM person_distinct_id FINAL WHERE is_deleted = 0",
+            "SELECT distinct_id, toString(person_id) FROM "
+            + (
+                "person_distinct_id"
+                if request.node.callspec.params["direct"] == "original"
+                else "person_distinct_id2"
+            )
+            + " FINAL WHERE is_deleted = 0",
         )
     )
     assert set(owners) == {"new", "old", "viewer"} and owners["new"] == owners["old"] != owners["viewer"]
@@ -144,6 +157,13 @@ async def test_the_original_process_event_cases_give_these_clickhouse_rows(
     assert persons.pop(owners["viewer"]) == ({}, 0, 0)  # a snapshot creates its person
     [(_, _, deleted)] = persons.values()
     assert deleted == 1
+
+    if request.node.callspec.params["direct"] == "current":  # today's events carry their person
+        [(person_id, person_properties)] = rows(
+            clickhouse,
+            "SELECT toString(person_id), person_properties FROM events FINAL WHERE event = 'again'",
+        )
+        assert person_id == owners["new"] and orjson.loads(person_properties)["plan"] == "pro"
 
     postgres = clean_db.execute(
         """SELECT d.distinct_id, p.uuid::text, p.properties FROM posthog_persondistinctid d
