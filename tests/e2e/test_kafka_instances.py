@@ -20,43 +20,20 @@ import psycopg
 
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.enqueue import CapturedEvent
-from plugin_server.ingestion.uuidt import uuidt
-from tests.kafka_broker import create_topic, produce_captured, unique_topic
+from tests.consumer_group import assigned, captured, group_env, split_between
+from tests.kafka_broker import produce_captured
 
 from .server import RunningServer, running_server, wait_until
 
 PARTITIONS = 4
 EVENTS = 50_000
 MAX_LAG_READY = 100
-NOW = "2026-12-03T10:00:00.000Z"
 
 
 def events(team_id: int, count: int, first: int = 0) -> list[CapturedEvent]:
     return [
-        CapturedEvent(
-            distinct_id=f"person-{n % 500}",
-            ip="127.0.0.1",
-            site_url="https://example.com",
-            data={"event": "$pageview", "properties": {"n": n}, "timestamp": NOW},
-            team_id=team_id,
-            now=NOW,
-            sent_at=NOW,
-            uuid=uuidt(),
-        )
-        for n in range(first, first + count)
+        captured(team_id, f"person-{n % 500}", "$pageview", {"n": n}) for n in range(first, first + count)
     ]
-
-
-def assigned(server: RunningServer) -> set[int] | None:
-    """The partitions the server's consumer was last assigned (None before its first assignment)."""
-    found = re.findall(r"assigned partitions \[([\d, ]*)\]", server.log())
-    return {int(p) for p in found[-1].split(",") if p.strip()} if found else None
-
-
-def split_between(first: RunningServer, second: RunningServer) -> bool:
-    """Both servers own partitions, none twice, all of them together."""
-    a, b = assigned(first), assigned(second)
-    return bool(a and b and not a & b and a | b == set(range(PARTITIONS)))
 
 
 def stored(database_url: str) -> tuple[int, int]:
@@ -82,24 +59,12 @@ def received(server: RunningServer) -> float:
 def test_two_servers_share_partitions_and_a_killed_ones_events_are_stored_once(
     tmp_path: Path, database_url: str, redis_url: str, kafka: str, team: CreatedTeam
 ) -> None:
-    topic, group = unique_topic("instances"), unique_topic("group")
-    create_topic(kafka, topic, PARTITIONS)
-    env = {
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "WORKER_CONCURRENCY": "1",
-        "PLUGINS_CELERY_QUEUE": unique_topic("celery"),
-        "KAFKA_ENABLED": "true",
-        "KAFKA_HOSTS": kafka,
-        "KAFKA_CONSUMPTION_TOPIC": topic,
-        "KAFKA_CONSUMER_GROUP": group,
-        "KAFKA_DEAD_LETTER_TOPIC": f"{topic}_dead_letters",
-        # a dead consumer's partitions move after 3 s (tansu's first assignment takes half of it)
-        "KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "3000",
+    env = group_env(database_url, redis_url, kafka, PARTITIONS) | {
         "KAFKA_MAX_LAG_READY": str(MAX_LAG_READY),
         "INGESTION_BATCH_SIZE": "250",
         "QUEUE_VISIBILITY_TIMEOUT": "3",  # housekeeping, which samples the lag, every second
     }
+    topic = env["KAFKA_CONSUMPTION_TOPIC"]
     folders = [tmp_path / name for name in ("one", "two", "two-again")]
     for folder in folders:
         folder.mkdir()
@@ -107,7 +72,7 @@ def test_two_servers_share_partitions_and_a_killed_ones_events_are_stored_once(
         running_server(folders[0], env, process_group=True) as survivor,
         running_server(folders[1], env, process_group=True) as victim,
     ):
-        wait_until(lambda: split_between(survivor, victim), timeout=60)
+        wait_until(lambda: split_between(survivor, victim, PARTITIONS), timeout=60)
         produce_captured(kafka, topic, events(team.team_id, EVENTS))
 
         wait_until(lambda: stored(database_url)[0] >= EVENTS // 10, timeout=60)
@@ -124,7 +89,7 @@ def test_two_servers_share_partitions_and_a_killed_ones_events_are_stored_once(
         wait_until(lambda: ready(survivor) == (200, 0), timeout=30)
 
         with running_server(folders[2], env, process_group=True) as restarted:
-            wait_until(lambda: split_between(survivor, restarted), timeout=60)
+            wait_until(lambda: split_between(survivor, restarted, PARTITIONS), timeout=60)
             before = received(survivor)
             produce_captured(kafka, topic, events(team.team_id, 2_000, first=EVENTS))
             wait_until(lambda: stored(database_url)[0] >= EVENTS + 2_000, timeout=60)

@@ -43,7 +43,7 @@ class OriginalFormat:
             timestamp=timestamp,
             team_id=event.team_id,
             distinct_id=event.distinct_id,
-            created_at=timestamp,  # the original wrote the event's time here too
+            created_at=clickhouse_ms(now),  # the time of ingestion, as the original's createEvent
             elements_chain=elements_to_chain(event.elements) if event.elements else "",
         )
         return Record(self.prefix + EVENTS, delimited(message), event.uuid.encode())
