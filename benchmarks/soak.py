@@ -3,11 +3,14 @@ with one fault every minute, counting events lost and doubled, latency from capt
 process's resident memory over time (plotted to a PNG).
 
 The server runs with a Postgres and a Valkey of its own (started here, as the fault tests start theirs:
-tests/faults/services.py), reaching Postgres through a TCP proxy that can slow it. Events are posted to
-`/batch/` by the fault tests' load generator (a failed request is sent again, same uuids), each stamped
-with the time it was first tried; a row's `created_at` is when the server inserted it. The faults, in
-turn: kill -9 of a worker, kill -9 of the web process, Postgres stopped (`-m fast`) and started again,
-Postgres slowed (+50 ms each way), Valkey killed (kill -9) and started again on its append-only file.
+tests/faults/services.py), reaching Postgres through a TCP proxy that can slow it. Team 2 has three
+plugins: the benchmark plugin in JavaScript and in Python (processEvent), and a JavaScript one exporting
+every event's number to a service on loopback. Events are posted to `/batch/` by the fault tests' load
+generator (a failed request is sent again, same uuids), each stamped with the time it was first tried;
+a row's `created_at` is when the server inserted it. The faults, in turn: kill -9 of a worker, kill -9
+of the web process, Postgres stopped (`-m fast`) and started again, Postgres slowed (+50 ms each way),
+Valkey killed (kill -9) and started again on its append-only file, the export service hanging (longer
+than TASK_TIMEOUT, so the exports time out and are retried).
 
     .venv/bin/python -m benchmarks.soak --events 1000000 --minutes 15 [--fault-every 60] [--plot soak.png]
 """
@@ -27,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from tests.e2e.plugin_stack import write_plugin
 from tests.e2e.server import RunningServer, running_server
 from tests.faults.harness import Load, RssWatch, Tally, capture_sender, rss_mb, safely, tally
+from tests.faults.plugin_service import EXPORTER, HangingService
 from tests.faults.services import TEAM_ID, PrivatePostgres, PrivateValkey, postgres_address
+from tests.loopback import LoopbackService
 from tests.tcp_proxy import TcpProxy
 
 from benchmarks.services import PLUGINS
@@ -39,6 +45,9 @@ PLUGIN_FOLDERS = ("js-benchmark", "python-benchmark")
 OUTAGE = 5.0  # seconds Postgres or Valkey stays down
 SLOWED = 15.0  # seconds Postgres stays slowed
 SLOW_BY = 0.05  # seconds added to every packet, each way
+HANG = 20.0  # seconds the exporting plugin's service hangs
+EXPORTS_LATE = 300.0  # seconds the retried exports may still take once every event is stored
+TASK_TIMEOUT = 10.0  # seconds a plugin call may run: the exports time out while the service hangs
 LATENCY = """
 SELECT percentile_disc(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY latency), max(latency)
 FROM (SELECT extract(epoch FROM created_at) - (properties->>'send_time')::float8 AS latency
@@ -64,6 +73,7 @@ class Stack:
     postgres: PrivatePostgres
     valkey: PrivateValkey
     proxy: TcpProxy
+    service: HangingService  # what the exporting plugin sends each event's number to
 
 
 def kill_a_worker(stack: Stack) -> None:
@@ -93,12 +103,19 @@ def kill_valkey(stack: Stack) -> None:
     stack.valkey.start()
 
 
+def hang_the_plugins_service(stack: Stack) -> None:
+    stack.service.up.clear()
+    time.sleep(HANG)
+    stack.service.up.set()
+
+
 FAULTS: list[tuple[str, Callable[[Stack], None]]] = [
     ("kill -9 worker", kill_a_worker),
     ("kill -9 web", kill_the_web_process),
     ("Postgres stop -m fast, 5 s", stop_postgres),
     ("Postgres +50 ms, 15 s", slow_postgres),
     ("Valkey kill -9, 5 s", kill_valkey),
+    ("plugin's service hangs, 20 s", hang_the_plugins_service),
 ]
 
 
@@ -179,33 +196,42 @@ class Result:
     slowest: float
     retries: int
     seconds: float
+    exported: int  # events delivered by the exporting plugin (distinct)
+    exports_hung: int  # export requests that hung
     faults: list[tuple[float, str]] = field(default_factory=list)
     latency_over_time: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 @contextlib.contextmanager
 def running_stack(folder: Path, workers: int) -> Iterator[Stack]:
-    """A private Postgres (with both benchmark plugins enabled for team 2) and Valkey, and the server."""
+    """A private Postgres and Valkey, and the server, with three plugins for team 2: both benchmark
+    plugins and one exporting every event's number to a service on loopback."""
     postgres = PrivatePostgres(folder / "pgdata")
     valkey = PrivateValkey(folder / "valkey")
+    service = HangingService()
     try:
-        with psycopg.connect(postgres.url, autocommit=True) as connection:
-            for order, name in enumerate(PLUGIN_FOLDERS):
-                enable_plugin(
-                    connection, install_plugin(connection, PLUGINS / name), TEAM_ID, {}, order=order
+        with LoopbackService(service.answer) as loopback, TcpProxy(postgres_address(postgres.url)) as proxy:
+            with psycopg.connect(postgres.url, autocommit=True) as connection:
+                plugins = [install_plugin(connection, PLUGINS / name) for name in PLUGIN_FOLDERS]
+                plugins.append(
+                    install_plugin(connection, write_plugin(folder, "exporter", EXPORTER, "index.js"))
                 )
-        with TcpProxy(postgres_address(postgres.url)) as proxy:
+                configs = [{}, {}, {"url": loopback.url, "exportEventsBufferSeconds": "1"}]
+                for order, (plugin, config) in enumerate(zip(plugins, configs, strict=True)):
+                    enable_plugin(connection, plugin, TEAM_ID, config, order=order)
             env = {
                 "DATABASE_URL": psycopg.conninfo.make_conninfo(
                     postgres.url, host="127.0.0.1", port=proxy.port
                 ),
                 "REDIS_URL": valkey.url,
                 "WORKER_CONCURRENCY": str(workers),
+                "TASK_TIMEOUT": str(TASK_TIMEOUT),
+                "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS": "true",  # the service is on loopback
             }
             with running_server(folder, env) as server:
                 server.wait_for_log("All systems go")
                 server.wait_for_web()
-                yield Stack(server, postgres, valkey, proxy)
+                yield Stack(server, postgres, valkey, proxy, service)
     finally:
         valkey.close()
         postgres.close()
@@ -230,6 +256,7 @@ def soak(stack: Stack, events: int, minutes: float, fault_every: float, batch: i
         sent = load.stop() * batch
     counted = tally(stack.postgres.url, TEAM_ID, sent, timeout=900)
     seconds = time.monotonic() - started
+    exported = _exported(stack.service, sent, timeout=EXPORTS_LATE)
     with psycopg.connect(stack.postgres.url, autocommit=True) as connection:
         row = connection.execute(LATENCY, (TEAM_ID,)).fetchone()
         ran = connection.execute(BOTH_PLUGINS_RAN, (TEAM_ID,)).fetchone()
@@ -237,7 +264,23 @@ def soak(stack: Stack, events: int, minutes: float, fault_every: float, batch: i
     assert row is not None and ran is not None
     (p50, p99), slowest = row
     over_time = [(at, p50, p99) for at, (p50, p99) in rows]
-    return Result(sent, counted, ran[0], p50, p99, slowest, load.retries, seconds, faults, over_time)
+    hung = stack.service.hung
+    return Result(
+        sent, counted, ran[0], p50, p99, slowest, load.retries, seconds, exported, hung, faults, over_time
+    )
+
+
+def _exported(service: HangingService, sent: int, timeout: float) -> int:
+    """How many of the events sent the service received: once it has them all, or has received
+    nothing new for a minute (exports that failed during a hang are retried after 6, 12, 24 ... s),
+    or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    seen, changed = -1, time.monotonic()
+    while len(service.delivered) < sent and time.monotonic() < min(deadline, changed + 60):
+        if len(service.delivered) != seen:
+            seen, changed = len(service.delivered), time.monotonic()
+        time.sleep(0.5)
+    return len(service.delivered & set(range(sent)))
 
 
 def plot(path: Path, timeline: RssTimeline, result: Result, warm_up: float, fault_every: float) -> None:
@@ -310,13 +353,19 @@ def main() -> None:
         f"lost {result.tally.lost}, doubled {result.tally.doubled}, both plugins' changes on {result.plugins_ran:,} rows, "
         f"{result.retries} requests sent again"
     )
+    print(
+        f"exported by the plugin: {result.exported:,} of {result.sent:,}; {result.exports_hung} export requests hung"
+    )
     print(f"capture -> row: p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.slowest:.1f} s")
     loads = timeline.load_averages
     print(f"load average (1 min) during the run: mean {statistics.fmean(loads):.1f}, max {max(loads):.1f}")
     for role, (times, values) in timeline.series().items():
         print(f"RSS {role:10} after {warm_up:.0f} s of warm-up: {flatness(times, values, warm_up)}")
     print(f"plot: {options.plot}")
-    if (result.tally.lost, result.tally.doubled) != (0, 0) or result.plugins_ran != result.sent:
+    if (result.tally.lost, result.tally.doubled) != (
+        0,
+        0,
+    ) or result.plugins_ran != result.sent:
         sys.exit(1)
 
 
