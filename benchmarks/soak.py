@@ -198,6 +198,7 @@ class Result:
     seconds: float
     exported: int  # events delivered by the exporting plugin (distinct)
     exports_hung: int  # export requests that hung
+    not_exported: list[int]  # the numbers of the events never exported
     faults: list[tuple[float, str]] = field(default_factory=list)
     latency_over_time: list[tuple[float, float, float]] = field(default_factory=list)
 
@@ -265,8 +266,21 @@ def soak(stack: Stack, events: int, minutes: float, fault_every: float, batch: i
     (p50, p99), slowest = row
     over_time = [(at, p50, p99) for at, (p50, p99) in rows]
     hung = stack.service.hung
+    not_exported = sorted(set(range(sent)) - stack.service.delivered)
     return Result(
-        sent, counted, ran[0], p50, p99, slowest, load.retries, seconds, exported, hung, faults, over_time
+        sent,
+        counted,
+        ran[0],
+        p50,
+        p99,
+        slowest,
+        load.retries,
+        seconds,
+        exported,
+        hung,
+        not_exported,
+        faults,
+        over_time,
     )
 
 
@@ -281,6 +295,18 @@ def _exported(service: HangingService, sent: int, timeout: float) -> int:
             seen, changed = len(service.delivered), time.monotonic()
         time.sleep(0.5)
     return len(service.delivered & set(range(sent)))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Sorted numbers as runs, "3-7, 12" (the first 20 runs): where in the stream they fall."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and runs[-1][1] == number - 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    shown = ", ".join(f"{low}-{high}" if high > low else str(low) for low, high in runs[:20])
+    return shown + (f" and {len(runs) - 20} more runs" if len(runs) > 20 else "")
 
 
 def plot(path: Path, timeline: RssTimeline, result: Result, warm_up: float, fault_every: float) -> None:
@@ -356,6 +382,8 @@ def main() -> None:
     print(
         f"exported by the plugin: {result.exported:,} of {result.sent:,}; {result.exports_hung} export requests hung"
     )
+    if result.not_exported:
+        print(f"not exported (event numbers): {_ranges(result.not_exported)}")
     print(f"capture -> row: p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.slowest:.1f} s")
     loads = timeline.load_averages
     print(f"load average (1 min) during the run: mean {statistics.fmean(loads):.1f}, max {max(loads):.1f}")
