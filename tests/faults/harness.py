@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 import psycopg
@@ -32,14 +33,17 @@ TALLY = """SELECT COUNT(*), COUNT(DISTINCT properties->>'n') FROM posthog_event
            WHERE team_id = %s AND (properties->>'n')::int < %s"""
 
 Send = Callable[[int], None]
+T = TypeVar("T")
 
 
 class Load:
-    """Sends event n = 0, 1, 2... with `send(n)` at `rate` events per second until stopped."""
+    """Sends event n = 0, 1, 2... with `send(n)` at `rate` events per second until stopped, or until
+    `limit` were sent. Behind schedule (after an outage) it sends as fast as it can to catch up."""
 
-    def __init__(self, send: Send, rate: float = 150) -> None:
+    def __init__(self, send: Send, rate: float = 150, limit: int | None = None) -> None:
         self._send = send
         self._interval = 1 / rate
+        self._limit = limit
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="load", daemon=True)
         self.sent = 0
@@ -55,6 +59,11 @@ class Load:
     ) -> None:
         self.stop()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the load stopped sending (its limit reached); whether it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stop(self) -> int:
         """Stop sending; the number of events sent (0 .. sent-1)."""
         self._stop.set()
@@ -63,7 +72,7 @@ class Load:
 
     def _run(self) -> None:
         next_at = time.monotonic()
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self.sent != self._limit:
             while True:
                 started = time.monotonic()
                 try:
@@ -91,21 +100,28 @@ def celery_sender(redis_url: str, team_id: int) -> Send:
     return send
 
 
-def capture_sender(web_url: str, token: str) -> Send:
-    """Each event posted to the capture API with its own uuid, as posthog-js sends it (a retry sends
-    the same uuid); anything but a 200 is a failure to retry."""
+def capture_sender(web_url: str, token: str, batch: int = 1) -> Send:
+    """Events posted to the capture API with their own uuids, as posthog-js sends them (a retry sends
+    the same uuids); anything but a 200 is a failure to retry. `send(n)` posts events n * batch to
+    (n + 1) * batch - 1 in one request, each stamped (`send_time`, epoch seconds) when first tried."""
     client = httpx.Client(timeout=15)  # capture itself answers 503 after 10 s without Kafka
     run = uuid.uuid4()
+    first_try = (-1, 0.0)  # (n, when it was first tried)
 
     def send(n: int) -> None:
-        event_uuid = str(uuid.uuid5(run, str(n)))
-        event = {
-            "event": "load",
-            "distinct_id": f"person-{n % 20}",
-            "properties": {"n": n},
-            "uuid": event_uuid,
-        }
-        response = client.post(f"{web_url}/batch/", json={"api_key": token, "batch": [event]})
+        nonlocal first_try
+        if first_try[0] != n:
+            first_try = (n, time.time())
+        events = [
+            {
+                "event": "load",
+                "distinct_id": f"person-{number % 20}",
+                "properties": {"n": number, "send_time": first_try[1]},
+                "uuid": str(uuid.uuid5(run, str(number))),
+            }
+            for number in range(n * batch, (n + 1) * batch)
+        ]
+        response = client.post(f"{web_url}/batch/", json={"api_key": token, "batch": events})
         if response.status_code != 200:
             raise httpx.HTTPStatusError("not accepted", request=response.request, response=response)
 
@@ -157,8 +173,9 @@ def stored_count(database_url: str, team_id: int) -> int:
 class RssWatch:
     """Samples the resident memory of the processes `pids()` names, keeping the largest seen."""
 
-    def __init__(self, pids: Callable[[], list[int]]) -> None:
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.3) -> None:
         self._pids = pids
+        self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
         self.max_mb = 0.0
@@ -174,15 +191,20 @@ class RssWatch:
         self._thread.join(10)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.3):
-            for pid in self._safe_pids():
-                self.max_mb = max(self.max_mb, rss_mb(pid))
+        while not self._stop.wait(self._interval):
+            self.sample()
 
-    def _safe_pids(self) -> list[int]:
-        try:
-            return self._pids()
-        except (AssertionError, httpx.HTTPError, OSError):
-            return []  # the server is between lives
+    def sample(self) -> None:
+        for pid in safely(self._pids, []):
+            self.max_mb = max(self.max_mb, rss_mb(pid))
+
+
+def safely(pids: Callable[[], T], between_lives: T) -> T:
+    """`pids()`, or `between_lives` while the server (or its web process) is down or starting again."""
+    try:
+        return pids()
+    except (AssertionError, httpx.HTTPError, OSError):
+        return between_lives
 
 
 def rss_mb(pid: int) -> float:

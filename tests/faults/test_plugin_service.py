@@ -4,11 +4,9 @@ team's events are not slowed meanwhile. Every event of both teams is stored once
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
-import orjson
 import psycopg
 import redis
 
@@ -17,49 +15,12 @@ from plugin_server.plugins.admin import enable_plugin, install_plugin
 from tests.e2e.plugin_stack import write_plugin
 from tests.e2e.server import running_server, wait_until
 from tests.faults.harness import Load, Report, RssWatch, celery_sender, recovery_seconds, tally
-from tests.loopback import LoopbackService, Request
+from tests.faults.plugin_service import EXPORTER, HangingService
+from tests.loopback import LoopbackService
 
 RUN_BEFORE = 2.0
 HANG = 6.0
 TASK_TIMEOUT = 2.0
-EXPORTER = """
-import { RetryError } from '@posthog/plugin-scaffold'
-
-export async function exportEvents(events, { config }) {
-    let response
-    try {
-        response = await fetch(config.url, {
-            method: 'POST',
-            headers: { 'Content-Type': 'application/json' },
-            body: JSON.stringify(events.map((event) => event.properties.n)),
-        })
-    } catch (error) {
-        throw new RetryError(`the service did not answer: ${error.message}`)
-    }
-    if (!response.ok) {
-        throw new RetryError(`the service answered ${response.status}`)
-    }
-}
-"""
-
-
-class HangingService:
-    """Answers 200 and keeps the numbers exported, except while `hanging`: then a request waits until
-    the hang ends and gets a 503 (its sender has long given up by then)."""
-
-    def __init__(self) -> None:
-        self.up = threading.Event()
-        self.up.set()
-        self.delivered: set[int] = set()
-        self.hung = 0
-
-    def answer(self, request: Request) -> tuple[int, bytes]:
-        if not self.up.is_set():
-            self.hung += 1
-            self.up.wait(60)
-            return 503, b"{}"
-        self.delivered.update(orjson.loads(request.body))
-        return 200, b"{}"
 
 
 def test_a_plugins_outside_service_hanging(
