@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 from plugin_server.topology import Sinks
-from tests.integration.test_clickhouse_sink import direct
+from tests.integration.test_clickhouse_sink import direct, rows
 from tests.pipelines import EVENT_TIME, NOW, pipeline
 
 __all__ = ["direct"]  # the direct writer's sinks, a fixture
@@ -29,10 +29,6 @@ def task(
     """A Celery process_event message from 1.2.3.4 with this `data` (event, properties, timestamp...)."""
     args = [distinct_id, "1.2.3.4", "http://example.com", data, team_id, now, sent_at]
     return encode_task(PROCESS_EVENT_TASK, args, queue="posthog-plugins")
-
-
-def rows(client: Client, sql: str) -> list[tuple[Any, ...]]:
-    return list(client.query(sql).result_rows)
 
 
 @pytest.mark.parametrize("direct", ["original", "current"], indirect=True)
