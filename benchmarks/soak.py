@@ -35,6 +35,7 @@ from tests.e2e.server import RunningServer, running_server
 from tests.faults.harness import Load, RssWatch, Tally, capture_sender, rss_mb, safely, tally
 from tests.faults.plugin_service import EXPORTER, HangingService
 from tests.faults.services import TEAM_ID, PrivatePostgres, PrivateValkey, postgres_address
+from tests.kafka_broker import free_port
 from tests.loopback import LoopbackService
 from tests.tcp_proxy import TcpProxy
 
@@ -69,11 +70,12 @@ WHERE team_id = %s AND properties->>'upperUuid' = upper(uuid::text) AND properti
 class Stack:
     """The server under test and what the faults act on."""
 
-    server: RunningServer
+    server: RunningServer  # the running one: a whole-instance kill replaces it
     postgres: PrivatePostgres
     valkey: PrivateValkey
     proxy: TcpProxy
     service: HangingService  # what the exporting plugin sends each event's number to
+    start_server: Callable[[], RunningServer]  # another server, on the same web port and settings
 
 
 def kill_a_worker(stack: Stack) -> None:
@@ -84,6 +86,14 @@ def kill_the_web_process(stack: Stack) -> None:
     os.kill(stack.server.web_pid(), signal.SIGKILL)
     time.sleep(0.5)
     stack.server.wait_for_web()
+
+
+def kill_the_instance(stack: Stack) -> None:
+    """kill -9 of the supervisor and all its children at once (its process group), then the server
+    started again, as a service manager would."""
+    os.killpg(stack.server.process.pid, signal.SIGKILL)
+    stack.server.process.wait(10)
+    stack.server = stack.start_server()
 
 
 def stop_postgres(stack: Stack) -> None:
@@ -109,32 +119,34 @@ def hang_the_plugins_service(stack: Stack) -> None:
     stack.service.up.set()
 
 
-FAULTS: list[tuple[str, Callable[[Stack], None]]] = [
-    ("kill -9 worker", kill_a_worker),
-    ("kill -9 web", kill_the_web_process),
-    ("Postgres stop -m fast, 5 s", stop_postgres),
-    ("Postgres +50 ms, 15 s", slow_postgres),
-    ("Valkey kill -9, 5 s", kill_valkey),
-    ("plugin's service hangs, 20 s", hang_the_plugins_service),
-]
+FAULTS: dict[str, tuple[str, Callable[[Stack], None]]] = {
+    "worker": ("kill -9 worker", kill_a_worker),
+    "web": ("kill -9 web", kill_the_web_process),
+    "postgres": ("Postgres stop -m fast, 5 s", stop_postgres),
+    "slow": ("Postgres +50 ms, 15 s", slow_postgres),
+    "valkey": ("Valkey kill -9, 5 s", kill_valkey),
+    "hang": ("plugin's service hangs, 20 s", hang_the_plugins_service),
+    "instance": ("kill -9 instance, restart", kill_the_instance),
+}
 
 
 class RssTimeline(RssWatch):
     """The resident memory of the supervisor, the web process and each worker slot (a worker started
     again after a kill takes the slot of the one it replaces), with the load average, over time."""
 
-    def __init__(self, server: RunningServer, interval: float = 2.0) -> None:
-        super().__init__(server.worker_pids, interval)
-        self._server = server
+    def __init__(self, stack: Stack, interval: float = 2.0) -> None:
+        super().__init__(lambda: stack.server.worker_pids(), interval)
+        self._stack = stack
         self._slots: dict[int, str] = {}
         self.start = time.monotonic()
         self.samples: list[tuple[float, dict[str, float]]] = []
         self.load_averages: list[float] = []
 
     def sample(self) -> None:
-        workers = safely(self._server.worker_pids, None)
-        web = safely(self._server.web_pid, None)
-        roles = {"supervisor": self._server.process.pid}
+        server = self._stack.server
+        workers = safely(server.worker_pids, None)
+        web = safely(server.web_pid, None)
+        roles = {"supervisor": server.process.pid}
         if web is not None:
             roles["web"] = web
         if workers is not None:
@@ -204,7 +216,7 @@ class Result:
 
 
 @contextlib.contextmanager
-def running_stack(folder: Path, workers: int) -> Iterator[Stack]:
+def running_stack(folder: Path, workers: int, extra_env: dict[str, str]) -> Iterator[Stack]:
     """A private Postgres and Valkey, and the server, with three plugins for team 2: both benchmark
     plugins and one exporting every event's number to a service on loopback."""
     postgres = PrivatePostgres(folder / "pgdata")
@@ -228,21 +240,36 @@ def running_stack(folder: Path, workers: int) -> Iterator[Stack]:
                 "WORKER_CONCURRENCY": str(workers),
                 "TASK_TIMEOUT": str(TASK_TIMEOUT),
                 "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS": "true",  # the service is on loopback
+                "WEB_PORT": str(free_port()),  # the same after a restart: the load keeps its address
+                **extra_env,
             }
-            with running_server(folder, env) as server:
-                server.wait_for_log("All systems go")
-                server.wait_for_web()
-                yield Stack(server, postgres, valkey, proxy, service)
+            with contextlib.ExitStack() as servers:
+
+                def start_server() -> RunningServer:
+                    server = servers.enter_context(running_server(folder, env, process_group=True))
+                    server.wait_for_log("All systems go")
+                    server.wait_for_web()
+                    return server
+
+                yield Stack(start_server(), postgres, valkey, proxy, service, start_server)
     finally:
         valkey.close()
         postgres.close()
 
 
-def soak(stack: Stack, events: int, minutes: float, fault_every: float, batch: int, started: float) -> Result:
-    """Send `events` over `minutes`, a fault every `fault_every` seconds; then count and measure. Times
-    are in seconds since `started` (a time.monotonic())."""
+def soak(
+    stack: Stack,
+    events: int,
+    minutes: float,
+    fault_every: float,
+    batch: int,
+    started: float,
+    faults_in_turn: list[str],
+) -> Result:
+    """Send `events` over `minutes`, a fault every `fault_every` seconds (those named, in turn); then
+    count and measure. Times are in seconds since `started` (a time.monotonic())."""
     token = stack.postgres.team.api_token
-    sender = capture_sender(stack.server.web_url, token, batch)
+    sender = capture_sender(stack.server.web_url, token, batch)  # the same port after a restart
     requests = events // batch
     faults: list[tuple[float, str]] = []
     wall_start = time.time() - (time.monotonic() - started)
@@ -250,7 +277,7 @@ def soak(stack: Stack, events: int, minutes: float, fault_every: float, batch: i
         for number in range(sys.maxsize):
             if load.wait(max(0.0, started + fault_every * (number + 1) - time.monotonic())):
                 break
-            name, fault = FAULTS[number % len(FAULTS)]
+            name, fault = FAULTS[faults_in_turn[number % len(faults_in_turn)]]
             faults.append((time.monotonic() - started, name))
             fault(stack)
             print(f"{faults[-1][0]:6.0f} s  {name:28}  sent {load.sent * batch:>9,}", flush=True)
@@ -361,13 +388,38 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="events per capture request")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--plot", type=Path, default=Path("soak.png"))
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"the faults to take in turn, comma-separated, of: {', '.join(FAULTS)}",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the server (repeatable)",
+    )
     options = parser.parse_args()
+    faults_in_turn = [name.strip() for name in options.faults.split(",") if name.strip()]
+    if unknown := set(faults_in_turn) - set(FAULTS):
+        parser.error(f"unknown faults: {', '.join(sorted(unknown))}")
+    extra_env = dict(setting.partition("=")[::2] for setting in options.env)
     warm_up = min(120.0, options.minutes * 60 / 4)
     with tempfile.TemporaryDirectory(prefix="plugin-server-soak-") as folder:
         os.chmod(folder, 0o755)  # the embedded Postgres runs as an unprivileged user when we are root
-        with running_stack(Path(folder), options.workers) as stack, RssTimeline(stack.server) as timeline:
+        with (
+            running_stack(Path(folder), options.workers, extra_env) as stack,
+            RssTimeline(stack) as timeline,
+        ):
             result = soak(
-                stack, options.events, options.minutes, options.fault_every, options.batch, timeline.start
+                stack,
+                options.events,
+                options.minutes,
+                options.fault_every,
+                options.batch,
+                timeline.start,
+                faults_in_turn,
             )
     plot(options.plot, timeline, result, warm_up, options.fault_every)
     print(
