@@ -83,7 +83,8 @@ class Settings(BaseModel):
         100,
         ge=1,
         description="most teams' shares of micro-batches a worker holds for slow plugins at once; "
-        "past it, the worker takes no more events until one is done",
+        "past it (or past TASKS_PER_WORKER x INGESTION_BATCH_SIZE events in them), the worker takes no "
+        "more events until one is done",
     )
     JS_HEAP_LIMIT_MB: float = Field(
         64, gt=0, description="V8 heap limit of each JavaScript plugin config's isolate"

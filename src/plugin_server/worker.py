@@ -103,8 +103,10 @@ class Worker:
         self._stopping = asyncio.Event()
         self._turnstile = Turnstile()
         self._in_flight: set[asyncio.Task[None]] = set()
-        # Shares of batches set aside for slow plugins and not done yet; at SLOW_PLUGIN_BACKLOG, no claims.
+        # Shares of batches set aside for slow plugins and not done yet, and their events; at
+        # SLOW_PLUGIN_BACKLOG shares or TASKS_PER_WORKER x INGESTION_BATCH_SIZE events, no claims.
         self._aside = 0
+        self._aside_events = 0
         self._room_aside = asyncio.Event()
         self._room_aside.set()
 
@@ -291,25 +293,32 @@ class Worker:
 
     async def _set_aside(self, source: Source, batch: Any, messages: list[bytes], work: LateWork) -> None:
         """Give the messages of a team whose plugins are slow a queue entry of their own, acknowledged
-        when `work` is done. While SLOW_PLUGIN_BACKLOG of these are held, no more events are claimed
-        (waiting here instead could hold up, in a full backlog, a turn that the backlog waits for)."""
+        when `work` is done. While SLOW_PLUGIN_BACKLOG of these, or TASKS_PER_WORKER x INGESTION_BATCH_SIZE
+        events in them, are held, no more events are claimed (waiting here instead could hold up, in a
+        full backlog, a turn that the backlog waits for)."""
         part = await until_available(lambda: source.split_off(batch, messages))
-        self._aside += 1
-        if self._aside >= self.settings.SLOW_PLUGIN_BACKLOG:
-            self._room_aside.clear()
+        self._set_aside_by(1, len(messages))
         get_metrics().events_set_aside(len(messages))
         log.debug("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
-        self._spawn(self._handle_late(source, part, work))
+        self._spawn(self._handle_late(source, part, work, len(messages)))
 
-    async def _handle_late(self, source: Source, part: Any, work: LateWork) -> None:
+    async def _handle_late(self, source: Source, part: Any, work: LateWork, events: int) -> None:
         try:
             await self._finish(source, part, await work)
         except Exception:
             log.exception("handling slow events failed; their messages stay in Redis and will be redelivered")
         finally:
-            self._aside -= 1
-            if self._aside < self.settings.SLOW_PLUGIN_BACKLOG:
-                self._room_aside.set()
+            self._set_aside_by(-1, -events)
+
+    def _set_aside_by(self, parts: int, events: int) -> None:
+        self._aside += parts
+        self._aside_events += events
+        settings = self.settings
+        full = self._aside_events >= settings.TASKS_PER_WORKER * settings.INGESTION_BATCH_SIZE
+        if full or self._aside >= settings.SLOW_PLUGIN_BACKLOG:
+            self._room_aside.clear()
+        else:
+            self._room_aside.set()
 
     async def _finish(self, source: Source, batch: Any, outcome: BatchOutcome) -> None:
         await until_available(lambda: source.ack(batch, outcome.dead_letters))
