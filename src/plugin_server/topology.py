@@ -184,7 +184,9 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
     """A worker's plugin machinery over `services`; on exit its plugins are torn down."""
     meta = MetaFactory(services, posthog_host=settings.POSTHOG_API_HOST)
     runtimes = RuntimeServices(settings, services.http, services.connect_guard, services.tracker)
-    create = InstanceFactory(settings.BASE_DIR, meta, runtimes, services.pool, services.stored_events)
+    create = InstanceFactory(
+        settings.BASE_DIR, meta, runtimes, services.pool, services.stored_events, services.jobs
+    )
     registry = PluginRegistry(
         services.pool,
         VMFactory(services.pool, services.logs, services.hung, create),

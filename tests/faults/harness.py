@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import httpx
 import psycopg
@@ -180,7 +180,7 @@ class RssWatch:
         self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
         self.max_mb = 0.0
 
-    def __enter__(self) -> RssWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

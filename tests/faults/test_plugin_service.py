@@ -4,6 +4,8 @@ team's events are not slowed meanwhile. Every event of both teams is stored once
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -23,6 +25,30 @@ HANG = 6.0
 TASK_TIMEOUT = 2.0
 
 
+def enable_exporter(
+    connection: psycopg.Connection, team: CreatedTeam, folder: Path, url: str, buffer_seconds: float
+) -> None:
+    """The exporting plugin, enabled for `team`, sending to `url`."""
+    plugin = install_plugin(
+        connection,
+        write_plugin(folder, "exporter", EXPORTER, main="index.js"),
+        organization_id=team.organization_id,
+    )
+    config = {"url": url, "exportEventsBufferSeconds": str(buffer_seconds)}
+    enable_plugin(connection, plugin, team.team_id, config)
+
+
+def _env(database_url: str, redis_url: str, workers: int) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "WORKER_CONCURRENCY": str(workers),
+        "DISABLE_WEB": "true",
+        "TASK_TIMEOUT": str(TASK_TIMEOUT),
+        "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
+    }
+
+
 def test_a_plugins_outside_service_hanging(
     tmp_path: Path,
     database_url: str,
@@ -34,21 +60,8 @@ def test_a_plugins_outside_service_hanging(
     other = create_organization_and_team(clean_db, team_name="other", team_id=3)
     service = HangingService()
     with LoopbackService(service.answer) as loopback:
-        plugin = install_plugin(
-            clean_db,
-            write_plugin(tmp_path, "exporter", EXPORTER, main="index.js"),
-            organization_id=team.organization_id,
-        )
-        enable_plugin(clean_db, plugin, team.team_id, {"url": loopback.url, "exportEventsBufferSeconds": "1"})
-        env = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "WORKER_CONCURRENCY": "2",
-            "DISABLE_WEB": "true",
-            "TASK_TIMEOUT": str(TASK_TIMEOUT),
-            "PLUGIN_HTTP_ALLOW_PRIVATE_NETWORKS": "true",
-        }
-        with running_server(tmp_path, env) as server:
+        enable_exporter(clean_db, team, tmp_path, loopback.url, buffer_seconds=1)
+        with running_server(tmp_path, _env(database_url, redis_url, workers=2)) as server:
             server.wait_for_log("All systems go")
             with (
                 RssWatch(server.worker_pids) as rss,
@@ -78,3 +91,31 @@ def test_a_plugins_outside_service_hanging(
     Report(
         f"plugin's service hanging for {HANG:.0f} s", exported.sent, result, others_late, rss.max_mb
     ).check()
+
+
+def test_exports_buffered_in_a_killed_worker_are_made_from_their_held_jobs(
+    team: CreatedTeam,
+    clean_db: psycopg.Connection,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    """kill -9 of a worker whose export buffer holds stored events not yet exported: their held jobs
+    come due (buffer seconds + 2 x TASK_TIMEOUT + 30 s) and the restarted worker exports them."""
+    service = HangingService()
+    sent = 200
+    with LoopbackService(service.answer) as loopback:
+        enable_exporter(clean_db, team, tmp_path, loopback.url, buffer_seconds=20)
+        with running_server(tmp_path, _env(database_url, redis_url, workers=1)) as server:
+            server.wait_for_log("All systems go")
+            with Load(celery_sender(redis_url, team.team_id), rate=200, limit=sent) as load:
+                load.wait(30)
+            recovery_seconds(database_url, team.team_id, sent)  # all stored: in the buffer, not exported
+            os.kill(server.worker_pids()[0], signal.SIGKILL)
+            assert not service.delivered, "the kill must come while the events are in the export buffer"
+            killed = time.monotonic()
+            wait_until(lambda: service.delivered >= set(range(sent)), timeout=90)
+            print(f"all {sent} exports made {time.monotonic() - killed:.0f} s after the kill")
+            result = tally(database_url, team.team_id, sent)
+    assert (result.lost, result.doubled) == (0, 0)

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ UPDATE plugin_server_jobs SET lease_until = now() + %(lease)s
 WHERE id = ANY(%(ids)s) AND locked_by = %(runner)s AND status = 'running'
 RETURNING id
 """
+
+_TAKE_BACK = "DELETE FROM plugin_server_jobs WHERE id = ANY(%s) AND status = 'waiting'"
 
 _FINISH = "DELETE FROM plugin_server_jobs WHERE id = %s AND locked_by = %s AND status = 'running'"
 
@@ -193,6 +195,29 @@ class JobQueue:
             return
         async with connection.cursor() as cursor:
             await cursor.executemany(_INSERT, rows)
+
+    async def hold(self, job: PluginJob) -> int:
+        """Queue a job and answer its id, so that `take_back` can take it back while it waits."""
+        async with self.pool.connection() as connection:
+            cursor = await connection.cursor(row_factory=tuple_row).execute(
+                _INSERT + " RETURNING id",
+                (
+                    job.kind,
+                    job.type,
+                    encode_payload(job.payload),
+                    job.plugin_config_id,
+                    job.plugin_config_team,
+                    _as_utc(job.run_at),
+                ),
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def take_back(self, ids: Sequence[int]) -> None:
+        """Delete these jobs if they still wait (one a runner has taken runs)."""
+        async with self.pool.connection() as connection:
+            await connection.execute(_TAKE_BACK, (list(ids),))
 
     def wake(self) -> None:
         """Make this process's runner look for due jobs now rather than at its next poll."""

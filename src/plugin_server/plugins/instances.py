@@ -11,7 +11,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer
+from plugin_server.jobs.queue import JobQueue
+from plugin_server.plugins.export import EXPORT_RETRY_JOB, ExportBuffer, QueuedExports
 from plugin_server.plugins.historical import START_JOB, HistoricalExport, StoredEvents, register_public_job
 from plugin_server.plugins.instance import LoadRequest, PluginInstance, RuntimeServices
 from plugin_server.plugins.loader import resolve_plugin_code
@@ -34,6 +35,7 @@ class InstanceFactory:
     runtimes: RuntimeServices
     pool: AsyncConnectionPool[Any]  # to register the historical export's public job
     stored_events: StoredEvents | None = None  # where the historical export reads (None: Postgres)
+    jobs: JobQueue | None = None  # where buffered exports are held durably (None: in memory only)
 
     async def __call__(self, vm: PluginVM) -> PluginInstance:
         config = vm.config
@@ -61,6 +63,10 @@ class InstanceFactory:
             plugin=vm.labels,
             schedule_retry=lambda payload, delay: retry(payload).run_in(delay, "seconds"),
             record_error=vm.record_error,
+            held=None
+            if self.jobs is None
+            else QueuedExports(self.jobs, config.id, config.config.team_id or 0),
+            call_seconds=self.runtimes.settings.TASK_TIMEOUT,
         )
         if START_JOB not in (config.plugin.public_jobs or {}):
             await register_public_job(self.pool, config.plugin.id)

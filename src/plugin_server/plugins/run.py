@@ -157,8 +157,7 @@ class PluginRunner:
         self, vm: PluginVM, instance: PluginInstance, events: list[RawEvent], hung: frozenset[str]
     ) -> None:
         if vm.export_buffer is not None:
-            for event in events:
-                vm.export_buffer.add(event)
+            await vm.export_buffer.add(events)
         if "onEvent" not in instance.methods:
             return
         slots = asyncio.Semaphore(self._on_event_concurrency)
