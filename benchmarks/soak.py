@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -41,6 +42,7 @@ from tests.tcp_proxy import TcpProxy
 
 from benchmarks.services import PLUGINS
 from plugin_server.plugins.admin import enable_plugin, install_plugin
+from plugin_server.plugins.export import EXPORT_RETRY_JOB
 
 PLUGIN_FOLDERS = ("js-benchmark", "python-benchmark")
 OUTAGE = 5.0  # seconds Postgres or Valkey stays down
@@ -59,6 +61,11 @@ SELECT floor(((properties->>'send_time')::float8 - %s) / 10) * 10 AS sent,
        percentile_disc(ARRAY[0.5, 0.99]) WITHIN GROUP (
            ORDER BY extract(epoch FROM created_at) - (properties->>'send_time')::float8)
 FROM posthog_event WHERE team_id = %s GROUP BY 1 ORDER BY 1
+"""
+EXPORT_JOBS = """
+SELECT CASE WHEN status = 'failed' THEN 'failed' ELSE 'waiting' END, COUNT(*),
+       COALESCE(SUM(jsonb_array_length(payload->'batch')), 0)
+FROM plugin_server_jobs WHERE type = %s GROUP BY 1
 """
 BOTH_PLUGINS_RAN = """
 SELECT COUNT(*) FROM posthog_event
@@ -211,6 +218,7 @@ class Result:
     exported: int  # events delivered by the exporting plugin (distinct)
     exports_hung: int  # export requests that hung
     not_exported: list[int]  # the numbers of the events never exported
+    export_jobs: dict[str, tuple[int, int]]  # export jobs left at the end, waiting or failed: (jobs, events)
     faults: list[tuple[float, str]] = field(default_factory=list)
     latency_over_time: list[tuple[float, float, float]] = field(default_factory=list)
 
@@ -284,7 +292,8 @@ def soak(
         sent = load.stop() * batch
     counted = tally(stack.postgres.url, TEAM_ID, sent, timeout=900)
     seconds = time.monotonic() - started
-    exported = _exported(stack.service, sent, timeout=EXPORTS_LATE)
+    exported = _exported(stack, sent, timeout=EXPORTS_LATE)
+    export_jobs = _export_jobs(stack.postgres.url)
     with psycopg.connect(stack.postgres.url, autocommit=True) as connection:
         row = connection.execute(LATENCY, (TEAM_ID,)).fetchone()
         ran = connection.execute(BOTH_PLUGINS_RAN, (TEAM_ID,)).fetchone()
@@ -306,22 +315,33 @@ def soak(
         exported,
         hung,
         not_exported,
+        export_jobs,
         faults,
         over_time,
     )
 
 
-def _exported(service: HangingService, sent: int, timeout: float) -> int:
-    """How many of the events sent the service received: once it has them all, or has received
-    nothing new for a minute (exports that failed during a hang are retried after 6, 12, 24 ... s),
-    or after `timeout` seconds."""
+def _exported(stack: Stack, sent: int, timeout: float) -> int:
+    """How many of the events sent the service received: once it has them all, or once no export job
+    waits or runs and the service received nothing new for 10 s, or after `timeout` seconds."""
+    service = stack.service
     deadline = time.monotonic() + timeout
     seen, changed = -1, time.monotonic()
-    while len(service.delivered) < sent and time.monotonic() < min(deadline, changed + 60):
+    while len(service.delivered) < sent and time.monotonic() < deadline:
         if len(service.delivered) != seen:
             seen, changed = len(service.delivered), time.monotonic()
+        elif time.monotonic() - changed > 10 and not _export_jobs(stack.postgres.url).get("waiting"):
+            break
         time.sleep(0.5)
     return len(service.delivered & set(range(sent)))
+
+
+def _export_jobs(database_url: str) -> dict[str, tuple[int, int]]:
+    """The export jobs (held and retried) in the job queue by status: (jobs, events)."""
+    with contextlib.suppress(psycopg.OperationalError), psycopg.connect(database_url) as connection:
+        rows = connection.execute(EXPORT_JOBS, (EXPORT_RETRY_JOB,)).fetchall()
+        return {status: (jobs, events) for status, jobs, events in rows}
+    return {"waiting": (0, 0)}  # not known: wait on
 
 
 def _ranges(numbers: list[int]) -> str:
@@ -393,6 +413,7 @@ def main() -> None:
         default=",".join(FAULTS),
         help=f"the faults to take in turn, comma-separated, of: {', '.join(FAULTS)}",
     )
+    parser.add_argument("--keep-logs", type=Path, help="a folder to copy the server's logs to")
     parser.add_argument(
         "--env",
         action="append",
@@ -421,6 +442,10 @@ def main() -> None:
                 timeline.start,
                 faults_in_turn,
             )
+        if options.keep_logs is not None:
+            options.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in Path(folder).glob("server-*.log"):
+                shutil.copy(log, options.keep_logs)
     plot(options.plot, timeline, result, warm_up, options.fault_every)
     print(
         f"soak: {result.sent:,} events sent in {options.minutes:g} min ({options.batch} per request), "
@@ -436,6 +461,8 @@ def main() -> None:
     )
     if result.not_exported:
         print(f"not exported (event numbers): {_ranges(result.not_exported)}")
+    for status, (jobs, events) in result.export_jobs.items():
+        print(f"export jobs left {status}: {jobs} ({events:,} events)")
     print(f"capture -> row: p50 {result.p50:.2f} s, p99 {result.p99:.2f} s, max {result.slowest:.1f} s")
     loads = timeline.load_averages
     print(f"load average (1 min) during the run: mean {statistics.fmean(loads):.1f}, max {max(loads):.1f}")
