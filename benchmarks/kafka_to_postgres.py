@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.kafka_broker import KafkaBroker, create_topic, produce_captured, unique_topic
 
-from benchmarks.celery_to_postgres import event_data, make_messages, run_once, timed_run
+from benchmarks.celery_to_postgres import Run, event_data, make_messages, run_once, timed_run
 from benchmarks.services import TEAM_ID, benchmark_services
 from plugin_server.config import load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
@@ -45,8 +45,9 @@ def make_events(count: int) -> list[CapturedEvent]:
 
 
 def kafka_run(
-    database_url: str, redis_url: str, bootstrap: str, events: list[CapturedEvent], plugin: str | None
-) -> float:
+    database_url: str, redis_url: str, broker: KafkaBroker, events: list[CapturedEvent], plugin: str | None
+) -> Run:
+    bootstrap = broker.bootstrap
     topic = unique_topic("bench")
     workers = load_settings({}).worker_count
     create_topic(bootstrap, topic, max(2, workers))
@@ -69,7 +70,7 @@ def kafka_run(
         return len(owners) == workers and all(owners.values())
 
     push = partial(produce_captured, bootstrap, topic, events)
-    return timed_run(database_url, redis_url, push, len(events), plugin, env, assigned)
+    return timed_run(database_url, redis_url, push, len(events), plugin, env, assigned, {"tansu": broker.pid})
 
 
 def main() -> None:
@@ -88,9 +89,13 @@ def main() -> None:
     kafka: list[float] = []
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
         for _ in range(options.runs):
-            celery.append(run_once(database_url, redis_url, messages, plugin))
-            kafka.append(kafka_run(database_url, redis_url, broker.bootstrap, events, plugin))
-            print(f"celery {celery[-1]:,.0f} events/s, kafka {kafka[-1]:,.0f} events/s", flush=True)
+            for name, rates, run in (
+                ("celery", celery, partial(run_once, database_url, redis_url, messages, plugin)),
+                ("kafka", kafka, partial(kafka_run, database_url, redis_url, broker, events, plugin)),
+            ):
+                result = run()
+                rates.append(result.rate)
+                print(f"{name} {result.rate:,.0f} events/s; {result.cpu.summary(options.events)}", flush=True)
     load = os.getloadavg()
     print(f"{options.events} events, {plugin or 'no plugins'}, default settings, {os.cpu_count()} cores")
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
