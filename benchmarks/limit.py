@@ -16,6 +16,7 @@ is done, in CPU per event.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -168,6 +169,10 @@ def copy_events(server_url: str, persons: Mapping[str, bytes], events: bytes, fo
             with connection.cursor().copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
                 copy.write(data)
         connection.commit()
+        with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+            connection.execute(
+                "CHECKPOINT"
+            )  # not the writes before (the database's creation) during the COPY
         row = connection.execute("SELECT pg_backend_pid()").fetchone()
         assert row is not None
         meter = CpuMeter({"postgres": [psutil.Process(row[0]).ppid()]})

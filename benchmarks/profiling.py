@@ -25,13 +25,22 @@ def profiled(targets: Mapping[Path, int], seconds: float, delay: float = 0.0) ->
 
     def record() -> None:
         for output, pid in targets.items():
-            arguments = [command, "record", "--pid", str(pid), "--duration", str(round(seconds))]
-            arguments += ["--rate", "100", "--output", str(output)]
+            # named by their file in their folder, so that the command a flame graph shows names no path
+            arguments = ["py-spy", "record", "--pid", str(pid), "--duration", str(round(seconds))]
+            arguments += ["--rate", "100", "--output", output.name]
             if output.suffix == ".svg":
                 arguments += ["--native", "--format", "flamegraph"]
             else:
                 arguments += ["--nonblocking", "--format", "raw"]
-            recorders.append(subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            recorders.append(
+                subprocess.Popen(
+                    arguments,
+                    executable=command,
+                    cwd=output.parent,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
 
     timer = threading.Timer(delay, record)
     timer.start()
