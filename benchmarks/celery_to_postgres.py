@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,13 @@ PROFILE_DELAY = 1.0  # seconds into the run
 PROFILE_SECONDS = 3
 
 
-def event_data(index: int, now: str) -> tuple[str, dict[str, Any]]:
-    """The distinct id and `data` of the benchmark's event number `index` (100 persons)."""
+def event_data(index: int, captured: datetime) -> tuple[str, dict[str, Any]]:
+    """The distinct id and `data` of the benchmark's event number `index` (100 persons), captured at
+    `captured`; each event has a timestamp of its own, a millisecond apart, as a client's events do."""
     person = index % 100
     data = {
         "event": "$pageview" if index % 3 else "clicked button",
-        "timestamp": now,
+        "timestamp": (captured - timedelta(milliseconds=index % 100_000)).isoformat(),
         "properties": {
             "$current_url": f"https://example.com/page/{index % 17}",
             "$browser": "Chrome",
@@ -68,10 +69,11 @@ def event_data(index: int, now: str) -> tuple[str, dict[str, Any]]:
 
 
 def make_messages(count: int) -> list[bytes]:
-    now = datetime.now(UTC).isoformat()
+    captured = datetime.now(UTC)
+    now = captured.isoformat()
     messages = []
     for index in range(count):
-        distinct_id, data = event_data(index, now)
+        distinct_id, data = event_data(index, captured)
         args = [distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now]
         messages.append(encode_task(PROCESS_EVENT_TASK, args, queue=QUEUE))
     return messages

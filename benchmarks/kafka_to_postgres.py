@@ -34,10 +34,11 @@ SESSION_TIMEOUT_MS = 6000
 
 
 def make_events(count: int) -> list[CapturedEvent]:
-    now = datetime.now(UTC).isoformat()
+    captured = datetime.now(UTC)
+    now = captured.isoformat()
     events = []
     for index in range(count):
-        distinct_id, data = event_data(index, now)
+        distinct_id, data = event_data(index, captured)
         events.append(
             CapturedEvent(
                 distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now, str(uuid.uuid4())
