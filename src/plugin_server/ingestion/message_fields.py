@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from plugin_server.ingestion.short_text_cache import cache_short_texts
 from plugin_server.ingestion.storable import int_like_orjson, may_need_scrubbing, scrub
 from plugin_server.ingestion.types import RawEvent
 
@@ -94,8 +95,11 @@ def distinct_id_text(value: Any) -> str:
 
 def parse_now(now: Any) -> datetime | None:
     """The task's `now` argument (ISO 8601, naive means UTC) as an aware time; None when unreadable."""
-    if not isinstance(now, str):
-        return None
+    return _parse_now_text(now) if isinstance(now, str) else None
+
+
+@cache_short_texts  # the events of one request share their `now`
+def _parse_now_text(now: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(now)
     except ValueError:
