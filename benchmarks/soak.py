@@ -10,9 +10,11 @@ generator (a failed request is sent again, same uuids), each stamped with the ti
 a row's `created_at` is when the server inserted it. The faults, in turn: kill -9 of a worker, kill -9
 of the web process, Postgres stopped (`-m fast`) and started again, Postgres slowed (+50 ms each way),
 Valkey killed (kill -9) and started again on its append-only file, the export service hanging (longer
-than TASK_TIMEOUT, so the exports time out and are retried).
+than TASK_TIMEOUT, so the exports time out and are retried), kill -9 of the whole instance (the
+supervisor's process group) and a new server started.
 
     .venv/bin/python -m benchmarks.soak --events 1000000 --minutes 15 [--fault-every 60] [--plot soak.png]
+        [--faults worker,hang,...] [--env NAME=VALUE] [--keep-logs FOLDER]
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class RssTimeline(RssWatch):
         self._slots: dict[int, str] = {}
         self.start = time.monotonic()
         self.samples: list[tuple[float, dict[str, float]]] = []
+        self.lives: dict[int, tuple[str, list[float], list[float]]] = {}  # pid: role, seconds, MB
         self.load_averages: list[float] = []
 
     def sample(self) -> None:
@@ -158,8 +161,15 @@ class RssTimeline(RssWatch):
             roles["web"] = web
         if workers is not None:
             roles.update((self._slot(pid, workers), pid) for pid in workers)
-        memory = {role: mb for role, pid in roles.items() if (mb := rss_mb(pid)) > 0}
-        self.samples.append((time.monotonic() - self.start, memory))
+        at = time.monotonic() - self.start
+        memory = {}
+        for role, pid in roles.items():
+            if (mb := rss_mb(pid)) > 0:
+                memory[role] = mb
+                life = self.lives.setdefault(pid, (role, [], []))
+                life[1].append(at)
+                life[2].append(mb)
+        self.samples.append((at, memory))
         self.load_averages.append(os.getloadavg()[0])
 
     def _slot(self, pid: int, alive: list[int]) -> str:
@@ -356,6 +366,20 @@ def _ranges(numbers: list[int]) -> str:
     return shown + (f" and {len(runs) - 20} more runs" if len(runs) > 20 else "")
 
 
+def print_lives(lives: dict[int, tuple[str, list[float], list[float]]], warm_up: float) -> None:
+    """RSS flatness of each process that lived `warm_up` + 3 minutes, after its own warm-up (a
+    worker's slot mixes the lives of the workers that held it)."""
+    print(f"each process that lived {warm_up / 60 + 3:g} min or more, after its first {warm_up:.0f} s:")
+    for pid, (role, times, values) in lives.items():
+        if times[-1] - times[0] >= warm_up + 180:
+            started = times[0]
+            kept = flatness([at - started for at in times], values, warm_up)
+            print(
+                f"  {role:10} pid {pid:>7}  {started / 60:4.1f}-{times[-1] / 60:4.1f} min  "
+                f"max {max(values):.0f} MB  {kept}"
+            )
+
+
 def plot(path: Path, timeline: RssTimeline, result: Result, warm_up: float, fault_every: float) -> None:
     """RSS per process over time, with the faults marked, above latency per 10 s of sending."""
     import matplotlib
@@ -468,6 +492,7 @@ def main() -> None:
     print(f"load average (1 min) during the run: mean {statistics.fmean(loads):.1f}, max {max(loads):.1f}")
     for role, (times, values) in timeline.series().items():
         print(f"RSS {role:10} after {warm_up:.0f} s of warm-up: {flatness(times, values, warm_up)}")
+    print_lives(timeline.lives, warm_up)
     print(f"plot: {options.plot}")
     if (result.tally.lost, result.tally.doubled) != (
         0,

@@ -44,5 +44,9 @@ class HangingService:
             self.hung += 1
             self.up.wait(60)
             return 503, b"{}"
-        self.delivered.update(orjson.loads(request.body))
+        try:
+            numbers = orjson.loads(request.body)
+        except orjson.JSONDecodeError:  # a sender killed while sending
+            return 400, b"{}"
+        self.delivered.update(numbers)
         return 200, b"{}"
