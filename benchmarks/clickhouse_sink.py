@@ -9,7 +9,8 @@ end-to-end benchmark reads them from Postgres).
 
 It reports per event the wall time and the CPU time of the whole process (every thread: the event loop,
 the producer's poll thread, librdkafka's), which a busy machine disturbs less than the wall time;
-`--build-only` leaves the producer out; `--profile FILE` writes cProfile's statistics of the event loop's
+`--build-only` leaves the producer out; `--pipeline-work` keeps the event loop busy with plain Python
+work before each batch, as the pipeline keeps a worker's; `--profile FILE` writes cProfile's statistics of the event loop's
 thread (the poll thread is not in them: compare the CPU times).
 
     .venv/bin/python -m benchmarks.clickhouse_sink [--events 50000] [--batch 500] [--concurrency 10]
@@ -40,6 +41,17 @@ from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
 from plugin_server.sinks.kafka.current import CurrentFormat
 from plugin_server.sinks.kafka.original import OriginalFormat
 from plugin_server.sinks.kafka.records import KafkaFormat
+
+# The stand-in for the pipeline's work on a batch runs in this many steps, with an await between them.
+PIPELINE_STEPS = 20
+
+
+def pipeline_work(units: int) -> int:
+    """Plain Python work holding the GIL (about 25 units a microsecond on a quiet core)."""
+    total = 0
+    for unit in range(units):
+        total += unit
+    return total
 
 
 def prepared_events(count: int) -> list[PreparedEvent]:
@@ -87,6 +99,9 @@ async def measure(events: list[PreparedEvent], options: argparse.Namespace) -> t
 
         async def one(batch: list[PreparedEvent]) -> None:
             async with semaphore:
+                for _ in range(PIPELINE_STEPS):  # the pipeline's share, awaiting between steps
+                    pipeline_work(options.pipeline_work * len(batch) // PIPELINE_STEPS)
+                    await asyncio.sleep(0)
                 if producer is None:
                     found = await lookup({(event.team_id, event.distinct_id) for event in batch})
                     now = datetime.now(UTC)
@@ -116,6 +131,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10, help="batches in flight (TASKS_PER_WORKER)")
     parser.add_argument("--format", choices=["current", "original"], default="current")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--pipeline-work",
+        type=int,
+        default=0,
+        help="units of Python work per event before each batch is stored (the pipeline's share: with it "
+        "the event loop is busy as a worker's is, and the producer's threads wait for the GIL)",
+    )
     parser.add_argument("--build-only", action="store_true", help="build the records, produce nothing")
     parser.add_argument("--profile", help="a file for cProfile's statistics of the last round")
     options = parser.parse_args()

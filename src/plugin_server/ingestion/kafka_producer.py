@@ -147,12 +147,13 @@ class KafkaProducer:
             else:
                 self._producer.poll(POLL_SECONDS)
 
-    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None:
+    async def send(self, records: Sequence[Record], *, linger: bool = False) -> None:
         """Produce every record and wait until the broker acknowledged all of them.
 
-        `at_once`: the records are a whole batch, so send them without waiting for more to come
-        (linger.ms, KAFKA_FLUSH_FREQUENCY_MS): librdkafka is flushed once they are handed over. The ClickHouse
-        sinks do so, or every micro-batch would wait the linger before its acknowledgement.
+        The records are a whole batch (the ClickHouse sinks', plugin logs'), sent without waiting for more
+        to come: librdkafka is flushed once they are handed over, or every micro-batch would wait its
+        linger (linger.ms, KAFKA_FLUSH_FREQUENCY_MS) before its acknowledgement. With `linger` they wait
+        for other calls' records to join them in a request, as the capture API's events do.
 
         Records whose delivery failed for a passing reason are produced again until the delivery timeout.
         A failure can still leave other records of the call in their topics (Kafka has no partial
@@ -162,7 +163,7 @@ class KafkaProducer:
         deadline = time.monotonic() + self._delivery_timeout
         pending = list(records)
         while pending:
-            failed = await self._deliver(pending, deadline, at_once)
+            failed = await self._deliver(pending, deadline, linger)
             refused = [error for _, error in failed if not _passing(error)]
             if refused:
                 raise KafkaDeliveryError(_summary(refused, records))
@@ -173,7 +174,7 @@ class KafkaProducer:
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
 
     async def _deliver(
-        self, records: list[Record], deadline: float, at_once: bool
+        self, records: list[Record], deadline: float, linger: bool
     ) -> list[tuple[Record, KafkaError]]:
         """Produce the records; once each one is reported, those that failed, with their errors."""
         deliveries = DeliveryReports(asyncio.get_running_loop(), records)
@@ -181,10 +182,10 @@ class KafkaProducer:
             while not self._produce(record, deliveries.reporter(index)):
                 if time.monotonic() >= deadline:
                     raise KafkaUnavailableError("the Kafka producer queue stayed full")
-                if at_once:
+                if not linger:
                     self._flush_wanted.set()
                 await asyncio.sleep(QUEUE_FULL_WAIT_SECONDS)
-        if at_once:
+        if not linger:
             self._flush_wanted.set()
         await deliveries.done
         return deliveries.failed
@@ -256,11 +257,19 @@ def _settle(done: asyncio.Future[None]) -> None:
 
 
 class KafkaEnqueuer:
-    """The EventEnqueuer for KAFKA_ENABLED: events go to KAFKA_CONSUMPTION_TOPIC."""
+    """The EventEnqueuer for KAFKA_ENABLED: events go to KAFKA_CONSUMPTION_TOPIC, over `producer` (a
+    worker's one producer, which its owner closes) or else a producer of its own, closed with it."""
 
-    def __init__(self, settings: Settings, *, delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: KafkaProducer | None = None,
+        *,
+        delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS,
+    ) -> None:
         self._topic = settings.KAFKA_CONSUMPTION_TOPIC
-        self._producer = KafkaProducer(settings, delivery_timeout=delivery_timeout)
+        self._owned = producer is None
+        self._producer = producer or KafkaProducer(settings, delivery_timeout=delivery_timeout)
 
     async def enqueue(self, events: Sequence[CapturedEvent]) -> None:
         """Produce every event and wait for all acknowledgements; raise KafkaDeliveryError if any failed."""
@@ -268,10 +277,11 @@ class KafkaEnqueuer:
         for event in events:
             key, value = capture_message(event)
             records.append(Record(self._topic, value, key))
-        await self._producer.send(records)
+        await self._producer.send(records, linger=True)  # concurrent requests' events share requests
 
     async def close(self) -> None:
-        await self._producer.close()
+        if self._owned:
+            await self._producer.close()
 
 
 async def kafka_ready(settings: Settings, timeout: float = 2.0) -> str | None:

@@ -39,8 +39,8 @@ class ClickHouseTopicWriter:
         formats = settings.CLICKHOUSE_KAFKA_FORMAT
         return cls(clickhouse, formats, prefix=settings.KAFKA_PREFIX, protobuf_schema=schema)
 
-    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None:
-        """Insert the records, each topic's into its table (never held back, whatever `at_once`)."""
+    async def send(self, records: Sequence[Record]) -> None:
+        """Insert the records, each topic's into its table."""
         by_topic: dict[str, list[bytes]] = defaultdict(list)
         for record in records:
             by_topic[record.topic].append(record.value)
