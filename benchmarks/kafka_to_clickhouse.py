@@ -51,6 +51,7 @@ SESSION_TIMEOUT_MS = 6000
 @dataclass(frozen=True)
 class Run:
     server_rate: float  # events/s, first produce to the last commit
+    worker_cpu: float  # the workers' CPU microseconds (all their threads) per event, over the same span
     copy_rate: float | None  # events/s of the stand-in's copy into chDB (--store kafka)
 
 
@@ -118,11 +119,12 @@ def run_once(
         with running_server(Path(folder), env) as server:
             server.wait_for_web()
             wait_for(lambda: every_worker_assigned(server, workers), "no assignment of every worker", 60)
+            pids = server.worker_pids()
             with profiling(server, options, len(events)):
-                begin = time.perf_counter()
+                begin, cpu = time.perf_counter(), cpu_seconds(pids)
                 produce_captured(bootstrap, topic, events)
                 wait_for(done, "not every event committed", 600)
-                elapsed = time.perf_counter() - begin
+                elapsed, cpu = time.perf_counter() - begin, cpu_seconds(pids) - cpu
             assert server.stop() == 0
         copy_rate = None
         if not direct:
@@ -136,7 +138,17 @@ def run_once(
             check_events(client, len(events), bool(options.plugin))
         finally:
             client.close()
-    return Run(len(events) / elapsed, copy_rate)
+    return Run(len(events) / elapsed, cpu / len(events) * 1e6, copy_rate)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """The CPU time (user and system, every thread) the processes have used so far: on a shared machine
+    a steadier measure of the server's cost than the rate, which other processes' load moves."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -188,7 +200,11 @@ def main() -> None:
             copy = (
                 f", stand-in copy into chDB {runs[-1].copy_rate:,.0f} events/s" if runs[-1].copy_rate else ""
             )
-            print(f"run {number + 1}: server {runs[-1].server_rate:,.0f} events/s{copy}", flush=True)
+            rate, cpu = runs[-1].server_rate, runs[-1].worker_cpu
+            print(
+                f"run {number + 1}: server {rate:,.0f} events/s, workers' CPU {cpu:.0f} µs per event{copy}",
+                flush=True,
+            )
             print(f"  load average: {' '.join(f'{load:.1f}' for load in os.getloadavg())}", flush=True)
     rates = [run.server_rate for run in runs]
     plugin = options.plugin or "no plugins"
@@ -197,6 +213,7 @@ def main() -> None:
     )
     print("runs (events/s): " + ", ".join(f"{rate:,.0f}" for rate in rates))
     print(f"median: {statistics.median(rates):,.0f} events/s")
+    print(f"workers' CPU per event, median: {statistics.median(run.worker_cpu for run in runs):.0f} µs")
 
 
 if __name__ == "__main__":
