@@ -54,7 +54,11 @@ def raw_event(fields: Mapping[str, Any], data: Mapping[str, Any]) -> RawEvent:
 
 def client_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """`data` without the client's copies of the server's fields."""
-    return {key: value for key, value in data.items() if key not in SERVER_FIELDS}
+    fields = dict(data)
+    for name in SERVER_FIELDS:  # six lookups, rather than a test of every key of `data`
+        if name in fields:
+            del fields[name]
+    return fields
 
 
 def without_ip_property(properties: dict[str, Any]) -> dict[str, Any]:
