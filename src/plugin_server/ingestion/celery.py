@@ -162,6 +162,8 @@ def _event_arguments(task: CeleryTask) -> dict[str, Any]:
             f"{PROCESS_EVENT_TASK} takes at most {len(_EVENT_ARGUMENTS)} arguments, got {len(task.args)}"
         )
     arguments = dict(zip(_EVENT_ARGUMENTS, task.args, strict=False))
+    if len(arguments) == len(_EVENT_ARGUMENTS) and not task.kwargs:
+        return arguments  # the way capture sends them: all seven by position
     if task.kwargs:
         for name in _EVENT_ARGUMENTS:
             if name in task.kwargs:
