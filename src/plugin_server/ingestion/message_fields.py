@@ -79,8 +79,11 @@ def read_json(text: bytes | str, what: str) -> Any:
         except (ValueError, RecursionError) as error:  # also UnicodeDecodeError
             raise MalformedMessage(f"{what} is not valid JSON ({error})") from None
         return scrub(value)
-    raw = text.encode() if isinstance(text, str) else text
-    return scrub(value) if may_need_scrubbing(raw) else value
+    if isinstance(text, str):
+        if "\\" not in text:  # no escape at all (most texts): no need to encode it for the check
+            return value
+        text = text.encode()
+    return scrub(value) if may_need_scrubbing(text) else value
 
 
 def distinct_id_text(value: Any) -> str:
