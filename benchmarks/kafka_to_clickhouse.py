@@ -36,6 +36,7 @@ from tests.clickhouse_kafka_engine import copy_topics
 from tests.e2e.server import RunningServer, running_server
 from tests.kafka_broker import KafkaBroker, committed, create_topic, produce_captured, unique_topic
 
+from benchmarks.cpu import CpuMeter
 from benchmarks.kafka_to_postgres import make_events
 from benchmarks.profiling import profiled
 from benchmarks.services import benchmark_services, fresh_database
@@ -51,7 +52,9 @@ SESSION_TIMEOUT_MS = 6000
 @dataclass(frozen=True)
 class Run:
     server_rate: float  # events/s, first produce to the last commit
-    worker_cpu: float  # the workers' CPU microseconds (all their threads) per event, over the same span
+    # The workers' CPU µs per event (all their threads), over the same span: on a shared machine a
+    # steadier measure of the server's cost than the rate, which other processes' load moves.
+    worker_cpu: float
     copy_rate: float | None  # events/s of the stand-in's copy into chDB (--store kafka)
 
 
@@ -119,12 +122,13 @@ def run_once(
         with running_server(Path(folder), env) as server:
             server.wait_for_web()
             wait_for(lambda: every_worker_assigned(server, workers), "no assignment of every worker", 60)
-            pids = server.worker_pids()
+            meter = CpuMeter({"workers": server.worker_pids()})
             with profiling(server, options, len(events)):
-                begin, cpu = time.perf_counter(), cpu_seconds(pids)
+                begin = time.perf_counter()
+                meter.start()
                 produce_captured(bootstrap, topic, events)
                 wait_for(done, "not every event committed", 600)
-                elapsed, cpu = time.perf_counter() - begin, cpu_seconds(pids) - cpu
+                elapsed, cpu = time.perf_counter() - begin, meter.stop().per_event(len(events))["workers"]
             assert server.stop() == 0
         copy_rate = None
         if not direct:
@@ -138,17 +142,7 @@ def run_once(
             check_events(client, len(events), bool(options.plugin))
         finally:
             client.close()
-    return Run(len(events) / elapsed, cpu / len(events) * 1e6, copy_rate)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """The CPU time (user and system, every thread) the processes have used so far: on a shared machine
-    a steadier measure of the server's cost than the rate, which other processes' load moves."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return Run(len(events) / elapsed, cpu, copy_rate)
 
 
 @contextlib.contextmanager
