@@ -34,15 +34,6 @@ def clickhouse_ms(moment: datetime) -> str:
     )
 
 
-@lru_cache(maxsize=256)
 def clickhouse_seconds(moment: datetime) -> str:
     """'YYYY-MM-DD HH:MM:SS' (the original's TimestampFormat.ClickHouseSecondPrecision)."""
-    t = _utc(moment)
-    return "%04d-%02d-%02d %02d:%02d:%02d" % (  # noqa: UP031 (as above)
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-    )
+    return clickhouse_ms(moment)[:19]
