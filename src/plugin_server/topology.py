@@ -118,8 +118,11 @@ async def open_sinks(
 
         connection = ClickHouseConnection.for_writing(settings)
         try:
-            clickhouse = await connection.open()
-            yield _record_sinks(ClickHouseTopicWriter.for_settings(clickhouse, settings), settings, pool)
+            writer = ClickHouseTopicWriter.for_settings(await connection.open(), settings)
+            try:
+                yield _record_sinks(writer, settings, pool)
+            finally:
+                await writer.close()
         finally:
             await connection.close()
         return
