@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugin_server.sinks.kafka.records import json_bytes, json_text
+from plugin_server.jsvalues import json_bytes, json_text
 
 
 def test_string_keys_take_the_fast_path_and_other_keys_are_written_as_strings() -> None:
