@@ -11,7 +11,7 @@
 // the runtime then collects garbage, asks `stillOver()` in its next script, and discards the isolate when what the plugin holds plus what it asked for is still
 // past the budget.
 //
-//     (memory)(limitBytes) -> {report(control, refusedSlot, heldSlot), collect(), stillOver(),
+//     (memory)(limitBytes) -> {report(control, refusedSlot, heldSlot), collect(compact), stillOver(),
 //                              uncountedSharedBuffer(bytes)}
 //
 // The original constructors stay in this closure only: each wrapper takes the original's place as
@@ -251,8 +251,9 @@
         uncountedSharedBuffer(bytes) {
             return new OriginalSharedArrayBuffer(bytes);
         },
-        collect() {
-            collectGarbage();
+        /** A full collection; `compact` also gives the isolate's free pages back (as at memory pressure). */
+        collect(compact) {
+            collectGarbage(compact ? { type: "major", flavor: "last-resort" } : undefined);
         },
         /** After a collection (and the script after it, when the released buffers are counted): whether the last refused allocation would still not fit. */
         stillOver() {

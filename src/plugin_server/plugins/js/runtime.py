@@ -443,6 +443,14 @@ class Isolate:
             raise PluginError("the JavaScript runtime did not describe the plugin's exports")
         return exports
 
+    async def collect_garbage(self) -> None:
+        """A full garbage collection in the isolate (in a script, under the watchdog)."""
+        async with self._lock:
+            racer = self._racer
+            if racer is None:
+                raise self._closed_error()
+            await self._evaluate(racer, f"{self._entry}.collectGarbage(true)")
+
     async def declare_metrics(self, declared: dict[str, Any]) -> None:
         await self._request(b'["declareMetrics",%s]' % _json(declared))
 
@@ -972,6 +980,9 @@ class JSPlugin:
         try:
             if "setupPlugin" in self.methods:
                 await isolate.call("setupPlugin", [])
+            # What setting up left behind (the runtime's and the plugin's parsing, setupPlugin's
+            # garbage) would otherwise hold its pages in every idle isolate: a fifth of one's memory.
+            await isolate.collect_garbage()
         except BaseException:
             await isolate.close()
             raise
