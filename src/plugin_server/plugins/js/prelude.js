@@ -90,6 +90,9 @@
     const hasOwn = Object.hasOwn;
     const fromCharCode = String.fromCharCode;
     const dateNow = Date.now;
+    const stringIndexOf = String.prototype.indexOf;
+    const stringReplace = String.prototype.replace;
+    const regexExec = RegExp.prototype.exec;
     const MAX_DELAY_MS = 2147483647;
 
     const timeoutMs = options.timeoutMs;
@@ -112,9 +115,21 @@
         outbox[outbox.length] = message;
     }
 
+    // JSON.stringify spells a lone surrogate as an escape (`\udXXX`, after an even number of
+    // backslashes), which Python's JSON cannot read: one in a message would fail all of them.
+    const LONE_SURROGATE = /(?:^|[^\\])(?:\\\\)*\\ud[89a-f]/;
+    const LONE_SURROGATES = /(?<=(?:^|[^\\])(?:\\\\)*)\\ud[89a-f][0-9a-f]{2}/g;
+
+    function holdsLoneSurrogate(json) {
+        return apply(stringIndexOf, json, ["\\ud"]) !== -1 && apply(regexExec, LONE_SURROGATE, [json]) !== null;
+    }
+
     function takeOutbox() {
-        const text = "[" + outbox.join(",") + "]";
+        let text = "[" + outbox.join(",") + "]";
         outbox = [];
+        if (holdsLoneSurrogate(text)) {  // in a log line or an error message: written as U+FFFD
+            text = apply(stringReplace, text, [LONE_SURROGATES, "\\ufffd"]);
+        }
         return text;
     }
 
@@ -376,7 +391,14 @@
     }
 
     function eventOutcome(value) {
-        return value ? valueOutcome(value, "processEvent") : "[1,null]";
+        if (!value) {
+            return "[1,null]";
+        }
+        const outcome = valueOutcome(value, "processEvent");
+        if (holdsLoneSurrogate(outcome)) {  // refused for this event, as the server refuses it from any plugin
+            return errorOutcome(new NativeTypeError("processEvent returned an event that cannot be stored: a lone surrogate in its text"));
+        }
+        return outcome;
     }
 
     function done(callId, result) {

@@ -43,7 +43,7 @@ from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
 
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
-from plugin_server.plugins.events import checked_result, copy_event
+from plugin_server.plugins.events import checked_json_results, copy_event
 from plugin_server.plugins.instance import (
     METHODS,
     EventOutcome,
@@ -1032,7 +1032,7 @@ class JSPlugin:
                 raise PluginError("the JavaScript runtime returned a result per event of another batch")
         except Exception as error:
             return [error] * len(events)
-        return [_event_outcome(event, result) for event, result in zip(events, results, strict=True)]
+        return _event_outcomes(events, results)
 
     async def on_event(self, event: RawEvent) -> None:
         if "onEvent" in self.methods:
@@ -1090,8 +1090,20 @@ def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
     return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
 
 
-def _event_outcome(before: RawEvent, result: Any) -> EventOutcome:
-    try:
-        return checked_result(before, _outcome_value(result))
-    except Exception as error:  # what the plugin threw, or a result the server refuses
-        return error
+def _event_outcomes(events: list[RawEvent], results: list[Any]) -> list[EventOutcome]:
+    """Each event's outcome: what the plugin threw, or its result if the server can take it (parsed
+    from JSON by orjson, the results are checked all at once: see checked_json_results)."""
+    outcomes: list[EventOutcome] = [None] * len(events)
+    returned: list[int] = []
+    values: list[Any] = []
+    for index, result in enumerate(results):
+        try:
+            values.append(_outcome_value(result))
+        except Exception as error:  # what the plugin threw
+            outcomes[index] = error
+        else:
+            returned.append(index)
+    checked = checked_json_results([events[index] for index in returned], values)
+    for index, outcome in zip(returned, checked, strict=True):
+        outcomes[index] = outcome
+    return outcomes
