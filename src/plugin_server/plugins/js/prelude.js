@@ -14,7 +14,8 @@
 //                       non-enumerable, read-only)
 //   options             {timeoutMs, maxTimers, config, attachments: {key: {content_type, file_name, base64}},
 //                       randomSeed: 64 hex digits from the host's secure random source,
-//                       sourcePrefix: what the sourceURL of each of the plugin's files starts with}
+//                       sourcePrefix: what the sourceURL of each of the plugin's files starts with,
+//                       notSetUp: the names of the provided modules not set up in this isolate}
 //   api                 the meta API's declaration (meta/api.py, js_declaration): {operations: [{name,
 //                       shapes}], globals, logLevels, logAliases, metricMethods}. The functions of
 //                       `meta` (and of the `posthog` global) that post a host request are made from it.
@@ -22,8 +23,8 @@
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
 //   createUrl           the value of url.js (URL, URLSearchParams)
 //   createCrypto        the value of crypto.js (require('crypto'))
-//   createContrib       the value of contrib.js (require('@posthog/plugin-contrib'))
-//   createZlib          the value of zlib.js (require('zlib'))
+//   createContrib       the value of contrib.js (require('@posthog/plugin-contrib')), or null
+//   createZlib          the value of zlib.js (require('zlib')), or null
 //   libraries           more modules, in order: functions `(kit, modules) -> {name: module}` (stream.js,
 //                       pool.js, ...), given the `kit` below and the modules provided so far
 //
@@ -1174,20 +1175,24 @@
     const url = createUrl(utf8Encode, utf8Decode);
     const crypto = createCrypto({ encodeText, decodeBytes, bytesOf, wrapBytes, seed: options.randomSeed });
 
-    const contrib = createContrib({
-        setTimeout: (fn, ms) => pluginTimer(fn, ms, [], false),
-        clearTimeout: clearPluginTimer,
-        reportError: reportUncaught,
-    });
-
+    // contrib, zlib and the libraries are given only to the isolates of plugins that require them by
+    // name (provided.py); the others get null or fewer libraries.
     const MODULES = {
         "@posthog/plugin-scaffold": freeze({ RetryError }),
-        "@posthog/plugin-contrib": contrib,
-        zlib: createZlib({ encodeText, bytesOf, wrapBytes }),
         "node-fetch": fetch,
         url,
         crypto,
     };
+    if (createContrib !== null) {
+        MODULES["@posthog/plugin-contrib"] = createContrib({
+            setTimeout: (fn, ms) => pluginTimer(fn, ms, [], false),
+            clearTimeout: clearPluginTimer,
+            reportError: reportUncaught,
+        });
+    }
+    if (createZlib !== null) {
+        MODULES.zlib = createZlib({ encodeText, bytesOf, wrapBytes });
+    }
 
     // What the libraries get: host requests, the plugin's timers, bytes and text, error reports.
     const kit = freeze({
@@ -1224,10 +1229,20 @@
         return `Cannot import '${name}'! This package is not provided by PostHog in plugins.`;
     }
 
+    // Modules that are provided, but set up only for plugins whose code names them (provided.py).
+    const NOT_SET_UP = options.notSetUp || [];
+
+    function notSetUp(name) {
+        const bare = name.startsWith("node:") ? name.slice(5) : name;
+        return NOT_SET_UP.some((own) => bare === own || (own.endsWith("/") && bare.startsWith(own)));
+    }
+
     function requireProvided(name) {
         const found = providedModule(name);
         if (found === undefined) {
-            const error = new NativeError(notProvidedMessage(name));
+            const error = new NativeError(notSetUp(name)
+                ? `Cannot import '${name}' by a name the code computes: write require('${name}') (or import it) in the plugin's code, so that the plugin server sets the module up for it.`
+                : notProvidedMessage(name));
             error.code = "MODULE_NOT_FOUND";
             throw error;
         }

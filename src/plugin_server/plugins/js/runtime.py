@@ -32,7 +32,7 @@ import contextlib
 import itertools
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
@@ -58,7 +58,8 @@ from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
-from plugin_server.plugins.js.modules import JSModule, PluginModules, load_modules
+from plugin_server.plugins.js.modules import JSModule, PluginModules, is_relative, load_modules
+from plugin_server.plugins.js.provided import CORE, LIBRARIES, names_not_set_up, needed_files
 from plugin_server.plugins.js.timers import DEFAULT_TIMER_LIMITS, TimerBudget, TimerLimits
 from plugin_server.plugins.js.transpile import get_transpiler, guards_js, line_map, wrap_module
 from plugin_server.plugins.meta.api import HOST_OPERATIONS, LOG_LEVELS, METRIC_METHODS, js_declaration
@@ -136,17 +137,28 @@ class MemoryLimits:
         return int(self.array_buffers_mb * MIB)
 
 
-# The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker", "google", "snowflake")
-
-
-def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
-    """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js)."""
+def setup_script(
+    entry: str, options: dict[str, Any], array_buffer_bytes: int, required: Collection[str] | None = None
+) -> str:
+    """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js), with the
+    provided modules that a plugin requiring `required` by name needs (None: all; see provided.py)."""
+    needed = needed_files(required)
     memory = f"({js_source('memory')})({array_buffer_bytes})"
-    modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
-    libraries = "[" + ", ".join(js_source(name) for name in LIBRARIES) + "]"
+    core = (js_source(item.file) if item.file in needed else "null" for item in CORE)
+    libraries = "[" + ", ".join(js_source(item.file) for item in LIBRARIES if item.file in needed) + "]"
+    given = {**options, "notSetUp": names_not_set_up(needed)}
     arguments = ", ".join(
-        (js_string(entry), f"JSON.parse({js_string(_json(options))})", _API, memory, *modules, libraries)
+        (
+            js_string(entry),
+            f"JSON.parse({js_string(_json(given))})",
+            _API,
+            memory,
+            guards_js(),
+            js_source("url"),
+            js_source("crypto"),
+            *core,
+            libraries,
+        )
     )
     return f"({js_source('prelude')})({arguments})"
 
@@ -394,9 +406,11 @@ class Isolate:
         timeout: float,
         memory: MemoryLimits,
         options: dict[str, Any],
+        required: Collection[str] | None = None,
         timers: TimerLimits = DEFAULT_TIMER_LIMITS,
     ) -> Isolate:
-        """A new isolate (in the running event loop) with the prelude installed."""
+        """A new isolate (in the running event loop) with the prelude installed, and the provided
+        modules of a plugin that requires `required` by name (None: all; see setup_script)."""
         racer = new_racer()
         racer.set_hard_memory_limit(memory.heap_bytes)
         # The hard limit is checked against the heap used after any collection, garbage included; past
@@ -404,18 +418,18 @@ class Isolate:
         racer.set_soft_memory_limit(memory.heap_bytes // 2)
         isolate = cls(racer, host, timeout, memory, timers)
         try:
-            await isolate._install(options)
+            await isolate._install(options, required)
         except BaseException:
             await isolate.close()
             raise
         isolate._pump_task = isolate._loop.create_task(isolate._pump())
         return isolate
 
-    async def _install(self, options: dict[str, Any]) -> None:
+    async def _install(self, options: dict[str, Any], required: Collection[str] | None) -> None:
         racer = self._racer
         assert racer is not None
         control = await self._evaluate(
-            racer, setup_script(self._entry, options, self._memory.array_buffer_bytes)
+            racer, setup_script(self._entry, options, self._memory.array_buffer_bytes, required)
         )
         if not isinstance(control, memoryview):
             raise PluginError("the JavaScript prelude did not share its control buffer")
@@ -885,6 +899,9 @@ class JSPlugin:
             for module in modules.modules.values()
         ]
         self._main = modules.main
+        self._required = frozenset(
+            name for module in modules.modules.values() for name in module.requires if not is_relative(name)
+        )
         self._source_prefix = f"plugin-{self.plugin_config_id}/"
         self._timeout = options["timeout"]
         self._memory = options["memory"]
@@ -920,6 +937,7 @@ class JSPlugin:
             timeout=self._timeout,
             memory=self._memory,
             options=self._options(),
+            required=self._required,
             timers=self._timers,
         )
         try:
