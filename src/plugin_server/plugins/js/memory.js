@@ -48,7 +48,7 @@
 
     function setHeld(bytes) {
         heldBytes = bytes;
-        control[heldSlot] = bytes / 1024;
+        control[heldSlot] = Math.ceil(bytes / 1024);  // never less than held: the runtime acts past half the budget
     }
     const released = new FinalizationRegistry((bytes) => {
         setHeld(heldBytes - bytes);
@@ -253,7 +253,11 @@
         },
         /** A full collection; `compact` also gives the isolate's free pages back (as at memory pressure). */
         collect(compact) {
-            collectGarbage(compact ? { type: "major", flavor: "last-resort" } : undefined);
+            if (compact) {
+                collectGarbage({ type: "major", flavor: "last-resort" });
+            } else {
+                collectGarbage();
+            }
         },
         /** After a collection (and the script after it, when the released buffers are counted): whether the last refused allocation would still not fit. */
         stillOver() {
