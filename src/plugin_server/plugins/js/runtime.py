@@ -80,6 +80,9 @@ TRANSFER_BYTES = 64 * 1024
 MAX_BUSY_WAITS = 3
 # Seconds to wait for a terminated isolate to answer again before it is considered stuck.
 PROBE_SECONDS = 1.0
+# An isolate that ran no script for this long is compacted (a garbage collection that gives its free
+# pages back): what its last batch left would otherwise stay in the memory of every idle isolate.
+IDLE_COMPACT_SECONDS = 5.0
 # A call whose isolate shows no sign of life for TASK_TIMEOUT plus this long is given up.
 BACKSTOP_SECONDS = 5.0
 # The scheduled tasks a plugin may export (any other runEvery* function is ignored, as in the original).
@@ -393,6 +396,7 @@ class Isolate:
         self._operations: set[asyncio.Task[Any]] = set()
         self._running: asyncio.Task[Any] | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None  # compacts the isolate once it has been idle
         # Shared with the isolate (see prelude.js): the control counters, and the request's bytes.
         self._control: memoryview | None = None
         self._transfer: memoryview | None = None
@@ -456,6 +460,20 @@ class Isolate:
         if not isinstance(exports, dict):
             raise PluginError("the JavaScript runtime did not describe the plugin's exports")
         return exports
+
+    def _compact_when_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self._loop.call_later(IDLE_COMPACT_SECONDS, self._spawn_compaction)
+
+    def _spawn_compaction(self) -> None:
+        self._idle = None
+        if self._racer is not None:
+            self._spawn(self._compact())
+
+    async def _compact(self) -> None:
+        with contextlib.suppress(PluginError, _Interrupted):  # lost or busy: the next call sees to it
+            await self.collect_garbage()
 
     async def collect_garbage(self) -> None:
         """A full garbage collection in the isolate (in a script, under the watchdog)."""
@@ -562,6 +580,7 @@ class Isolate:
             if request is not None:
                 await self._put(racer, _ascii(request), number)
             result = await self._evaluate(racer, script)
+            self._compact_when_idle()
             await self._check_array_buffers(racer)
             if isinstance(result, str):
                 with contextlib.suppress(orjson.JSONDecodeError):
@@ -863,6 +882,8 @@ class Isolate:
         self._timers.clear()
         if self._round is not None:
             self._round.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         self._due.clear()
         self._timer_inbox.clear()
         self._inbox.clear()
