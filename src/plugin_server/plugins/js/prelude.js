@@ -21,7 +21,7 @@
 //                       `meta` (and of the `posthog` global) that post a host request are made from it.
 //   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
-//   createUrl           the value of url.js (URL, URLSearchParams)
+//   createUrl           a function returning the value of url.js (URL, URLSearchParams), called on first use
 //   createCrypto        the value of crypto.js (require('crypto'))
 //   createContrib       the value of contrib.js (require('@posthog/plugin-contrib')), or null
 //   createZlib          the value of zlib.js (require('zlib')), or null
@@ -1172,7 +1172,16 @@
 
     // ------------------------------------------------------------------ require
 
-    const url = createUrl(utf8Encode, utf8Decode);
+    // url.js's code is compiled and run on first use (URL, URLSearchParams, require('url')): most
+    // plugins never use it, and every isolate would hold what it makes.
+    let url;
+
+    function urlModule() {
+        if (url === undefined) {
+            url = createUrl()(utf8Encode, utf8Decode);
+        }
+        return url;
+    }
     const crypto = createCrypto({ encodeText, decodeBytes, bytesOf, wrapBytes, seed: options.randomSeed });
 
     // contrib, zlib and the libraries are given only to the isolates of plugins that require them by
@@ -1180,9 +1189,9 @@
     const MODULES = {
         "@posthog/plugin-scaffold": freeze({ RetryError }),
         "node-fetch": fetch,
-        url,
         crypto,
     };
+    defineProperty(MODULES, "url", { get: urlModule, enumerable: true });
     if (createContrib !== null) {
         MODULES["@posthog/plugin-contrib"] = createContrib({
             setTimeout: (fn, ms) => pluginTimer(fn, ms, [], false),
@@ -1717,7 +1726,6 @@
 
     const globals = {
         console, fetch, posthog, RetryError, Buffer, TextEncoder, TextDecoder, Headers, Response, atob, btoa,
-        URL: url.URL, URLSearchParams: url.URLSearchParams,
         setTimeout: (fn, ms, ...args) => pluginTimer(fn, ms, args, false),
         setInterval: (fn, ms, ...args) => pluginTimer(fn, ms, args, true),
         setImmediate: (fn, ...args) => pluginTimer(fn, 0, args, false),
@@ -1738,6 +1746,19 @@
         } else {
             defineProperty(global, name, { value: globals[name], writable: true, configurable: true, enumerable: false });
         }
+    }
+    // URL and URLSearchParams become plain globals, like the others, when first read or assigned.
+    for (const name of ["URL", "URLSearchParams"]) {
+        const settle = (value) => {
+            defineProperty(global, name, { value, writable: true, configurable: true, enumerable: false });
+            return value;
+        };
+        defineProperty(global, name, {
+            get: () => settle(urlModule()[name]),
+            set: settle,
+            configurable: true,
+            enumerable: false,
+        });
     }
     // mini-racer's own timer, replaced above: its callbacks would run outside the runtime's control.
     global.__timer_manager = undefined;

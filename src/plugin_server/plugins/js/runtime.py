@@ -157,7 +157,7 @@ def setup_script(
             _API,
             memory,
             guards_js(),
-            js_source("url"),
+            f"function () {{ return ({js_source('url')}); }}",  # not parenthesized: V8 compiles it on first use
             js_source("crypto"),
             *core,
             libraries,
