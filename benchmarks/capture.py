@@ -41,6 +41,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tests.kafka_broker import KafkaBroker, free_port, read_topic
 
+from benchmarks.cpu import tree_cpu_seconds
+from benchmarks.profiling import profiled, py_spy
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
 
 LUA_SCRIPT = Path(__file__).with_suffix(".lua")
@@ -298,16 +300,6 @@ def events_received(url: str) -> int:
         time.sleep(0.3)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its descendants so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
-
-
 @dataclass(frozen=True)
 class WrkResult:
     requests: int  # answered with 2xx/3xx (wrk counts >= 400 as `refused`)
@@ -335,32 +327,6 @@ def run_wrk(url: str, shape: Shape, bodies: Path, options: argparse.Namespace) -
     )
 
 
-@contextlib.contextmanager
-def profiled(pids: list[int], output: Path | None, seconds: int) -> Iterator[None]:
-    """py-spy samples each web process while the block runs (folded stacks, for speedscope or
-    flamegraph), into `output` with the process's number added."""
-    if output is None:
-        yield
-        return
-    recorders = []
-    for number, pid in enumerate(pids):
-        command = [_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"]
-        command += ["--nonblocking", "--format", "raw", "--output", f"{output}-web{number}.txt"]
-        recorders.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    try:
-        yield
-    finally:
-        for recorder in recorders:
-            recorder.wait(seconds + 30)
-
-
-def _py_spy() -> str:
-    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if not found:
-        sys.exit("--profile needs py-spy: .venv/bin/pip install py-spy")
-    return found
-
-
 # --- the benchmark ------------------------------------------------------------------------------
 
 
@@ -373,12 +339,17 @@ def run_queue(
         for index, shape in enumerate(SHAPES):
             queue.reset()
             before = events_received(url)
-            profile = options.profile / f"{queue.name}-{index + 1}" if options.profile else None
-            cpu_before = sum(map(cpu_seconds, pids))
-            with profiled(pids, profile, options.duration):
+            suffix = "svg" if options.flamegraph else "txt"
+            profiles = {
+                options.profile / f"{queue.name}-{index + 1}-web{number}.{suffix}": pid
+                for number, pid in enumerate(pids)
+                if options.profile
+            }
+            cpu_before = sum(map(tree_cpu_seconds, pids))
+            with profiled(profiles, options.duration):
                 result = run_wrk(url, shape, bodies / str(index), options)
             accepted = events_received(url) - before
-            cpu_per_request = (sum(map(cpu_seconds, pids)) - cpu_before) / max(
+            cpu_per_request = (sum(map(tree_cpu_seconds, pids)) - cpu_before) / max(
                 1, accepted // shape.events_per_request
             )
             queued = queue.count(accepted)
@@ -424,11 +395,17 @@ def main() -> None:
     parser.add_argument("--queue", choices=["redis", "kafka", "both"], default="both")
     parser.add_argument("--linger-ms", type=int, default=5, help="KAFKA_FLUSH_FREQUENCY_MS (default 5)")
     parser.add_argument("--profile", type=Path, help="record py-spy profiles of the web process here")
+    parser.add_argument(
+        "--flamegraph",
+        action="store_true",
+        help="with --profile: SVG flame graphs with native frames (py-spy pauses the process to sample)"
+        " instead of raw folded stacks",
+    )
     options = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("this benchmark needs wrk: apt-get install -y wrk (or brew install wrk)")
     if options.profile:
-        _py_spy()
+        py_spy()
         options.profile.mkdir(parents=True, exist_ok=True)
     header = machine()
     rows = []

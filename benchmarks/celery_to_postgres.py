@@ -3,13 +3,18 @@
 10,000 `process_event_with_plugins` messages (100 distinct persons, team 2, ~10 properties each) are
 pushed to the Celery list of a running server; the clock runs from the first push until all 10,000
 rows are in posthog_event. Uses DATABASE_URL / REDIS_URL when set, otherwise starts embedded servers.
+Each run prints the CPU time per event of every process taking part (benchmarks/cpu.py); `--limit`
+then measures what Postgres and Python alone would need (benchmarks/limit.py), `--profile FOLDER`
+records flame graphs of the workers and the web process during the first run.
 
     .venv/bin/python -m benchmarks.celery_to_postgres [--events 10000] [--runs 3] [--plugin python-benchmark]
+        [--limit] [--profile FOLDER]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -17,27 +22,36 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import redis
+from tests.e2e.server import RunningServer
 from tests.kafka_broker import free_port
 
+from benchmarks.cpu import CpuMeter, CpuUse
+from benchmarks.limit import measure_limit
+from benchmarks.profiling import profiled, py_spy
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 
 QUEUE = "posthog-plugins"
+PROFILE_DELAY = 1.0  # seconds into the run
+PROFILE_SECONDS = 3
 
 
-def event_data(index: int, now: str) -> tuple[str, dict[str, Any]]:
-    """The distinct id and `data` of the benchmark's event number `index` (100 persons)."""
+def event_data(index: int, captured: datetime) -> tuple[str, dict[str, Any]]:
+    """The distinct id and `data` of the benchmark's event number `index` (100 persons), captured at
+    `captured`; each event has a timestamp of its own, a millisecond apart, as a client's events do."""
     person = index % 100
     data = {
         "event": "$pageview" if index % 3 else "clicked button",
-        "timestamp": now,
+        "timestamp": (captured - timedelta(milliseconds=index % 100_000)).isoformat(),
         "properties": {
             "$current_url": f"https://example.com/page/{index % 17}",
             "$browser": "Chrome",
@@ -55,16 +69,26 @@ def event_data(index: int, now: str) -> tuple[str, dict[str, Any]]:
 
 
 def make_messages(count: int) -> list[bytes]:
-    now = datetime.now(UTC).isoformat()
+    captured = datetime.now(UTC)
+    now = captured.isoformat()
     messages = []
     for index in range(count):
-        distinct_id, data = event_data(index, now)
+        distinct_id, data = event_data(index, captured)
         args = [distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now]
         messages.append(encode_task(PROCESS_EVENT_TASK, args, queue=QUEUE))
     return messages
 
 
-def run_once(database_url: str, redis_url: str, messages: list[bytes], plugin: str | None) -> float:
+@dataclass(frozen=True)
+class Run:
+    rate: float  # events/s
+    cpu: CpuUse  # of every process taking part, over the timed interval
+    database_url: str  # the run's database, with its rows (until the next run)
+
+
+def run_once(
+    database_url: str, redis_url: str, messages: list[bytes], plugin: str | None, profile: Path | None = None
+) -> Run:
     client = redis.Redis.from_url(redis_url)
     client.delete(QUEUE)
 
@@ -72,7 +96,7 @@ def run_once(database_url: str, redis_url: str, messages: list[bytes], plugin: s
         for offset in range(0, len(messages), 1000):
             client.lpush(QUEUE, *messages[offset : offset + 1000])
 
-    return timed_run(database_url, redis_url, push, len(messages), plugin)
+    return timed_run(database_url, redis_url, push, len(messages), plugin, profile=profile)
 
 
 def timed_run(
@@ -83,10 +107,14 @@ def timed_run(
     plugin: str | None,
     env: dict[str, str] | None = None,
     started: Callable[[Path], bool] = lambda _log: True,
-) -> float:
-    """Events/s of a server (default settings, `env` on top) on a fresh database: from the first
+    processes: Mapping[str, int] | None = None,
+    profile: Path | None = None,
+) -> Run:
+    """Events/s of a server (default settings, `env` on top) on a fresh database, from the first
     message `push` sends, once the server is up and `started` says so of its log, until `count` rows
-    are in posthog_event."""
+    are in posthog_event; with the CPU time of the server's processes, Postgres, Valkey, `processes`
+    (kind -> pid) and this process. `profile`: a folder for flame graphs of the workers and the web
+    process, sampled for PROFILE_SECONDS from PROFILE_DELAY seconds after the first message."""
     database_url = fresh_database(database_url, plugin)
     client = redis.Redis.from_url(redis_url)
     env = {
@@ -112,16 +140,49 @@ def timed_run(
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server did not start consuming:\n{log.read_text()}")
                 time.sleep(0.1)
-            begin = time.perf_counter()
-            push()
-            _wait_for_rows(database_url, count)
-            elapsed = time.perf_counter() - begin
+            running = RunningServer(server, log, env)
+            web, workers = running.web_pid(), running.worker_pids()
+            with psycopg.connect(database_url, autocommit=True) as counter:
+                kinds = {"supervisor": [server.pid], "workers": workers, "web": [web]}
+                kinds |= service_pids(counter, client) | {
+                    kind: [pid] for kind, pid in (processes or {}).items()
+                }
+                meter = CpuMeter(kinds, own="benchmark")
+                targets = (
+                    {profile / f"worker-{n + 1}.svg": pid for n, pid in enumerate(workers)} if profile else {}
+                )
+                targets |= {profile / "web.svg": web} if profile else {}
+                with profiled(targets, PROFILE_SECONDS, PROFILE_DELAY):
+                    meter.start()
+                    begin = time.perf_counter()
+                    push()
+                    _wait_for_rows(counter, count)
+                    elapsed = time.perf_counter() - begin
+                    cpu = meter.stop()
             if plugin:
                 _check_plugin_ran(database_url, count)
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    return count / elapsed
+    return Run(count / elapsed, cpu, database_url)
+
+
+def service_pids(connection: psycopg.Connection[Any], client: redis.Redis) -> dict[str, list[int]]:
+    """The Postgres server (its postmaster: every backend is its child) and the Valkey server, when
+    they run on this machine; the backend of `connection` (the benchmark's own) apart."""
+    kinds = {}
+    row = connection.execute("SELECT pg_backend_pid()").fetchone()
+    assert row is not None
+    with contextlib.suppress(psutil.Error):
+        backend = psutil.Process(row[0])
+        if backend.name().startswith("postgres"):
+            kinds["postgres"] = [backend.ppid()]
+            kinds["pg poll"] = [backend.pid]
+    with contextlib.suppress(psutil.Error):
+        valkey = psutil.Process(int(client.info("server")["process_id"]))
+        if valkey.name().startswith(("valkey", "redis")):
+            kinds["valkey"] = [valkey.pid]
+    return kinds
 
 
 def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:
@@ -134,16 +195,21 @@ def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:
     time.sleep(1.0)  # workers connect after the first ping
 
 
-def _wait_for_rows(database_url: str, expected: int, timeout: float = 300) -> None:
+def _wait_for_rows(connection: psycopg.Connection[Any], expected: int, timeout: float = 300) -> None:
+    """Until `expected` rows are in posthog_event. Polled by the largest id (an index lookup), counted
+    only once that is reached: a COUNT(*) every 20 ms cost Postgres about a seventh of the CPU of a
+    50,000-event run, more the longer the run."""
     deadline = time.monotonic() + timeout
-    with psycopg.connect(database_url, autocommit=True) as connection:
-        while True:
+    while True:
+        row = connection.execute("SELECT max(id) FROM posthog_event").fetchone()
+        if row and (row[0] or 0) >= expected:
+            # ids of rolled-back inserts are never used: count what is there
             row = connection.execute("SELECT COUNT(*) FROM posthog_event").fetchone()
             if row and row[0] >= expected:
                 return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {row} of {expected} events stored")
-            time.sleep(0.02)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {row} of {expected} events stored")
+        time.sleep(0.02)
 
 
 def _check_plugin_ran(database_url: str, expected: int) -> None:
@@ -163,14 +229,37 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--plugin", help="a plugin folder under benchmarks/plugins to enable for the team")
+    parser.add_argument("--limit", action="store_true", help="then measure the limit (benchmarks/limit.py)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="a folder for flame graphs of the workers and the web process (first run)",
+    )
     options = parser.parse_args()
+    if options.profile:
+        py_spy()
+        options.profile.mkdir(parents=True, exist_ok=True)
     messages = make_messages(options.events)
+    runs: list[Run] = []
     with benchmark_services() as (database_url, redis_url):
-        rates = [run_once(database_url, redis_url, messages, options.plugin) for _ in range(options.runs)]
+        for number in range(options.runs):
+            runs.append(run_once(database_url, redis_url, messages, options.plugin, options.profile))
+            options.profile = None  # the first run only
+            print(f"run {number + 1}: {runs[-1].rate:,.0f} events/s; {runs[-1].cpu.summary(options.events)}")
+        limit = measure_limit(database_url, runs[-1].database_url, messages) if options.limit else None
     plugin = f"plugin {options.plugin}" if options.plugin else "no plugins"
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     print(f"celery -> postgres, {options.events} events, {plugin}, default settings, {os.cpu_count()} cores")
-    print("runs (events/s): " + ", ".join(f"{rate:,.0f}" for rate in rates))
-    print(f"median: {statistics.median(rates):,.0f} events/s")
+    print(f"load average at the end: {load}")
+    print("runs (events/s): " + ", ".join(f"{run.rate:,.0f}" for run in runs))
+    median = statistics.median(run.rate for run in runs)
+    print(f"median: {median:,.0f} events/s")
+    if limit:
+        valkey = statistics.median(run.cpu.per_event(options.events).get("valkey", 0.0) for run in runs) / 1e6
+        print(limit.summary())
+        print(
+            f"{limit.formula(valkey)}; the pipeline's median is {median / limit.events_per_second(valkey):.1%} of it"
+        )
 
 
 if __name__ == "__main__":

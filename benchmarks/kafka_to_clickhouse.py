@@ -36,8 +36,8 @@ from tests.clickhouse_kafka_engine import copy_topics
 from tests.e2e.server import RunningServer, running_server
 from tests.kafka_broker import KafkaBroker, committed, create_topic, produce_captured, unique_topic
 
-from benchmarks.capture import profiled
 from benchmarks.kafka_to_postgres import make_events
+from benchmarks.profiling import profiled
 from benchmarks.services import benchmark_services, fresh_database
 from plugin_server.config import Settings, load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
@@ -148,9 +148,7 @@ def profiling(server: RunningServer, options: argparse.Namespace, count: int) ->
     folder = Path(options.profile)
     folder.mkdir(parents=True, exist_ok=True)
     seconds = max(3, min(20, count // 10_000))
-    with contextlib.ExitStack() as stack:
-        for pid in server.worker_pids():
-            stack.enter_context(profiled(pid, folder / f"worker-{pid}.txt", seconds))
+    with profiled({folder / f"worker-{pid}.txt": pid for pid in server.worker_pids()}, seconds):
         yield
 
 

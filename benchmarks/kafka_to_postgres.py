@@ -8,6 +8,7 @@ has its partitions, and stops when all rows are in posthog_event. Default settin
 (one consumer per worker, WORKER_CONCURRENCY workers).
 
     .venv/bin/python -m benchmarks.kafka_to_postgres [--events 100000] [--runs 3] [--plugin js-benchmark]
+        [--profile FOLDER]
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from tests.kafka_broker import KafkaBroker, create_topic, produce_captured, unique_topic
 
-from benchmarks.celery_to_postgres import event_data, make_messages, run_once, timed_run
+from benchmarks.celery_to_postgres import Run, event_data, make_messages, run_once, timed_run
+from benchmarks.profiling import py_spy
 from benchmarks.services import TEAM_ID, benchmark_services
 from plugin_server.config import load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
@@ -32,10 +34,11 @@ SESSION_TIMEOUT_MS = 6000
 
 
 def make_events(count: int) -> list[CapturedEvent]:
-    now = datetime.now(UTC).isoformat()
+    captured = datetime.now(UTC)
+    now = captured.isoformat()
     events = []
     for index in range(count):
-        distinct_id, data = event_data(index, now)
+        distinct_id, data = event_data(index, captured)
         events.append(
             CapturedEvent(
                 distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now, str(uuid.uuid4())
@@ -45,8 +48,14 @@ def make_events(count: int) -> list[CapturedEvent]:
 
 
 def kafka_run(
-    database_url: str, redis_url: str, bootstrap: str, events: list[CapturedEvent], plugin: str | None
-) -> float:
+    database_url: str,
+    redis_url: str,
+    broker: KafkaBroker,
+    events: list[CapturedEvent],
+    plugin: str | None,
+    profile: Path | None = None,
+) -> Run:
+    bootstrap = broker.bootstrap
     topic = unique_topic("bench")
     workers = load_settings({}).worker_count
     create_topic(bootstrap, topic, max(2, workers))
@@ -69,7 +78,9 @@ def kafka_run(
         return len(owners) == workers and all(owners.values())
 
     push = partial(produce_captured, bootstrap, topic, events)
-    return timed_run(database_url, redis_url, push, len(events), plugin, env, assigned)
+    return timed_run(
+        database_url, redis_url, push, len(events), plugin, env, assigned, {"tansu": broker.pid}, profile
+    )
 
 
 def main() -> None:
@@ -81,16 +92,28 @@ def main() -> None:
     parser.add_argument(
         "--plugin", default="js-benchmark", help="a plugin under benchmarks/plugins ('' for none)"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="a folder for flame graphs of the workers and web process (first pair)"
+    )
     options = parser.parse_args()
     plugin = options.plugin or None
+    if options.profile:
+        py_spy()
     messages, events = make_messages(options.events), make_events(options.events)
     celery: list[float] = []
     kafka: list[float] = []
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
         for _ in range(options.runs):
-            celery.append(run_once(database_url, redis_url, messages, plugin))
-            kafka.append(kafka_run(database_url, redis_url, broker.bootstrap, events, plugin))
-            print(f"celery {celery[-1]:,.0f} events/s, kafka {kafka[-1]:,.0f} events/s", flush=True)
+            for name, rates, run in (
+                ("celery", celery, partial(run_once, database_url, redis_url, messages, plugin)),
+                ("kafka", kafka, partial(kafka_run, database_url, redis_url, broker, events, plugin)),
+            ):
+                profile = options.profile / name if options.profile and len(rates) == 0 else None
+                if profile:
+                    profile.mkdir(parents=True, exist_ok=True)
+                result = run(profile=profile)
+                rates.append(result.rate)
+                print(f"{name} {result.rate:,.0f} events/s; {result.cpu.summary(options.events)}", flush=True)
     load = os.getloadavg()
     print(f"{options.events} events, {plugin or 'no plugins'}, default settings, {os.cpu_count()} cores")
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")

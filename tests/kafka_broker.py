@@ -71,6 +71,12 @@ class KafkaBroker:
         self.stop()
         raise RuntimeError(f"tansu did not accept connections on {self.bootstrap} within {timeout} s")
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id (it must be running)."""
+        assert self._process is not None, "the broker is not running"
+        return self._process.pid
+
     def stop(self) -> None:
         if self._process is None:
             return

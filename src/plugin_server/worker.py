@@ -44,6 +44,7 @@ from plugin_server.plugins.run import PluginRunner
 from plugin_server.plugins.services import WorkerPlugins
 from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.process_signals import obey_only_the_supervisor
+from plugin_server.services.gc_tuning import tune_garbage_collector
 from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
@@ -166,6 +167,7 @@ class Worker:
             ]
             for source in sources:
                 await source.start()
+            tune_garbage_collector()  # start-up is done: what is alive now lives as long as the worker
             helpers = [
                 asyncio.create_task(self._housekeeping(sources)),
                 asyncio.create_task(self._listen_for_reloads(redis_client, worker_plugins)),

@@ -596,6 +596,10 @@ class _BatchRun:
             self.manager.illegal_distinct_ids += 1
         elif step.alias_of is not None:
             await self.alias(step.key, step.alias_of, identify=step.identify)
+        self.apply_properties(step)
+
+    def apply_properties(self, step: _Step) -> None:
+        """The step's person (created if it has none) with the step's property changes pending."""
         if step.key not in self.known:
             return  # seen recently, so it has a person, and this event sets no properties
         person = self.known[step.key]
@@ -784,7 +788,10 @@ class PersonManager:
             try:
                 await run.load(wanted)
                 for step in steps:
-                    await run.apply(step)
+                    if step.illegal or step.alias_of is not None:
+                        await run.apply(step)
+                    else:  # most events: no awaiting, so no coroutine each
+                        run.apply_properties(step)
                 await run.flush()
             except BaseException:
                 changes.extend(run.changes)

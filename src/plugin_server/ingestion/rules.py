@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from plugin_server.ingestion.elements import elements_from_properties
+from plugin_server.ingestion.short_text_cache import cache_short_texts
 from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH
 from plugin_server.ingestion.types import Element, InvalidEvent, PreparedEvent, RawEvent
 from plugin_server.jsvalues import js_string
@@ -92,19 +93,23 @@ def parse_timestamp(value: object) -> datetime | None:
     """An ISO 8601 string (offset, 'Z' or none = UTC; date only; any fraction length), a datetime,
     or a number of epoch milliseconds (as `new Date(n)`), as an aware UTC datetime; None if invalid."""
     if isinstance(value, str):
-        try:
-            parsed: datetime | None = datetime.fromisoformat(value)
-        except ValueError:
-            parsed = _parse_lenient(value)
-    elif isinstance(value, datetime):
-        parsed = value
-    elif type(value) is int or type(value) is float:
+        return _parse_text(value)
+    if isinstance(value, datetime):
+        return _to_utc_ms(value)
+    if type(value) is int or type(value) is float:
         try:
             return _EPOCH + timedelta(milliseconds=int(value))
         except (ValueError, OverflowError):  # NaN, infinity, out of range
             return None
-    else:
-        return None
+    return None
+
+
+@cache_short_texts  # the events of one request share their `now` and `sent_at`
+def _parse_text(text: str) -> datetime | None:
+    try:
+        parsed: datetime | None = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = _parse_lenient(text)
     return None if parsed is None else _to_utc_ms(parsed)
 
 

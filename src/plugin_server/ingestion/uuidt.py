@@ -10,21 +10,23 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import uuid
 
 
-def _compose(unix_ms: int, tail: bytes) -> uuid.UUID:
+def _compose(unix_ms: int, tail: bytes) -> str:
+    """The uuid's text, formatted here: building a `uuid.UUID` to print it costs twice as much, once
+    for every event that arrives without a uuid."""
     raw = bytearray((unix_ms & 0xFFFF_FFFF_FFFF).to_bytes(6, "big") + tail[:10])
     raw[6] = (raw[6] & 0x0F) | 0x70  # version 7: time-ordered, like UUIDT
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return uuid.UUID(bytes=bytes(raw))
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def uuidt(unix_ms: int | None = None) -> str:
     """A new time-ordered uuid."""
-    return str(_compose(int(time.time() * 1000) if unix_ms is None else unix_ms, os.urandom(10)))
+    return _compose(int(time.time() * 1000) if unix_ms is None else unix_ms, os.urandom(10))
 
 
 def uuidt_for_message(unix_ms: int, message_id: str) -> str:
     """A time-ordered uuid that is always the same for the same message id and time."""
-    return str(_compose(unix_ms, hashlib.blake2b(message_id.encode(), digest_size=10).digest()))
+    return _compose(unix_ms, hashlib.blake2b(message_id.encode(), digest_size=10).digest())
