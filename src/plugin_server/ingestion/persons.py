@@ -40,10 +40,9 @@ from psycopg.errors import DeadlockDetected, IntegrityError, SerializationFailur
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.rules import is_illegal_distinct_id
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.jsvalues import js_string
+from plugin_server.jsvalues import js_string, json_text
 
 log = logging.getLogger(__name__)
 
