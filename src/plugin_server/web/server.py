@@ -23,6 +23,7 @@ from plugin_server.topology import open_reads
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
 from plugin_server.web.health import WorkerStatus
+from plugin_server.web.http_protocol import HttpProtocol
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
             access_log=False,  # one line per captured request would drown everything else
             proxy_headers=False,  # the capture API reads X-Forwarded-For itself, from TRUSTED_PROXIES only
             lifespan="off",
+            http=HttpProtocol,  # httptools, with each answer's head and body in one write
         )
         listening = shared_socket(settings.WEB_HOSTNAME, settings.WEB_PORT)
         stack.callback(listening.close)
