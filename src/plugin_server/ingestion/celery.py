@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
 from typing import Any, NamedTuple
 
 import orjson
@@ -23,7 +22,7 @@ from plugin_server.ingestion.message_fields import (
     unix_ms,
 )
 from plugin_server.ingestion.types import RawEvent
-from plugin_server.ingestion.uuidt import uuidt, uuidt_for_message
+from plugin_server.ingestion.uuidt import random_id, uuidt, uuidt_for_message
 
 PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
@@ -132,7 +131,7 @@ def encode_task(
     task_id: str | None = None,
 ) -> bytes:
     """A protocol 2 envelope to LPUSH on `queue`, shaped like the original's Celery client sent it."""
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or random_id()
     return orjson.dumps(
         {
             "body": base64.b64encode(orjson.dumps([args, kwargs or {}, {}])).decode("ascii"),
@@ -143,7 +142,7 @@ def encode_task(
                 "body_encoding": "base64",
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "delivery_mode": 2,
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": random_id(),
                 "correlationId": task_id,
                 "replyTo": "",
             },
