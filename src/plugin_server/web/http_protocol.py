@@ -19,7 +19,8 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         cycle: RequestResponseCycle | None = self.cycle
-        if cycle is not None and cycle.transport is self.transport:  # a new request's cycle
+        # A new request's cycle; not for HEAD, whose answer uvicorn ends without writing any body.
+        if cycle is not None and cycle.transport is self.transport and cycle.scope["method"] != "HEAD":
             cycle.transport = _HeadWithBody(self.transport, cycle)  # type: ignore[assignment]
 
 

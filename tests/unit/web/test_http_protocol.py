@@ -118,3 +118,12 @@ async def test_an_answer_cut_short_after_its_head_sends_the_head_and_closes() ->
     writes = await settled(transport, 1)
     assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.closed
+
+
+async def test_the_head_of_an_answer_to_a_head_request_goes_out_on_a_kept_alive_connection() -> None:
+    # uvicorn writes no body at all for HEAD: a head held back for one would never be sent
+    protocol, transport = connected(echo)
+    protocol.data_received(b"HEAD /_health HTTP/1.1\r\nHost: x\r\n\r\n")
+    writes = await settled(transport, 1)
+    assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
+    assert writes[0].endswith(b"\r\n\r\n") and not transport.closed
