@@ -247,6 +247,8 @@ def _storable(distinct_id: str) -> bool:
 
 def _same_json(a: Any, b: Any) -> bool:
     """Deep equality of JSON values where true is not 1, as the original's `!==` plus deep-equal."""
+    if type(a) is str:  # most property values: decided without the checks below
+        return type(b) is str and a == b
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, dict):
