@@ -1,7 +1,8 @@
 """Capture API throughput: `wrk` on loopback -> the web process -> the Celery Redis list or a Kafka topic.
 
 Starts Postgres and Valkey (DATABASE_URL / REDIS_URL when set, else embedded ones), team 2, and the web
-process alone (`plugin_server.web.server.web_main`, no workers, so nothing consumes the queue), then for
+processes alone (`plugin_server.web.server.web_main`, --web-processes of them on one port as
+WEB_CONCURRENCY starts them; no workers, so nothing consumes the queue), then for
 each queue drives it with wrk in three request shapes (posthog-js single JSON event to /e/, a
 posthog-python /batch/ of 10, a posthog-js gzip-js batch of 10). After each run the messages in the
 queue are counted (LLEN; for Kafka by reading the topic, as tansu's "latest" offsets are wrong) and
@@ -10,7 +11,8 @@ must equal the events the server counted as accepted (plugin_server_events_recei
 Kafka is a tansu broker (tests/kafka_broker.py); KAFKA_FLUSH_FREQUENCY_MS (the producer's linger, 500 ms
 by default) is set to --linger-ms, since every capture request waits for the broker's acknowledgement.
 
-    .venv/bin/python -m benchmarks.capture [--duration 10] [--connections 32] [--queue both] [--profile DIR]
+    .venv/bin/python -m benchmarks.capture [--duration 10] [--connections 32] [--queue both]
+        [--web-processes 1] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -228,35 +230,56 @@ class KafkaTopic:
 
 
 @contextlib.contextmanager
-def web_process(database_url: str, redis_url: str, queue: Queue) -> Iterator[tuple[str, int]]:
-    """The web process alone on a free loopback port: (its base URL, its pid)."""
+def web_processes(
+    database_url: str, redis_url: str, queue: Queue, count: int
+) -> Iterator[tuple[str, list[int]]]:
+    """`count` web processes on one free loopback port, as the supervisor starts them (WEB_CONCURRENCY:
+    each binds the port with SO_REUSEPORT; metrics in a shared multiprocess folder): (the base URL,
+    their pids)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "WEB_HOSTNAME": "127.0.0.1",
-        "WEB_PORT": str(port),
-        "LOG_LEVEL": "warn",
-        **queue.env(),
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the web process's own counters, not a supervisor's
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(WEB_COMMAND, env=env, stdout=log, stderr=log)
+    with tempfile.TemporaryDirectory() as metrics, tempfile.TemporaryFile() as log:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "WEB_HOSTNAME": "127.0.0.1",
+            "WEB_PORT": str(port),
+            "LOG_LEVEL": "warn",
+            "PROMETHEUS_MULTIPROC_DIR": metrics,  # /metrics then sums the counters of every process
+            **queue.env(),
+        }
+        processes = [subprocess.Popen(WEB_COMMAND, env=env, stdout=log, stderr=log) for _ in range(count)]
         url = f"http://127.0.0.1:{port}"
 
         def exited() -> str | None:
-            if process.poll() is None:
-                return None
-            log.seek(0)
-            return f"the web process exited with {process.returncode}:\n{log.read().decode()}"
+            for process in processes:
+                if process.poll() is not None:
+                    log.seek(0)
+                    return f"a web process exited with {process.returncode}:\n{log.read().decode()}"
+            return None
 
         try:
             wait_for_health(url, exited)
-            yield url, process.pid
+            wait_for_all(url, {process.pid for process in processes}, exited)
+            yield url, [process.pid for process in processes]
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(30)
+
+
+def wait_for_all(url: str, pids: set[int], exited: Callable[[], str | None], timeout: float = 60) -> None:
+    """Until every web process has answered /_health (each request on a new connection, which the
+    kernel hands to one of the processes listening on the port)."""
+    answered: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while answered != pids:
+        if (reason := exited()) is not None:
+            raise RuntimeError(reason)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"web processes {sorted(pids - answered)} did not answer /_health")
+        answered.add(httpx.get(f"{url}/_health", timeout=5).json()["pid"])
 
 
 def events_received(url: str) -> int:
@@ -312,17 +335,21 @@ def run_queue(
 ) -> list[str]:
     """One table row per shape; raises if a queue count does not match the accepted events."""
     rows = []
-    with web_process(database_url, redis_url, queue) as (url, pid):
+    with web_processes(database_url, redis_url, queue, options.web_processes) as (url, pids):
         for index, shape in enumerate(SHAPES):
             queue.reset()
             before = events_received(url)
             suffix = "svg" if options.flamegraph else "txt"
-            profile = {options.profile / f"{queue.name}-{index + 1}.{suffix}": pid} if options.profile else {}
-            cpu_before = tree_cpu_seconds(pid)
-            with profiled(profile, options.duration):
+            profiles = {
+                options.profile / f"{queue.name}-{index + 1}-web{number}.{suffix}": pid
+                for number, pid in enumerate(pids)
+                if options.profile
+            }
+            cpu_before = sum(map(tree_cpu_seconds, pids))
+            with profiled(profiles, options.duration):
                 result = run_wrk(url, shape, bodies / str(index), options)
             accepted = events_received(url) - before
-            cpu_per_request = (tree_cpu_seconds(pid) - cpu_before) / max(
+            cpu_per_request = (sum(map(tree_cpu_seconds, pids)) - cpu_before) / max(
                 1, accepted // shape.events_per_request
             )
             queued = queue.count(accepted)
@@ -362,6 +389,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds of load per shape (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="open connections (default 32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument(
+        "--web-processes", type=int, default=1, help="web processes on the port (WEB_CONCURRENCY, default 1)"
+    )
     parser.add_argument("--queue", choices=["redis", "kafka", "both"], default="both")
     parser.add_argument("--linger-ms", type=int, default=5, help="KAFKA_FLUSH_FREQUENCY_MS (default 5)")
     parser.add_argument("--profile", type=Path, help="record py-spy profiles of the web process here")
@@ -396,7 +426,9 @@ def main() -> None:
                 rows += run_queue(
                     KafkaTopic(broker, options.linger_ms), database_url, redis_url, bodies, options
                 )
-    print(f"capture, one web process, wrk -t{options.threads} -c{options.connections} -d{options.duration}s")
+    print(
+        f"capture, {options.web_processes} web process(es), wrk -t{options.threads} -c{options.connections} -d{options.duration}s"
+    )
     print(f"{header}; Kafka: tansu, KAFKA_FLUSH_FREQUENCY_MS={options.linger_ms}")
     if options.profile:
         print(f"py-spy was sampling the web process (numbers are lower); profiles in {options.profile}")

@@ -51,7 +51,10 @@ def event_data(index: int, captured: datetime) -> tuple[str, dict[str, Any]]:
     person = index % 100
     data = {
         "event": "$pageview" if index % 3 else "clicked button",
-        "timestamp": (captured - timedelta(milliseconds=index % 100_000)).isoformat(),
+        # as posthog-js writes it (toISOString: milliseconds, 'Z')
+        "timestamp": (captured - timedelta(milliseconds=index % 100_000))
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
         "properties": {
             "$current_url": f"https://example.com/page/{index % 17}",
             "$browser": "Chrome",

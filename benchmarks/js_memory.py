@@ -4,7 +4,8 @@ The js-benchmark plugin is installed once (made global) and enabled for `--confi
 are that many plugin configs of one small plugin: each gets its own V8 isolate. Through a worker's
 real plugin machinery (registry, PluginRunner), each config is set up and processes one small batch (its
 team's events); the script reports the process's RSS growth per loaded config and the time per load
-(transpile, isolate, setupPlugin and the first batch). Then every instance is unloaded as idle
+(transpile, isolate, setupPlugin and the first batch), and again once the isolates have been idle long
+enough to compact themselves (IDLE_COMPACT_SECONDS). Then every instance is unloaded as idle
 (`PluginRegistry.unload_idle`, what the PLUGIN_IDLE_UNLOAD_SECONDS sweep does), and RSS is reported
 again, before and after glibc's malloc_trim returns freed memory to the system.
 
@@ -28,7 +29,7 @@ from benchmarks.plugin_step import make_events
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, running_plugins
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.plugins.admin import enable_plugin, find_plugin
-from plugin_server.plugins.js.runtime import JSPlugin
+from plugin_server.plugins.js.runtime import IDLE_COMPACT_SECONDS, JSPlugin
 from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.run import PluginRunner
 
@@ -55,6 +56,7 @@ class Result:
     configs: int
     rss_start: int
     rss_loaded: int
+    rss_idle: int
     load_seconds: list[float]
     open_isolates_loaded: int
     open_isolates_unloaded: int
@@ -106,6 +108,9 @@ async def run(database_url: str, redis_url: str, team_ids: list[int], batch_size
         malloc_trim()
         rss_loaded = rss_bytes()
         open_loaded = open_isolates(registry)
+        await asyncio.sleep(IDLE_COMPACT_SECONDS + 1)  # every isolate compacts itself once idle
+        malloc_trim()
+        rss_idle = rss_bytes()
 
         started = time.perf_counter()
         registry.unload_idle(0)
@@ -130,6 +135,7 @@ async def run(database_url: str, redis_url: str, team_ids: list[int], batch_size
         configs=len(team_ids) - 1,
         rss_start=rss_start,
         rss_loaded=rss_loaded,
+        rss_idle=rss_idle,
         load_seconds=load_seconds,
         open_isolates_loaded=open_loaded,
         open_isolates_unloaded=open_unloaded,
@@ -162,6 +168,11 @@ def main() -> None:
         f"  RSS with all loaded:    {result.rss_loaded / MIB:8.1f} MiB  ({result.open_isolates_loaded} open isolates)"
     )
     print(f"  RSS growth per config:  {growth / result.configs / MIB:8.2f} MiB")
+    idle_growth = result.rss_idle - result.rss_start
+    print(
+        f"  RSS once idle ({IDLE_COMPACT_SECONDS + 1:g} s later): {result.rss_idle / MIB:.1f} MiB"
+        f" ({idle_growth / result.configs / MIB:.2f} MiB per config)"
+    )
     print(
         f"  time per load (setup + first batch): median {statistics.median(result.load_seconds) * 1e3:.1f} ms,"
         f" p95 {statistics.quantiles(result.load_seconds, n=20)[-1] * 1e3:.1f} ms,"

@@ -36,6 +36,7 @@ from tests.clickhouse_kafka_engine import copy_topics
 from tests.e2e.server import RunningServer, running_server
 from tests.kafka_broker import KafkaBroker, committed, create_topic, produce_captured, unique_topic
 
+from benchmarks.cpu import CpuMeter
 from benchmarks.kafka_to_postgres import make_events
 from benchmarks.profiling import profiled
 from benchmarks.services import benchmark_services, fresh_database
@@ -51,6 +52,9 @@ SESSION_TIMEOUT_MS = 6000
 @dataclass(frozen=True)
 class Run:
     server_rate: float  # events/s, first produce to the last commit
+    # The workers' CPU µs per event (all their threads), over the same span: on a shared machine a
+    # steadier measure of the server's cost than the rate, which other processes' load moves.
+    worker_cpu: float
     copy_rate: float | None  # events/s of the stand-in's copy into chDB (--store kafka)
 
 
@@ -118,11 +122,13 @@ def run_once(
         with running_server(Path(folder), env) as server:
             server.wait_for_web()
             wait_for(lambda: every_worker_assigned(server, workers), "no assignment of every worker", 60)
+            meter = CpuMeter({"workers": server.worker_pids()})
             with profiling(server, options, len(events)):
                 begin = time.perf_counter()
+                meter.start()
                 produce_captured(bootstrap, topic, events)
                 wait_for(done, "not every event committed", 600)
-                elapsed = time.perf_counter() - begin
+                elapsed, cpu = time.perf_counter() - begin, meter.stop().per_event(len(events))["workers"]
             assert server.stop() == 0
         copy_rate = None
         if not direct:
@@ -136,7 +142,7 @@ def run_once(
             check_events(client, len(events), bool(options.plugin))
         finally:
             client.close()
-    return Run(len(events) / elapsed, copy_rate)
+    return Run(len(events) / elapsed, cpu, copy_rate)
 
 
 @contextlib.contextmanager
@@ -186,7 +192,11 @@ def main() -> None:
             copy = (
                 f", stand-in copy into chDB {runs[-1].copy_rate:,.0f} events/s" if runs[-1].copy_rate else ""
             )
-            print(f"run {number + 1}: server {runs[-1].server_rate:,.0f} events/s{copy}", flush=True)
+            rate, cpu = runs[-1].server_rate, runs[-1].worker_cpu
+            print(
+                f"run {number + 1}: server {rate:,.0f} events/s, workers' CPU {cpu:.0f} µs per event{copy}",
+                flush=True,
+            )
             print(f"  load average: {' '.join(f'{load:.1f}' for load in os.getloadavg())}", flush=True)
     rates = [run.server_rate for run in runs]
     plugin = options.plugin or "no plugins"
@@ -195,6 +205,7 @@ def main() -> None:
     )
     print("runs (events/s): " + ", ".join(f"{rate:,.0f}" for rate in rates))
     print(f"median: {statistics.median(rates):,.0f} events/s")
+    print(f"workers' CPU per event, median: {statistics.median(run.worker_cpu for run in runs):.0f} µs")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ runtime's own setup script, and a JSPlugin whose meta is a plain namespace (no d
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +37,11 @@ def set_up_racer(module_body: str, *, seed: str = SEED) -> Iterator[MiniRacer]:
         racer.close()
 
 
+def literal_requires(source: str) -> tuple[str, ...]:
+    """The module names `source` requires with a literal (what the transpiler reads from its output)."""
+    return tuple(dict.fromkeys(re.findall(r"""\brequire\(\s*['"]([^'"]+)['"]\s*\)""", source)))
+
+
 @contextlib.asynccontextmanager
 async def loaded_plugin(
     source: str | PluginModules,
@@ -47,7 +53,9 @@ async def loaded_plugin(
 ) -> AsyncIterator[JSPlugin]:
     """A JSPlugin of `source` (run as given) or of modules transpiled with guards named `guards_name`,
     with empty config and attachments unless given in `meta`, torn down afterwards."""
-    modules = PluginModules.single(source) if isinstance(source, str) else source
+    modules = (
+        PluginModules.single(source, requires=literal_requires(source)) if isinstance(source, str) else source
+    )
     async with httpx.AsyncClient() as http:
         plugin = await JSPlugin.load(
             modules,

@@ -3,12 +3,11 @@ builds the services its plugins share."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -46,9 +45,6 @@ from plugin_server.sinks.kafka.records import KafkaFormat
 from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources import Source
 from plugin_server.sources.celery_redis import CelerySource
-
-if TYPE_CHECKING:
-    from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 
 
 @contextlib.asynccontextmanager
@@ -88,25 +84,51 @@ class Sinks:
 
 
 @contextlib.asynccontextmanager
-async def open_sinks(settings: Settings, pool: AsyncConnectionPool[Any]) -> AsyncIterator[Sinks]:
+async def open_producer(
+    settings: Settings, shared: KafkaProducer | None = None
+) -> AsyncIterator[KafkaProducer | None]:
+    """A worker's one Kafka producer, for its ClickHouse records and plugin logs (clickhouse-kafka) and
+    the events its plugins capture (KAFKA_ENABLED): `shared` when given (its opener closes it), else one
+    of its own when the settings need one (None otherwise), closed on the way out once what is in flight
+    is delivered."""
+    if shared is not None or not (settings.KAFKA_ENABLED or settings.EVENT_STORE == "clickhouse-kafka"):
+        yield shared
+        return
+    producer = KafkaProducer(settings)
+    try:
+        yield producer
+    finally:
+        await producer.close()
+
+
+@contextlib.asynccontextmanager
+async def open_sinks(
+    settings: Settings, pool: AsyncConnectionPool[Any], producer: KafkaProducer | None = None
+) -> AsyncIterator[Sinks]:
     """By EVENT_STORE. postgres: events in PostHog's tables, persons already there (a no-op person sink).
-    clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over one producer (closed on
-    the way out, after what is in flight is delivered). clickhouse-direct: the same records inserted
-    straight into ClickHouse's tables. Both mirrors keep a person outbox."""
+    clickhouse-kafka: both to ClickHouse's topics in CLICKHOUSE_KAFKA_FORMAT, over `producer` (the
+    worker's: open_producer) or one of their own. clickhouse-direct: the same records inserted straight
+    into ClickHouse's tables. Both mirrors keep a person outbox."""
     if settings.EVENT_STORE == "postgres":
         yield Sinks(PostgresEventSink(pool), PostgresPersonSink())
         return
     if settings.EVENT_STORE == "clickhouse-direct":
+        from plugin_server.reads.connection import ClickHouseConnection
         from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
 
-        async with _open_clickhouse(settings) as clickhouse:
-            yield _record_sinks(ClickHouseTopicWriter.for_settings(clickhouse, settings), settings, pool)
+        connection = ClickHouseConnection.for_writing(settings)
+        try:
+            writer = ClickHouseTopicWriter.for_settings(await connection.open(), settings)
+            try:
+                yield _record_sinks(writer, settings, pool)
+            finally:
+                await writer.close()
+        finally:
+            await connection.close()
         return
-    producer = KafkaProducer(settings)
-    try:
-        yield _record_sinks(producer, settings, pool)
-    finally:
-        await producer.close()
+    async with open_producer(settings, producer) as kafka:
+        assert kafka is not None  # clickhouse-kafka needs one
+        yield _record_sinks(kafka, settings, pool)
 
 
 def _record_sinks(sender: RecordSender, settings: Settings, pool: AsyncConnectionPool[Any]) -> Sinks:
@@ -126,12 +148,16 @@ def kafka_format(settings: Settings) -> KafkaFormat:
     return OriginalFormat(settings.KAFKA_PREFIX)
 
 
-def open_log_writer(settings: Settings, pool: AsyncConnectionPool[Any]) -> BufferedLogWriter:
+def open_log_writer(
+    settings: Settings, pool: AsyncConnectionPool[Any], producer: KafkaProducer | None = None
+) -> BufferedLogWriter:
     """Plugin logs go to posthog_pluginlogentry, or with EVENT_STORE=clickhouse-kafka to the
-    `plugin_log_entries` topic."""
+    `plugin_log_entries` topic, over `producer` (closed by its owner, after the writer)."""
     if settings.EVENT_STORE != "clickhouse-kafka":
         return PluginLogWriter(pool)
-    return KafkaLogEntryWriter(KafkaProducer(settings), prefix=settings.KAFKA_PREFIX)
+    if producer is None:
+        raise ValueError("EVENT_STORE=clickhouse-kafka writes plugin logs over a Kafka producer")
+    return KafkaLogEntryWriter(producer, prefix=settings.KAFKA_PREFIX)
 
 
 @contextlib.asynccontextmanager
@@ -142,9 +168,11 @@ async def open_plugin_services(
     *,
     geoip: GeoIP,
     tracker: CallTracker,
+    producer: KafkaProducer | None = None,
 ) -> AsyncIterator[PluginServices]:
     """The services of a worker's plugins, with their own HTTP clients, log writer and enqueuer; on
-    exit their logs are flushed and the enqueuer closed.
+    exit their logs are flushed and the enqueuer closed. Logs and captured events that go to Kafka go
+    over `producer` (the worker's: open_producer), or one of their own.
 
     Plugin HTTP goes only where the egress policy allows (PLUGIN_HTTP_*); posthog.api's client also
     reaches the configured PostHog host wherever it is (the operator chose it)."""
@@ -154,9 +182,10 @@ async def open_plugin_services(
         plugin_http_client(settings) as http,
         plugin_http_client(settings, trusted=[posthog_origin]) as posthog_http,
         open_stored_events(settings, pool) as stored_events,
+        open_producer(settings, producer) as kafka,
     ):
-        logs = open_log_writer(settings, pool)
-        enqueuer = open_enqueuer(settings, redis)  # posthog.capture and plugin metrics events
+        logs = open_log_writer(settings, pool, kafka)
+        enqueuer = open_enqueuer(settings, redis, kafka)  # posthog.capture and plugin metrics events
         try:
             yield PluginServices(
                 pool=pool,
@@ -244,24 +273,5 @@ async def open_reads(settings: Settings, database_url: str) -> AsyncIterator[Rea
             logs=reads if settings.EVENT_STORE == "clickhouse-kafka" else postgres.logs,
             probe=clickhouse.problem,
         )
-    finally:
-        await clickhouse.close()
-
-
-@contextlib.asynccontextmanager
-async def _open_clickhouse(settings: Settings) -> AsyncIterator[AsyncClickHouse]:
-    """A client of CLICKHOUSE_DATABASE, its tables migrated first when AUTO_MIGRATE is on (the Kafka
-    tables as Null tables for the direct writer: `plugin-server migrate --clickhouse` makes Kafka-engine
-    ones)."""
-    from plugin_server.sinks.clickhouse.client import AsyncClickHouse, open_client
-    from plugin_server.sinks.clickhouse.migrate import open_migrated
-
-    if settings.AUTO_MIGRATE:
-        client, _ = await asyncio.to_thread(open_migrated, settings)
-    else:
-        client = await asyncio.to_thread(open_client, settings)
-    clickhouse = AsyncClickHouse(client)
-    try:
-        yield clickhouse
     finally:
         await clickhouse.close()

@@ -49,7 +49,13 @@ from plugin_server.services.geoip import load_geoip
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sources import Source
-from plugin_server.topology import open_plugin_services, open_plugins, open_sinks, open_sources
+from plugin_server.topology import (
+    open_plugin_services,
+    open_plugins,
+    open_producer,
+    open_sinks,
+    open_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +133,12 @@ class Worker:
             )
             stack.push_async_callback(redis_client.aclose)
             geoip = await load_geoip(pool, file_path=settings.MMDB_FILE_PATH, disabled=settings.DISABLE_MMDB)
+            # One Kafka producer for ClickHouse's records, plugin logs and captured events (closed last).
+            producer = await stack.enter_async_context(open_producer(settings))
             services = await stack.enter_async_context(
-                open_plugin_services(settings, pool, redis_client, geoip=geoip, tracker=self.tracker)
+                open_plugin_services(
+                    settings, pool, redis_client, geoip=geoip, tracker=self.tracker, producer=producer
+                )
             )
             worker_plugins = await stack.enter_async_context(open_plugins(settings, services))
             await self._reload(worker_plugins)
@@ -147,7 +157,7 @@ class Worker:
                 open_sources(settings, redis_client, self.consumer_id, teams)
             )
             definitions, groups = DefinitionsManager(pool), GroupTypeManager(pool)
-            sinks = await stack.enter_async_context(open_sinks(settings, pool))
+            sinks = await stack.enter_async_context(open_sinks(settings, pool, producer))
             persons = PersonManager(pool, lru_size=settings.DISTINCT_ID_LRU_SIZE, outbox=sinks.outbox)
             plugins = PluginRunner(
                 worker_plugins.registry, services.hung, on_event_concurrency=settings.TASKS_PER_WORKER

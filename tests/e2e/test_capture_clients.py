@@ -11,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -169,24 +171,25 @@ def test_healthcheck_asks_ready_and_a_dead_web_process_is_restarted(
     assert ready["status"] == "ready"
 
 
+def _answering_pids(server: RunningServer, count: int) -> set[int]:
+    """Ask /_health on new connections (which the kernel spreads) until `count` processes answered."""
+    seen: set[int] = set()
+
+    def all_seen() -> bool:
+        seen.update(httpx.get(f"{server.web_url}/_health", timeout=5).json()["pid"] for _ in range(20))
+        return len(seen) == count
+
+    wait_until(all_seen)
+    return seen
+
+
 def test_several_web_processes_share_the_port_and_one_that_dies_is_replaced(
     tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam
 ) -> None:
-    def two_answering_pids() -> set[int]:
-        """Ask /_health on new connections (which the kernel spreads) until two processes answered."""
-        seen: set[int] = set()
-
-        def both_seen() -> bool:
-            seen.update(httpx.get(f"{server.web_url}/_health", timeout=5).json()["pid"] for _ in range(20))
-            return len(seen) == 2
-
-        wait_until(both_seen)
-        return seen
-
     env = {**_env(database_url, redis_url), "WEB_CONCURRENCY": "2"}
     with running_server(tmp_path, env) as server:
         _started(server)
-        dead, survivor = sorted(two_answering_pids())
+        dead, survivor = sorted(_answering_pids(server, 2))
         os.kill(dead, signal.SIGKILL)
         for number in range(10):  # the other process answers meanwhile
             response = httpx.post(
@@ -196,6 +199,49 @@ def test_several_web_processes_share_the_port_and_one_that_dies_is_replaced(
             )
             assert response.json() == {"status": 1}
         server.wait_for_log("web process exited (web-")
-        later = two_answering_pids()
+        later = _answering_pids(server, 2)
         assert survivor in later and dead not in later
         assert wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", 10) == 10
+
+
+def test_web_processes_under_load_store_every_event_they_acknowledged_when_one_is_killed(
+    tmp_path: Path, database_url: str, redis_url: str, team: CreatedTeam
+) -> None:
+    """Concurrent capture requests on new connections, spread over two web processes; one is killed
+    with requests in flight. Every event answered `{"status": 1}` is stored, the survivor keeps
+    answering, and nothing is stored twice."""
+    env = {**_env(database_url, redis_url), "WEB_CONCURRENCY": "2"}
+    with running_server(tmp_path, env) as server:
+        _started(server)
+        victim = min(_answering_pids(server, 2))
+
+        def send(number: int) -> str | None:
+            """The event's uuid if the server acknowledged it."""
+            event_uuid = str(uuid.uuid4())
+            body = {
+                "event": "load",
+                "distinct_id": f"u{number % 10}",
+                "uuid": event_uuid,
+                "api_key": team.api_token,
+            }
+            try:
+                response = httpx.post(f"{server.web_url}/e/", json=body, timeout=10)
+            except httpx.HTTPError:  # its connection went with the killed process
+                return None
+            return event_uuid if response.status_code == 200 and response.json() == {"status": 1} else None
+
+        with ThreadPoolExecutor(8) as pool:
+            sending = [pool.submit(send, number) for number in range(400)]
+            acknowledged = []
+            for done, future in enumerate(as_completed(sending)):
+                if done == 150:
+                    os.kill(victim, signal.SIGKILL)
+                if (event_uuid := future.result()) is not None:
+                    acknowledged.append(event_uuid)
+        server.wait_for_log("web process exited (web-")
+        assert len(acknowledged) >= 350, len(acknowledged)
+        wait_for_count(database_url, "SELECT COUNT(*) FROM posthog_event", len(acknowledged))
+        with psycopg.connect(database_url) as connection:
+            stored = [row[0] for row in connection.execute("SELECT uuid::text FROM posthog_event").fetchall()]
+    assert set(acknowledged) <= set(stored)
+    assert len(stored) == len(set(stored)) <= 400

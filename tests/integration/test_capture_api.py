@@ -329,3 +329,62 @@ async def test_health_answers_at_once_while_a_large_body_decodes(
     assert len(latencies) >= 5, "the decoding was too quick to watch"
     assert max(latencies) < 0.1, latencies
     assert await aredis.llen(QUEUE) == 3000
+
+
+async def test_the_fastapi_app_serves_capture_with_the_same_endpoint(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, team: CreatedTeam
+) -> None:
+    """The FrontDoor sends capture requests straight to the endpoint; the FastAPI app, which documents
+    the routes, answers them the same way, and refuses other methods."""
+    config = load_settings({})
+    enqueuer = open_enqueuer(config, aredis)
+    front = create_app(WebContext(config, pool, aredis, enqueuer, reads=postgres_reads(pool.conninfo)))
+    transport = httpx.ASGITransport(app=front.api, client=("127.0.0.1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        captured = await client.post("/e/", json={**event("direct"), "api_key": team.api_token})
+        preflight = await client.options("/e/", headers={"Origin": "https://example.com"})
+        schema = (await client.get("/openapi.json")).json()
+    async with api(pool, aredis) as client:
+        put = await client.put("/e/", json={**event("put"), "api_key": team.api_token})
+    await enqueuer.close()
+    assert captured.status_code == 200 and captured.json() == {"status": 1}
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://example.com"
+    assert preflight.headers["access-control-allow-methods"] == "GET, POST, OPTIONS"
+    assert "post" in schema["paths"]["/batch"]
+    assert put.status_code == 405
+    assert [raw["event"] for raw in await queued(aredis)] == ["direct"]
+
+
+async def test_a_client_that_leaves_mid_body_queues_nothing_and_gets_no_answer(
+    pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, team: CreatedTeam
+) -> None:
+    config = load_settings({})
+    enqueuer = open_enqueuer(config, aredis)
+    front = create_app(WebContext(config, pool, aredis, enqueuer, reads=postgres_reads(pool.conninfo)))
+    body = json.dumps({**event("half"), "api_key": team.api_token}).encode()
+    messages = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/e/",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+    }
+    await front(scope, receive, send)
+    await enqueuer.close()
+    assert sent == []
+    assert await aredis.llen(QUEUE) == 0

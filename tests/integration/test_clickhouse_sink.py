@@ -5,19 +5,26 @@ original's formats and in today's. A batch delivered again collapses into the fi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings
 from plugin_server.db.teams import CreatedTeam
+from plugin_server.ingestion.kafka_producer import Record
+from plugin_server.ingestion.persons import PersonRow
+from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
+from plugin_server.sinks.kafka.original import OriginalFormat
 from plugin_server.topology import Sinks, open_sinks
 from tests.integration.test_kafka_sinks import run_batches
 from tests.pipelines import message, pipeline
@@ -88,9 +95,6 @@ async def test_a_pipeline_run_stores_everything_into_clickhouse_once(
 async def test_an_unknown_topic_is_an_error(
     direct: Sinks, clickhouse_settings: Settings, clickhouse: Client
 ) -> None:
-    from plugin_server.ingestion.kafka_producer import Record
-    from plugin_server.sinks.clickhouse.client import AsyncClickHouse
-
     writer = ClickHouseTopicWriter.for_settings(AsyncClickHouse(clickhouse), clickhouse_settings)
     with pytest.raises(ValueError, match="no ClickHouse table reads the topic 'elsewhere'"):
         await writer.send([Record("elsewhere", b"{}")])
@@ -121,3 +125,49 @@ async def test_hostile_text_is_stored_as_postgres_would(
         2**63 - 1,
         [[{"k": "é😀"}]],
     )
+
+
+class CountingClickHouse(AsyncClickHouse):
+    """The real client, counting its INSERTs."""
+
+    inserts = 0
+
+    async def raw_insert(self, *args: Any, **kwargs: Any) -> None:
+        self.inserts += 1
+        await super().raw_insert(*args, **kwargs)
+
+
+def person_record(number: int) -> Record:
+    person = PersonRow(
+        number, f"0190b2a0-0000-7000-8000-{number:012x}", 2, datetime(2026, 1, 1, tzinfo=UTC), {}, False
+    )
+    [record] = OriginalFormat().row_records(person)
+    return record
+
+
+async def test_batches_stored_at_once_share_an_insert(
+    clickhouse_settings: Settings, clickhouse: Client
+) -> None:
+    counting = CountingClickHouse(clickhouse)
+    writer = ClickHouseTopicWriter.for_settings(counting, clickhouse_settings)
+    await asyncio.gather(*(writer.send([person_record(number)]) for number in range(5)))
+    await writer.close()
+    assert counting.inserts < 5
+    assert rows(clickhouse, "SELECT count(), uniqExact(id) FROM person FINAL") == [(5, 5)]
+
+
+async def test_a_bad_batch_in_a_shared_insert_fails_alone(
+    clickhouse_settings: Settings, clickhouse: Client
+) -> None:
+    writer = ClickHouseTopicWriter.for_settings(AsyncClickHouse(clickhouse), clickhouse_settings)
+    bad = Record(person_record(0).topic, b"{not json")
+    stored = await asyncio.gather(
+        writer.send([person_record(1)]),
+        writer.send([bad]),
+        writer.send([person_record(2)]),
+        return_exceptions=True,
+    )
+    await writer.close()
+    assert stored[0] is None and stored[2] is None
+    assert isinstance(stored[1], ClickHouseError)
+    assert rows(clickhouse, "SELECT count() FROM person FINAL") == [(2,)]

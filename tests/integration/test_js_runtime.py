@@ -41,6 +41,7 @@ from plugin_server.plugins.services import PluginServices
 from plugin_server.plugins.tracking import CallTracker, HungMarks
 from plugin_server.services.geoip import GeoIP
 from tests.integration.test_plugin_logs import insert_plugin_config
+from tests.js_support import literal_requires
 from tests.loopback import LoopbackService, Request, loopback_plugin_http
 
 Db = psycopg.Connection[Any]
@@ -151,7 +152,7 @@ async def load(setup: Setup) -> AsyncIterator[Loader]:
         code = await transpiler.transpile_async(source, file_name) if transpile else source
         meta = await setup.meta(config or {}, attachments or {})
         plugin = await JSPlugin.load(
-            PluginModules.single(code, file_name),
+            PluginModules.single(code, file_name, requires=literal_requires(code)),
             meta,
             plugin_config_id=setup.config_id,
             timeout=TIMEOUT,

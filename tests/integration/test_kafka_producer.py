@@ -13,11 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, Producer
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
 from plugin_server.ingestion.kafka_config import kafka_config
-from plugin_server.ingestion.kafka_producer import KafkaDeliveryError, KafkaEnqueuer, kafka_ready
+from plugin_server.ingestion.kafka_producer import (
+    DeliveryReports,
+    KafkaDeliveryError,
+    KafkaEnqueuer,
+    Record,
+    kafka_ready,
+)
 from tests.kafka_broker import KafkaBroker, free_port, read_topic, unique_topic
 
 
@@ -223,3 +230,23 @@ async def test_events_go_over_tls_with_the_base64_certificates(tmp_path: Path) -
             proxy.close_connections()
         assert proxy.clients and set(proxy.clients) == {"client"}
     assert json.loads(message.value() or b"")["distinct_id"] == "alice"
+
+
+async def test_a_failed_record_is_handed_back_whole_to_be_produced_again() -> None:
+    # `send` produces again what failed for a passing reason from what librdkafka reports back: its topic,
+    # value, key and headers must come back as they went in.
+    producer = Producer({"bootstrap.servers": f"127.0.0.1:{free_port()}", "message.timeout.ms": 300})
+    records = [Record("t", b"first", b"key", [("productTrack", b"general")]), Record("t", b"second")]
+    reports = DeliveryReports(asyncio.get_running_loop(), records)
+    for index, record in enumerate(records):
+        producer.produce(
+            record.topic,
+            record.value,
+            record.key,
+            headers=record.headers,
+            on_delivery=reports.reporter(index),
+        )
+    await asyncio.to_thread(producer.flush, 5)
+    await asyncio.wait_for(reports.done, 5)
+    assert [record for record, _ in reports.failed] == records
+    assert {error.code() for _, error in reports.failed} == {KafkaError._MSG_TIMED_OUT}

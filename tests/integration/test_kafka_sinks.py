@@ -19,18 +19,19 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.batches import process_until_done
+from plugin_server.ingestion.groups import GroupRow
 from plugin_server.ingestion.kafka_producer import KafkaProducer, KafkaUnavailableError, Record
 from plugin_server.ingestion.ordering import Turnstile
 from plugin_server.ingestion.person_outbox import PersonOutbox
 from plugin_server.ingestion.persons import persons_of
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry
+from plugin_server.plugins.meta.logs import BufferedLogWriter, LogSource, LogType, PluginLogEntry
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
 from plugin_server.sinks.kafka.current import personless_uuid
 from plugin_server.sinks.kafka.original import OriginalFormat
 from plugin_server.sinks.kafka.protobuf import Event
-from plugin_server.topology import Sinks, open_log_writer, open_sinks
+from plugin_server.topology import Sinks, open_log_writer, open_producer, open_sinks
 from tests.kafka_broker import KafkaBroker, read_topic, unique_topic
 from tests.pipelines import message, pipeline
 
@@ -274,9 +275,21 @@ async def test_a_redelivered_batch_gives_records_that_collapse(
     assert len({row["id"] for row in persons}) == 2
 
 
-async def test_plugin_log_entries_go_to_their_topic(kafka: str, pool: AsyncConnectionPool[Any]) -> None:
+async def test_plugin_log_entries_go_to_their_topic_over_the_workers_producer(
+    kafka: str, pool: AsyncConnectionPool[Any]
+) -> None:
     settings = kafka_settings(kafka)
-    writer = open_log_writer(settings, pool)
+    async with open_producer(settings) as producer:
+        assert producer is not None
+        writer = open_log_writer(settings, pool, producer)
+        await _write_one_entry(writer, settings)
+        # Closing the writer left the producer to its owner: the worker's sinks still send over it.
+        async with open_sinks(settings, pool, producer) as sinks:
+            await sinks.persons.write([GroupRow(2, 0, "org", {}, datetime(2021, 11, 28, tzinfo=UTC))])
+        assert len(await topic(settings, "clickhouse_groups", 1)) == 1
+
+
+async def _write_one_entry(writer: BufferedLogWriter, settings: Settings) -> None:
     entry = PluginLogEntry(
         id=uuidt(),
         team_id=2,
@@ -388,9 +401,9 @@ async def test_a_whole_batch_is_sent_at_once_not_after_the_linger(kafka: str) ->
     name = settings.KAFKA_PREFIX + "soon"
     producer = KafkaProducer(settings)
     try:
-        await producer.send([Record(name, b"warm-up")], at_once=True)  # connects and creates the topic
+        await producer.send([Record(name, b"warm-up")])  # connects and creates the topic
         started = time.monotonic()
-        await producer.send([Record(name, b"a"), Record(name, b"b")], at_once=True)
+        await producer.send([Record(name, b"a"), Record(name, b"b")])
         assert time.monotonic() - started < 1.0
     finally:
         await producer.close()

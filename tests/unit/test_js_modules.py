@@ -235,13 +235,16 @@ async def test_a_name_computed_at_run_time_is_resolved_only_among_literal_ones(
     async with loaded_plugin(modules, guards_name=transpiler.guards_name) as plugin:
         found = {
             name: (await process_one(plugin, {"name": name}))["properties"]["found"]
-            for name in ("./known", "./other", "node:crypto", "fs")
+            for name in ("./known", "./other", "node:crypto", "fs", "pg")
         }
     assert found == {
         "./known": "number",
         "./other": "MODULE_NOT_FOUND: Cannot find module './other' from 'index.js'",
         "node:crypto": "object",
         "fs": "MODULE_NOT_FOUND: Cannot import 'fs'! This package is not provided by PostHog in plugins.",
+        # set up only in the isolates of plugins whose code names it (provided.py)
+        "pg": "MODULE_NOT_FOUND: Cannot import 'pg' by a name the code computes: write require('pg') "
+        "(or import it) in the plugin's code, so that the plugin server sets the module up for it.",
     }
 
 

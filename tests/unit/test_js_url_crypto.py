@@ -201,6 +201,26 @@ def test_globals_and_require(racer: MiniRacer) -> None:
     assert js(racer, "`${new URL('https://x.com/a')}`") == "https://x.com/a"
 
 
+async def test_url_is_made_on_first_use_and_then_a_plain_global() -> None:
+    """url.js runs when a plugin first uses URL (not in every isolate); a plugin may still replace it."""
+    source = """
+    URLSearchParams = 'mine'
+    exports.processEvent = function (event) {
+        const made = typeof Object.getOwnPropertyDescriptor(globalThis, 'URL').get
+        event.properties.host = new URL('https://a.example/x').host
+        const now = Object.getOwnPropertyDescriptor(globalThis, 'URL')
+        event.properties.seen = [made, typeof now.value, now.enumerable, require('url').URL === URL]
+        event.properties.params = URLSearchParams
+        return event
+    }
+    """
+    async with loaded_plugin(source) as plugin:
+        properties = (await process_one(plugin, {}))["properties"]
+    assert properties["host"] == "a.example"
+    assert properties["seen"] == ["function", "function", False, True]
+    assert properties["params"] == "mine"
+
+
 # ---------------------------------------------------------------------- URLSearchParams
 
 QUERIES = [

@@ -5,13 +5,14 @@ generated changes, and on the shared gate both runtimes use."""
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from plugin_server.plugins.events import checked_result
+from plugin_server.plugins.events import checked_json_results, checked_result
 from plugin_server.plugins.instance import PluginError
 from tests.js_support import loaded_plugin
 
@@ -73,3 +74,49 @@ def test_a_storable_change_is_taken(distinct_id: str, value: str) -> None:
             checked_result(BEFORE, result)
         return
     assert checked_result(BEFORE, result) == result
+
+
+async def test_a_lone_surrogate_fails_its_event_only_and_logs_keep_their_line() -> None:
+    """JSON spells a lone surrogate as an escape that Python's JSON refuses: in one event's result it
+    fails that event (not the batch, whose other events and isolate go on); in a log line it is
+    written as U+FFFD."""
+    lines: list[str] = []
+    logger = SimpleNamespace(log=lines.append)
+    source = r"""
+    let calls = 0
+    exports.processEvent = function (event) {
+        calls++
+        console.log('a\ud800b' + '\\ud800' + '\udc00\ud800')
+        if (event.properties.odd) event.properties.text = 'x\ud800'
+        event.properties.calls = calls
+        return event
+    }
+    """
+    async with loaded_plugin(source, logger=logger) as plugin:
+        events = [{**BEFORE, "properties": {"odd": index == 1}} for index in range(3)]
+        first, refused, last = await plugin.process_events(events, frozenset())
+        (again,) = await plugin.process_events([BEFORE], frozenset())
+    assert isinstance(refused, PluginError) and "lone surrogate" in str(refused)
+    assert isinstance(first, dict) and isinstance(last, dict) and isinstance(again, dict)
+    assert (first["properties"]["calls"], last["properties"]["calls"], again["properties"]["calls"]) == (
+        1,
+        3,
+        4,
+    )
+    assert lines[0] == "a\ufffdb\\ud800\ufffd\ufffd"
+
+
+def test_results_checked_at_once_refuse_the_unstorable_ones_only() -> None:
+    """checked_json_results writes the batch once; when that finds nesting orjson cannot write or a NUL,
+    each result is checked alone, and only those are refused."""
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    fine = {**BEFORE, "properties": {"text": "a \\u0000 that is text"}}
+    results = [fine, {**BEFORE, "properties": {"deep": deep}}, {**BEFORE, "distinct_id": "d\x00"}, None]
+    outcomes = checked_json_results([BEFORE] * 4, results)
+    assert outcomes[0] == fine and outcomes[3] is None
+    assert all(isinstance(outcome, PluginError) for outcome in outcomes[1:3])
+    assert isinstance(
+        checked_json_results([BEFORE, BEFORE], [fine, {**BEFORE, "team_id": 3}])[1], PluginError
+    )

@@ -2,7 +2,7 @@
 
 import uuid
 
-from plugin_server.ingestion.uuidt import uuidt, uuidt_for_message
+from plugin_server.ingestion.uuidt import random_id, uuidt, uuidt_for_message
 
 
 def test_a_new_uuid_is_version_7_with_the_time_first() -> None:
@@ -20,3 +20,12 @@ def test_a_message_id_always_gives_the_same_uuid() -> None:
     assert uuidt_for_message(1638093600000, "task-1") == "017d65fc-b500-7259-9bdb-5b7908e547b7"
     assert uuidt_for_message(1638093600000, "task-2") != uuidt_for_message(1638093600000, "task-1")
     assert uuid.UUID(uuidt_for_message(1638093600001, "task-1")).int >> 80 == 1638093600001
+
+
+def test_a_random_id_is_a_version_4_uuid() -> None:
+    ids = {random_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for text in list(ids)[:1_000]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)

@@ -16,11 +16,6 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def json_text(value: Any) -> str:
-    """JSON text for a jsonb parameter, non-string keys written as strings (as JSON.stringify does)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
 set_json_dumps(_dumps)
 set_json_loads(orjson.loads)
 

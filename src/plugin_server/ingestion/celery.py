@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -24,7 +22,7 @@ from plugin_server.ingestion.message_fields import (
     unix_ms,
 )
 from plugin_server.ingestion.types import RawEvent
-from plugin_server.ingestion.uuidt import uuidt, uuidt_for_message
+from plugin_server.ingestion.uuidt import random_id, uuidt, uuidt_for_message
 
 PROCESS_EVENT_TASK = "posthog.tasks.process_event.process_event_with_plugins"
 PLUGIN_JOB_TASK = "posthog.tasks.plugins.plugin_job"
@@ -33,8 +31,9 @@ _EVENT_ARGUMENTS = ("distinct_id", "ip", "site_url", "data", "team_id", "now", "
 _REQUIRED_EVENT_ARGUMENTS = _EVENT_ARGUMENTS[:-1]
 
 
-@dataclass(frozen=True, slots=True)
-class CeleryTask:
+class CeleryTask(NamedTuple):
+    """One decoded task (a named tuple: made once per message, and a frozen dataclass costs more)."""
+
     name: str
     id: str | None
     args: list[Any]
@@ -132,7 +131,7 @@ def encode_task(
     task_id: str | None = None,
 ) -> bytes:
     """A protocol 2 envelope to LPUSH on `queue`, shaped like the original's Celery client sent it."""
-    task_id = task_id or str(uuid.uuid4())
+    task_id = task_id or random_id()
     return orjson.dumps(
         {
             "body": base64.b64encode(orjson.dumps([args, kwargs or {}, {}])).decode("ascii"),
@@ -143,7 +142,7 @@ def encode_task(
                 "body_encoding": "base64",
                 "delivery_info": {"exchange": "", "routing_key": queue},
                 "delivery_mode": 2,
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": random_id(),
                 "correlationId": task_id,
                 "replyTo": "",
             },
@@ -162,6 +161,8 @@ def _event_arguments(task: CeleryTask) -> dict[str, Any]:
             f"{PROCESS_EVENT_TASK} takes at most {len(_EVENT_ARGUMENTS)} arguments, got {len(task.args)}"
         )
     arguments = dict(zip(_EVENT_ARGUMENTS, task.args, strict=False))
+    if len(arguments) == len(_EVENT_ARGUMENTS) and not task.kwargs:
+        return arguments  # the way capture sends them: all seven by position
     if task.kwargs:
         for name in _EVENT_ARGUMENTS:
             if name in task.kwargs:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis.asyncio as aioredis
 
 from plugin_server.config import Settings
+
+if TYPE_CHECKING:
+    from plugin_server.ingestion.kafka_producer import KafkaProducer
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +42,15 @@ class EventEnqueuer(Protocol):
     async def close(self) -> None: ...
 
 
-def open_enqueuer(settings: Settings, redis: aioredis.Redis) -> EventEnqueuer:
-    """The enqueuer of the active ingestion queue: the Kafka topic when KAFKA_ENABLED, else the Celery list."""
+def open_enqueuer(
+    settings: Settings, redis: aioredis.Redis, producer: KafkaProducer | None = None
+) -> EventEnqueuer:
+    """The enqueuer of the active ingestion queue: the Kafka topic when KAFKA_ENABLED (over `producer`,
+    the worker's one, when given), else the Celery list."""
     if settings.KAFKA_ENABLED:
         from plugin_server.ingestion.kafka_producer import KafkaEnqueuer
 
-        return KafkaEnqueuer(settings)
+        return KafkaEnqueuer(settings, producer)
     from plugin_server.ingestion.celery_enqueuer import CeleryEnqueuer
 
     return CeleryEnqueuer(redis, settings.PLUGINS_CELERY_QUEUE)

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import orjson
@@ -42,6 +43,8 @@ DeliveryReport = Callable[[KafkaError | None, Message], None]
 # How long a record may wait for the broker's acknowledgement, retries included, before `send` gives up.
 DELIVERY_TIMEOUT_SECONDS = 10.0
 RETRY_DELAY_SECONDS = 0.1
+# How long `send` waits before handing over more records while librdkafka's local queue is full.
+QUEUE_FULL_WAIT_SECONDS = 0.01
 # How often the poll thread looks for delivery reports and flush requests, and how long a flush it
 # makes may wait (long enough for librdkafka's broker threads to wake up and send: a flush that ends
 # before they do sends nothing early).
@@ -144,12 +147,13 @@ class KafkaProducer:
             else:
                 self._producer.poll(POLL_SECONDS)
 
-    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None:
+    async def send(self, records: Sequence[Record], *, linger: bool = False) -> None:
         """Produce every record and wait until the broker acknowledged all of them.
 
-        `at_once`: the records are a whole batch, so send them without waiting for more to come
-        (linger.ms, KAFKA_FLUSH_FREQUENCY_MS): librdkafka is flushed once they are handed over. The ClickHouse
-        sinks do so, or every micro-batch would wait the linger before its acknowledgement.
+        The records are a whole batch (the ClickHouse sinks', plugin logs'), sent without waiting for more
+        to come: librdkafka is flushed once they are handed over, or every micro-batch would wait its
+        linger (linger.ms, KAFKA_FLUSH_FREQUENCY_MS) before its acknowledgement. With `linger` they wait
+        for other calls' records to join them in a request, as the capture API's events do.
 
         Records whose delivery failed for a passing reason are produced again until the delivery timeout.
         A failure can still leave other records of the call in their topics (Kafka has no partial
@@ -159,8 +163,7 @@ class KafkaProducer:
         deadline = time.monotonic() + self._delivery_timeout
         pending = list(records)
         while pending:
-            errors = await self._deliver(pending, deadline, at_once)
-            failed = [(record, error) for record, error in zip(pending, errors, strict=True) if error]
+            failed = await self._deliver(pending, deadline, linger)
             refused = [error for _, error in failed if not _passing(error)]
             if refused:
                 raise KafkaDeliveryError(_summary(refused, records))
@@ -171,43 +174,72 @@ class KafkaProducer:
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
 
     async def _deliver(
-        self, records: list[Record], deadline: float, at_once: bool
-    ) -> list[KafkaError | None]:
-        """Produce the records and answer each one's delivery error (None: delivered)."""
-        loop = asyncio.get_running_loop()
-        deliveries: list[asyncio.Future[KafkaError | None]] = []
-        for record in records:
-            delivered: asyncio.Future[KafkaError | None] = loop.create_future()
-            await self._produce(record, _reporter(loop, delivered), deadline)
-            deliveries.append(delivered)
-        if at_once:
-            self._flush_wanted.set()
-        return list(await asyncio.gather(*deliveries))
-
-    async def _produce(self, record: Record, on_delivery: DeliveryReport, deadline: float) -> None:
-        """Hand one record to librdkafka, waiting (until `deadline`) while its local queue is full."""
-        while True:
-            try:
-                self._producer.produce(
-                    record.topic, record.value, record.key, headers=record.headers, on_delivery=on_delivery
-                )
-                return
-            except BufferError:
+        self, records: list[Record], deadline: float, linger: bool
+    ) -> list[tuple[Record, KafkaError]]:
+        """Produce the records; once each one is reported, those that failed, with their errors."""
+        deliveries = DeliveryReports(asyncio.get_running_loop(), records)
+        for index, record in enumerate(records):
+            while not self._produce(record, deliveries.reporter(index)):
                 if time.monotonic() >= deadline:
-                    raise KafkaUnavailableError("the Kafka producer queue stayed full") from None
-                await asyncio.sleep(0.01)
-            except KafkaException as error:
-                raise KafkaDeliveryError(
-                    f"Kafka refused a record of {len(record.value)} bytes for {record.topic}: {error.args[0]}"
-                ) from None
+                    raise KafkaUnavailableError("the Kafka producer queue stayed full")
+                if not linger:
+                    self._flush_wanted.set()
+                await asyncio.sleep(QUEUE_FULL_WAIT_SECONDS)
+        if not linger:
+            self._flush_wanted.set()
+        await deliveries.done
+        return deliveries.failed
+
+    def _produce(self, record: Record, on_delivery: DeliveryReport) -> bool:
+        """Hand one record to librdkafka; False while its local queue is full."""
+        try:
+            self._producer.produce(
+                record.topic, record.value, record.key, headers=record.headers, on_delivery=on_delivery
+            )
+        except BufferError:
+            return False
+        except KafkaException as error:
+            raise KafkaDeliveryError(
+                f"Kafka refused a record of {len(record.value)} bytes for {record.topic}: {error.args[0]}"
+            ) from None
+        return True
 
     async def close(self) -> None:
-        """Wait for records still in flight (up to the delivery timeout), then stop polling."""
+        """Stop polling, then wait for records still in flight (up to the delivery timeout): one thread
+        at a time serves the delivery reports."""
         if self._closing.is_set():
             return
-        await asyncio.to_thread(self._producer.flush, self._delivery_timeout)
         self._closing.set()
         await asyncio.to_thread(self._poller.join)
+        await asyncio.to_thread(self._producer.flush, self._delivery_timeout)
+
+
+class DeliveryReports:
+    """The delivery reports of one `send`'s records. librdkafka reports each record to a callback on the
+    poll thread; this one only counts them (and keeps the failed records), and the event loop hears once,
+    when the last is in: a future and a loop wake-up per record cost more than producing the record.
+    `reporter(index)` is the callback of `records[index]` (a report carries no headers, so the record to
+    produce again is taken from `records`)."""
+
+    __slots__ = ("_left", "_loop", "done", "failed", "records")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, records: list[Record]) -> None:
+        self._loop = loop
+        self._left = len(records)
+        self.records = records
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.failed: list[tuple[Record, KafkaError]] = []
+
+    def reporter(self, index: int) -> DeliveryReport:
+        return partial(self._report, index)
+
+    def _report(self, index: int, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self.failed.append((self.records[index], error))
+        self._left -= 1
+        if not self._left:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+                self._loop.call_soon_threadsafe(_settle, self.done)
 
 
 def _passing(error: KafkaError) -> bool:
@@ -219,29 +251,25 @@ def _summary(errors: list[KafkaError], records: Sequence[Record]) -> str:
     return f"Kafka did not take {len(errors)} of {len(records)} records for {topics}: {errors[0].str()}"
 
 
-def _reporter(
-    loop: asyncio.AbstractEventLoop, delivered: asyncio.Future[KafkaError | None]
-) -> DeliveryReport:
-    """A delivery callback (run on the poll thread) that settles `delivered` with None or the error."""
-
-    def report(error: KafkaError | None, _message: Message) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(_settle, delivered, error)
-
-    return report
-
-
-def _settle(delivered: asyncio.Future[KafkaError | None], error: KafkaError | None) -> None:
-    if not delivered.done():
-        delivered.set_result(error)
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():  # cancelled: the sender stopped waiting
+        done.set_result(None)
 
 
 class KafkaEnqueuer:
-    """The EventEnqueuer for KAFKA_ENABLED: events go to KAFKA_CONSUMPTION_TOPIC."""
+    """The EventEnqueuer for KAFKA_ENABLED: events go to KAFKA_CONSUMPTION_TOPIC, over `producer` (a
+    worker's one producer, which its owner closes) or else a producer of its own, closed with it."""
 
-    def __init__(self, settings: Settings, *, delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: KafkaProducer | None = None,
+        *,
+        delivery_timeout: float = DELIVERY_TIMEOUT_SECONDS,
+    ) -> None:
         self._topic = settings.KAFKA_CONSUMPTION_TOPIC
-        self._producer = KafkaProducer(settings, delivery_timeout=delivery_timeout)
+        self._owned = producer is None
+        self._producer = producer or KafkaProducer(settings, delivery_timeout=delivery_timeout)
 
     async def enqueue(self, events: Sequence[CapturedEvent]) -> None:
         """Produce every event and wait for all acknowledgements; raise KafkaDeliveryError if any failed."""
@@ -249,10 +277,11 @@ class KafkaEnqueuer:
         for event in events:
             key, value = capture_message(event)
             records.append(Record(self._topic, value, key))
-        await self._producer.send(records)
+        await self._producer.send(records, linger=True)  # concurrent requests' events share requests
 
     async def close(self) -> None:
-        await self._producer.close()
+        if self._owned:
+            await self._producer.close()
 
 
 async def kafka_ready(settings: Settings, timeout: float = 2.0) -> str | None:

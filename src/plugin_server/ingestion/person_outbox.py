@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.persons import DistinctIdRow, PersonChange, PersonRow, person_row
+from plugin_server.jsvalues import json_text
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,9 @@ from psycopg.errors import DeadlockDetected, IntegrityError, SerializationFailur
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.rules import is_illegal_distinct_id
 from plugin_server.ingestion.uuidt import uuidt
-from plugin_server.jsvalues import js_string
+from plugin_server.jsvalues import js_string, json_text
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +247,8 @@ def _storable(distinct_id: str) -> bool:
 
 def _same_json(a: Any, b: Any) -> bool:
     """Deep equality of JSON values where true is not 1, as the original's `!==` plus deep-equal."""
+    if type(a) is str:  # most property values: decided without the checks below
+        return type(b) is str and a == b
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, dict):

@@ -76,9 +76,11 @@ class ProcessedBatch:
         outcome."""
         teams: dict[Any, ProcessedBatch] = {}
         for message, event in self.events:
-            teams.setdefault(event.get("team_id"), ProcessedBatch([], BatchOutcome())).events.append(
-                (message, event)
-            )
+            team_id = event.get("team_id")
+            batch = teams.get(team_id)
+            if batch is None:
+                batch = teams[team_id] = ProcessedBatch([], BatchOutcome())
+            batch.events.append((message, event))
         return teams
 
     @classmethod

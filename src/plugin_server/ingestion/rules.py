@@ -94,6 +94,18 @@ def parse_timestamp(value: object) -> datetime | None:
     or a number of epoch milliseconds (as `new Date(n)`), as an aware UTC datetime; None if invalid."""
     if isinstance(value, str):
         return _parse_text(value)
+    return _parse_other(value)
+
+
+def _parse_shared(value: object) -> datetime | None:
+    """`parse_timestamp` for the times that the events of one request share (`now`, `sent_at`): their
+    texts are parsed once. (An event's own timestamp is seldom another's: caching it would only cost.)"""
+    if isinstance(value, str):
+        return _parse_text_once(value)
+    return _parse_other(value)
+
+
+def _parse_other(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return _to_utc_ms(value)
     if type(value) is int or type(value) is float:
@@ -104,13 +116,15 @@ def parse_timestamp(value: object) -> datetime | None:
     return None
 
 
-@cache_short_texts  # the events of one request share their `now` and `sent_at`
 def _parse_text(text: str) -> datetime | None:
     try:
         parsed: datetime | None = datetime.fromisoformat(text)
     except ValueError:
         parsed = _parse_lenient(text)
     return None if parsed is None else _to_utc_ms(parsed)
+
+
+_parse_text_once = cache_short_texts(_parse_text)
 
 
 def _current_time() -> datetime:
@@ -202,8 +216,8 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
         del properties["$elements"]
         elements = elements_from_properties(raw_elements)
 
-    now = parse_timestamp(raw.get("now")) or _current_time()
-    sent_at = parse_timestamp(raw.get("sent_at"))
+    now = _parse_shared(raw.get("now")) or _current_time()
+    sent_at = _parse_shared(raw.get("sent_at"))
     ip = raw.get("ip")
     site_url = raw.get("site_url")
     return PreparedEvent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -24,6 +25,40 @@ def checked_result(before: RawEvent, result: Any, function: str = "processEvent"
     A falsy result drops the event (as in the original). A result must be an object with the same
     team_id, a text event name and a distinct_id of at most 200 characters, and nothing that cannot be
     stored: values JSON cannot hold, lone surrogates, NUL characters (see `storable`)."""
+    event = _checked_fields(before, result, function)
+    if event is None:
+        return None
+    try:
+        as_json = orjson.dumps(event)
+    except TypeError as error:  # also lone surrogates and nesting past orjson's limit
+        raise PluginError(f"{function} returned an event that cannot be stored: {error}") from None
+    _check_no_nul(event, as_json, function)
+    return event
+
+
+def checked_json_results(
+    befores: Sequence[RawEvent], results: Sequence[Any], function: str = "processEvent"
+) -> list[RawEvent | PluginError | None]:
+    """checked_result of each result (or the PluginError it raises), for results parsed from JSON text
+    with orjson, which holds JSON values and no lone surrogate: what costs most, writing each result
+    as JSON for what may still not be stored (nesting past orjson's limit, NUL characters), is done
+    once for them all, and one by one only when that finds something."""
+    try:
+        whole: bytes | None = orjson.dumps(results)
+    except TypeError:
+        whole = None
+    each = checked_result if whole is None or _may_hold_nul(whole) else _checked_fields
+    outcomes: list[RawEvent | PluginError | None] = []
+    for before, result in zip(befores, results, strict=True):
+        try:
+            outcomes.append(each(before, result, function))
+        except PluginError as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def _checked_fields(before: RawEvent, result: Any, function: str) -> RawEvent | None:
+    """The result if it is an event of the same team with a name, a distinct_id and a uuid."""
     if not result:
         return None
     if not isinstance(result, dict):
@@ -41,13 +76,17 @@ def checked_result(before: RawEvent, result: Any, function: str = "processEvent"
         )
     if result.get("uuid") != before.get("uuid") and not _is_uuid(result.get("uuid")):
         raise PluginError(f"{function} set event.uuid to something that is not a UUID")
-    try:
-        as_json = orjson.dumps(result)
-    except TypeError as error:  # also lone surrogates and nesting past orjson's limit
-        raise PluginError(f"{function} returned an event that cannot be stored: {error}") from None
-    if b"\\u0000" in as_json and scrub(result) != result:  # the text test is quick, may be a false alarm
-        raise PluginError(f"{function} returned an event with a NUL character, which cannot be stored")
     return result
+
+
+def _may_hold_nul(as_json: bytes) -> bool:
+    """Whether JSON text may spell a NUL character (a backslash is rare in events: memchr first)."""
+    return b"\\" in as_json and b"\\u0000" in as_json
+
+
+def _check_no_nul(result: RawEvent, as_json: bytes, function: str) -> None:
+    if _may_hold_nul(as_json) and scrub(result) != result:  # the text test is quick, may be a false alarm
+        raise PluginError(f"{function} returned an event with a NUL character, which cannot be stored")
 
 
 def _is_uuid(value: Any) -> bool:

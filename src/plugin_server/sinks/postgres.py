@@ -14,10 +14,9 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from plugin_server.db.postgres import json_text
 from plugin_server.ingestion.elements import elements_hash
 from plugin_server.ingestion.types import PreparedEvent
-from plugin_server.jsvalues import js_string
+from plugin_server.jsvalues import js_string, json_text
 from plugin_server.sinks import PersonSinkRow
 
 # The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much

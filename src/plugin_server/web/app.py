@@ -10,19 +10,16 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from plugin_server import __version__
 from plugin_server.ingestion.teams import TeamManager
-from plugin_server.services.metrics import get_metrics
 from plugin_server.web import admin, metrics_routes
-from plugin_server.web.capture import Unavailable, captured_events
-from plugin_server.web.client_ip import client_ip
+from plugin_server.web.capture_endpoint import CaptureEndpoint, cors_headers
 from plugin_server.web.console import install_console
 from plugin_server.web.context import WebContext
 from plugin_server.web.docs import install_docs
 from plugin_server.web.health import run_check, sources_check, workers_problem
-from plugin_server.web.payload import CaptureError, DecodeLimits, read_capture_input
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +31,10 @@ as a form with base64 `data`, or with `data=` in the query (GET); gzip (`compres
 `Content-Encoding: gzip`) and lz-string (`compression=lz64`) accepted. Answers `{"status": 1}` once every
 event is queued; 400 bad payload, 401 missing or unknown project token, 413 too large, 503 queue down."""
 
-# PostHog capture's CORS answer: any origin may send (browsers run posthog-js on any site).
-_CORS_HEADERS = {
-    "Access-Control-Allow-Credentials": "true",
-    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-    "Access-Control-Allow-Headers": "X-Requested-With, Content-Type",
-    "Vary": "Origin",
-}
-_CAPTURED = b'{"status":1}'  # what JSONResponse({"status": 1}) renders, rendered once
 # PostHog's flags endpoints (/decide, /flags), as posthog-js and the SDKs ask them: this server keeps no
 # feature flags, so the answer is "none", and browsers see no 404 in their console. The body is not read.
 FLAGS_PATHS = ("/decide", "/flags")
+_CAPTURE_METHODS = frozenset(("GET", "POST", "OPTIONS"))
 _NO_FLAGS = {
     "config": {"enable_collect_everything": True},
     "featureFlags": {},
@@ -62,51 +52,36 @@ _NO_FLAGS = {
     "toolbarParams": {},
     "isAuthenticated": False,
 }
-_UNAVAILABLE = {
-    "type": "server_error",
-    "code": "unavailable",
-    "detail": "The events could not be queued right now; send them again later.",
-    "attr": None,
-}
-_FAILED = {
-    "type": "server_error",
-    "code": "internal_error",
-    "detail": "The request could not be handled; it is logged.",
-    "attr": None,
-}
 
 
 class FrontDoor:
     """The ASGI application: capture requests (nearly all the traffic) go straight to the capture
-    handler, everything else to the FastAPI app. FastAPI's layers (middleware, routing, dependency
+    endpoint, everything else to the FastAPI app. FastAPI's layers (middleware, routing, dependency
     solving) cost more CPU than capturing an event does; the capture routes are still declared in the
-    FastAPI app, which documents them on its OpenAPI page and serves them the same way."""
+    FastAPI app, which documents them on its OpenAPI page, answers 405 to other methods, and serves
+    them with the same endpoint when asked directly."""
 
-    def __init__(
-        self,
-        api: FastAPI,
-        capture: Callable[[Request], Awaitable[Response]],
-        preflight: Callable[[Request], Awaitable[Response]],
-    ) -> None:
+    def __init__(self, api: FastAPI, capture: CaptureEndpoint) -> None:
         self.api = api
         self._capture = capture
-        self._preflight = preflight
         self._paths = frozenset(path + slash for path in CAPTURE_PATHS for slash in ("", "/"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self._paths:
-            await self.api(scope, receive, send)
-            return
-        method = scope["method"]
-        if method in ("GET", "POST"):
-            handle = self._capture
-        elif method == "OPTIONS":
-            handle = self._preflight
+        if scope["type"] == "http" and scope["method"] in _CAPTURE_METHODS and scope["path"] in self._paths:
+            await self._capture(scope, receive, send)
         else:
-            await self.api(scope, receive, send)  # FastAPI's 405 answer
-            return
-        response = await handle(Request(scope, receive))
-        await response(scope, receive, send)
+            await self.api(scope, receive, send)
+
+
+class _Delegate(Response):
+    """A FastAPI route's answer that hands the request to an ASGI app (its body is still unread)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self.background = None  # FastAPI looks for background tasks on a route's answer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def create_app(context: WebContext) -> FrontDoor:
@@ -119,58 +94,30 @@ def create_app(context: WebContext) -> FrontDoor:
         redoc_url=None,
     )
     app.state.context = context
-    teams = TeamManager(context.pool)
-    settings = context.settings
-    decode_limits = DecodeLimits(settings.CAPTURE_MAX_BODY_BYTES, settings.CAPTURE_DECODE_TIMEOUT)
+    endpoint = CaptureEndpoint(context.settings, TeamManager(context.pool), context.enqueuer)
 
     async def capture(request: Request) -> Response:
-        peer = request.client.host if request.client else None
-        try:
-            received = await read_capture_input(request, decode_limits)
-            events = await captured_events(
-                received,
-                team_by_token=teams.get_team_by_token,
-                ip=client_ip(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxy_networks),
-                site_url=str(request.base_url).rstrip("/"),
-            )
-        except CaptureError as error:
-            return JSONResponse(error.body, status_code=error.status, headers=_cors(request))
-        except Unavailable:
-            log.exception("capture request from %s could not be checked", peer)
-            return JSONResponse(_UNAVAILABLE, status_code=503, headers=_cors(request))
-        except Exception:
-            log.exception("capture request from %s failed", peer)
-            return JSONResponse(_FAILED, status_code=500, headers=_cors(request))
-        try:
-            await context.enqueuer.enqueue(events)
-        except Exception:
-            log.exception("capture request from %s could not be queued", peer)
-            return JSONResponse(_UNAVAILABLE, status_code=503, headers=_cors(request))
-        get_metrics().events_received("capture", len(events))
-        return Response(_CAPTURED, media_type="application/json", headers=_cors(request))
-
-    async def preflight(request: Request) -> Response:
-        return Response(status_code=200, headers=_cors(request))
+        return _Delegate(endpoint)
 
     async def no_flags(request: Request) -> Response:
-        return JSONResponse(_NO_FLAGS, headers=_cors(request))
+        return JSONResponse(_NO_FLAGS, headers=cors_headers(request.headers.get("origin")))
 
     def add_sdk_route(
-        path: str, endpoint: Callable[[Request], Awaitable[Response]], summary: str, about: str
+        path: str, route: Callable[[Request], Awaitable[Response]], summary: str, about: str
     ) -> None:
         """GET and POST at `path` and `path/` (clients post to both; a redirect would lose the body),
         and the CORS preflight."""
         for variant in (path, path + "/"):
             app.add_api_route(
                 variant,
-                endpoint,
+                route,
                 methods=["GET", "POST"],
                 include_in_schema=variant == path,
                 summary=summary,
                 description=about,
                 tags=["capture"],
             )
-            app.add_api_route(variant, preflight, methods=["OPTIONS"], include_in_schema=False)
+            app.add_api_route(variant, capture, methods=["OPTIONS"], include_in_schema=False)
 
     for path in CAPTURE_PATHS:
         add_sdk_route(path, capture, f"Capture events ({path})", CAPTURE_DESCRIPTION)
@@ -198,11 +145,11 @@ def create_app(context: WebContext) -> FrontDoor:
         return JSONResponse(body, status_code=503 if failed else 200)
 
     app.include_router(metrics_routes.router)
-    admin.include_operator_api(app, settings)
+    admin.include_operator_api(app, context.settings)
     install_docs(app)
-    if settings.CONSOLE_ENABLED:
+    if context.settings.CONSOLE_ENABLED:
         install_console(app)
-    return FrontDoor(app, capture, preflight)
+    return FrontDoor(app, endpoint)
 
 
 async def readiness(context: WebContext) -> dict[str, dict[str, Any]]:
@@ -246,8 +193,3 @@ async def _redis_problem(context: WebContext) -> str | None:
 
 def _check(problem: str | None) -> dict[str, Any]:
     return {"ok": True} if problem is None else {"ok": False, "error": problem}
-
-
-def _cors(request: Request) -> dict[str, str]:
-    """The CORS headers of a capture answer: the constant ones and the request's origin."""
-    return {"Access-Control-Allow-Origin": request.headers.get("origin") or "*", **_CORS_HEADERS}

@@ -25,6 +25,8 @@ TeamByToken = Callable[[str], Awaitable[Team | None]]
 
 MAX_TOKEN_LENGTH = 200  # posthog_team.api_token is varchar(200)
 _DIGITS = re.compile(r"^[0-9]+$")
+# A uuid as str(uuid.UUID(...)) writes it: what the SDKs send, kept as it is without parsing it.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 async def captured_events(
@@ -174,14 +176,17 @@ def _captured(
     if not isinstance(properties, dict):
         raise CaptureError(400, "Event field `properties` must be an object.", attr="properties")
     event_uuid = _event_uuid(event.get("uuid"))
+    # The uuid travels in `data` (Celery task arguments have no slot for it). The fields the server
+    # decides are left out of `data`, so no consumer can take the client's copies. The connection's
+    # ip is stored, or none: a client's `$ip` is left out (see message_fields).
+    data = client_fields(event)
+    data["properties"] = without_ip_property(properties)
+    data["uuid"] = event_uuid
     return CapturedEvent(
         distinct_id=distinct_id,
         ip=None if team.anonymize_ips else ip,
         site_url=site_url,
-        # The uuid travels in `data` (Celery task arguments have no slot for it). The fields the
-        # server decides are left out of `data`, so no consumer can take the client's copies.
-        # The connection's ip is stored, or none: a client's `$ip` is left out (see message_fields).
-        data={**client_fields(event), "properties": without_ip_property(properties), "uuid": event_uuid},
+        data=data,
         team_id=team.id,
         now=now,
         sent_at=sent_at,
@@ -193,6 +198,8 @@ def _event_uuid(given: Any) -> str:
     """The client's uuid when it sent one (its retries then store the event once), else a new UUIDT."""
     if given is None or given == "":
         return uuidt()
+    if isinstance(given, str) and _CANONICAL_UUID.fullmatch(given):
+        return given
     try:
         return str(uuid.UUID(str(given)))
     except ValueError:

@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers
 from starlette.formparsers import FormParser, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from plugin_server.ingestion.storable import (
     MAX_JSON_DEPTH,
@@ -35,6 +36,7 @@ from plugin_server.ingestion.storable import (
     scrub,
 )
 from plugin_server.web.lzstring import OutputTooLarge, decompress_from_base64
+from plugin_server.web.request_head import RequestHead
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 INLINE_BYTES = 16_384  # payloads decoded on the event loop: plain JSON up to this size...
@@ -78,16 +80,16 @@ class DecodeLimits:
     seconds: float
 
 
-async def read_capture_input(request: Request, limits: DecodeLimits) -> CaptureInput:
-    query = dict(request.query_params)
+async def read_capture_input(head: RequestHead, receive: Receive, limits: DecodeLimits) -> CaptureInput:
+    query = head.query
     form: dict[str, str] = {}
-    if request.method == "GET":
+    if head.method == "GET":
         data: bytes | str | None = query.get("data")
     else:
-        body = await read_body(request, limits.max_bytes)
-        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        body = await read_body(head.headers, receive, limits.max_bytes)
+        media_type = head.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type in FORM_TYPES:
-            form = await parse_form(request.headers, body)
+            form = await parse_form(head.headers, body)
             data = form.get("data")
         else:
             data = body
@@ -98,7 +100,7 @@ async def read_capture_input(request: Request, limits: DecodeLimits) -> CaptureI
             code="no_data",
         )
     compression = (
-        query.get("compression") or form.get("compression") or request.headers.get("content-encoding", "")
+        query.get("compression") or form.get("compression") or head.headers.get("content-encoding", "")
     )
     return CaptureInput(await decode_off_loop(data, compression, limits), query, form)
 
@@ -121,19 +123,24 @@ def _decoders() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="capture-decode")
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+async def read_body(headers: Mapping[str, str], receive: Receive, max_bytes: int) -> bytes:
     """The body, refused with 413 as soon as it is known to exceed `max_bytes`."""
-    declared = request.headers.get("content-length", "")
+    declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: nobody is left to answer
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise _too_large(max_bytes)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def parse_form(headers: Mapping[str, str], body: bytes) -> dict[str, str]:

@@ -18,11 +18,13 @@ from plugin_server.db.postgres import open_pool
 from plugin_server.db.redis import open_redis
 from plugin_server.ingestion.enqueue import open_enqueuer
 from plugin_server.process_signals import obey_only_the_supervisor
+from plugin_server.services.gc_tuning import tune_garbage_collector
 from plugin_server.services.observability import setup_process
 from plugin_server.topology import open_reads
 from plugin_server.web.app import create_app
 from plugin_server.web.context import WebContext
 from plugin_server.web.health import WorkerStatus
+from plugin_server.web.http_protocol import HttpProtocol
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,11 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
             access_log=False,  # one line per captured request would drown everything else
             proxy_headers=False,  # the capture API reads X-Forwarded-For itself, from TRUSTED_PROXIES only
             lifespan="off",
+            http=HttpProtocol,  # httptools, with each answer's head and body in one write
         )
         listening = shared_socket(settings.WEB_HOSTNAME, settings.WEB_PORT)
         stack.callback(listening.close)
+        tune_garbage_collector()  # start-up is done: the app, its pools and imports live as long as we do
         log.info("starting the web server on http://%s:%d", settings.WEB_HOSTNAME, settings.WEB_PORT)
         if settings.CONSOLE_ENABLED:
             log.info(

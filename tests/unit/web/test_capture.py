@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from plugin_server.ingestion.types import Team
 from plugin_server.web.capture import captured_events
@@ -107,6 +109,36 @@ async def test_a_client_uuid_is_kept_so_its_retries_store_once() -> None:
     given = str(uuid.uuid4())
     (captured,) = await capture(event(api_key="phc_one", uuid=given.upper()))
     assert captured.uuid == captured.data["uuid"] == given
+
+
+def _as_uuid_parses_it(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.uuids().map(str),
+        st.uuids().map(lambda value: str(value).upper()),
+        st.uuids().map(lambda value: value.hex),
+        st.uuids().map(lambda value: f"{{{value}}}"),
+        st.uuids().map(lambda value: f"urn:uuid:{value}"),
+        st.uuids().map(lambda value: f"{value}\n"),
+        st.from_regex(r"[0-9a-fA-F-]{30,40}", fullmatch=True),
+        st.text(min_size=1, max_size=40),
+    )
+)
+async def test_a_client_uuid_is_kept_in_the_canonical_form_or_refused_as_uuid_reads_it(text: str) -> None:
+    """The canonical form is kept without parsing it; every other form is read as uuid.UUID reads it."""
+    expected = _as_uuid_parses_it(text)
+    if expected is None:
+        assert (await refused(event(api_key="phc_one", uuid=text))).body["attr"] == "uuid"
+    else:
+        (captured,) = await capture(event(api_key="phc_one", uuid=text))
+        assert captured.uuid == captured.data["uuid"] == expected
 
 
 async def test_missing_and_unknown_tokens_are_401() -> None:

@@ -11,7 +11,7 @@
 // the runtime then collects garbage, asks `stillOver()` in its next script, and discards the isolate when what the plugin holds plus what it asked for is still
 // past the budget.
 //
-//     (memory)(limitBytes) -> {report(control, refusedSlot, heldSlot), collect(), stillOver(),
+//     (memory)(limitBytes) -> {report(control, refusedSlot, heldSlot), collect(compact), stillOver(),
 //                              uncountedSharedBuffer(bytes)}
 //
 // The original constructors stay in this closure only: each wrapper takes the original's place as
@@ -48,7 +48,7 @@
 
     function setHeld(bytes) {
         heldBytes = bytes;
-        control[heldSlot] = bytes / 1024;
+        control[heldSlot] = Math.ceil(bytes / 1024);  // never less than held: the runtime acts past half the budget
     }
     const released = new FinalizationRegistry((bytes) => {
         setHeld(heldBytes - bytes);
@@ -251,8 +251,13 @@
         uncountedSharedBuffer(bytes) {
             return new OriginalSharedArrayBuffer(bytes);
         },
-        collect() {
-            collectGarbage();
+        /** A full collection; `compact` also gives the isolate's free pages back (as at memory pressure). */
+        collect(compact) {
+            if (compact) {
+                collectGarbage({ type: "major", flavor: "last-resort" });
+            } else {
+                collectGarbage();
+            }
         },
         /** After a collection (and the script after it, when the released buffers are counted): whether the last refused allocation would still not fit. */
         stillOver() {

@@ -14,16 +14,17 @@
 //                       non-enumerable, read-only)
 //   options             {timeoutMs, maxTimers, config, attachments: {key: {content_type, file_name, base64}},
 //                       randomSeed: 64 hex digits from the host's secure random source,
-//                       sourcePrefix: what the sourceURL of each of the plugin's files starts with}
+//                       sourcePrefix: what the sourceURL of each of the plugin's files starts with,
+//                       notSetUp: the names of the provided modules not set up in this isolate}
 //   api                 the meta API's declaration (meta/api.py, js_declaration): {operations: [{name,
 //                       shapes}], globals, logLevels, logAliases, metricMethods}. The functions of
 //                       `meta` (and of the `posthog` global) that post a host request are made from it.
 //   memory              what memory.js returned (the ArrayBuffer budget, installed before this runs)
 //   createPluginGuards  the value of guards.js (the run-time half of the transpiler's guards)
-//   createUrl           the value of url.js (URL, URLSearchParams)
+//   createUrl           a function returning the value of url.js (URL, URLSearchParams), called on first use
 //   createCrypto        the value of crypto.js (require('crypto'))
-//   createContrib       the value of contrib.js (require('@posthog/plugin-contrib'))
-//   createZlib          the value of zlib.js (require('zlib'))
+//   createContrib       the value of contrib.js (require('@posthog/plugin-contrib')), or null
+//   createZlib          the value of zlib.js (require('zlib')), or null
 //   libraries           more modules, in order: functions `(kit, modules) -> {name: module}` (stream.js,
 //                       pool.js, ...), given the `kit` below and the modules provided so far
 //
@@ -90,6 +91,9 @@
     const hasOwn = Object.hasOwn;
     const fromCharCode = String.fromCharCode;
     const dateNow = Date.now;
+    const stringIndexOf = String.prototype.indexOf;
+    const stringReplace = String.prototype.replace;
+    const regexExec = RegExp.prototype.exec;
     const MAX_DELAY_MS = 2147483647;
 
     const timeoutMs = options.timeoutMs;
@@ -112,9 +116,21 @@
         outbox[outbox.length] = message;
     }
 
+    // JSON.stringify spells a lone surrogate as an escape (`\udXXX`, after an even number of
+    // backslashes), which Python's JSON cannot read: one in a message would fail all of them.
+    const LONE_SURROGATE = /(?:^|[^\\])(?:\\\\)*\\ud[89a-f]/;
+    const LONE_SURROGATES = /(?<=(?:^|[^\\])(?:\\\\)*)\\ud[89a-f][0-9a-f]{2}/g;
+
+    function holdsLoneSurrogate(json) {
+        return apply(stringIndexOf, json, ["\\ud"]) !== -1 && apply(regexExec, LONE_SURROGATE, [json]) !== null;
+    }
+
     function takeOutbox() {
-        const text = "[" + outbox.join(",") + "]";
+        let text = "[" + outbox.join(",") + "]";
         outbox = [];
+        if (holdsLoneSurrogate(text)) {  // in a log line or an error message: written as U+FFFD
+            text = apply(stringReplace, text, [LONE_SURROGATES, "\\ufffd"]);
+        }
         return text;
     }
 
@@ -376,7 +392,14 @@
     }
 
     function eventOutcome(value) {
-        return value ? valueOutcome(value, "processEvent") : "[1,null]";
+        if (!value) {
+            return "[1,null]";
+        }
+        const outcome = valueOutcome(value, "processEvent");
+        if (holdsLoneSurrogate(outcome)) {  // refused for this event, as the server refuses it from any plugin
+            return errorOutcome(new NativeTypeError("processEvent returned an event that cannot be stored: a lone surrogate in its text"));
+        }
+        return outcome;
     }
 
     function done(callId, result) {
@@ -1149,23 +1172,36 @@
 
     // ------------------------------------------------------------------ require
 
-    const url = createUrl(utf8Encode, utf8Decode);
+    // url.js's code is compiled and run on first use (URL, URLSearchParams, require('url')): most
+    // plugins never use it, and every isolate would hold what it makes.
+    let url;
+
+    function urlModule() {
+        if (url === undefined) {
+            url = createUrl()(utf8Encode, utf8Decode);
+        }
+        return url;
+    }
     const crypto = createCrypto({ encodeText, decodeBytes, bytesOf, wrapBytes, seed: options.randomSeed });
 
-    const contrib = createContrib({
-        setTimeout: (fn, ms) => pluginTimer(fn, ms, [], false),
-        clearTimeout: clearPluginTimer,
-        reportError: reportUncaught,
-    });
-
+    // contrib, zlib and the libraries are given only to the isolates of plugins that require them by
+    // name (provided.py); the others get null or fewer libraries.
     const MODULES = {
         "@posthog/plugin-scaffold": freeze({ RetryError }),
-        "@posthog/plugin-contrib": contrib,
-        zlib: createZlib({ encodeText, bytesOf, wrapBytes }),
         "node-fetch": fetch,
-        url,
         crypto,
     };
+    defineProperty(MODULES, "url", { get: urlModule, enumerable: true });
+    if (createContrib !== null) {
+        MODULES["@posthog/plugin-contrib"] = createContrib({
+            setTimeout: (fn, ms) => pluginTimer(fn, ms, [], false),
+            clearTimeout: clearPluginTimer,
+            reportError: reportUncaught,
+        });
+    }
+    if (createZlib !== null) {
+        MODULES.zlib = createZlib({ encodeText, bytesOf, wrapBytes });
+    }
 
     // What the libraries get: host requests, the plugin's timers, bytes and text, error reports.
     const kit = freeze({
@@ -1202,10 +1238,20 @@
         return `Cannot import '${name}'! This package is not provided by PostHog in plugins.`;
     }
 
+    // Modules that are provided, but set up only for plugins whose code names them (provided.py).
+    const NOT_SET_UP = options.notSetUp || [];
+
+    function notSetUp(name) {
+        const bare = name.startsWith("node:") ? name.slice(5) : name;
+        return NOT_SET_UP.some((own) => bare === own || (own.endsWith("/") && bare.startsWith(own)));
+    }
+
     function requireProvided(name) {
         const found = providedModule(name);
         if (found === undefined) {
-            const error = new NativeError(notProvidedMessage(name));
+            const error = new NativeError(notSetUp(name)
+                ? `Cannot import '${name}' by a name the code computes: write require('${name}') (or import it) in the plugin's code, so that the plugin server sets the module up for it.`
+                : notProvidedMessage(name));
             error.code = "MODULE_NOT_FOUND";
             throw error;
         }
@@ -1680,7 +1726,6 @@
 
     const globals = {
         console, fetch, posthog, RetryError, Buffer, TextEncoder, TextDecoder, Headers, Response, atob, btoa,
-        URL: url.URL, URLSearchParams: url.URLSearchParams,
         setTimeout: (fn, ms, ...args) => pluginTimer(fn, ms, args, false),
         setInterval: (fn, ms, ...args) => pluginTimer(fn, ms, args, true),
         setImmediate: (fn, ...args) => pluginTimer(fn, 0, args, false),
@@ -1701,6 +1746,19 @@
         } else {
             defineProperty(global, name, { value: globals[name], writable: true, configurable: true, enumerable: false });
         }
+    }
+    // URL and URLSearchParams become plain globals, like the others, when first read or assigned.
+    for (const name of ["URL", "URLSearchParams"]) {
+        const settle = (value) => {
+            defineProperty(global, name, { value, writable: true, configurable: true, enumerable: false });
+            return value;
+        };
+        defineProperty(global, name, {
+            get: () => settle(urlModule()[name]),
+            set: settle,
+            configurable: true,
+            enumerable: false,
+        });
     }
     // mini-racer's own timer, replaced above: its callbacks would run outside the runtime's control.
     global.__timer_manager = undefined;

@@ -32,7 +32,7 @@ import contextlib
 import itertools
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, Unpack
@@ -43,7 +43,7 @@ from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
 
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
-from plugin_server.plugins.events import checked_result, copy_event
+from plugin_server.plugins.events import checked_json_results, copy_event
 from plugin_server.plugins.instance import (
     METHODS,
     EventOutcome,
@@ -58,7 +58,8 @@ from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
 from plugin_server.plugins.js.hosted.pg import PgConnections
 from plugin_server.plugins.js.hosted.snowflake import SnowflakeConnections
-from plugin_server.plugins.js.modules import JSModule, PluginModules, load_modules
+from plugin_server.plugins.js.modules import JSModule, PluginModules, is_relative, load_modules
+from plugin_server.plugins.js.provided import CORE, LIBRARIES, names_not_set_up, needed_files
 from plugin_server.plugins.js.timers import DEFAULT_TIMER_LIMITS, TimerBudget, TimerLimits
 from plugin_server.plugins.js.transpile import get_transpiler, guards_js, line_map, wrap_module
 from plugin_server.plugins.meta.api import HOST_OPERATIONS, LOG_LEVELS, METRIC_METHODS, js_declaration
@@ -79,6 +80,9 @@ TRANSFER_BYTES = 64 * 1024
 MAX_BUSY_WAITS = 3
 # Seconds to wait for a terminated isolate to answer again before it is considered stuck.
 PROBE_SECONDS = 1.0
+# An isolate that ran no script for this long is compacted (a garbage collection that gives its free
+# pages back): what its last batch left would otherwise stay in the memory of every idle isolate.
+IDLE_COMPACT_SECONDS = 5.0
 # A call whose isolate shows no sign of life for TASK_TIMEOUT plus this long is given up.
 BACKSTOP_SECONDS = 5.0
 # The scheduled tasks a plugin may export (any other runEvery* function is ignored, as in the original).
@@ -136,17 +140,28 @@ class MemoryLimits:
         return int(self.array_buffers_mb * MIB)
 
 
-# The prelude's `libraries` (see prelude.js), in the order they are set up: each may use the ones before.
-LIBRARIES = ("stream", "pool", "pg", "aws", "jwt", "faker", "google", "snowflake")
-
-
-def setup_script(entry: str, options: dict[str, Any], array_buffer_bytes: int) -> str:
-    """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js)."""
+def setup_script(
+    entry: str, options: dict[str, Any], array_buffer_bytes: int, required: Collection[str] | None = None
+) -> str:
+    """The script that installs the ArrayBuffer budget, then the prelude (see prelude.js), with the
+    provided modules that a plugin requiring `required` by name needs (None: all; see provided.py)."""
+    needed = needed_files(required)
     memory = f"({js_source('memory')})({array_buffer_bytes})"
-    modules = (guards_js(), *(js_source(name) for name in ("url", "crypto", "contrib", "zlib")))
-    libraries = "[" + ", ".join(js_source(name) for name in LIBRARIES) + "]"
+    core = (js_source(item.file) if item.file in needed else "null" for item in CORE)
+    libraries = "[" + ", ".join(js_source(item.file) for item in LIBRARIES if item.file in needed) + "]"
+    given = {**options, "notSetUp": names_not_set_up(needed)}
     arguments = ", ".join(
-        (js_string(entry), f"JSON.parse({js_string(_json(options))})", _API, memory, *modules, libraries)
+        (
+            js_string(entry),
+            f"JSON.parse({js_string(_json(given))})",
+            _API,
+            memory,
+            guards_js(),
+            f"function () {{ return ({js_source('url')}); }}",  # not parenthesized: V8 compiles it on first use
+            js_source("crypto"),
+            *core,
+            libraries,
+        )
     )
     return f"({js_source('prelude')})({arguments})"
 
@@ -381,6 +396,7 @@ class Isolate:
         self._operations: set[asyncio.Task[Any]] = set()
         self._running: asyncio.Task[Any] | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None  # compacts the isolate once it has been idle
         # Shared with the isolate (see prelude.js): the control counters, and the request's bytes.
         self._control: memoryview | None = None
         self._transfer: memoryview | None = None
@@ -394,9 +410,11 @@ class Isolate:
         timeout: float,
         memory: MemoryLimits,
         options: dict[str, Any],
+        required: Collection[str] | None = None,
         timers: TimerLimits = DEFAULT_TIMER_LIMITS,
     ) -> Isolate:
-        """A new isolate (in the running event loop) with the prelude installed."""
+        """A new isolate (in the running event loop) with the prelude installed, and the provided
+        modules of a plugin that requires `required` by name (None: all; see setup_script)."""
         racer = new_racer()
         racer.set_hard_memory_limit(memory.heap_bytes)
         # The hard limit is checked against the heap used after any collection, garbage included; past
@@ -404,18 +422,18 @@ class Isolate:
         racer.set_soft_memory_limit(memory.heap_bytes // 2)
         isolate = cls(racer, host, timeout, memory, timers)
         try:
-            await isolate._install(options)
+            await isolate._install(options, required)
         except BaseException:
             await isolate.close()
             raise
         isolate._pump_task = isolate._loop.create_task(isolate._pump())
         return isolate
 
-    async def _install(self, options: dict[str, Any]) -> None:
+    async def _install(self, options: dict[str, Any], required: Collection[str] | None) -> None:
         racer = self._racer
         assert racer is not None
         control = await self._evaluate(
-            racer, setup_script(self._entry, options, self._memory.array_buffer_bytes)
+            racer, setup_script(self._entry, options, self._memory.array_buffer_bytes, required)
         )
         if not isinstance(control, memoryview):
             raise PluginError("the JavaScript prelude did not share its control buffer")
@@ -442,6 +460,28 @@ class Isolate:
         if not isinstance(exports, dict):
             raise PluginError("the JavaScript runtime did not describe the plugin's exports")
         return exports
+
+    def _compact_when_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self._loop.call_later(IDLE_COMPACT_SECONDS, self._spawn_compaction)
+
+    def _spawn_compaction(self) -> None:
+        self._idle = None
+        if self._racer is not None:
+            self._spawn(self._compact())
+
+    async def _compact(self) -> None:
+        with contextlib.suppress(PluginError, _Interrupted):  # lost or busy: the next call sees to it
+            await self.collect_garbage()
+
+    async def collect_garbage(self) -> None:
+        """A full garbage collection in the isolate (in a script, under the watchdog)."""
+        async with self._lock:
+            racer = self._racer
+            if racer is None:
+                raise self._closed_error()
+            await self._evaluate(racer, f"{self._entry}.collectGarbage(true)")
 
     async def declare_metrics(self, declared: dict[str, Any]) -> None:
         await self._request(b'["declareMetrics",%s]' % _json(declared))
@@ -540,6 +580,7 @@ class Isolate:
             if request is not None:
                 await self._put(racer, _ascii(request), number)
             result = await self._evaluate(racer, script)
+            self._compact_when_idle()
             await self._check_array_buffers(racer)
             if isinstance(result, str):
                 with contextlib.suppress(orjson.JSONDecodeError):
@@ -841,6 +882,8 @@ class Isolate:
         self._timers.clear()
         if self._round is not None:
             self._round.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         self._due.clear()
         self._timer_inbox.clear()
         self._inbox.clear()
@@ -877,6 +920,9 @@ class JSPlugin:
             for module in modules.modules.values()
         ]
         self._main = modules.main
+        self._required = frozenset(
+            name for module in modules.modules.values() for name in module.requires if not is_relative(name)
+        )
         self._source_prefix = f"plugin-{self.plugin_config_id}/"
         self._timeout = options["timeout"]
         self._memory = options["memory"]
@@ -912,6 +958,7 @@ class JSPlugin:
             timeout=self._timeout,
             memory=self._memory,
             options=self._options(),
+            required=self._required,
             timers=self._timers,
         )
         try:
@@ -972,6 +1019,9 @@ class JSPlugin:
         try:
             if "setupPlugin" in self.methods:
                 await isolate.call("setupPlugin", [])
+            # What setting up left behind (the runtime's and the plugin's parsing, setupPlugin's
+            # garbage) would otherwise hold its pages in every idle isolate: a fifth of one's memory.
+            await isolate.collect_garbage()
         except BaseException:
             await isolate.close()
             raise
@@ -1021,7 +1071,7 @@ class JSPlugin:
                 raise PluginError("the JavaScript runtime returned a result per event of another batch")
         except Exception as error:
             return [error] * len(events)
-        return [_event_outcome(event, result) for event, result in zip(events, results, strict=True)]
+        return _event_outcomes(events, results)
 
     async def on_event(self, event: RawEvent) -> None:
         if "onEvent" in self.methods:
@@ -1079,8 +1129,20 @@ def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
     return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
 
 
-def _event_outcome(before: RawEvent, result: Any) -> EventOutcome:
-    try:
-        return checked_result(before, _outcome_value(result))
-    except Exception as error:  # what the plugin threw, or a result the server refuses
-        return error
+def _event_outcomes(events: list[RawEvent], results: list[Any]) -> list[EventOutcome]:
+    """Each event's outcome: what the plugin threw, or its result if the server can take it (parsed
+    from JSON by orjson, the results are checked all at once: see checked_json_results)."""
+    outcomes: list[EventOutcome] = [None] * len(events)
+    returned: list[int] = []
+    values: list[Any] = []
+    for index, result in enumerate(results):
+        try:
+            values.append(_outcome_value(result))
+        except Exception as error:  # what the plugin threw
+            outcomes[index] = error
+        else:
+            returned.append(index)
+    checked = checked_json_results([events[index] for index in returned], values)
+    for index, outcome in zip(returned, checked, strict=True):
+        outcomes[index] = outcome
+    return outcomes

@@ -22,10 +22,10 @@ PersonLookup = Callable[[Iterable[Key]], Awaitable[dict[Key, PersonRow]]]
 
 class RecordSender(Protocol):
     """Where the records go: the Kafka producer, or the direct writer's inserts into ClickHouse
-    (sinks/clickhouse/topics.py). Returns once every record is stored; raises otherwise. `at_once`: the
-    records are a whole batch, not to be held back for more to come."""
+    (sinks/clickhouse/topics.py). The records are a whole batch, stored at once (the producer sends them
+    without its linger); returns once every one is stored; raises otherwise."""
 
-    async def send(self, records: Sequence[Record], *, at_once: bool = False) -> None: ...
+    async def send(self, records: Sequence[Record]) -> None: ...
 
 
 class KafkaEventSink:
@@ -55,8 +55,7 @@ class KafkaEventSink:
                 if event.is_snapshot
                 else self._format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
                 for event in events
-            ],
-            at_once=True,
+            ]
         )
 
 
@@ -70,4 +69,4 @@ class KafkaPersonSink:
     async def write(self, rows: Sequence[PersonSinkRow]) -> None:
         records = [record for row in rows for record in self._format.row_records(row)]
         if records:
-            await self._producer.send(records, at_once=True)
+            await self._producer.send(records)

@@ -14,10 +14,9 @@ from plugin_server.ingestion.elements import elements_to_chain
 from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
-from plugin_server.jsvalues import js_string
+from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.original import GROUPS, PERSONS, group_key, group_value, person_value
-from plugin_server.sinks.kafka.records import json_bytes, json_text
 from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds
 
 EVENTS = "clickhouse_events_json"

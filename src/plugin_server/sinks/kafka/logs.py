@@ -9,7 +9,8 @@ from plugin_server.sinks.kafka.records import log_entry_record
 
 
 class KafkaLogEntryWriter(BufferedLogWriter):
-    """Buffers entries and produces them in one batch per flush; closing it closes its producer."""
+    """Buffers entries and produces them in one batch per flush, over the worker's producer (closed by
+    its owner, after this writer)."""
 
     passing_errors = (KafkaUnavailableError,)
 
@@ -19,9 +20,5 @@ class KafkaLogEntryWriter(BufferedLogWriter):
         self._prefix = prefix
 
     async def _insert(self, batch: list[PluginLogEntry]) -> None:
-        await self._producer.send([log_entry_record(entry, self._prefix) for entry in batch], at_once=True)
+        await self._producer.send([log_entry_record(entry, self._prefix) for entry in batch])
         get_metrics().log_entries_created(len(batch))
-
-    async def close(self) -> None:
-        await super().close()
-        await self._producer.close()

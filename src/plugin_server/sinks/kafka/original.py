@@ -17,9 +17,9 @@ from plugin_server.ingestion.groups import GroupRow
 from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.jsvalues import json_bytes, json_text
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.protobuf import Event, delimited
-from plugin_server.sinks.kafka.records import json_bytes, json_text
 from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds
 
 EVENTS = "clickhouse_events_proto"

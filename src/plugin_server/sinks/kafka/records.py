@@ -4,29 +4,18 @@ topics today's PostHog still reads them from), and the shape of a format."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Protocol
-
-import orjson
+from typing import Protocol
 
 from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.persons import PersonRow
 from plugin_server.ingestion.types import PreparedEvent
-from plugin_server.jsvalues import js_string
+from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.plugins.meta.logs import PluginLogEntry
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.timestamps import clickhouse_ms
 
 SESSION_RECORDING_EVENTS = "clickhouse_session_recording_events"
 PLUGIN_LOG_ENTRIES = "plugin_log_entries"
-
-
-def json_bytes(value: Any) -> bytes:
-    """JSON as JSON.stringify writes it (non-string keys as strings)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-
-
-def json_text(value: Any) -> str:
-    return json_bytes(value).decode()
 
 
 class KafkaFormat(Protocol):

@@ -1,8 +1,9 @@
 """Times as ClickHouse reads them from JSON and protobuf text fields, in UTC.
 
-`isoformat` and a slice, as strftime costs several times more. Still, formatting was the largest part of
-building an event record (four times per event in today's format), and three of those times repeat within
-a batch (the batch's time, the capture time, the person's creation): the last few answers are kept.
+Written with %-formatting of the fields, which costs about half of `isoformat` and a slice or of an
+f-string (and strftime several times more). Formatting was still the largest part of building an event record (four
+times per event in today's format), and three of those times repeat within a batch (the batch's time,
+the capture time, the person's creation): the last few answers are kept.
 """
 
 from __future__ import annotations
@@ -11,15 +12,28 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC (a naive one is taken as UTC already)."""
+    if moment.tzinfo is UTC or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC)
+
+
 @lru_cache(maxsize=256)
 def clickhouse_ms(moment: datetime) -> str:
-    """'YYYY-MM-DD HH:MM:SS.mmm' (the original's TimestampFormat.ClickHouse)."""
-    utc = moment.astimezone(UTC) if moment.tzinfo else moment
-    return utc.isoformat(sep=" ", timespec="milliseconds")[:23]
+    """'YYYY-MM-DD HH:MM:SS.mmm' (the original's TimestampFormat.ClickHouse), milliseconds cut."""
+    t = _utc(moment)
+    return "%04d-%02d-%02d %02d:%02d:%02d.%03d" % (  # noqa: UP031 (f-strings cost 1.8 times as much)
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.microsecond // 1000,
+    )
 
 
-@lru_cache(maxsize=256)
 def clickhouse_seconds(moment: datetime) -> str:
     """'YYYY-MM-DD HH:MM:SS' (the original's TimestampFormat.ClickHouseSecondPrecision)."""
-    utc = moment.astimezone(UTC) if moment.tzinfo else moment
-    return utc.isoformat(sep=" ", timespec="seconds")[:19]
+    return clickhouse_ms(moment)[:19]
