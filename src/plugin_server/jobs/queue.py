@@ -63,6 +63,18 @@ def encode_payload(payload: Any) -> str:
         raise JobPayloadError(f"job payload must be JSON-serialisable: {error}") from None
 
 
+def _row(job: PluginJob) -> tuple[Any, ...]:
+    """The job's values for _INSERT (its payload as JSON text, its run_at in UTC last)."""
+    return (
+        job.kind,
+        job.type,
+        encode_payload(job.payload),
+        job.plugin_config_id,
+        job.plugin_config_team,
+        _as_utc(job.run_at),
+    )
+
+
 def _as_utc(moment: datetime) -> datetime:
     """Aware datetimes as they are; naive ones are taken to be UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -168,29 +180,12 @@ class JobQueue:
         self._due = asyncio.Event()
 
     async def enqueue(self, job: PluginJob) -> None:
-        payload = encode_payload(job.payload)
-        run_at = _as_utc(job.run_at)
-        async with self.pool.connection() as connection:
-            await connection.execute(
-                _INSERT, (job.kind, job.type, payload, job.plugin_config_id, job.plugin_config_team, run_at)
-            )
-        if run_at <= datetime.now(UTC):
-            self._due.set()
+        await self.hold(job)
 
     async def enqueue_many(self, jobs: Sequence[PluginJob], connection: psycopg.AsyncConnection[Any]) -> None:
         """Queue jobs on the caller's connection, so that they are queued only if its transaction commits
         (call `wake` after the commit for this process's runner to look at once)."""
-        rows = [
-            (
-                j.kind,
-                j.type,
-                encode_payload(j.payload),
-                j.plugin_config_id,
-                j.plugin_config_team,
-                _as_utc(j.run_at),
-            )
-            for j in jobs
-        ]
+        rows = [_row(job) for job in jobs]
         if not rows:
             return
         async with connection.cursor() as cursor:
@@ -198,21 +193,14 @@ class JobQueue:
 
     async def hold(self, job: PluginJob) -> int:
         """Queue a job and answer its id, so that `take_back` can take it back while it waits."""
+        row = _row(job)
         async with self.pool.connection() as connection:
-            cursor = await connection.cursor(row_factory=tuple_row).execute(
-                _INSERT + " RETURNING id",
-                (
-                    job.kind,
-                    job.type,
-                    encode_payload(job.payload),
-                    job.plugin_config_id,
-                    job.plugin_config_team,
-                    _as_utc(job.run_at),
-                ),
-            )
-            row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
+            cursor = await connection.cursor(row_factory=tuple_row).execute(_INSERT + " RETURNING id", row)
+            inserted = await cursor.fetchone()
+        assert inserted is not None
+        if row[-1] <= datetime.now(UTC):
+            self._due.set()
+        return int(inserted[0])
 
     async def take_back(self, ids: Sequence[int]) -> None:
         """Delete these jobs if they still wait (one a runner has taken runs)."""
