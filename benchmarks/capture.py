@@ -8,6 +8,10 @@ posthog-python /batch/ of 10, a posthog-js gzip-js batch of 10). After each run 
 queue are counted (LLEN; for Kafka by reading the topic, as tansu's "latest" offsets are wrong) and
 must equal the events the server counted as accepted (plugin_server_events_received_total).
 
+Besides the web processes' CPU per request, each row gives the queue server's (Valkey, tansu) and
+wrk's, and the events/s the machine's cores would give the web processes and the queue server if
+nothing else ran on them (cores / their CPU per request): the load generator shares the cores here.
+
 Kafka is a tansu broker (tests/kafka_broker.py); KAFKA_FLUSH_FREQUENCY_MS (the producer's linger, 500 ms
 by default) is set to --linger-ms, since every capture request waits for the broker's acknowledgement.
 
@@ -22,6 +26,7 @@ import contextlib
 import gzip
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -178,6 +183,10 @@ class Queue(Protocol):
         """Messages queued since the last reset (reading at least `expected` where that matters)."""
         ...
 
+    def pid(self) -> int:
+        """The queue server's process (Valkey, tansu), whose CPU the benchmark reports."""
+        ...
+
 
 class RedisList:
     name = "redis"
@@ -193,6 +202,9 @@ class RedisList:
 
     def count(self, expected: int) -> int:
         return int(self._client.llen(CELERY_QUEUE))
+
+    def pid(self) -> int:
+        return int(self._client.info("server")["process_id"])
 
 
 class KafkaTopic:
@@ -215,6 +227,9 @@ class KafkaTopic:
 
     def reset(self) -> None:
         """Nothing to do: `count` subtracts what earlier runs left in the topic."""
+
+    def pid(self) -> int:
+        return self._broker.pid
 
     def count(self, expected: int) -> int:
         total = self._counted + expected
@@ -308,13 +323,16 @@ class WrkResult:
     socket_errors: int
     p50_ms: float
     p99_ms: float
+    cpu_seconds: float  # wrk's own (user + system)
 
 
 def run_wrk(url: str, shape: Shape, bodies: Path, options: argparse.Namespace) -> WrkResult:
     command = ["wrk", f"-t{options.threads}", f"-c{options.connections}", f"-d{options.duration}s"]
     command += ["--timeout", "10s", "-s", str(LUA_SCRIPT), url + shape.path.split("?")[0]]
     command += ["--", str(bodies), str(BODIES), shape.path, shape.content_type]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
     line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT "))
     raw = json.loads(line.removeprefix("WRK_RESULT "))
     return WrkResult(
@@ -324,6 +342,7 @@ def run_wrk(url: str, shape: Shape, bodies: Path, options: argparse.Namespace) -
         socket_errors=raw["connect"] + raw["read"] + raw["write"] + raw["timeout"],
         p50_ms=raw["p50_us"] / 1000,
         p99_ms=raw["p99_us"] / 1000,
+        cpu_seconds=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
     )
 
 
@@ -345,13 +364,14 @@ def run_queue(
                 for number, pid in enumerate(pids)
                 if options.profile
             }
-            cpu_before = sum(map(tree_cpu_seconds, pids))
+            cpu_before = sum(map(tree_cpu_seconds, pids)), tree_cpu_seconds(queue.pid())
             with profiled(profiles, options.duration):
                 result = run_wrk(url, shape, bodies / str(index), options)
             accepted = events_received(url) - before
-            cpu_per_request = (sum(map(tree_cpu_seconds, pids)) - cpu_before) / max(
-                1, accepted // shape.events_per_request
-            )
+            handled = max(1, accepted // shape.events_per_request)
+            web = (sum(map(tree_cpu_seconds, pids)) - cpu_before[0]) / handled
+            queue_cpu = (tree_cpu_seconds(queue.pid()) - cpu_before[1]) / handled
+            alone = (os.cpu_count() or 1) / (web + queue_cpu)  # requests/s with every core for the server
             queued = queue.count(accepted)
             confirmed = result.requests * shape.events_per_request
             in_flight = options.connections * shape.events_per_request  # answered after wrk stopped
@@ -363,7 +383,8 @@ def run_queue(
             rows.append(
                 f"| {queue.name} | {shape.name} | {result.requests / result.seconds:,.0f} "
                 f"| {confirmed / result.seconds:,.0f} | {result.p50_ms:.1f} | {result.p99_ms:.1f} "
-                f"| {cpu_per_request * 1e6:,.0f} | {result.refused} / {result.socket_errors} "
+                f"| {web * 1e6:,.0f} | {queue_cpu * 1e6:,.0f} | {result.cpu_seconds / handled * 1e6:,.0f} "
+                f"| {alone * shape.events_per_request:,.0f} | {result.refused} / {result.socket_errors} "
                 f"| {queued:,} = {accepted:,} |"
             )
     return rows
@@ -434,9 +455,10 @@ def main() -> None:
         print(f"py-spy was sampling the web process (numbers are lower); profiles in {options.profile}")
     print(
         "| queue | request | requests/s | events/s | p50 ms | p99 ms | web CPU µs/request "
+        "| queue CPU µs/request | wrk CPU µs/request | events/s, cores for web + queue alone "
         "| refused / socket errors | queued = accepted |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
