@@ -6,6 +6,7 @@ and response objects (see `request_head`) and answers with header lists built on
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -60,6 +61,7 @@ class CaptureEndpoint:
         self._teams = teams
         self._enqueuer = enqueuer
         self._limits = DecodeLimits(settings.CAPTURE_MAX_BODY_BYTES, settings.CAPTURE_DECODE_TIMEOUT)
+        self._received = ReceivedCount()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         head = request_head(scope)
@@ -97,8 +99,26 @@ class CaptureEndpoint:
         except Exception:
             log.exception("capture request from %s could not be queued", head.peer)
             return 503, orjson.dumps(_UNAVAILABLE)
-        get_metrics().events_received("capture", len(events))
+        self._received.add(len(events))
         return 200, _CAPTURED
+
+
+class ReceivedCount:
+    """The events accepted, recorded in the metrics once per event loop turn rather than per request:
+    one recording costs ~9 µs (a stat of the multiprocess folder, two locks, an mmap write), a
+    twentieth of a single-event request, and a loop turn answers many requests under load."""
+
+    def __init__(self) -> None:
+        self._pending = 0
+
+    def add(self, events: int) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._record)
+        self._pending += events
+
+    def _record(self) -> None:
+        events, self._pending = self._pending, 0
+        get_metrics().events_received("capture", events)
 
 
 async def _answer(
