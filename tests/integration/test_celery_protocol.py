@@ -145,6 +145,16 @@ def test_encode_task_has_the_original_clients_shape() -> None:
     assert decode_message(raw) == CeleryTask(PROCESS_EVENT_TASK, "abc", EVENT_ARGS, {})
 
 
+def test_encode_task_escapes_the_names_and_ids_it_is_given() -> None:
+    """The template's filled-in fields are JSON: quotes and backslashes in them cannot break it."""
+    raw = encode_task('t"\\', [1], queue='q"\\\n', task_id='a"b\\')
+
+    message = json.loads(raw)
+    assert message["properties"]["delivery_info"]["routing_key"] == 'q"\\\n'
+    assert message["properties"]["correlationId"] == 'a"b\\'
+    assert decode_message(raw) == CeleryTask('t"\\', 'a"b\\', [1], {})
+
+
 def test_encode_task_makes_a_task_id() -> None:
     first = decode_message(encode_task("t", [1], {"k": "v"}, queue=QUEUE))
     second = decode_message(encode_task("t", [1], {"k": "v"}, queue=QUEUE))
