@@ -62,6 +62,6 @@ class CeleryEnqueuer:
         """Nothing to release: the Redis client belongs to whoever created this enqueuer."""
 
 
-def celery_arguments(event: CapturedEvent) -> list[object]:
+def celery_arguments(event: CapturedEvent) -> tuple[object, ...]:
     """The task's positional arguments `[distinct_id, ip, site_url, data, team_id, now, sent_at]`."""
-    return [event.distinct_id, event.ip, event.site_url, event.data, event.team_id, event.now, event.sent_at]
+    return event[:7]
