@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
+import os
+import threading
 import time
 from typing import Any
 
@@ -13,7 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugin_server.ingestion.storable import MAX_JSON_DEPTH
-from plugin_server.web.payload import CaptureError, DecodeLimits, decode_data, parse_form
+from plugin_server.web.payload import (
+    DECODE_THREADS,
+    INLINE_COMPRESSED_BYTES,
+    CaptureError,
+    DecodeLimits,
+    _decoders,
+    decode_data,
+    decode_off_loop,
+    parse_form,
+)
 
 from .lz import lz64, lz64_bomb
 
@@ -142,3 +154,34 @@ def test_deep_nesting_is_found_in_every_encoding(encode: Any) -> None:
     with pytest.raises(CaptureError) as caught:
         decode_data(encode(body), "gzip" if encode is gzip.compress else "", LIMIT)
     assert caught.value.body["code"] == "too_deep"
+
+
+async def test_a_gzip_batch_of_a_few_kb_is_inflated_on_the_loop_and_a_bomb_in_a_decode_thread() -> None:
+    """While every decode thread is busy, posthog-js's usual gzip batch is still decoded (on the event
+    loop: it inflates to less than INLINE_BYTES); a small gzip that inflates to 5 MB waits for a
+    thread, and is refused there."""
+    batch = [{**EVENT, "properties": {"page": os.urandom(32).hex()}} for _ in range(20)]
+    body = gzip.compress(json.dumps(batch).encode())
+    bomb = gzip.compress(b"[" + b" " * 5_000_000 + b"]")
+    broken = gzip.compress(json.dumps(batch).encode())[:-12]
+    assert (
+        len(body) > INLINE_COMPRESSED_BYTES and len(broken) > INLINE_COMPRESSED_BYTES and len(bomb) < 10_000
+    )
+    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    busy = [loop.run_in_executor(_decoders(), release.wait) for _ in range(DECODE_THREADS)]
+    try:
+        assert await asyncio.wait_for(decode_off_loop(body, "gzip-js", LIMIT), 5) == batch
+        waiting = [asyncio.ensure_future(decode_off_loop(data, "gzip", LIMIT)) for data in (bomb, broken)]
+        done, _ = await asyncio.wait(waiting, timeout=0.3)
+        assert not done
+    finally:
+        release.set()
+        await asyncio.gather(*busy)
+    with pytest.raises(CaptureError) as too_large:
+        await waiting[0]
+    assert too_large.value.status == 413
+    with pytest.raises(CaptureError) as truncated:
+        await waiting[1]
+    assert truncated.value.status == 400
+    assert "truncated" in truncated.value.body["detail"]
