@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -153,6 +154,29 @@ def test_encode_task_escapes_the_names_and_ids_it_is_given() -> None:
     assert message["properties"]["delivery_info"]["routing_key"] == 'q"\\\n'
     assert message["properties"]["correlationId"] == 'a"b\\'
     assert decode_message(raw) == CeleryTask('t"\\', 'a"b\\', [1], {})
+
+
+def delivery_tag(raw: bytes) -> str:
+    tag: str = json.loads(raw)["properties"]["delivery_tag"]
+    return tag
+
+
+def test_delivery_tags_are_uuids_unique_in_a_process_and_across_a_fork() -> None:
+    tags = [delivery_tag(encode_task("t", [], queue=QUEUE)) for _ in range(10_000)]
+    assert len(set(tags)) == len(tags)
+    assert all(str(uuid.UUID(tag)) == tag for tag in tags)
+    reading, writing = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child's next tag, then out without pytest's teardown
+        os.write(writing, delivery_tag(encode_task("t", [], queue=QUEUE)).encode())
+        os._exit(0)
+    os.close(writing)
+    with os.fdopen(reading, "rb") as pipe:
+        child_tag = pipe.read().decode()
+    os.waitpid(child, 0)
+    parent_tag = delivery_tag(encode_task("t", [], queue=QUEUE))
+    assert str(uuid.UUID(child_tag)) == child_tag
+    assert child_tag[:24] != parent_tag[:24]  # a prefix of its own, so the same count cannot repeat a tag
 
 
 def test_encode_task_makes_a_task_id() -> None:

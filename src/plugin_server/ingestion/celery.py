@@ -9,6 +9,8 @@ Only what the original accepted is accepted (JSON, utf-8, base64); anything else
 from __future__ import annotations
 
 import binascii
+import itertools
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -132,6 +134,26 @@ _ENVELOPE = (
 )
 
 
+class _DeliveryTags:
+    """Delivery tags for `encode_task`, unique like kombu's uuid4 ones: a random uuid's first 80 bits
+    per process and a count after them, rather than fresh random bits for each (~1 µs less for each
+    captured event). A forked child takes a prefix of its own."""
+
+    def __init__(self) -> None:
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = random_id()[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-": the last group is the count
+        self._count = itertools.count()
+
+    def next(self) -> bytes:
+        return f"{self._prefix}{next(self._count):012x}".encode("ascii")
+
+
+_delivery_tags = _DeliveryTags()
+
+
 def encode_task(
     name: str,
     args: Sequence[Any],
@@ -150,7 +172,7 @@ def encode_task(
         orjson.dumps(name),
         task_id_json,
         orjson.dumps(queue),
-        random_id().encode("ascii"),
+        _delivery_tags.next(),
         task_id_json,
     )
 
