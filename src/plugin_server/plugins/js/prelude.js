@@ -29,14 +29,13 @@
 //                       pool.js, ...), given the `kit` below and the modules provided so far
 //
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
-// entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
-// is the length of the request, [2] its number, which run() copies to [3] when it starts (so Python
+// entered (Python reads it to time out each piece of plugin code rather than a whole script), [1] is
+// unused, [2] is the number of a request, which run() copies to [3] when it starts (so Python
 // knows whether a request it stopped had started), [4] is set when an ArrayBuffer allocation was
 // refused (Python then runs `<entry>.collectGarbage()` and asks `<entry>.memoryStillOver()`), [5] is the KiB held in
 // ArrayBuffers (past half the budget, Python asks V8 for a full collection after the script). Python
-// writes a request, JSON text in ASCII, into the shared `transfer` buffer and evaluates `<entry>.run()`; keeping every evaluated script the same
-// spares V8 from caching one script per request. A negative length asks run() for a new transfer
-// buffer of that many bytes, which it returns. Requests:
+// sets [2] and calls `<entry>.run` with a request, JSON text, as its `this` (runtime.py, entry.py):
+// V8 makes the string from UTF-8 natively, and no script text per request is compiled or cached. Requests:
 //   ["batch", callId, events]      processEvent over a list of events
 //   ["call", callId, name, args]   an exported function (setupPlugin, onEvent, runEveryHour...)
 //   ["job", callId, name, payload]
@@ -175,12 +174,10 @@
 
     // ------------------------------------------------------------------ progress and timers
 
-    // [0]: the progress counter; [1]: the length of the request in `transfer`; [2]: the request's
-    // number; [3]: the number of the last request that started; [4]: an ArrayBuffer allocation was
+    // [0]: the progress counter; [1]: unused; [2]: the request's number; [3]: the number of the last request that started; [4]: an ArrayBuffer allocation was
     // refused; [5]: the KiB the plugin holds in ArrayBuffers (both kept by memory.js).
     const control = new Int32Array(memory.uncountedSharedBuffer(24));
     memory.report(control, 4, 5);
-    let transfer;
 
     function bump() {
         control[0] = (control[0] + 1) | 0;
@@ -1772,13 +1769,10 @@
         },
     };
 
+    // Called with the request as `this` (a string: this file is strict code).
     function run() {
         control[3] = control[2];
-        if (control[1] < 0) {
-            transfer = memory.uncountedSharedBuffer(-control[1]);
-            return transfer;
-        }
-        const request = parse(latin1Decode(new NativeUint8Array(transfer, 0, control[1]), 0xff));
+        const request = parse(this);
         return apply(REQUESTS[request[0]], undefined, request.slice(1));
     }
 
