@@ -55,8 +55,10 @@
 //
 // Each of these returns, as JSON text, the messages the isolate posted since the previous return,
 // `[[op, id, args], ...]`:
-//   ["$done", callId, result]    a call ended; result is an outcome, or for a batch a list of
-//                                outcomes, one per event. Outcome: [1, value] or [0, error], where
+//   ["$done", callId, result]    a call ended; result is an outcome, or for a batch [values, errors]:
+//                                the value of each event (null where it threw) and [index, error]
+//                                of each that threw (cheaper for Python than an outcome per event).
+//                                Outcome: [1, value] or [0, error], where
 //                                error is {name, message, stack}.
 //   ["$timer", timerId, [ms]]    fire timer `timerId` in `ms` milliseconds (deliver [timerId, 2])
 //   ["$untimer", timerId, []]    forget that timer
@@ -91,6 +93,8 @@
     const fromCharCode = String.fromCharCode;
     const dateNow = Date.now;
     const stringIndexOf = String.prototype.indexOf;
+    const stringSlice = String.prototype.slice;
+    const arrayJoin = Array.prototype.join;
     const stringReplace = String.prototype.replace;
     const regexExec = RegExp.prototype.exec;
     const MAX_DELAY_MS = 2147483647;
@@ -1664,7 +1668,20 @@
         }
         state.finished = true;
         batches.delete(state.callId);
-        done(state.callId, "[" + state.outcomes.join(",") + "]");
+        const outcomes = state.outcomes;
+        const values = new Array(outcomes.length);
+        let errors = "";
+        for (let i = 0; i < outcomes.length; i++) {
+            const outcome = outcomes[i];  // "[1,value]" or "[0,error]" (eventOutcome, errorOutcome)
+            const inner = apply(stringSlice, outcome, [3, -1]);
+            if (outcome[1] === "1") {
+                values[i] = inner;
+            } else {
+                values[i] = "null";
+                errors += (errors === "" ? "[" : ",[") + i + "," + inner + "]";
+            }
+        }
+        done(state.callId, "[[" + apply(arrayJoin, values, [","]) + "],[" + errors + "]]");
     }
 
     function resume(callId) {

@@ -489,17 +489,23 @@ class Isolate:
             await self._call(lambda call_id: self._request(b'["%s",%d,%s]' % (kind, call_id, request)))
         )
 
-    async def batch(self, events_json: bytes) -> list[Any]:
-        """processEvent over the events: an outcome ([1, event or null] / [0, error]) per event. An event
-        stopped for running too long gets a timeout; the batch goes on with the others."""
-        outcomes = await self._call(
+    async def batch(self, events_json: bytes) -> tuple[list[Any], dict[int, Any]]:
+        """processEvent over the events: what each returned (null where it threw), and what each that
+        threw threw, by index. An event stopped for running too long gets a timeout; the batch goes on
+        with the others."""
+        result = await self._call(
             lambda call_id: self._request(
                 b'["batch",%d,%s]' % (call_id, events_json), resume=b'["resume",%d]' % call_id
             )
         )
-        if not isinstance(outcomes, list):
+        try:
+            values, errors = result
+            thrown = {index: error for index, error in errors}
+        except (TypeError, ValueError):
+            thrown = None
+        if not isinstance(values, list) or thrown is None:
             raise PluginError("the JavaScript runtime returned a malformed batch result")
-        return outcomes
+        return values, thrown
 
     async def _call(self, start: Callable[[int], Awaitable[None]]) -> Any:
         """Start a call (`start(call_id)`) and wait for its result."""
@@ -1048,12 +1054,12 @@ class JSPlugin:
     async def _batch(self, events: list[RawEvent]) -> Iterable[EventOutcome]:
         try:
             isolate = await self._ready()
-            results = await isolate.batch(_json(events))
-            if len(results) != len(events):
+            values, thrown = await isolate.batch(_json(events))
+            if len(values) != len(events):
                 raise PluginError("the JavaScript runtime returned a result per event of another batch")
         except Exception as error:
             return [error] * len(events)
-        return _event_outcomes(events, results)
+        return _event_outcomes(events, values, thrown)
 
     async def on_event(self, event: RawEvent) -> None:
         if "onEvent" in self.methods:
@@ -1111,20 +1117,18 @@ def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
     return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
 
 
-def _event_outcomes(events: list[RawEvent], results: list[Any]) -> list[EventOutcome]:
+def _event_outcomes(events: list[RawEvent], values: list[Any], thrown: dict[int, Any]) -> list[EventOutcome]:
     """Each event's outcome: what the plugin threw, or its result if the server can take it (parsed
     from JSON by orjson, the results are checked all at once: see checked_json_results)."""
-    outcomes: list[EventOutcome] = [None] * len(events)
-    returned: list[int] = []
-    values: list[Any] = []
-    for index, result in enumerate(results):
-        try:
-            values.append(_outcome_value(result))
-        except Exception as error:  # what the plugin threw
-            outcomes[index] = error
-        else:
-            returned.append(index)
-    checked = checked_json_results([events[index] for index in returned], values)
+    if not thrown:
+        return checked_json_results(events, values)  # type: ignore[return-value]
+    returned = [index for index in range(len(events)) if index not in thrown]
+    outcomes: list[EventOutcome] = [
+        js_exception(thrown[index]) if index in thrown else None for index in range(len(events))
+    ]
+    checked = checked_json_results(
+        [events[index] for index in returned], [values[index] for index in returned]
+    )
     for index, outcome in zip(returned, checked, strict=True):
         outcomes[index] = outcome
     return outcomes
