@@ -32,10 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import redis
 from tests.clickhouse_kafka_engine import copy_topics
 from tests.e2e.server import RunningServer, running_server
 from tests.kafka_broker import KafkaBroker, committed, create_topic, produce_captured, unique_topic
 
+from benchmarks.celery_to_postgres import service_pids
 from benchmarks.cpu import CpuMeter
 from benchmarks.kafka_to_postgres import make_events
 from benchmarks.profiling import profiled
@@ -55,6 +58,7 @@ class Run:
     # The workers' CPU µs per event (all their threads), over the same span: on a shared machine a
     # steadier measure of the server's cost than the rate, which other processes' load moves.
     worker_cpu: float
+    cpu: str  # every process's CPU µs per event (benchmarks/cpu.py), one line
     copy_rate: float | None  # events/s of the stand-in's copy into chDB (--store kafka)
 
 
@@ -89,10 +93,11 @@ def wait_for(check: Any, what: str, timeout: float) -> None:
 def run_once(
     database_url: str,
     redis_url: str,
-    bootstrap: str,
+    broker: KafkaBroker,
     events: list[CapturedEvent],
     options: argparse.Namespace,
 ) -> Run:
+    bootstrap = broker.bootstrap
     with tempfile.TemporaryDirectory(prefix="bench-clickhouse-") as folder:
         settings = clickhouse_settings(Path(folder) / "chdb", bootstrap, options.format)
         direct = options.store == "direct"
@@ -122,13 +127,20 @@ def run_once(
         with running_server(Path(folder), env) as server:
             server.wait_for_web()
             wait_for(lambda: every_worker_assigned(server, workers), "no assignment of every worker", 60)
-            meter = CpuMeter({"workers": server.worker_pids()})
+            with (
+                psycopg.connect(env["DATABASE_URL"]) as connection,
+                redis.Redis.from_url(redis_url) as client,
+            ):
+                services = service_pids(connection, client)
+            services.pop("pg poll", None)  # closed: the benchmark polls the broker, not Postgres
+            kinds = {"workers": server.worker_pids(), "tansu": [broker.pid], **services}
+            meter = CpuMeter(kinds, own="benchmark")
             with profiling(server, options, len(events)):
                 begin = time.perf_counter()
                 meter.start()
                 produce_captured(bootstrap, topic, events)
                 wait_for(done, "not every event committed", 600)
-                elapsed, cpu = time.perf_counter() - begin, meter.stop().per_event(len(events))["workers"]
+                elapsed, use = time.perf_counter() - begin, meter.stop()
             assert server.stop() == 0
         copy_rate = None
         if not direct:
@@ -142,7 +154,8 @@ def run_once(
             check_events(client, len(events), bool(options.plugin))
         finally:
             client.close()
-    return Run(len(events) / elapsed, cpu, copy_rate)
+    cpu = use.per_event(len(events))["workers"]
+    return Run(len(events) / elapsed, cpu, use.summary(len(events)), copy_rate)
 
 
 @contextlib.contextmanager
@@ -187,7 +200,7 @@ def main() -> None:
     runs: list[Run] = []
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
         for number in range(options.runs):
-            runs.append(run_once(database_url, redis_url, broker.bootstrap, events, options))
+            runs.append(run_once(database_url, redis_url, broker, events, options))
             options.profile = None  # the first run only
             copy = (
                 f", stand-in copy into chDB {runs[-1].copy_rate:,.0f} events/s" if runs[-1].copy_rate else ""
@@ -197,6 +210,7 @@ def main() -> None:
                 f"run {number + 1}: server {rate:,.0f} events/s, workers' CPU {cpu:.0f} µs per event{copy}",
                 flush=True,
             )
+            print(f"  {runs[-1].cpu}", flush=True)
             print(f"  load average: {' '.join(f'{load:.1f}' for load in os.getloadavg())}", flush=True)
     rates = [run.server_rate for run in runs]
     plugin = options.plugin or "no plugins"

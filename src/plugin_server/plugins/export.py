@@ -130,8 +130,11 @@ class ExportBuffer:
         kept = [event for event in events if event.get("event") not in self.ignored]
         if not kept:
             return
-        payload = {"batch": kept, "batchId": str(uuid.uuid4()), "retriesPerformedSoFar": 0}
-        size = len(orjson.dumps(kept))
+        encoded = orjson.dumps(kept)
+        size = len(encoded)
+        # The held job's payload takes the events as they were just encoded, not serialised again.
+        batch = orjson.Fragment(encoded)
+        payload = {"batch": batch, "batchId": str(uuid.uuid4()), "retriesPerformedSoFar": 0}
         held = None if self._held is None else await self._held.hold(payload, self.hold_seconds)
         if self._events and self._bytes + size > self.max_bytes:
             self._flush_in_background()

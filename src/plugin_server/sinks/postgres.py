@@ -1,9 +1,10 @@
 """Writes a micro-batch of processed events to Postgres: events, element groups, session recordings.
 Persons and distinct ids are already in Postgres when the sinks run, so its PersonSink does nothing.
 
-Each table gets one statement per batch (`INSERT ... SELECT FROM unnest(...)`; events from one JSON
-document). Events and recordings carry their uuid, and a unique (team_id, uuid) index turns a second
-write of the same event into a no-op, so redelivered messages store nothing twice.
+Each table gets one statement per batch: events by COPY (Postgres's cheapest way in), the others by
+`INSERT ... SELECT FROM unnest(...)`. Events and recordings carry their uuid, and a unique (team_id, uuid)
+index keeps an event from being stored twice: a batch whose COPY meets an event already stored (a
+redelivered message) is written again by an INSERT that skips those, so it stores nothing twice.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.ingestion.elements import elements_hash
@@ -19,7 +21,12 @@ from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.jsvalues import js_string, json_text
 from plugin_server.sinks import PersonSinkRow
 
-# The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much
+_EVENT_COLUMNS = (
+    "uuid, event, distinct_id, properties, team_id, timestamp, created_at, elements, elements_hash, site_url"
+)
+_COPY_EVENTS = f"COPY posthog_event ({_EVENT_COLUMNS}) FROM STDIN"
+
+# The fallback for a batch with events stored already. The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much
 # cheaper than one array parameter per column, which the driver escapes item by item in Python.
 _INSERT_EVENTS = """
 INSERT INTO posthog_event
@@ -112,6 +119,18 @@ class PostgresEventSink:
     async def _write_events(
         self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]
     ) -> None:
+        created_at = datetime.now(UTC)
+        try:
+            # in a savepoint, so that a failed COPY leaves the batch's other writes in place
+            async with connection.transaction(), connection.cursor().copy(_COPY_EVENTS) as copy:
+                await copy.write(copy_rows(events, hashes, created_at))
+        except UniqueViolation:
+            await self._insert_events(connection, events, hashes, created_at)
+
+    async def _insert_events(
+        self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str], created_at: datetime
+    ) -> None:
+        """The batch by INSERT, skipping the events stored already."""
         rows = [
             {
                 "uuid": event.uuid,
@@ -126,7 +145,7 @@ class PostgresEventSink:
             }
             for event, digest in zip(events, hashes, strict=True)
         ]
-        await connection.execute(_INSERT_EVENTS, (datetime.now(UTC), json_text(rows)))
+        await connection.execute(_INSERT_EVENTS, (created_at, json_text(rows)))
 
     async def _write_recordings(self, connection: Any, events: Sequence[PreparedEvent]) -> None:
         await connection.execute(
@@ -140,6 +159,37 @@ class PostgresEventSink:
                 [json_text(event.properties.get("$snapshot_data")) for event in events],
             ),
         )
+
+
+def copy_rows(events: Sequence[PreparedEvent], hashes: list[str], created_at: datetime) -> bytes:
+    """The events' rows of posthog_event (`_EVENT_COLUMNS`) in COPY's text format."""
+    created = created_at.isoformat()
+    lines = [
+        "\t".join(
+            (
+                event.uuid,
+                _copy_text(event.event),
+                _copy_text(event.distinct_id),
+                json_text(event.properties).replace("\\", "\\\\"),  # JSON escapes every control character
+                str(event.team_id),
+                event.timestamp.isoformat(),
+                created,
+                json_text(event.elements).replace("\\", "\\\\") if event.elements else "[]",
+                _copy_text(digest),
+                "\\N" if event.site_url is None else _copy_text(event.site_url),
+            )
+        )
+        for event, digest in zip(events, hashes, strict=True)
+    ]
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
+def _copy_text(value: str) -> str:
+    """A text column in COPY's text format: backslash, tab, newline and carriage return escaped."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value
 
 
 class PostgresPersonSink:

@@ -1,0 +1,92 @@
+"""PostgresEventSink on real Postgres: what COPY stores is what the event held, and a batch that meets
+events stored already (a redelivery) stores only the others, once."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from plugin_server.db.teams import CreatedTeam
+from plugin_server.ingestion.types import Element, PreparedEvent
+from plugin_server.sinks.postgres import PostgresEventSink
+
+Db = psycopg.Connection[Any]
+AWKWARD = 'tab\there, newline\nthere, return\r, backslash \\ and \\N, quote " and ünïcödé ☃'
+
+
+def event(team_id: int, text: str = "plain", **fields: Any) -> PreparedEvent:
+    moment = datetime(2026, 12, 3, 10, 0, 0, 123000, tzinfo=UTC)
+    values: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "team_id": team_id,
+        "distinct_id": f"person {text}",
+        "ip": None,
+        "site_url": "https://example.com",
+        "event": f"event {text}",
+        "properties": {"text": text, "nested": {"list": [text, 1, 2.5, None, True]}},
+        "timestamp": moment,
+        "now": moment,
+        "sent_at": None,
+    }
+    return PreparedEvent(**{**values, **fields})
+
+
+def stored(db: Db) -> dict[str, dict[str, Any]]:
+    with db.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        found = cursor.execute(
+            "SELECT uuid::text, event, distinct_id, properties, team_id, timestamp, elements, elements_hash,"
+            " site_url FROM posthog_event"
+        ).fetchall()
+    return {row.pop("uuid"): row for row in found}
+
+
+async def test_every_column_is_stored_as_the_event_held_it(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    awkward = event(team.team_id, AWKWARD, site_url=AWKWARD)
+    no_site = event(team.team_id, site_url=None)
+    with_elements = event(
+        team.team_id,
+        elements=[Element(tag_name="a", text=AWKWARD, attr_class=["x\\y"], attributes={"attr__href": "/\t"})],
+    )
+    await PostgresEventSink(pool).write([awkward, no_site, with_elements])
+
+    rows = stored(clean_db)
+    assert rows[awkward.uuid] == {
+        "event": awkward.event,
+        "distinct_id": awkward.distinct_id,
+        "properties": awkward.properties,
+        "team_id": team.team_id,
+        "timestamp": awkward.timestamp,
+        "elements": [],
+        "elements_hash": "",
+        "site_url": AWKWARD,
+    }
+    assert rows[no_site.uuid]["site_url"] is None
+    (element,) = rows[with_elements.uuid]["elements"]
+    assert (element["text"], element["attr_class"], element["attributes"]) == (
+        AWKWARD,
+        ["x\\y"],
+        {"attr__href": "/\t"},
+    )
+    assert rows[with_elements.uuid]["elements_hash"] != ""
+
+
+async def test_a_batch_meeting_stored_events_stores_the_rest_once(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    sink = PostgresEventSink(pool)
+    first = [event(team.team_id, f"first {n}") for n in range(3)]
+    await sink.write(first)
+    new = [event(team.team_id, f"new {n}") for n in range(3)]
+    repeated = new[0]
+
+    await sink.write([*first, *new, repeated])  # COPY fails on the stored ones: the INSERT takes over
+
+    rows = stored(clean_db)
+    assert sorted(rows) == sorted(item.uuid for item in [*first, *new])
+    assert rows[new[2].uuid]["properties"] == new[2].properties
