@@ -5,7 +5,11 @@ $plugins_* tagging) in one process against Postgres and Valkey, for a team with 
 (python-benchmark, or js-benchmark for the JavaScript runtime) and for a team with no plugins; the
 difference per event is the cost of running the plugin.
 
-    .venv/bin/python -m benchmarks.plugin_step [--batches 200] [--batch-size 500] [--plugin js-benchmark]
+    .venv/bin/python -m benchmarks.plugin_step [--batches 200] [--batch-size 500] [--plugin js-benchmark] [--worker-gc]
+
+With --worker-gc, the garbage collector is set up as the worker sets it up once started
+(services/gc_tuning.py: start-up objects frozen, the young generation collected less often), after
+the plugins are loaded; without it, CPython's defaults.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, running_plugins
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.run import PluginRunner
+from plugin_server.services.gc_tuning import tune_garbage_collector
 
 NO_PLUGINS_TEAM = 999
 
@@ -75,9 +80,14 @@ async def measure(runner: PluginRunner, team_id: int, batches: int, batch_size: 
     return PerEvent(statistics.median(walls), statistics.median(cpus))
 
 
-async def run(database_url: str, redis_url: str, batches: int, batch_size: int) -> tuple[PerEvent, PerEvent]:
+async def run(
+    database_url: str, redis_url: str, batches: int, batch_size: int, worker_gc: bool
+) -> tuple[PerEvent, PerEvent]:
     async with running_plugins(database_url, redis_url) as running:
         runner = PluginRunner(running.plugins.registry, running.services.hung)
+        if worker_gc:
+            await runner.process_events(make_events(batch_size, TEAM_ID))  # loads the plugin
+            tune_garbage_collector()
         with_plugin = await measure(runner, TEAM_ID, batches, batch_size)
         without = await measure(runner, NO_PLUGINS_TEAM, batches, batch_size)
     return with_plugin, without
@@ -90,11 +100,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--plugin", choices=("python-benchmark", "js-benchmark"), default="python-benchmark")
+    parser.add_argument("--worker-gc", action="store_true", help="the worker's garbage collector settings")
     options = parser.parse_args()
     with benchmark_services() as (server_url, redis_url):
         database_url = fresh_database(server_url, options.plugin)
-        with_plugin, without = asyncio.run(run(database_url, redis_url, options.batches, options.batch_size))
-    print(f"plugin step, batches of {options.batch_size}, median of {options.batches} batches")
+        with_plugin, without = asyncio.run(
+            run(database_url, redis_url, options.batches, options.batch_size, options.worker_gc)
+        )
+    gc_settings = "the worker's" if options.worker_gc else "default"
+    print(
+        f"plugin step, batches of {options.batch_size}, median of {options.batches} batches, "
+        f"{gc_settings} garbage collector settings"
+    )
     print("  µs/event (clock, CPU)")
     for name, wall, cpu in (
         (f"team with the {options.plugin} plugin", with_plugin.wall, with_plugin.cpu),

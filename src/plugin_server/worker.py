@@ -46,6 +46,7 @@ from plugin_server.plugins.tracking import CallTracker, SharedCallState
 from plugin_server.process_signals import obey_only_the_supervisor
 from plugin_server.services.gc_tuning import tune_garbage_collector
 from plugin_server.services.geoip import load_geoip
+from plugin_server.services.malloc_tuning import give_back_free_memory_forever, limit_arenas
 from plugin_server.services.metrics import get_metrics
 from plugin_server.services.observability import setup_process
 from plugin_server.sources import Source
@@ -185,6 +186,7 @@ class Worker:
                 asyncio.create_task(self._listen_for_reloads(redis_client, worker_plugins)),
                 asyncio.create_task(self._report_plugin_metrics(worker_plugins.metrics)),
                 asyncio.create_task(actions.service.store.keep_fresh(redis_client)),
+                asyncio.create_task(give_back_free_memory_forever()),
             ]
             if sinks.outbox is not None:
                 helpers.append(asyncio.create_task(resend_forever(sinks.outbox, pool, sinks.persons.write)))
@@ -377,6 +379,7 @@ def worker_main(
     kafka_lag: Synchronized[int] | None = None,
 ) -> None:
     """Entry point of a worker process (started by the supervisor with the resolved URLs in its env)."""
+    limit_arenas()  # before the threads start: they share the arenas made from now on
     settings = load_settings()
     setup_process(settings, f"worker-{index}")
     obey_only_the_supervisor()

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.ingestion.celery import PLUGIN_JOB_TASK
 from plugin_server.jobs.celery_task import job_from_celery_task
-from plugin_server.jobs.queue import JobHandler, JobPayloadError, JobQueue, PluginJob
+from plugin_server.jobs.queue import JobHandler, JobPayloadError, JobQueue, PluginJob, TryAgainLater
 from plugin_server.plugins.meta.jobs import PluginJobs, add_months, time_after
 from tests.conftest import wait_until
 
@@ -184,6 +184,33 @@ async def test_the_job_of_a_dead_runner_runs_again(queue: JobQueue, pool: AsyncC
     async with running(queue, recorder):
         await wait_until(lambda: len(recorder.jobs) == 1)
     assert recorder.jobs[0][1].payload == "orphan"
+
+
+async def test_a_job_the_server_could_not_run_runs_again_later_within_its_attempts(
+    queue: JobQueue, pool: AsyncConnectionPool[Any]
+) -> None:
+    async def redis_gone(_: PluginJob) -> None:
+        try:
+            raise ConnectionError("Error UNKNOWN while writing to socket")
+        except ConnectionError as error:
+            raise TryAgainLater("the hung-call marks could not be read", delay=0.2) from error
+
+    recorder = Recorder(redis_gone)
+    async with running(queue, recorder):
+        await queue.enqueue(job())
+        await wait_until(lambda: len(recorder.jobs) == 1)
+        await asyncio.sleep(0.1)
+        [row] = await rows(pool)  # back in line, due after the delay, its run counted
+        assert (row["status"], row["attempts"], row["locked_by"]) == ("waiting", 1, None)
+        assert row["last_error"] == "ConnectionError: Error UNKNOWN while writing to socket"
+        assert row["run_at"] > datetime.now(UTC)
+        await wait_until(lambda: len(recorder.jobs) == queue.max_attempts, timeout=10)
+        await asyncio.sleep(0.5)
+    assert len(recorder.jobs) == queue.max_attempts  # then no more
+    [row] = await rows(pool)
+    assert (row["status"], row["attempts"]) == ("failed", queue.max_attempts)
+    first, second = recorder.jobs[0][0], recorder.jobs[1][0]
+    assert second - first >= 0.2
 
 
 async def test_a_job_that_kills_every_runner_fails_after_max_attempts(

@@ -4,7 +4,9 @@ Runners claim due jobs with `FOR UPDATE SKIP LOCKED` and hold each claimed job u
 they extend while the handler runs. When a runner dies (even `kill -9`), its lease runs out and any
 other runner puts the job back in line, so it runs again, up to `max_attempts` runs in all. A
 handler that raises is not retried (plugins retry themselves, as in the original): the job is kept
-as 'failed' with the error text, and pruned after `failed_retention`. A job that succeeds is deleted.
+as 'failed' with the error text, and pruned after `failed_retention`. A handler that raises
+`TryAgainLater` (the server's own failure, such as a Redis connection lost, not the plugin's) puts the
+job back in line after a delay, within the same `max_attempts`. A job that succeeds is deleted.
 All times that decide what is due come from the database clock, so runners need not agree on time.
 """
 
@@ -50,6 +52,15 @@ class PluginJob:
 
 
 JobHandler = Callable[[PluginJob], Awaitable[None]]
+
+
+class TryAgainLater(Exception):
+    """The job could not run for a passing reason of the server's (not the plugin's): run it again
+    after `delay` seconds, if it has attempts left."""
+
+    def __init__(self, reason: str, delay: float = 10.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
 
 
 class JobPayloadError(TypeError):
@@ -112,6 +123,15 @@ _FAIL = """
 UPDATE plugin_server_jobs SET status = 'failed', last_error = %s, finished_at = now(), locked_by = NULL,
     lease_until = NULL
 WHERE id = %s AND locked_by = %s AND status = 'running'
+"""
+
+# A job whose run met a passing failure of the server goes back in line for later, while it has attempts left.
+_AGAIN_LATER = """
+UPDATE plugin_server_jobs SET
+    status = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'waiting' END,
+    finished_at = CASE WHEN attempts >= %(max_attempts)s THEN now() END,
+    run_at = now() + %(delay)s, last_error = %(error)s, locked_by = NULL, lease_until = NULL
+WHERE id = %(id)s AND locked_by = %(runner)s AND status = 'running'
 """
 
 # A job stopped by a shutdown did not fail: it goes back in line and the interrupted run is not counted.
@@ -323,6 +343,22 @@ class JobQueue:
             await handler(job)
         except asyncio.CancelledError:
             raise  # _drain puts it back in line
+        except TryAgainLater as error:
+            log.warning(
+                "job %s (%s of plugin config %s) to run again later: %s",
+                job_id,
+                job.type,
+                job.plugin_config_id,
+                error,
+            )
+            params = {
+                "max_attempts": self.max_attempts,
+                "delay": timedelta(seconds=error.delay),
+                "error": _error_text(error.__cause__ or error),
+                "id": job_id,
+                "runner": self.runner_id,
+            }
+            await self._record(_AGAIN_LATER, params)
         except Exception as error:
             log.info(
                 "job %s (%s of plugin config %s) failed: %r", job_id, job.type, job.plugin_config_id, error
@@ -331,7 +367,7 @@ class JobQueue:
         else:
             await self._record(_FINISH, (job_id, self.runner_id))
 
-    async def _record(self, query: str, params: tuple[Any, ...]) -> None:
+    async def _record(self, query: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
         """Store a job's outcome. If that fails, the lease runs out and the job runs again."""
         try:
             async with self.pool.connection() as connection:

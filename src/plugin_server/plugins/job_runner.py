@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
 from structlog.contextvars import bound_contextvars
 
-from plugin_server.jobs.queue import PluginJob
+from plugin_server.jobs.queue import PluginJob, TryAgainLater
 from plugin_server.plugins.export import EXPORT_RETRY_JOB
 from plugin_server.plugins.historical import JOBS as HISTORICAL_JOBS
 from plugin_server.plugins.instance import PluginError, PluginInstance, PluginTimeout
@@ -36,7 +37,7 @@ class PluginJobRunner:
     async def _run_with(self, vm: PluginVM, instance: PluginInstance, job: PluginJob) -> None:
         label = job.type if job.kind == "schedule" else job_label(job.type)
         try:
-            if await self._hung.take(job.plugin_config_id, label):
+            if await self._was_hung(job.plugin_config_id, label):
                 raise PluginTimeout(
                     f"{label} ran for longer than TASK_TIMEOUT before and its worker was replaced"
                 )
@@ -46,11 +47,24 @@ class PluginJobRunner:
                 await vm.historical_export.run(job.type, job.payload)
             elif job.type == EXPORT_RETRY_JOB and vm.export_buffer is not None:
                 payload = job.payload
-                await vm.export_buffer.export(
-                    payload["batch"], payload["batchId"], payload["retriesPerformedSoFar"]
-                )
+                try:
+                    await vm.export_buffer.export(
+                        payload["batch"], payload["batchId"], payload["retriesPerformedSoFar"]
+                    )
+                except Exception as error:  # export() handles the plugin's errors: this one is the server's
+                    raise TryAgainLater(f"exporting a held batch failed: {error!r}") from error
             else:
                 await instance.run_job(job.type, job.payload)
+        except TryAgainLater:
+            raise
         except Exception as error:
             await vm.record_error(error, function=label, outcome="not retried")
             raise
+
+    async def _was_hung(self, plugin_config_id: int, label: str) -> bool:
+        """Whether the last run of this call was marked hung (the mark is taken); Redis unreachable
+        is the server's passing failure, not the job's."""
+        try:
+            return await self._hung.take(plugin_config_id, label)
+        except (RedisError, OSError) as error:
+            raise TryAgainLater(f"the hung-call marks could not be read: {error!r}") from error

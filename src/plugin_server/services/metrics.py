@@ -199,6 +199,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self._memory_given_back = Counter(
+            "plugin_server_memory_given_back_bytes",
+            "Resident memory the workers' allocator handed back to the system (malloc_trim)",
+            registry=r,
+        )
         self._telemetry_errors = Counter(
             "plugin_server_telemetry_errors",
             "Metrics that could not be recorded (the events they were about went on)",
@@ -290,6 +295,10 @@ class Metrics:
         self._worker_restarts.labels(reason).inc()
         if reason == "stalled":
             self._incr("alerts.stale_plugin_server_restarted")
+
+    @_never_raises
+    def memory_given_back(self, size: int) -> None:
+        self._memory_given_back.inc(size)
 
     # --- plugins
 

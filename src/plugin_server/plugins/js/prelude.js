@@ -29,14 +29,13 @@
 //                       pool.js, ...), given the `kit` below and the modules provided so far
 //
 // Protocol. `control` is an Int32Array shared with Python: [0] is bumped whenever plugin code is
-// entered (Python reads it to time out each piece of plugin code rather than a whole script), [1]
-// is the length of the request, [2] its number, which run() copies to [3] when it starts (so Python
+// entered (Python reads it to time out each piece of plugin code rather than a whole script), [1] is
+// unused, [2] is the number of a request, which run() copies to [3] when it starts (so Python
 // knows whether a request it stopped had started), [4] is set when an ArrayBuffer allocation was
 // refused (Python then runs `<entry>.collectGarbage()` and asks `<entry>.memoryStillOver()`), [5] is the KiB held in
 // ArrayBuffers (past half the budget, Python asks V8 for a full collection after the script). Python
-// writes a request, JSON text in ASCII, into the shared `transfer` buffer and evaluates `<entry>.run()`; keeping every evaluated script the same
-// spares V8 from caching one script per request. A negative length asks run() for a new transfer
-// buffer of that many bytes, which it returns. Requests:
+// sets [2] and calls `<entry>.run` with a request, JSON text, as its `this` (runtime.py, entry.py):
+// V8 makes the string from UTF-8 natively, and no script text per request is compiled or cached. Requests:
 //   ["batch", callId, events]      processEvent over a list of events
 //   ["call", callId, name, args]   an exported function (setupPlugin, onEvent, runEveryHour...)
 //   ["job", callId, name, payload]
@@ -56,8 +55,10 @@
 //
 // Each of these returns, as JSON text, the messages the isolate posted since the previous return,
 // `[[op, id, args], ...]`:
-//   ["$done", callId, result]    a call ended; result is an outcome, or for a batch a list of
-//                                outcomes, one per event. Outcome: [1, value] or [0, error], where
+//   ["$done", callId, result]    a call ended; result is an outcome, or for a batch [values, errors]:
+//                                the value of each event (null where it threw) and [index, error]
+//                                of each that threw (cheaper for Python than an outcome per event).
+//                                Outcome: [1, value] or [0, error], where
 //                                error is {name, message, stack}.
 //   ["$timer", timerId, [ms]]    fire timer `timerId` in `ms` milliseconds (deliver [timerId, 2])
 //   ["$untimer", timerId, []]    forget that timer
@@ -92,6 +93,8 @@
     const fromCharCode = String.fromCharCode;
     const dateNow = Date.now;
     const stringIndexOf = String.prototype.indexOf;
+    const stringSlice = String.prototype.slice;
+    const arrayJoin = Array.prototype.join;
     const stringReplace = String.prototype.replace;
     const regexExec = RegExp.prototype.exec;
     const MAX_DELAY_MS = 2147483647;
@@ -175,12 +178,10 @@
 
     // ------------------------------------------------------------------ progress and timers
 
-    // [0]: the progress counter; [1]: the length of the request in `transfer`; [2]: the request's
-    // number; [3]: the number of the last request that started; [4]: an ArrayBuffer allocation was
+    // [0]: the progress counter; [1]: unused; [2]: the request's number; [3]: the number of the last request that started; [4]: an ArrayBuffer allocation was
     // refused; [5]: the KiB the plugin holds in ArrayBuffers (both kept by memory.js).
     const control = new Int32Array(memory.uncountedSharedBuffer(24));
     memory.report(control, 4, 5);
-    let transfer;
 
     function bump() {
         control[0] = (control[0] + 1) | 0;
@@ -1667,7 +1668,20 @@
         }
         state.finished = true;
         batches.delete(state.callId);
-        done(state.callId, "[" + state.outcomes.join(",") + "]");
+        const outcomes = state.outcomes;
+        const values = new Array(outcomes.length);
+        let errors = "";
+        for (let i = 0; i < outcomes.length; i++) {
+            const outcome = outcomes[i];  // "[1,value]" or "[0,error]" (eventOutcome, errorOutcome)
+            const inner = apply(stringSlice, outcome, [3, -1]);
+            if (outcome[1] === "1") {
+                values[i] = inner;
+            } else {
+                values[i] = "null";
+                errors += (errors === "" ? "[" : ",[") + i + "," + inner + "]";
+            }
+        }
+        done(state.callId, "[[" + apply(arrayJoin, values, [","]) + "],[" + errors + "]]");
     }
 
     function resume(callId) {
@@ -1772,13 +1786,10 @@
         },
     };
 
+    // Called with the request as `this` (a string: this file is strict code).
     function run() {
         control[3] = control[2];
-        if (control[1] < 0) {
-            transfer = memory.uncountedSharedBuffer(-control[1]);
-            return transfer;
-        }
-        const request = parse(latin1Decode(new NativeUint8Array(transfer, 0, control[1]), 0xff));
+        const request = parse(this);
         return apply(REQUESTS[request[0]], undefined, request.slice(1));
     }
 

@@ -1,9 +1,9 @@
 """The JavaScript plugin runtime: each plugin config runs in its own V8 isolate (mini-racer).
 
 Python and the isolate exchange JSON text only (the protocol is described in prelude.js). Python
-writes a request (a batch of events, a call, answers to earlier questions) into a buffer shared with
-the isolate and evaluates the same short script, `<entry>.run()`, with `eval_cancelable`; the script
-returns the messages the isolate posted meanwhile: meta operations to run (cache, storage, fetch...),
+calls the runtime's `<entry>.run` with a request (a batch of events, a call, answers to earlier
+questions) as its `this`, in a cancelable task like `eval_cancelable`'s (entry.py); it returns the
+messages the isolate posted meanwhile: meta operations to run (cache, storage, fetch...),
 timers to set, results of calls. No Python function is ever handed to V8 (mini-racer's
 `wrap_py_function` is not used), which has three benefits:
 
@@ -30,7 +30,6 @@ import asyncio
 import base64
 import contextlib
 import itertools
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from contextvars import ContextVar
@@ -39,7 +38,7 @@ from typing import Any, NotRequired, TypedDict, Unpack
 
 import httpx
 import orjson
-from py_mini_racer import JSEvalException, JSOOMException, MiniRacer
+from py_mini_racer import JSArray, JSEvalException, JSFunction, JSOOMException, MiniRacer
 
 from plugin_server.ingestion.types import RawEvent
 from plugin_server.plugin_api import RetryError
@@ -53,6 +52,7 @@ from plugin_server.plugins.instance import (
     RuntimeServices,
 )
 from plugin_server.plugins.js.engine import js_source, new_racer
+from plugin_server.plugins.js.entry import RunEntry
 from plugin_server.plugins.js.hosted import BlockingCalls, HostedError, HostedModule, Operation
 from plugin_server.plugins.js.hosted.aws import AwsClients
 from plugin_server.plugins.js.hosted.google import GoogleClients
@@ -73,8 +73,6 @@ MIB = 1024 * 1024
 WATCHDOG_GRACE_SECONDS = 1.0
 # How often a running script's progress is checked.
 WATCH_STEP_SECONDS = 0.1
-# The first size of the buffer that requests are written into (it grows with the largest request).
-TRANSFER_BYTES = 64 * 1024
 # How many times in a row a script may find the isolate busy (running promise continuations longer
 # than the timeout) before the isolate is given up.
 MAX_BUSY_WAITS = 3
@@ -220,30 +218,16 @@ def _request_content(body: Any) -> bytes | None:
 
 
 def _json(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str)
+    """`value` as JSON; keys that are not text and values JSON has no form for are written as text.
+    (orjson's plain path first: the tolerant one costs twice as much on every dict.)"""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str)
 
 
 # The meta API's declaration (meta/api.py), as the prelude's `api` argument.
 _API = f"JSON.parse({js_string(_json(js_declaration()))})"
-
-
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if code > 0xFFFF:
-        code -= 0x10000
-        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-    return f"\\u{code:04x}"
-
-
-def _ascii(data: bytes) -> bytes:
-    """JSON text in ASCII (non-ASCII characters, which JSON has only in strings, as \\u escapes), which
-    JavaScript reads from bytes without a UTF-8 decoder."""
-    if data.isascii():
-        return data
-    return _NON_ASCII.sub(_escape, data.decode()).encode()
 
 
 def _copy(error: PluginError) -> PluginError:
@@ -377,7 +361,6 @@ class Isolate:
         self._timer_limits = timers
         self._collect_above = memory.array_buffer_bytes // 2
         self._entry = f"__pluginServer_{secrets.token_hex(8)}"
-        self._run = f"{self._entry}.run()"
         self._loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()  # one script at a time
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -397,9 +380,9 @@ class Isolate:
         self._running: asyncio.Task[Any] | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None  # compacts the isolate once it has been idle
-        # Shared with the isolate (see prelude.js): the control counters, and the request's bytes.
+        # Shared with the isolate (see prelude.js): the control counters.
         self._control: memoryview | None = None
-        self._transfer: memoryview | None = None
+        self._run: RunEntry | None = None  # `<entry>.run`, which requests are sent to (entry.py)
         self.lost: PluginError | None = None
 
     @classmethod
@@ -438,6 +421,13 @@ class Isolate:
         if not isinstance(control, memoryview):
             raise PluginError("the JavaScript prelude did not share its control buffer")
         self._control = control.cast("i")
+        run, no_arguments = (
+            await self._evaluate(racer, f"{self._entry}.run"),
+            await self._evaluate(racer, "[]"),
+        )
+        if not isinstance(run, JSFunction) or not isinstance(no_arguments, JSArray):
+            raise PluginError("the JavaScript prelude did not define its entry points")
+        self._run = RunEntry(racer, run, no_arguments)
 
     # ---------------------------------------------------------------- calls
 
@@ -499,17 +489,23 @@ class Isolate:
             await self._call(lambda call_id: self._request(b'["%s",%d,%s]' % (kind, call_id, request)))
         )
 
-    async def batch(self, events_json: bytes) -> list[Any]:
-        """processEvent over the events: an outcome ([1, event or null] / [0, error]) per event. An event
-        stopped for running too long gets a timeout; the batch goes on with the others."""
-        outcomes = await self._call(
+    async def batch(self, events_json: bytes) -> tuple[list[Any], dict[int, Any]]:
+        """processEvent over the events: what each returned (null where it threw), and what each that
+        threw threw, by index. An event stopped for running too long gets a timeout; the batch goes on
+        with the others."""
+        result = await self._call(
             lambda call_id: self._request(
                 b'["batch",%d,%s]' % (call_id, events_json), resume=b'["resume",%d]' % call_id
             )
         )
-        if not isinstance(outcomes, list):
+        try:
+            values, errors = result
+            thrown = {index: error for index, error in errors}
+        except (TypeError, ValueError):
+            thrown = None
+        if not isinstance(values, list) or thrown is None:
             raise PluginError("the JavaScript runtime returned a malformed batch result")
-        return outcomes
+        return values, thrown
 
     async def _call(self, start: Callable[[int], Awaitable[None]]) -> Any:
         """Start a call (`start(call_id)`) and wait for its result."""
@@ -544,7 +540,7 @@ class Isolate:
         while True:
             number = next(self._request_numbers)
             try:
-                messages = await self._eval(self._run, request, number)
+                messages = await self._eval(request, number)
             except _Interrupted:
                 if self._started() != number:
                     waits = await self._waited(waits)
@@ -569,16 +565,17 @@ class Isolate:
         self._poll = True
         self._wake.set()
 
-    async def _eval(self, script: str, request: bytes | None = None, number: int = 0) -> Any:
-        """The parsed messages of a script, given `request` in the shared buffer. Raises _Interrupted
-        when the script was terminated for running too long, or the loss error when the isolate had
-        to be closed."""
+    async def _eval(self, script: str | bytes, number: int = 0) -> Any:
+        """The parsed messages of a script, or of a request (bytes, JSON text) numbered `number` (see
+        _evaluate). Raises _Interrupted when it was terminated for running too long, or the loss error
+        when the isolate had to be closed."""
         async with self._lock:
             racer = self._racer
             if racer is None:
                 raise self._closed_error()
-            if request is not None:
-                await self._put(racer, _ascii(request), number)
+            if isinstance(script, bytes):
+                assert self._control is not None
+                self._control[2] = number
             result = await self._evaluate(racer, script)
             self._compact_when_idle()
             await self._check_array_buffers(racer)
@@ -587,28 +584,19 @@ class Isolate:
                     return orjson.loads(result)
             raise await self._lose(PluginError(BROKEN))
 
-    async def _put(self, racer: MiniRacer, request: bytes, number: int) -> None:
-        """Write a request into the transfer buffer, which the isolate first enlarges if need be."""
-        control, transfer = self._control, self._transfer
-        assert control is not None
-        if transfer is None or len(request) > len(transfer):
-            control[1] = -max(len(request), 2 * len(transfer or b""), TRANSFER_BYTES)
-            control[2] = 0
-            transfer = await self._evaluate(racer, self._run)  # raises if the isolate was closed meanwhile
-            if not isinstance(transfer, memoryview):
-                raise await self._lose(PluginError(BROKEN))
-            self._transfer = transfer
-        transfer[: len(request)] = request
-        control[1] = len(request)
-        control[2] = number
-
     def _started(self) -> int:
         """The number of the last request the isolate started."""
         return int(self._control[3]) if self._control is not None else 0
 
-    async def _evaluate(self, racer: MiniRacer, script: str) -> Any:
-        """The value of a script, run under the watchdog (see _watch)."""
-        running = self._loop.create_task(racer.eval_cancelable(script))
+    async def _evaluate(self, racer: MiniRacer, script: str | bytes) -> Any:
+        """The value of a script, or of `<entry>.run` given a request (bytes: JSON text in UTF-8), run
+        under the watchdog (see _watch)."""
+        if isinstance(script, str):
+            running = self._loop.create_task(racer.eval_cancelable(script))
+        elif self._run is not None:
+            running = self._loop.create_task(self._run.call(script))
+        else:
+            raise self._closed_error()
         self._running = running
         started = self._loop.time()
         try:
@@ -861,7 +849,7 @@ class Isolate:
         racer, self._racer = self._racer, None
         if racer is None:
             return
-        self._control = self._transfer = None  # their memory goes with the isolate
+        self._control = self._run = None  # their memory goes with the isolate
         if self.lost is None:
             self.lost = PluginError("the plugin's isolate was closed")
         for result in self._calls.values():
@@ -1066,12 +1054,12 @@ class JSPlugin:
     async def _batch(self, events: list[RawEvent]) -> Iterable[EventOutcome]:
         try:
             isolate = await self._ready()
-            results = await isolate.batch(_json(events))
-            if len(results) != len(events):
+            values, thrown = await isolate.batch(_json(events))
+            if len(values) != len(events):
                 raise PluginError("the JavaScript runtime returned a result per event of another batch")
         except Exception as error:
             return [error] * len(events)
-        return _event_outcomes(events, results)
+        return _event_outcomes(events, values, thrown)
 
     async def on_event(self, event: RawEvent) -> None:
         if "onEvent" in self.methods:
@@ -1129,20 +1117,18 @@ def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
     return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
 
 
-def _event_outcomes(events: list[RawEvent], results: list[Any]) -> list[EventOutcome]:
+def _event_outcomes(events: list[RawEvent], values: list[Any], thrown: dict[int, Any]) -> list[EventOutcome]:
     """Each event's outcome: what the plugin threw, or its result if the server can take it (parsed
     from JSON by orjson, the results are checked all at once: see checked_json_results)."""
-    outcomes: list[EventOutcome] = [None] * len(events)
-    returned: list[int] = []
-    values: list[Any] = []
-    for index, result in enumerate(results):
-        try:
-            values.append(_outcome_value(result))
-        except Exception as error:  # what the plugin threw
-            outcomes[index] = error
-        else:
-            returned.append(index)
-    checked = checked_json_results([events[index] for index in returned], values)
+    if not thrown:
+        return checked_json_results(events, values)  # type: ignore[return-value]
+    returned = [index for index in range(len(events)) if index not in thrown]
+    outcomes: list[EventOutcome] = [
+        js_exception(thrown[index]) if index in thrown else None for index in range(len(events))
+    ]
+    checked = checked_json_results(
+        [events[index] for index in returned], [values[index] for index in returned]
+    )
     for index, outcome in zip(returned, checked, strict=True):
         outcomes[index] = outcome
     return outcomes
