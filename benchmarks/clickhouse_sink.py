@@ -107,9 +107,9 @@ async def measure(events: list[PreparedEvent], options: argparse.Namespace) -> t
                     await asyncio.sleep(0)
                 if producer is None:
                     found = await lookup({(event.team_id, event.distinct_id) for event in batch})
-                    now = datetime.now(UTC)
+                    record = format.event_records(found, datetime.now(UTC))
                     for event in batch:
-                        format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
+                        record(event)
                 else:
                     await asyncio.gather(
                         KafkaPersonSink(producer, format).write([]),
