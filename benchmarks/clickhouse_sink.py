@@ -10,11 +10,13 @@ end-to-end benchmark reads them from Postgres).
 It reports per event the wall time and the CPU time of the whole process (every thread: the event loop,
 the producer's poll thread, librdkafka's), which a busy machine disturbs less than the wall time;
 `--build-only` leaves the producer out; `--pipeline-work` keeps the event loop busy with plain Python
-work before each batch, as the pipeline keeps a worker's; `--profile FILE` writes cProfile's statistics of the event loop's
+work before each batch, as the pipeline keeps a worker's; `--worker-gc` sets the garbage collector up as
+a started worker has it (services/gc_tuning.py; with CPython's defaults its collections, triggered by
+whatever allocates, are a large share of the time); `--profile FILE` writes cProfile's statistics of the event loop's
 thread (the poll thread is not in them: compare the CPU times).
 
     .venv/bin/python -m benchmarks.clickhouse_sink [--events 50000] [--batch 500] [--concurrency 10]
-        [--format current|original] [--rounds 3] [--build-only] [--profile FILE]
+        [--format current|original] [--rounds 3] [--build-only] [--worker-gc] [--profile FILE]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from plugin_server.ingestion.kafka_producer import KafkaProducer
 from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.rules import prepare_event
 from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.services.gc_tuning import tune_garbage_collector
 from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
 from plugin_server.sinks.kafka.current import CurrentFormat
 from plugin_server.sinks.kafka.original import OriginalFormat
@@ -104,9 +107,9 @@ async def measure(events: list[PreparedEvent], options: argparse.Namespace) -> t
                     await asyncio.sleep(0)
                 if producer is None:
                     found = await lookup({(event.team_id, event.distinct_id) for event in batch})
-                    now = datetime.now(UTC)
+                    record = format.event_records(found, datetime.now(UTC))
                     for event in batch:
-                        format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
+                        record(event)
                 else:
                     await asyncio.gather(
                         KafkaPersonSink(producer, format).write([]),
@@ -139,9 +142,12 @@ def main() -> None:
         "the event loop is busy as a worker's is, and the producer's threads wait for the GIL)",
     )
     parser.add_argument("--build-only", action="store_true", help="build the records, produce nothing")
+    parser.add_argument("--worker-gc", action="store_true", help="the worker's garbage collector settings")
     parser.add_argument("--profile", help="a file for cProfile's statistics of the last round")
     options = parser.parse_args()
     events = prepared_events(options.events)
+    if options.worker_gc:
+        tune_garbage_collector()
     with KafkaBroker() as broker:
         options.settings = load_settings({}, KAFKA_HOSTS=broker.bootstrap)
         results = []

@@ -160,14 +160,17 @@ def run_once(
 
 @contextlib.contextmanager
 def profiling(server: RunningServer, options: argparse.Namespace, count: int) -> Iterator[None]:
-    """py-spy on every worker for the run's first seconds (--profile), folded stacks per worker."""
+    """py-spy on every worker (--profile): a flame graph with native frames each, worker-N.svg, from a
+    second into the run for about half of it at 10,000 events/s. py-spy pauses a worker at each sample
+    for its native frames, so the profiled run (the first) is slower than the others."""
     if not options.profile:
         yield
         return
     folder = Path(options.profile)
     folder.mkdir(parents=True, exist_ok=True)
-    seconds = max(3, min(20, count // 10_000))
-    with profiled({folder / f"worker-{pid}.txt": pid for pid in server.worker_pids()}, seconds):
+    seconds = max(2, min(20, count // 20_000))
+    targets = {folder / f"worker-{n + 1}.svg": pid for n, pid in enumerate(server.worker_pids())}
+    with profiled(targets, seconds, delay=1.0):
         yield
 
 
@@ -194,7 +197,9 @@ def main() -> None:
     parser.add_argument(
         "--plugin", default="js-benchmark", help="a plugin under benchmarks/plugins ('' for none)"
     )
-    parser.add_argument("--profile", help="a folder for py-spy's folded stacks of each worker (first run)")
+    parser.add_argument(
+        "--profile", help="a folder for flame graphs (native frames) of each worker (first run)"
+    )
     options = parser.parse_args()
     events = make_events(options.events)
     runs: list[Run] = []

@@ -48,14 +48,10 @@ class KafkaEventSink:
             found = await self._persons(
                 {(event.team_id, event.distinct_id) for event in events if not event.is_snapshot}
             )
-        now = datetime.now(UTC)
+        record = self._format.event_records(found, datetime.now(UTC))
+        prefix = self._format.prefix
         await self._producer.send(
-            [
-                recording_record(event, self._format.prefix)
-                if event.is_snapshot
-                else self._format.event_record(event, found.get((event.team_id, event.distinct_id)), now)
-                for event in events
-            ]
+            [recording_record(event, prefix) if event.is_snapshot else record(event) for event in events]
         )
 
 

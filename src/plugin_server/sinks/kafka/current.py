@@ -8,15 +8,18 @@ ReplacingMergeTree on version, so a move is one record: the new owner at the nex
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any, NamedTuple
 
 from plugin_server.ingestion.elements import elements_to_chain
 from plugin_server.ingestion.kafka_producer import Record
-from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
+from plugin_server.ingestion.persons import DistinctIdRow, Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.original import GROUPS, PERSONS, group_key, group_value, person_value
+from plugin_server.sinks.kafka.records import EventRecords
 from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds
 
 EVENTS = "clickhouse_events_json"
@@ -32,24 +35,39 @@ def personless_uuid(team_id: int, distinct_id: str) -> str:
     return str(uuid.uuid5(PERSONLESS_NAMESPACE, f"{team_id}:{distinct_id}"))
 
 
-class CurrentFormat:
-    needs_persons = True
+class _PersonColumns(NamedTuple):
+    person_id: str
+    properties: dict[str, Any]
+    created_at: str  # to the second
 
-    def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
 
-    def event_record(self, event: PreparedEvent, person: PersonRow | None, now: datetime) -> Record:
-        """The event with its person as the person step left it (plus the event's own $set)."""
+class _EventRecords:
+    """The records of one batch's events: each event with its person as the person step left it (plus
+    the event's own $set). What events share is formatted once per batch: the ingestion time, and each
+    distinct id's person columns (a person's time, from Postgres with a time zone, costs a conversion
+    each time; a personless id's uuid is a uuid5)."""
+
+    __slots__ = ("_columns", "_created_at", "_now", "_persons", "_topic")
+
+    def __init__(self, topic: str, persons: Mapping[Key, PersonRow], now: datetime) -> None:
+        self._topic = topic
+        self._persons = persons
+        self._now = now
+        self._created_at = clickhouse_ms(now)
+        self._columns: dict[Key, _PersonColumns] = {}
+
+    def __call__(self, event: PreparedEvent) -> Record:
+        key = (event.team_id, event.distinct_id)
+        person = self._columns.get(key)
+        if person is None:
+            person = self._columns[key] = self._person_columns(key)
         properties = dict(event.properties)
         chain = properties.pop("$elements_chain", None)
         properties.pop("$elements", None)
         if event.elements:
             chain = elements_to_chain(event.elements)
         to_set = properties.get("$set")
-        person_properties = {
-            **(person.properties if person else {}),
-            **(to_set if isinstance(to_set, dict) else {}),
-        }
+        person_properties = {**person.properties, **to_set} if isinstance(to_set, dict) else person.properties
         value = {
             "uuid": event.uuid,
             "event": event.event,
@@ -59,15 +77,31 @@ class CurrentFormat:
             "project_id": event.team_id,
             "distinct_id": event.distinct_id,
             "elements_chain": js_string(chain) if chain else "",
-            "created_at": clickhouse_ms(now),
+            "created_at": self._created_at,
             "captured_at": clickhouse_ms(event.now),
-            "person_id": person.uuid if person else personless_uuid(event.team_id, event.distinct_id),
+            "person_id": person.person_id,
             "person_properties": json_text(person_properties),
-            "person_created_at": clickhouse_seconds(person.created_at if person else now),
+            "person_created_at": person.created_at,
             "person_mode": "full",
         }
         track = b"llma" if event.event.startswith("$ai_") else b"general"
-        return Record(self.prefix + EVENTS, json_bytes(value), event.uuid.encode(), [("productTrack", track)])
+        return Record(self._topic, json_bytes(value), event.uuid.encode(), [("productTrack", track)])
+
+    def _person_columns(self, key: Key) -> _PersonColumns:
+        person = self._persons.get(key)
+        if person is None:
+            return _PersonColumns(personless_uuid(*key), {}, clickhouse_seconds(self._now))
+        return _PersonColumns(person.uuid, person.properties, clickhouse_seconds(person.created_at))
+
+
+class CurrentFormat:
+    needs_persons = True
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def event_records(self, persons: Mapping[Key, PersonRow], now: datetime) -> EventRecords:
+        return _EventRecords(self.prefix + EVENTS, persons, now)
 
     def row_records(self, row: PersonSinkRow) -> list[Record]:
         if isinstance(row, PersonRow):

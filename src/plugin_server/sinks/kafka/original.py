@@ -10,16 +10,18 @@ order on one partition. ClickHouse does not read keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from plugin_server.ingestion.elements import elements_to_chain
 from plugin_server.ingestion.groups import GroupRow
 from plugin_server.ingestion.kafka_producer import Record
-from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
+from plugin_server.ingestion.persons import DistinctIdRow, Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.jsvalues import json_bytes, json_text
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.protobuf import Event, delimited
+from plugin_server.sinks.kafka.records import EventRecords
 from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds
 
 EVENTS = "clickhouse_events_proto"
@@ -34,19 +36,23 @@ class OriginalFormat:
     def __init__(self, prefix: str = "") -> None:
         self.prefix = prefix
 
-    def event_record(self, event: PreparedEvent, person: PersonRow | None, now: datetime) -> Record:
-        timestamp = clickhouse_ms(event.timestamp)
-        message = Event(
-            uuid=event.uuid,
-            event=event.event,
-            properties=json_text(event.properties),
-            timestamp=timestamp,
-            team_id=event.team_id,
-            distinct_id=event.distinct_id,
-            created_at=clickhouse_ms(now),  # the time of ingestion, as the original's createEvent
-            elements_chain=elements_to_chain(event.elements) if event.elements else "",
-        )
-        return Record(self.prefix + EVENTS, delimited(message), event.uuid.encode())
+    def event_records(self, persons: Mapping[Key, PersonRow], now: datetime) -> EventRecords:
+        topic, created_at = self.prefix + EVENTS, clickhouse_ms(now)
+
+        def record(event: PreparedEvent) -> Record:
+            message = Event(
+                uuid=event.uuid,
+                event=event.event,
+                properties=json_text(event.properties),
+                timestamp=clickhouse_ms(event.timestamp),
+                team_id=event.team_id,
+                distinct_id=event.distinct_id,
+                created_at=created_at,  # the time of ingestion, as the original's createEvent
+                elements_chain=elements_to_chain(event.elements) if event.elements else "",
+            )
+            return Record(topic, delimited(message), event.uuid.encode())
+
+        return record
 
     def row_records(self, row: PersonSinkRow) -> list[Record]:
         if isinstance(row, PersonRow):

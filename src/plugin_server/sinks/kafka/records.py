@@ -3,11 +3,12 @@ topics today's PostHog still reads them from), and the shape of a format."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Protocol
 
 from plugin_server.ingestion.kafka_producer import Record
-from plugin_server.ingestion.persons import PersonRow
+from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.plugins.meta.logs import PluginLogEntry
@@ -18,15 +19,21 @@ SESSION_RECORDING_EVENTS = "clickhouse_session_recording_events"
 PLUGIN_LOG_ENTRIES = "plugin_log_entries"
 
 
+EventRecords = Callable[[PreparedEvent], Record]
+
+
 class KafkaFormat(Protocol):
     """How events and person, distinct-id and group rows become records of ClickHouse's topics (named
     with KAFKA_PREFIX in front)."""
 
     prefix: str
-    # Whether `event_record` needs the person of the event's distinct id (read after the person step).
+    # Whether `event_records` needs the persons of the events' distinct ids (read after the person step).
     needs_persons: bool
 
-    def event_record(self, event: PreparedEvent, person: PersonRow | None, now: datetime) -> Record: ...
+    def event_records(self, persons: Mapping[Key, PersonRow], now: datetime) -> EventRecords:
+        """What makes the records of one batch's events, ingested `now`, with these persons (what the
+        batch's events share, formatted once)."""
+        ...
 
     def row_records(self, row: PersonSinkRow) -> list[Record]: ...
 
