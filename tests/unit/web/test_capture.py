@@ -73,6 +73,23 @@ async def test_a_batch_wrapper_as_posthog_python_sends_it() -> None:
     assert first.sent_at == second.sent_at == "2021-11-28T10:00:01.500000+00:00"
 
 
+async def test_a_token_given_once_for_the_request_is_looked_up_once() -> None:
+    asked: list[str] = []
+
+    async def counting(token: str) -> Team | None:
+        asked.append(token)
+        return TEAMS.get(token)
+
+    received = CaptureInput({"batch": [event("a"), event("b"), event("c")], "api_key": "phc_one"}, {}, {})
+    events = await captured_events(received, team_by_token=counting, ip=None, site_url="", now=NOW)
+    assert [e.team_id for e in events] == [2, 2, 2]
+    assert asked == ["phc_one"]
+    # Its team is every event's: a token inside an event does not move that event to another team.
+    received = CaptureInput({"batch": [event("a", api_key="phc_anon")], "api_key": "phc_one"}, {}, {})
+    (only,) = await captured_events(received, team_by_token=counting, ip=None, site_url="", now=NOW)
+    assert only.team_id == 2
+
+
 async def test_a_list_with_a_token_per_event_and_one_in_the_query() -> None:
     events = await capture([event("a", api_key="phc_one"), event("b", token="phc_anon")])
     assert [e.team_id for e in events] == [2, 3]
