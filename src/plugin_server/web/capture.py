@@ -117,8 +117,12 @@ def request_token(received: CaptureInput) -> str | None:
 
 
 def event_token(event: Mapping[str, Any]) -> str | None:
+    """The first token of `$token`, `token`, `api_key`, `properties.token`. posthog-js sends only
+    the last: an event without any of the first three is read at once from its properties."""
     properties = event.get("properties")
     in_properties = properties.get("token") if isinstance(properties, dict) else None
+    if "$token" not in event and "token" not in event and "api_key" not in event:
+        return _token_text(in_properties)
     return _first_token([event.get("$token"), event.get("token"), event.get("api_key"), in_properties])
 
 
@@ -217,6 +221,13 @@ def _event_uuid(given: Any) -> str:
 
 def _first_token(candidates: list[Any]) -> str | None:
     for candidate in candidates:
-        if isinstance(candidate, str) and candidate.strip():
-            return candidate.strip()
+        if (token := _token_text(candidate)) is not None:
+            return token
+    return None
+
+
+def _token_text(candidate: Any) -> str | None:
+    """A token candidate as a token: a string, stripped, not empty."""
+    if isinstance(candidate, str) and (token := candidate.strip()):
+        return token
     return None

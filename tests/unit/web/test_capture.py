@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugin_server.ingestion.types import Team
-from plugin_server.web.capture import captured_events
+from plugin_server.web.capture import captured_events, event_token
 from plugin_server.web.payload import CaptureError, CaptureInput
 
 NOW = datetime(2021, 11, 28, 10, 0, tzinfo=UTC)
@@ -184,3 +184,21 @@ async def test_one_bad_event_refuses_the_whole_request_with_400(payload: Any, at
     assert error.status == 400
     assert error.body["attr"] == attr
     assert error.body["detail"]
+
+
+_TOKEN_VALUES = st.sampled_from([None, "", "  ", "phc_a", " phc_b ", 5, ["phc_c"]])
+_TOKEN_KEYS = st.fixed_dictionaries(
+    {}, optional={"$token": _TOKEN_VALUES, "token": _TOKEN_VALUES, "api_key": _TOKEN_VALUES}
+)
+
+
+@given(
+    _TOKEN_KEYS,
+    st.one_of(st.none(), st.just([]), st.fixed_dictionaries({}, optional={"token": _TOKEN_VALUES})),
+)
+def test_an_events_token_is_the_first_of_its_four_places(fields: dict[str, Any], properties: Any) -> None:
+    sent = {**fields, "properties": properties}
+    in_order = [fields.get("$token"), fields.get("token"), fields.get("api_key")]
+    in_order.append(properties.get("token") if isinstance(properties, dict) else None)
+    expected = next((value.strip() for value in in_order if isinstance(value, str) and value.strip()), None)
+    assert event_token(sent) == expected
