@@ -15,8 +15,12 @@ nothing else ran on them (cores / their CPU per request): the load generator sha
 Kafka is a tansu broker (tests/kafka_broker.py); KAFKA_FLUSH_FREQUENCY_MS (the producer's linger, 500 ms
 by default) is set to --linger-ms, since every capture request waits for the broker's acknowledgement.
 
+--shapes picks some of the request shapes (single, batch, gzip); --no-aof-rewrite turns Valkey's automatic
+AOF rewrite off for the run (CONFIG SET auto-aof-rewrite-percentage 0), to show what the rewrites,
+which fork Valkey and write its whole dataset again as the list grows, cost apart from the rest.
+
     .venv/bin/python -m benchmarks.capture [--duration 10] [--connections 32] [--queue both]
-        [--web-processes 1] [--profile DIR]
+        [--web-processes 1] [--shapes single,batch,gzip] [--no-aof-rewrite] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ def posthog_python_event(index: int) -> dict[str, Any]:
 class Shape:
     """One kind of capture request: where it goes, how it is typed, and how many events it carries."""
 
+    key: str  # its name for --shapes
     name: str
     path: str
     content_type: str
@@ -153,9 +158,16 @@ def _gzip_batch(token: str, index: int) -> bytes:
 
 
 SHAPES = (
-    Shape("single JSON /e/", "/e/?ver=1.139.0", "application/json", 1, _single),
-    Shape("batch of 10 /batch/", "/batch/", "application/json", BATCH, _python_batch),
-    Shape("gzip-js batch of 10 /e/", "/e/?compression=gzip-js&ver=1.139.0", "text/plain", BATCH, _gzip_batch),
+    Shape("single", "single JSON /e/", "/e/?ver=1.139.0", "application/json", 1, _single),
+    Shape("batch", "batch of 10 /batch/", "/batch/", "application/json", BATCH, _python_batch),
+    Shape(
+        "gzip",
+        "gzip-js batch of 10 /e/",
+        "/e/?compression=gzip-js&ver=1.139.0",
+        "text/plain",
+        BATCH,
+        _gzip_batch,
+    ),
 )
 
 
@@ -356,6 +368,8 @@ def run_queue(
     rows = []
     with web_processes(database_url, redis_url, queue, options.web_processes) as (url, pids):
         for index, shape in enumerate(SHAPES):
+            if shape.key not in options.shapes:
+                continue
             queue.reset()
             before = events_received(url)
             suffix = "svg" if options.flamegraph else "txt"
@@ -403,6 +417,28 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({model}), load average before the run {load}"
 
 
+@contextlib.contextmanager
+def aof_rewrite_off(redis_url: str) -> Iterator[None]:
+    """Valkey's automatic AOF rewrite off meanwhile, then as it was (a REDIS_URL server outlives us)."""
+    client = redis.Redis.from_url(redis_url)
+    setting = "auto-aof-rewrite-percentage"
+    before = client.config_get(setting)[setting]
+    client.config_set(setting, 0)
+    try:
+        yield
+    finally:
+        client.config_set(setting, before)
+
+
+def shape_keys(text: str) -> set[str]:
+    """The --shapes argument: comma-separated keys of SHAPES."""
+    keys = {key.strip() for key in text.split(",") if key.strip()}
+    known = {shape.key for shape in SHAPES}
+    if not keys or keys - known:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(known))}, comma-separated")
+    return keys
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -414,6 +450,17 @@ def main() -> None:
         "--web-processes", type=int, default=1, help="web processes on the port (WEB_CONCURRENCY, default 1)"
     )
     parser.add_argument("--queue", choices=["redis", "kafka", "both"], default="both")
+    parser.add_argument(
+        "--shapes",
+        type=shape_keys,
+        default={shape.key for shape in SHAPES},
+        help="request shapes to run, comma-separated: single, batch, gzip (default all)",
+    )
+    parser.add_argument(
+        "--no-aof-rewrite",
+        action="store_true",
+        help="turn Valkey's automatic AOF rewrite off for the run (auto-aof-rewrite-percentage 0)",
+    )
     parser.add_argument("--linger-ms", type=int, default=5, help="KAFKA_FLUSH_FREQUENCY_MS (default 5)")
     parser.add_argument("--profile", type=Path, help="record py-spy profiles of the web process here")
     parser.add_argument(
@@ -430,13 +477,20 @@ def main() -> None:
         options.profile.mkdir(parents=True, exist_ok=True)
     header = machine()
     rows = []
-    with benchmark_services() as (server_url, redis_url), tempfile.TemporaryDirectory() as folder:
+    with (
+        benchmark_services() as (server_url, redis_url),
+        tempfile.TemporaryDirectory() as folder,
+        contextlib.ExitStack() as stack,  # closed first, while Valkey still runs
+    ):
         database_url = fresh_database(server_url)
         with psycopg.connect(database_url) as connection:
             row = connection.execute(
                 "SELECT api_token FROM posthog_team WHERE id = %s", (TEAM_ID,)
             ).fetchone()
         assert row is not None
+        stack.enter_context(
+            aof_rewrite_off(redis_url) if options.no_aof_rewrite else contextlib.nullcontext()
+        )
         bodies = Path(folder)
         for index, shape in enumerate(SHAPES):
             write_bodies(bodies / str(index), shape, str(row[0]))
@@ -450,7 +504,8 @@ def main() -> None:
     print(
         f"capture, {options.web_processes} web process(es), wrk -t{options.threads} -c{options.connections} -d{options.duration}s"
     )
-    print(f"{header}; Kafka: tansu, KAFKA_FLUSH_FREQUENCY_MS={options.linger_ms}")
+    aof = "automatic AOF rewrite off" if options.no_aof_rewrite else "automatic AOF rewrite on"
+    print(f"{header}; Valkey: {aof}; Kafka: tansu, KAFKA_FLUSH_FREQUENCY_MS={options.linger_ms}")
     if options.profile:
         print(f"py-spy was sampling the web process (numbers are lower); profiles in {options.profile}")
     print(

@@ -156,6 +156,15 @@ def test_encode_task_escapes_the_names_and_ids_it_is_given() -> None:
     assert decode_message(raw) == CeleryTask('t"\\', 'a"b\\', [1], {})
 
 
+def test_encode_task_keeps_percent_signs_in_the_names_it_is_given() -> None:
+    """The name and queue are put into a %-template once: their own % signs stay as they are."""
+    raw = encode_task("t%b%%s", [1], queue="q%b%", task_id="%b")
+
+    message = json.loads(raw)
+    assert message["properties"]["delivery_info"]["routing_key"] == "q%b%"
+    assert decode_message(raw) == CeleryTask("t%b%%s", "%b", [1], {})
+
+
 def delivery_tag(raw: bytes) -> str:
     tag: str = json.loads(raw)["properties"]["delivery_tag"]
     return tag

@@ -162,19 +162,26 @@ def encode_task(
     queue: str,
     task_id: str | None = None,
 ) -> bytes:
-    """A protocol 2 envelope to LPUSH on `queue`, shaped like the original's Celery client sent it.
+    """A protocol 2 envelope to LPUSH on `queue`, shaped like the original's Celery client sent it."""
+    return TaskEncoder(name, queue).encode(args, kwargs, task_id)
 
-    Filled into a template rather than built as a dict and encoded: capture encodes one per event."""
-    task_id_json = orjson.dumps(task_id or random_id())
-    body = binascii.b2a_base64(orjson.dumps([args, kwargs or {}, {}]), newline=False)
-    return _ENVELOPE % (
-        body,
-        orjson.dumps(name),
-        task_id_json,
-        orjson.dumps(queue),
-        _delivery_tags.next(),
-        task_id_json,
-    )
+
+class TaskEncoder:
+    """`encode_task` for one task name and queue, the envelope's fixed bytes (the name and queue among
+    them) made once: capture encodes one envelope per event, all of them the same task on one queue.
+
+    Filled into a template rather than built as a dict and encoded."""
+
+    def __init__(self, name: str, queue: str) -> None:
+        fixed = (orjson.dumps(value).replace(b"%", b"%%") for value in (name, queue))
+        self._template = _ENVELOPE % (b"%b", next(fixed), b"%b", next(fixed), b"%b", b"%b")
+
+    def encode(
+        self, args: Sequence[Any], kwargs: dict[str, Any] | None = None, task_id: str | None = None
+    ) -> bytes:
+        task_id_json = orjson.dumps(task_id or random_id())
+        body = binascii.b2a_base64(orjson.dumps([args, kwargs or {}, {}]), newline=False)
+        return self._template % (body, task_id_json, _delivery_tags.next(), task_id_json)
 
 
 def _event_arguments(task: CeleryTask) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
+from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, TaskEncoder
 from plugin_server.ingestion.enqueue import CapturedEvent
 
 
@@ -22,16 +22,15 @@ class CeleryEnqueuer:
     def __init__(self, redis: aioredis.Redis, queue: str) -> None:
         self._redis = redis
         self._queue = queue
+        self._encoder = TaskEncoder(PROCESS_EVENT_TASK, queue)
         self._waiting: list[tuple[list[bytes], asyncio.Future[None]]] = []
         self._pushes: set[asyncio.Task[None]] = set()  # referenced until done (asyncio keeps weak ones)
 
     async def enqueue(self, events: Sequence[CapturedEvent]) -> None:
         if not events:
             return
-        messages = [
-            encode_task(PROCESS_EVENT_TASK, celery_arguments(event), queue=self._queue, task_id=event.uuid)
-            for event in events
-        ]
+        encode = self._encoder.encode
+        messages = [encode(celery_arguments(event), None, event.uuid) for event in events]
         loop = asyncio.get_running_loop()
         pushed: asyncio.Future[None] = loop.create_future()
         if not self._waiting:  # the push starts at the loop's next turn: requests until then join it

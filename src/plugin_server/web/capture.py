@@ -40,30 +40,39 @@ async def captured_events(
     """Every event of the request ready to enqueue, or a CaptureError for the whole request."""
     events = events_of(received.payload)
     shared_token = request_token(received)
+    # A token given once for the request (a /batch/'s api_key) is every event's: resolved once.
+    shared_team = await _team_or_refusal(shared_token, team_by_token) if shared_token else None
     sent_at = sent_at_of(received)
     now_text = (now or datetime.now(UTC)).isoformat()
-    teams: dict[str, Team] = {}
+    teams: dict[str | None, Team] = {}
     captured = []
     for event in events:
-        token = shared_token or event_token(event)
-        if not token:
-            raise CaptureError(
-                401,
-                "API key not provided. You can find your project API key in PostHog project settings.",
-                code="missing_api_key",
-                type="authentication_error",
-            )
-        team = teams.get(token) or await _team_of(token, team_by_token)
-        if team is None:
-            raise CaptureError(
-                401,
-                "Project API key invalid. You can find your project API key in PostHog project settings.",
-                code="invalid_api_key",
-                type="authentication_error",
-            )
-        teams[token] = team
+        if (team := shared_team) is None:
+            token = event_token(event)
+            if (team := teams.get(token)) is None:
+                team = teams[token] = await _team_or_refusal(token, team_by_token)
         captured.append(_captured(event, team, ip=ip, site_url=site_url, now=now_text, sent_at=sent_at))
     return captured
+
+
+async def _team_or_refusal(token: str | None, team_by_token: TeamByToken) -> Team:
+    """The team of the token, or the 401 of a missing or unknown token."""
+    if not token:
+        raise CaptureError(
+            401,
+            "API key not provided. You can find your project API key in PostHog project settings.",
+            code="missing_api_key",
+            type="authentication_error",
+        )
+    team = await _team_of(token, team_by_token)
+    if team is None:
+        raise CaptureError(
+            401,
+            "Project API key invalid. You can find your project API key in PostHog project settings.",
+            code="invalid_api_key",
+            type="authentication_error",
+        )
+    return team
 
 
 class Unavailable(Exception):
@@ -108,8 +117,12 @@ def request_token(received: CaptureInput) -> str | None:
 
 
 def event_token(event: Mapping[str, Any]) -> str | None:
+    """The first token of `$token`, `token`, `api_key`, `properties.token`. posthog-js sends only
+    the last: an event without any of the first three is read at once from its properties."""
     properties = event.get("properties")
     in_properties = properties.get("token") if isinstance(properties, dict) else None
+    if "$token" not in event and "token" not in event and "api_key" not in event:
+        return _token_text(in_properties)
     return _first_token([event.get("$token"), event.get("token"), event.get("api_key"), in_properties])
 
 
@@ -208,6 +221,13 @@ def _event_uuid(given: Any) -> str:
 
 def _first_token(candidates: list[Any]) -> str | None:
     for candidate in candidates:
-        if isinstance(candidate, str) and candidate.strip():
-            return candidate.strip()
+        if (token := _token_text(candidate)) is not None:
+            return token
+    return None
+
+
+def _token_text(candidate: Any) -> str | None:
+    """A token candidate as a token: a string, stripped, not empty."""
+    if isinstance(candidate, str) and (token := candidate.strip()):
+        return token
     return None

@@ -51,6 +51,9 @@ async def serve(settings: Settings, workers: WorkerStatus | None = None) -> None
             proxy_headers=False,  # the capture API reads X-Forwarded-For itself, from TRUSTED_PROXIES only
             lifespan="off",
             http=HttpProtocol,  # httptools, with each answer's head and body in one write
+            # No `server: uvicorn` on every answer: it tells a scanner what runs here, and uvicorn checks
+            # and copies each header of each answer in Python. `date` stays: HTTP requires it.
+            server_header=False,
         )
         listening = shared_socket(settings.WEB_HOSTNAME, settings.WEB_PORT)
         stack.callback(listening.close)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plugin_server.ingestion.types import Team
-from plugin_server.web.capture import captured_events
+from plugin_server.web.capture import captured_events, event_token
 from plugin_server.web.payload import CaptureError, CaptureInput
 
 NOW = datetime(2021, 11, 28, 10, 0, tzinfo=UTC)
@@ -71,6 +71,23 @@ async def test_a_batch_wrapper_as_posthog_python_sends_it() -> None:
     assert [first.data["event"], second.data["event"]] == ["a", "b"]
     assert second.data["properties"] == {}
     assert first.sent_at == second.sent_at == "2021-11-28T10:00:01.500000+00:00"
+
+
+async def test_a_token_given_once_for_the_request_is_looked_up_once() -> None:
+    asked: list[str] = []
+
+    async def counting(token: str) -> Team | None:
+        asked.append(token)
+        return TEAMS.get(token)
+
+    received = CaptureInput({"batch": [event("a"), event("b"), event("c")], "api_key": "phc_one"}, {}, {})
+    events = await captured_events(received, team_by_token=counting, ip=None, site_url="", now=NOW)
+    assert [e.team_id for e in events] == [2, 2, 2]
+    assert asked == ["phc_one"]
+    # Its team is every event's: a token inside an event does not move that event to another team.
+    received = CaptureInput({"batch": [event("a", api_key="phc_anon")], "api_key": "phc_one"}, {}, {})
+    (only,) = await captured_events(received, team_by_token=counting, ip=None, site_url="", now=NOW)
+    assert only.team_id == 2
 
 
 async def test_a_list_with_a_token_per_event_and_one_in_the_query() -> None:
@@ -167,3 +184,21 @@ async def test_one_bad_event_refuses_the_whole_request_with_400(payload: Any, at
     assert error.status == 400
     assert error.body["attr"] == attr
     assert error.body["detail"]
+
+
+_TOKEN_VALUES = st.sampled_from([None, "", "  ", "phc_a", " phc_b ", 5, ["phc_c"]])
+_TOKEN_KEYS = st.fixed_dictionaries(
+    {}, optional={"$token": _TOKEN_VALUES, "token": _TOKEN_VALUES, "api_key": _TOKEN_VALUES}
+)
+
+
+@given(
+    _TOKEN_KEYS,
+    st.one_of(st.none(), st.just([]), st.fixed_dictionaries({}, optional={"token": _TOKEN_VALUES})),
+)
+def test_an_events_token_is_the_first_of_its_four_places(fields: dict[str, Any], properties: Any) -> None:
+    sent = {**fields, "properties": properties}
+    in_order = [fields.get("$token"), fields.get("token"), fields.get("api_key")]
+    in_order.append(properties.get("token") if isinstance(properties, dict) else None)
+    expected = next((value.strip() for value in in_order if isinstance(value, str) and value.strip()), None)
+    assert event_token(sent) == expected

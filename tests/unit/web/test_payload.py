@@ -143,6 +143,43 @@ def test_nesting_past_the_limit_is_400_whatever_the_parser() -> None:
     assert decode_data(b"[" * 100 + b"]" * 100, "", LIMIT)
 
 
+def _depth(value: Any) -> int:
+    """How many levels of objects and arrays nest in `value`, counted afresh (not with storable's walk)."""
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if children is None else 1 + max(map(_depth, children), default=0)
+
+
+@st.composite
+def _nested(draw: st.DrawFn) -> Any:
+    """A chain of arrays and objects about MAX_JSON_DEPTH deep, each level with some siblings: empty
+    containers (brackets that add no depth) and strings holding brackets, which the bracket count
+    also sees. (Drawn from a seeded random: hypothesis drawing each level costs seconds.)"""
+    levels = draw(st.integers(MAX_JSON_DEPTH - 3, MAX_JSON_DEPTH + 3))
+    pick = draw(st.randoms(use_true_random=False))
+    value: Any = pick.choice([1, "x", None, "[{", []])
+    for _ in range(levels):
+        siblings = pick.choices([[], {}, "]][[", "{", 2], k=pick.randint(0, 2))
+        if pick.random() < 0.5:
+            value = [*siblings, value]
+        else:
+            value = {**{f"s{index}": sibling for index, sibling in enumerate(siblings)}, "v": value}
+    return value
+
+
+@given(st.one_of(_nested(), st.lists(st.sampled_from([[], {}, [[]], "[["]), max_size=300)))
+@settings(max_examples=100)
+def test_only_nesting_past_the_limit_is_refused_whatever_the_bracket_count(value: Any) -> None:
+    """The bracket count that spares most payloads the walk changes no answer: too deep is refused,
+    and a payload of many brackets but shallow is kept."""
+    body = json.dumps(value).encode()
+    if _depth(value) > MAX_JSON_DEPTH:
+        with pytest.raises(CaptureError) as caught:
+            decode_data(body, "", LIMIT)
+        assert caught.value.body["code"] == "too_deep"
+    else:
+        assert decode_data(body, "", LIMIT) == value
+
+
 def test_nul_characters_and_lone_surrogates_are_scrubbed_not_refused() -> None:
     body = b'{"e\\u0000": "a\\u0000b", "s": "\\ud800x\\ud83d\\ude00", "n": NaN}'
     assert decode_data(body, "", LIMIT) == {"e": "ab", "s": "\ufffdx😀", "n": None}

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
-from plugin_server.web.request_head import request_head
+from hypothesis import given
+from hypothesis import strategies as st
+
+from plugin_server.web.request_head import parse_query, request_head
 
 
 def scope(**fields: Any) -> dict[str, Any]:
@@ -46,3 +50,24 @@ def test_the_base_url_comes_from_the_host_header_else_the_server_address() -> No
     assert request_head(scope(server=("10.0.0.2", 3008), scheme="https")).base_url == "https://10.0.0.2:3008"
     assert request_head(scope()).base_url == ""
     assert request_head(scope(client=None)).peer is None
+
+
+# Query strings of the characters that matter to parse_qsl (separators, escapes, the space's `+`)
+# and a few others, so that the simple shapes and the ones that fall back both come up often.
+_QUERY_TEXT = st.text(alphabet="ab=&%+;2F é\x00", max_size=30) | st.text(max_size=30)
+
+
+@given(_QUERY_TEXT)
+def test_parse_query_gives_what_parse_qsl_gives(text: str) -> None:
+    assert parse_query(text) == dict(parse_qsl(text, keep_blank_values=True))
+
+
+@given(st.lists(st.tuples(st.text("abcz_$-.", max_size=6), st.text("abc019-._=:", max_size=8)), max_size=5))
+def test_parse_query_reads_simple_queries_as_parse_qsl_does(pairs: list[tuple[str, str]]) -> None:
+    text = "&".join(f"{name}={value}" for name, value in pairs)
+    assert parse_query(text) == dict(parse_qsl(text, keep_blank_values=True))
+
+
+def test_the_query_is_read_with_starlettes_rules() -> None:
+    head = request_head(scope(query_string=b"ver=1.139.0&compression=gzip-js&ver=2&flag&&data=a%2Bb+c"))
+    assert head.query == {"ver": "2", "compression": "gzip-js", "flag": "", "data": "a+b c"}
