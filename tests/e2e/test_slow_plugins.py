@@ -93,7 +93,9 @@ def test_a_looping_plugin_delays_only_its_own_team(stack: Stack) -> None:
     slow = create_organization_and_team(stack.db, team_name="looping", team_id=3)
     enable(stack, stack.team, "tag", TAG)
     loop_config = enable(stack, slow, "loop", LOOP)
-    with stack.server(TASK_TIMEOUT=str(TASK_TIMEOUT)) as server:
+    # One batch in flight: a batch of only the looping team's events must be set aside too, or it holds
+    # the worker's only slot (and so every other team) until the plugin times out.
+    with stack.server(TASK_TIMEOUT=str(TASK_TIMEOUT), TASKS_PER_WORKER="1") as server:
         warm_up(stack, stack.team)
         for index in range(SLOW_EVENTS):
             send_event(stack.app, team_id=slow.team_id, distinct_id="s", event=f"slow{index}")

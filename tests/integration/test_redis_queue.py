@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
+from plugin_server.ingestion.batches import until_available
 from plugin_server.ingestion.redis_queue import (
     ReliableQueue,
     dead_letter_count,
@@ -313,6 +314,133 @@ async def test_close_after_ack_deregisters(aredis: aioredis.Redis) -> None:
 
     assert await consumers_alive(aredis) == set()
     assert not await aredis.exists(f"{QUEUE}:batches:c1")
+
+
+async def unacked_lists(client: aioredis.Redis) -> dict[bytes, list[bytes]]:
+    """Every batch list in Redis, registered or not, and what it holds."""
+    keys = cast(list[bytes], await client.keys(f"{QUEUE}:unacked:*"))
+    return {key: cast(list[bytes], await client.lrange(key, 0, -1)) for key in keys}
+
+
+async def test_split_off_moves_messages_by_position_and_renames_a_whole_batch(aredis: aioredis.Redis) -> None:
+    queue = consumer(aredis, "c1", timeout=10)
+    sent = [b"a", b"b", b"a", b"c", b"d", b"e"]  # a message may come twice (a producer's retry)
+    await produce(aredis, sent)
+    batch = await queue.claim(10, 0)
+    assert batch is not None
+
+    first = await queue.split_off(batch, [b"a", b"d"])  # one of the two a's
+    second = await queue.split_off(batch, [b"e", b"b"])
+    assert await unacked_lists(aredis) == {
+        batch.key.encode(): [b"a", b"c"],
+        first.key.encode(): [b"a", b"d"],
+        second.key.encode(): [b"b", b"e"],  # in the order of the batch
+    }
+    # The rest is all the batch holds: its list becomes the part's, as it is.
+    rest = await queue.split_off(batch, [b"c", b"a"])
+    assert await unacked_lists(aredis) == {
+        first.key.encode(): [b"a", b"d"],
+        second.key.encode(): [b"b", b"e"],
+        rest.key.encode(): [b"a", b"c"],
+    }
+    registered = cast(list[bytes], await aredis.zrange(f"{QUEUE}:batches:c1", 0, -1))
+    assert sorted(registered) == sorted(key.encode() for key in [batch.key, first.key, second.key, rest.key])
+
+    for claimed in [batch, first, second, rest]:
+        assert await queue.ack(claimed) is True
+    assert await unacked_lists(aredis) == {}
+    assert await aredis.zcard(f"{QUEUE}:batches:c1") == 0
+
+
+async def test_split_off_refuses_what_the_batch_list_does_not_hold(aredis: aioredis.Redis) -> None:
+    queue = consumer(aredis, "c1", timeout=10)
+    await produce(aredis, messages(3))
+    batch = await queue.claim(10, 0)
+    assert batch is not None
+
+    with pytest.raises(ValueError, match="does not hold"):
+        await queue.split_off(batch, [b"m1", b"m1"])
+    await aredis.rpush(batch.key, b"stranger")  # the list is not what the consumer claimed
+    with pytest.raises(redis.ResponseError, match="does not hold"):
+        await queue.split_off(batch, [b"m1"])
+    with pytest.raises(redis.ResponseError, match="does not hold"):
+        await queue.split_off(batch, messages(3))
+
+    assert await unacked_lists(aredis) == {batch.key.encode(): [*messages(3), b"stranger"]}
+    assert await aredis.zcard(f"{QUEUE}:batches:c1") == 1
+
+
+async def test_a_split_retried_after_its_reply_was_lost_moves_nothing_twice(
+    aredis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = consumer(aredis, "c1", timeout=10)
+    await produce(aredis, messages(4))
+    batch = await queue.claim(10, 0)
+    assert batch is not None
+    split, replies = queue._split, []
+
+    async def reply_lost(**kwargs: Any) -> Any:
+        await split(**kwargs)
+        replies.append(kwargs)
+        if len(replies) == 1:
+            raise redis.ConnectionError("the reply was lost")
+
+    monkeypatch.setattr(queue, "_split", reply_lost)
+    part = await until_available(lambda: queue.split_off(batch, [b"m2"]))
+    rest = await until_available(lambda: queue.split_off(batch, [b"m0", b"m1", b"m3"]))
+
+    assert len(replies) == 3
+    assert await unacked_lists(aredis) == {
+        part.key.encode(): [b"m2"],
+        rest.key.encode(): [*messages(2), b"m3"],
+    }
+
+
+SPLITTING_CONSUMER = """
+import asyncio, sys
+import redis.asyncio as aioredis
+from plugin_server.ingestion.redis_queue import ReliableQueue
+
+async def main() -> None:
+    queue = ReliableQueue(aioredis.Redis.from_url(sys.argv[1]), sys.argv[2], "splitter", visibility_timeout=0.2)
+    await queue.heartbeat()
+    some = await queue.claim(3, 0)
+    await queue.split_off(some, some.messages[1:2])
+    whole = await queue.claim(3, 0)
+    await queue.split_off(whole, whole.messages)
+    print("split", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_split_off_parts_and_renamed_batches_survive_a_kill_9(
+    aredis: aioredis.Redis, redis_url: str
+) -> None:
+    """A worker killed after setting events aside (a batch partly, a batch whole, by renaming its list)
+    and before acknowledging anything: every message comes back once."""
+    await produce(aredis, messages(6))
+    splitter = subprocess.Popen(
+        [sys.executable, "-c", SPLITTING_CONSUMER, redis_url, QUEUE], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert splitter.stdout is not None and splitter.stdout.readline() == "split\n"
+        held = await unacked_lists(aredis)
+        assert sorted(len(items) for items in held.values()) == [1, 2, 3]  # the whole batch: one list
+        os.kill(splitter.pid, signal.SIGKILL)
+    finally:
+        splitter.kill()
+        splitter.wait()
+    await asyncio.sleep(TIMEOUT + 0.1)
+    rescuer = consumer(aredis, "rescuer")
+    await rescuer.heartbeat()
+
+    assert await rescuer.recover_abandoned() == 6
+
+    assert sorted(await aredis.lrange(QUEUE, 0, -1)) == messages(6)
+    assert await unacked_lists(aredis) == {}
+    assert await consumers_alive(aredis) == {b"rescuer"}
 
 
 async def test_large_batches_cross_the_lua_unpack_limit(aredis: aioredis.Redis) -> None:

@@ -6,7 +6,8 @@ in one Lua script, into a list of its own, and deletes that list when the batch 
 
 Redis keys, for a queue named `<queue>`:
 
-- `<queue>:unacked:<consumer_id>:<seq>` list, one claimed batch, oldest first (seq: `<process token>-<n>`)
+- `<queue>:unacked:<consumer_id>:<seq>` list, one claimed batch, oldest first (seq: `<process token>-<n>`),
+  or a part split off one (`<seq>.<k>`)
 - `<queue>:batches:<consumer_id>`        sorted set, batch list -> claim time (a waiting claim: its deadline)
 - `<queue>:consumers`                    sorted set, consumer id -> last heartbeat (Redis server time)
 - `<queue>:dead-letter`                  list of JSON {reason, message, failed_at, consumer}, newest left
@@ -20,8 +21,9 @@ they discover at run time, so this needs a single Redis (no Redis Cluster), like
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
 from typing import Any, cast
@@ -96,21 +98,45 @@ return 1
 """
 )
 
-# KEYS: batch, batches, new batch. ARGV: messages. Moves those messages from the batch list into a new
-# batch list registered with the same claim time, in one step; nothing when the batch was requeued.
-_SPLIT = """
+# KEYS: batch, batches, new batch. ARGV: the batch list's length, then 'all' or the positions (1-based)
+# of the messages to move. Moves those messages into a new batch list registered with the same claim
+# time, in one step and one pass over the list (all of them: the list is renamed); nothing when the batch
+# was requeued. A list that does not hold what the consumer expects is an error, and nothing moves.
+_SPLIT = (
+    _PUSH_CHUNKED
+    + """
 local claimed = redis.call('ZSCORE', KEYS[2], KEYS[1])
 if not claimed then
   return 0
 end
-for i = 1, #ARGV do
-  if redis.call('LREM', KEYS[1], 1, ARGV[i]) > 0 then
-    redis.call('RPUSH', KEYS[3], ARGV[i])
+if redis.call('ZSCORE', KEYS[2], KEYS[3]) then
+  return 1  -- done already (a retry whose first reply was lost)
+end
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[1]) then
+  return redis.error_reply('the batch list does not hold what its consumer claimed')
+end
+if ARGV[2] == 'all' then
+  redis.call('RENAME', KEYS[1], KEYS[3])
+elseif #ARGV > 1 then
+  local picked, moved, kept = {}, {}, {}
+  for i = 2, #ARGV do
+    picked[tonumber(ARGV[i])] = true
   end
+  for position, item in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    if picked[position] then
+      moved[#moved + 1] = item
+    else
+      kept[#kept + 1] = item
+    end
+  end
+  redis.call('DEL', KEYS[1])
+  push_chunked('RPUSH', KEYS[1], kept)
+  push_chunked('RPUSH', KEYS[3], moved)
 end
 redis.call('ZADD', KEYS[2], claimed, KEYS[3])
 return 1
 """
+)
 
 # KEYS: consumers. ARGV: consumer id.
 _HEARTBEAT = (
@@ -247,8 +273,16 @@ return replayed
 
 @dataclass(slots=True)
 class ClaimedBatch:
+    """A claimed batch: its list in Redis and the messages claimed into it, oldest first. `held` is what
+    that list holds now (the messages less those split off), `parts` how many parts were split off."""
+
     key: str
     messages: list[bytes]
+    held: list[bytes] = field(init=False)
+    parts: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.held = list(self.messages)
 
 
 class ReliableQueue:
@@ -342,9 +376,16 @@ class ReliableQueue:
 
     async def split_off(self, batch: ClaimedBatch, messages: Sequence[bytes]) -> ClaimedBatch:
         """Move `messages` of a claimed batch into a batch of their own, acknowledged on its own (the
-        rest of `batch` can then be acknowledged without them)."""
-        part = ClaimedBatch(f"{self._own_prefix}{next(self._sequence)}", list(messages))
-        await self._split(keys=[batch.key, self._batches_key, part.key], args=part.messages)
+        rest of `batch` can then be acknowledged without them). They are picked out by their position in
+        the batch list; when they are all it holds, the list is renamed. A retry after a failure (a reply
+        lost) finds the part already split off."""
+        # Named after the batch (so under this process's prefix), the same in a retry.
+        part = ClaimedBatch(f"{batch.key}.{batch.parts}", list(messages))
+        positions, kept = _positions(batch.held, part.messages)
+        picked: list[int | str] = ["all"] if batch.held and not kept else list(positions)
+        keys = [batch.key, self._batches_key, part.key]
+        await self._split(keys=keys, args=[len(batch.held), *picked])
+        batch.held, batch.parts = kept, batch.parts + 1
         return part
 
     async def heartbeat(self) -> None:
@@ -398,6 +439,32 @@ async def replay_dead_letters(redis: aioredis.Redis, queue: str, limit: int | No
     script = redis.register_script(_REPLAY)
     keys = [_dead_letter_key(queue), queue]
     return cast(int, await script(keys=keys, args=[-1 if limit is None else limit]))
+
+
+def _positions(held: list[bytes], messages: list[bytes]) -> tuple[list[int], list[bytes]]:
+    """The positions (1-based) in `held` of `messages`, one for each of them, and the messages left."""
+    positions, kept = [], []
+    wanted = iter(messages)  # usually in the order of the batch (each team's share is): one walk
+    next_wanted = next(wanted, None)
+    for position, message in enumerate(held, 1):
+        if message == next_wanted:
+            positions.append(position)
+            next_wanted = next(wanted, None)
+        else:
+            kept.append(message)
+    if next_wanted is None:
+        return positions, kept
+    counts = Counter(messages)  # in another order
+    positions, kept = [], []
+    for position, message in enumerate(held, 1):
+        if counts[message] > 0:
+            counts[message] -= 1
+            positions.append(position)
+        else:
+            kept.append(message)
+    if len(positions) != len(messages):
+        raise ValueError("split_off: messages that the batch does not hold")
+    return positions, kept
 
 
 def _batches_key(queue: str, consumer_id: str) -> str:
