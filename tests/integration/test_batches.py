@@ -11,6 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.ordering import Turnstile
+from plugin_server.ingestion.persons import PersonChanges, PersonUpdate
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.ingestion.types import RawEvent
 from tests.integration.test_pipeline import message, pipeline, rows
@@ -114,3 +115,82 @@ async def test_what_processing_dead_lettered_is_kept_when_the_batch_is_split(
     assert outcome.stored == 1
     assert [letter for letter, _ in outcome.dead_letters] == [messages[0], messages[1]]
     assert outcome.dead_letters[0][1].startswith("malformed message")
+
+
+def counting_person_steps(built: EventPipeline) -> list[list[str]]:
+    """The events of each person step the pipeline runs."""
+    calls: list[list[str]] = []
+    process_batch = built.persons.process_batch
+
+    async def counting(updates: Sequence[PersonUpdate]) -> PersonChanges:
+        calls.append([update.event for update in updates])
+        return await process_batch(updates)
+
+    built.persons.process_batch = counting  # type: ignore[method-assign]
+    return calls
+
+
+def persons_state(db: Db) -> list[dict[str, Any]]:
+    return rows(
+        db,
+        "SELECT p.id, p.properties, p.version, d.distinct_id, d.version AS id_version FROM posthog_person p"
+        " JOIN posthog_persondistinctid d ON d.person_id = p.id ORDER BY d.distinct_id",
+    )
+
+
+def setting(team: CreatedTeam, *names: str) -> list[bytes]:
+    """A batch of one person's events, each setting a property and (once) the person's first event."""
+    return [
+        message(
+            team.team_id,
+            "person",
+            {"event": name, "properties": {"$set": {name: 1}, "$set_once": {"first": name}}},
+        )
+        for name in names
+    ]
+
+
+async def test_a_store_that_fails_is_retried_without_its_person_step(
+    clean_db: Db, team: CreatedTeam, pool: AsyncConnectionPool[Any]
+) -> None:
+    built = pipeline(pool)
+    person_steps = counting_person_steps(built)
+    failing_writes(built, psycopg.OperationalError("the server closed the connection"), times=2)
+    outcome = await process_until_done(built, setting(team, "a", "b", "c"), Turnstile().ticket())
+    assert (outcome.stored, outcome.dead_letters) == (3, [])
+    assert person_steps == [["a", "b", "c"]]
+    assert stored(clean_db) == [("a", False), ("b", False), ("c", False)]
+
+
+async def test_a_store_split_event_by_event_runs_no_person_step_again(
+    clean_db: Db, team: CreatedTeam, pool: AsyncConnectionPool[Any]
+) -> None:
+    built = pipeline(pool)
+    person_steps = counting_person_steps(built)
+    failing_writes(built, RuntimeError("boom"), when="poison")
+    messages = setting(team, "a", "poison", "b")
+    outcome = await process_until_done(built, messages, Turnstile().ticket())
+    assert outcome.stored == 2
+    assert outcome.dead_letters == [(messages[1], "ingestion failed: RuntimeError: boom")]
+    assert person_steps == [["a", "poison", "b"]]
+    assert stored(clean_db) == [("a", False), ("b", False)]
+
+
+async def test_a_batch_redelivered_after_its_person_step_stores_each_event_once_and_changes_no_person(
+    clean_db: Db, team: CreatedTeam, pool: AsyncConnectionPool[Any]
+) -> None:
+    """A worker killed between the person step and the store: the batch is redelivered (here to a worker
+    of its own) and its person step runs again, on persons that already hold what it sets."""
+    identify = {"event": "$identify", "properties": {"$anon_distinct_id": "anon"}}
+    messages = [*setting(team, "a", "b"), message(team.team_id, "person", identify)]
+    killed = pipeline(pool)
+    await killed.apply_persons(await killed.process(messages))
+    persons = persons_state(clean_db)
+    assert [row["distinct_id"] for row in persons] == ["anon", "person"]
+    assert persons[0]["properties"] == {"a": 1, "b": 1, "first": "a"}
+    assert stored(clean_db) == []
+
+    outcome = await process_until_done(pipeline(pool), messages, Turnstile().ticket())
+    assert (outcome.stored, outcome.dead_letters) == (3, [])
+    assert stored(clean_db) == [("$identify", False), ("a", False), ("b", False)]
+    assert persons_state(clean_db) == persons  # not one more version of anything

@@ -7,13 +7,14 @@ import asyncio
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.ordering import Turn, Turnstile
 from plugin_server.ingestion.persons import PersonChanges, PersonUpdate
-from tests.integration.test_pipeline import message, pipeline
+from tests.integration.test_pipeline import message, pipeline, rows
 from tests.integration.test_team_isolation import Db, GatedPlugins
 
 
@@ -65,3 +66,59 @@ async def test_a_later_batch_waits_for_the_person_step_of_an_earlier_batch_of_it
     plugins.gate.set()
     assert await asyncio.wait_for(asyncio.gather(*batches), 30) == [1, 1]
     assert seen == ["first", "second"]
+
+
+async def test_the_turn_is_handed_on_after_the_person_step_and_a_retried_store_does_not_redo_it(
+    team: CreatedTeam, pool: AsyncConnectionPool[Any], clean_db: Db
+) -> None:
+    """Batch 1 ($set plan=free) cannot store its events until batch 2 ($set plan=paid) of the same team
+    went through, then fails once for an unavailable database: the turn must be handed on before the
+    store, and the retried store must not run batch 1's person step again (it would set the plan back
+    to free after batch 2)."""
+    built = pipeline(pool)
+    seen: list[str] = []
+    process_batch = built.persons.process_batch
+
+    async def recording(updates: list[PersonUpdate]) -> PersonChanges:
+        seen.extend(update.event for update in updates)
+        return await process_batch(updates)
+
+    built.persons.process_batch = recording  # type: ignore[method-assign]
+    second_done = asyncio.Event()
+    waited: list[bool] = []
+    write = built.sink.write
+
+    async def store(events: Any) -> None:
+        if not waited and any(event.event == "first" for event in events):
+            try:
+                await asyncio.wait_for(second_done.wait(), 10)
+                waited.append(True)
+            except TimeoutError:
+                waited.append(False)
+            raise psycopg.OperationalError("the server closed the connection")
+        await write(events)
+
+    built.sink.write = store  # type: ignore[method-assign]
+    turnstile = Turnstile()
+    turns = [turnstile.ticket(), turnstile.ticket()]
+
+    async def handle(name: str, plan: str, turn: Turn) -> int:
+        data = {"event": name, "properties": {"$set": {"plan": plan}}}
+        try:
+            outcome = await process_until_done(built, [message(team.team_id, "p", data)], turn)
+        finally:
+            await turn.finish()
+        if name == "second":
+            second_done.set()
+        return outcome.stored
+
+    batches = [handle("first", "free", turns[0]), handle("second", "paid", turns[1])]
+    assert await asyncio.wait_for(asyncio.gather(*batches), 60) == [1, 1]
+    assert waited == [True], "batch 2 waited for batch 1's store"
+    assert seen == ["first", "second"]
+    assert [row["event"] for row in rows(clean_db, "SELECT event FROM posthog_event ORDER BY event")] == [
+        "first",
+        "second",
+    ]
+    [person] = rows(clean_db, "SELECT properties FROM posthog_person")
+    assert person["properties"]["plan"] == "paid"

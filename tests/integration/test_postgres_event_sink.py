@@ -90,3 +90,21 @@ async def test_a_batch_meeting_stored_events_stores_the_rest_once(
     rows = stored(clean_db)
     assert sorted(rows) == sorted(item.uuid for item in [*first, *new])
     assert rows[new[2].uuid]["properties"] == new[2].properties
+
+
+async def test_a_redelivered_batch_with_elements_stores_its_events_and_element_groups_once(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    sink = PostgresEventSink(pool)
+    clicks = [
+        event(team.team_id, f"click {n}", elements=[Element(tag_name="a", text=f"{n % 2}")]) for n in range(4)
+    ]
+    await sink.write(clicks[:2])
+
+    await sink.write(clicks)  # the COPY fails on the first two, stored already: the INSERT takes over
+
+    assert sorted(stored(clean_db)) == sorted(click.uuid for click in clicks)
+    counts = clean_db.execute(
+        "SELECT (SELECT count(*) FROM posthog_elementgroup), (SELECT count(*) FROM posthog_element)"
+    ).fetchone()
+    assert counts == (2, 2)

@@ -129,7 +129,8 @@ async def _ingest_parts(pipeline: EventPipeline, parts: Sequence[_Part], turn: T
     teams = [part.team for part in parts]
     results = [(part, await part.processing) for part in parts]
     processed = ProcessedBatch.merged([result for _, result in results if result is not None])
-    outcome = await _ingest_processed(pipeline, processed, partial(turn.wait, teams))
+    done = [part.team for part, result in results if result is not None]
+    outcome = await _ingest_processed(pipeline, processed, turn, done)
     failed = [message for part, result in results if result is None for message in _messages(part.decoded)]
     if failed:
         await turn.wait(teams)
@@ -141,22 +142,36 @@ async def _ingest_parts(pipeline: EventPipeline, parts: Sequence[_Part], turn: T
 
 
 async def _ingest_processed(
-    pipeline: EventPipeline, processed: ProcessedBatch, wait_for_turn: Callable[[], Awaitable[None]]
+    pipeline: EventPipeline, processed: ProcessedBatch, turn: Turn, teams: list[Hashable]
 ) -> BatchOutcome:
+    """Ingest the processed events of `teams`, handing their turn on once their person step is done: the
+    store, and its retries, happen outside the turn and never redo the person step."""
     if not processed.events:  # all dropped by plugins (or none): counted here, as ingest would have
         get_metrics().batch_ingested(0, processed.outcome.dropped)
         return processed.outcome
+    wait_for_turn = partial(turn.wait, teams)
     try:
-        return await until_available(lambda: pipeline.ingest(processed, wait_for_turn))
+        applied = await until_available(lambda: pipeline.apply_persons(processed, wait_for_turn))
     except Exception:
         count = len(processed.events)
         log.exception("ingesting a batch of %d failed; ingesting its events one by one", count)
         await wait_for_turn()
         single = [(one.events[0][0], partial(pipeline.ingest, one)) for one in processed.one_by_one()]
-        total = await _one_by_one(single)
-        total.dropped += processed.outcome.dropped
-        total.dead_letters[:0] = processed.outcome.dead_letters
-        return total
+        return _with_outcome(await _one_by_one(single), processed.outcome)
+    await turn.finish(teams)
+    try:
+        return await until_available(lambda: pipeline.store(applied))
+    except Exception:
+        log.exception("storing a batch of %d failed; storing its events one by one", len(applied.items))
+        single = [(message, partial(pipeline.store, one)) for message, one in applied.one_by_one()]
+        return _with_outcome(await _one_by_one(single), applied.outcome)
+
+
+def _with_outcome(total: BatchOutcome, before: BatchOutcome) -> BatchOutcome:
+    """`total` with what was dropped and dead-lettered `before` it."""
+    total.dropped += before.dropped
+    total.dead_letters[:0] = before.dead_letters
+    return total
 
 
 def _messages(batch: ProcessedBatch) -> list[bytes]:

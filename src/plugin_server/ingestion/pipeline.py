@@ -1,8 +1,8 @@
 """The ingestion pipeline for one micro-batch of queue messages.
 
 decode -> prepare (timestamps, name, $set, elements) -> team -> $ip -> definitions -> campaign and
-initial properties -> groups -> persons (in claim order) -> store (events to the event sink; the
-person, distinct-id and group rows written to the person sink) -> actions (matches, hooks) ->
+initial properties -> groups -> persons (in claim order; the person, distinct-id and group rows
+written go to the person sink) -> store (events to the event sink) -> actions (matches, hooks) ->
 first-event flag.
 
 A message that cannot be ingested (malformed, unknown task, invalid event, unknown team) becomes a
@@ -10,11 +10,12 @@ dead letter with its reason; the rest of the batch goes on. Errors of the databa
 so the caller can retry the batch or split it. The work comes in two halves: `process` (decode and the
 plugins' processEvent) and `ingest` (everything after), which changes none of the events it is given,
 so a caller can ingest a processed batch again, or event by event, without running plugins again.
+`ingest` is itself `apply_persons` then `store`: the person step is the only one kept in claim order,
+so a caller hands the turn on after it, and can store again (or event by event) without redoing it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +33,7 @@ from plugin_server.ingestion.groups import (
     identified_group,
 )
 from plugin_server.ingestion.message_fields import MalformedMessage, parse_now
-from plugin_server.ingestion.persons import PersonChanges, PersonManager, PersonUpdate
+from plugin_server.ingestion.persons import PersonManager, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
@@ -101,6 +102,18 @@ class _Item:
     team: Team
 
 
+@dataclass
+class PersonsApplied:
+    """A batch whose person step is done: its events, ready to store, and the outcome so far."""
+
+    items: list[_Item]
+    outcome: BatchOutcome
+
+    def one_by_one(self) -> list[tuple[bytes, PersonsApplied]]:
+        """Each event as a batch of its own, with the message it came from (and none of the outcome)."""
+        return [(item.message, PersonsApplied([item], BatchOutcome())) for item in self.items]
+
+
 class EventPipeline:
     """Runs every ingestion step over a micro-batch; the managers hold the per-worker caches."""
 
@@ -154,15 +167,37 @@ class EventPipeline:
         self, batch: ProcessedBatch, wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
     ) -> BatchOutcome:
         """Everything after processEvent; the outcome includes the processing's. Repeatable."""
+        return await self.store(await self.apply_persons(batch, wait_for_person_turn))
+
+    async def apply_persons(
+        self, batch: ProcessedBatch, wait_for_person_turn: Callable[[], Awaitable[None]] | None = None
+    ) -> PersonsApplied:
+        """Every step up to and including the person step (persons, distinct ids and groups written, and
+        passed to the person sink), which waits for the batch's turn: once this returns, the next batch
+        of its teams may take its turn while this one is stored (`store`)."""
         outcome = replace(batch.outcome, dead_letters=list(batch.outcome.dead_letters))
         items = await self._prepare(batch.events, outcome)
         groups = await self._enrich(items)
         if wait_for_person_turn is not None:
             await wait_for_person_turn()
         changes = await self.persons.process_batch([_person_update(item.event) for item in items])
-        await self._store([item.event for item in items], changes, groups)
+        try:
+            await self.person_sink.write([*changes.rows, *groups])
+        except BaseException:
+            # answered again by the next person step (a retry of this one finds them in Postgres already)
+            self.persons.hand_back(changes)
+            raise
+        await self.persons.delivered(changes)
+        return PersonsApplied(items, outcome)
+
+    async def store(self, applied: PersonsApplied) -> BatchOutcome:
+        """Store the events of a batch whose person step is done, then match actions, mark first events
+        and call the plugins' onEvent. Repeatable, without running the person step again."""
+        items = applied.items
+        await self.sink.write([item.event for item in items])
         if self.actions is not None:
             await self.actions.on_stored([item.event for item in items])
+        outcome = replace(applied.outcome, dead_letters=list(applied.outcome.dead_letters))
         outcome.stored = len(items)
         get_metrics().batch_ingested(outcome.stored, outcome.dropped)
         await self._mark_first_events(items)
@@ -170,22 +205,6 @@ class EventPipeline:
         if self.plugins is not None and captures:
             await self.plugins.on_events(captures)
         return outcome
-
-    async def _store(
-        self, events: list[PreparedEvent], changes: PersonChanges, groups: list[GroupRow]
-    ) -> None:
-        """Write to both sinks at once; raise if either failed. Person rows the person sink did not take
-        go back to the person manager, which answers them with the next batch (a retry of this one finds
-        them already in Postgres, and would not write them again)."""
-        person_write, event_write = await asyncio.gather(
-            self.person_sink.write([*changes.rows, *groups]), self.sink.write(events), return_exceptions=True
-        )
-        if isinstance(person_write, BaseException):
-            self.persons.hand_back(changes)
-            raise person_write
-        await self.persons.delivered(changes)
-        if isinstance(event_write, BaseException):
-            raise event_write
 
     async def _decode(self, messages: Sequence[bytes], outcome: BatchOutcome) -> list[tuple[bytes, RawEvent]]:
         decoded = []

@@ -4,7 +4,9 @@ Persons and distinct ids are already in Postgres when the sinks run, so its Pers
 Each table gets one statement per batch: events by COPY (Postgres's cheapest way in), the others by
 `INSERT ... SELECT FROM unnest(...)`. Events and recordings carry their uuid, and a unique (team_id, uuid)
 index keeps an event from being stored twice: a batch whose COPY meets an event already stored (a
-redelivered message) is written again by an INSERT that skips those, so it stores nothing twice.
+redelivered message) is written again by an INSERT that skips those, so it stores nothing twice. The
+statements autocommit (only an element group and its elements share a transaction): a batch of plain
+events is one COPY, one round trip, and a failed COPY stored none of its rows.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.ingestion.elements import elements_hash
-from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.ingestion.types import Element, PreparedEvent
 from plugin_server.jsvalues import js_string, json_text
 from plugin_server.sinks import PersonSinkRow
 
@@ -73,10 +75,14 @@ class PostgresEventSink:
         self._pool = pool
 
     async def write(self, events: Sequence[PreparedEvent]) -> None:
-        """Store the batch; recordings ($snapshot) go to their own table, as in the original."""
+        """Store the batch; recordings ($snapshot) go to their own table, as in the original.
+
+        No transaction around the whole: each write is idempotent on its own (uuid, element hash), so a
+        write that fails after another succeeded is completed by the retry. A plain batch is then one
+        COPY, one round trip."""
         recordings = [event for event in events if event.is_snapshot]
         regular = [event for event in events if not event.is_snapshot]
-        async with self._pool.connection() as connection, connection.transaction():
+        async with self._pool.connection() as connection:
             hashes = await self._write_element_groups(connection, regular)
             if regular:
                 await self._write_events(connection, regular, hashes)
@@ -93,6 +99,13 @@ class PostgresEventSink:
         }
         if not wanted:
             return hashes
+        async with connection.transaction():  # a group is only stored with its elements
+            await self._insert_element_groups(connection, wanted)
+        return hashes
+
+    async def _insert_element_groups(
+        self, connection: Any, wanted: dict[tuple[str, int], list[Element]]
+    ) -> None:
         keys = list(wanted)
         cursor = await connection.execute(_INSERT_GROUPS, ([h for h, _ in keys], [t for _, t in keys]))
         columns: list[list[Any]] = [[] for _ in range(10)]
@@ -114,15 +127,13 @@ class PostgresEventSink:
                     column.append(value)
         if columns[0]:
             await connection.execute(_INSERT_ELEMENTS, columns)
-        return hashes
 
     async def _write_events(
         self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]
     ) -> None:
         created_at = datetime.now(UTC)
-        try:
-            # in a savepoint, so that a failed COPY leaves the batch's other writes in place
-            async with connection.transaction(), connection.cursor().copy(_COPY_EVENTS) as copy:
+        try:  # autocommit: all of the COPY or none of it is stored
+            async with connection.cursor().copy(_COPY_EVENTS) as copy:
                 await copy.write(copy_rows(events, hashes, created_at))
         except UniqueViolation:
             await self._insert_events(connection, events, hashes, created_at)
