@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
@@ -295,17 +295,28 @@ class Worker:
         if source.can_split:  # else a batch waits for its slowest team (acked as a whole)
             lanes = Lanes(
                 patience=self.settings.SLOW_PLUGIN_PATIENCE_MS / 1000,
-                set_aside=lambda messages, work: self._set_aside(source, batch, messages, work),
+                set_aside=lambda messages, work, acknowledged: self._set_aside(
+                    source, batch, messages, work, acknowledged
+                ),
             )
         try:
             outcome = await process_until_done(pipeline, batch.messages, turn, lanes)
+            await turn.wait_to_acknowledge()
             await self._finish(source, batch, outcome)
         except Exception:
             log.exception("handling a batch failed; its messages stay unacknowledged and will be redelivered")
         finally:
+            turn.acknowledged()
             await turn.finish()
 
-    async def _set_aside(self, source: Source, batch: Any, messages: list[bytes], work: LateWork) -> None:
+    async def _set_aside(
+        self,
+        source: Source,
+        batch: Any,
+        messages: list[bytes],
+        work: LateWork,
+        acknowledged: Callable[[], None],
+    ) -> None:
         """Give the messages of a team whose plugins are slow a queue entry of their own, acknowledged
         when `work` is done. While SLOW_PLUGIN_BACKLOG of these, or TASKS_PER_WORKER x INGESTION_BATCH_SIZE
         events in them, are held, no more events are claimed (waiting here instead could hold up, in a
@@ -314,14 +325,17 @@ class Worker:
         self._set_aside_by(1, len(messages))
         get_metrics().events_set_aside(len(messages))
         log.debug("a team's plugins are slow: %d events of a batch are stored on their own", len(messages))
-        self._spawn(self._handle_late(source, part, work, len(messages)))
+        self._spawn(self._handle_late(source, part, work, len(messages), acknowledged))
 
-    async def _handle_late(self, source: Source, part: Any, work: LateWork, events: int) -> None:
+    async def _handle_late(
+        self, source: Source, part: Any, work: LateWork, events: int, acknowledged: Callable[[], None]
+    ) -> None:
         try:
             await self._finish(source, part, await work)
         except Exception:
             log.exception("handling slow events failed; their messages stay in Redis and will be redelivered")
         finally:
+            acknowledged()
             self._set_aside_by(-1, -events)
 
     def _set_aside_by(self, parts: int, events: int) -> None:

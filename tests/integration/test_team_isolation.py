@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -69,9 +69,18 @@ class AsideLane:
         self.messages: list[bytes] = []
         self.tasks: list[asyncio.Task[BatchOutcome]] = []
 
-    async def set_aside(self, messages: list[bytes], work: LateWork) -> None:
+    async def set_aside(
+        self, messages: list[bytes], work: LateWork, acknowledged: Callable[[], None]
+    ) -> None:
         self.messages.extend(messages)
-        self.tasks.append(asyncio.create_task(work))
+        self.tasks.append(asyncio.create_task(self._then(work, acknowledged)))
+
+    @staticmethod
+    async def _then(work: LateWork, acknowledged: Callable[[], None]) -> BatchOutcome:
+        try:
+            return await work
+        finally:
+            acknowledged()
 
 
 @pytest.fixture
@@ -142,7 +151,8 @@ async def test_slow_events_hold_up_only_their_team_and_every_event_is_stored_onc
         turn = turnstile.ticket()
         try:
             return await process_until_done(built, messages, turn, lanes)
-        finally:
+        finally:  # as the worker does once it acknowledged the batch
+            turn.acknowledged()
             await turn.finish()
 
     outcomes = await asyncio.wait_for(asyncio.gather(*(handle(messages) for messages in claimed)), 30)
@@ -186,6 +196,7 @@ async def test_a_team_behind_its_own_earlier_slow_events_is_set_aside_too(
         )
     )
     for turn in turns:
+        turn.acknowledged()
         await turn.finish()
     assert [outcome.stored for outcome in outcomes] == [0, 1]
     assert lane.messages == [first[0], second[0]]

@@ -51,11 +51,12 @@ LateWork = Coroutine[Any, Any, BatchOutcome]
 @dataclass(frozen=True)
 class Lanes:
     """How a batch treats teams whose plugins are slow: after `patience` seconds, each is handed to
-    `set_aside(messages, work)`, which must take those messages out of the batch (its acknowledgement)
-    and then await `work` (their outcome) on its own time."""
+    `set_aside(messages, work, acknowledged)`, which must take those messages out of the batch (its
+    acknowledgement), then await `work` (their outcome, returned once they may be acknowledged) on its
+    own time, acknowledge them, and call `acknowledged()` whatever happened."""
 
     patience: float
-    set_aside: Callable[[list[bytes], LateWork], Awaitable[None]]
+    set_aside: Callable[[list[bytes], LateWork, Callable[[], None]], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -88,10 +89,12 @@ async def process_until_done(
         assert lanes is not None
         work = _ingest_alone(pipeline, part, turn)
         try:
-            await lanes.set_aside(_messages(part.decoded), work)
+            await lanes.set_aside(_messages(part.decoded), work, partial(turn.acknowledged, [part.team]))
         except BaseException:
             work.close()  # these messages stay in the batch, which is not acknowledged: redelivered
-            await turn.finish([later.team for later in late[index:]])
+            unfinished = [later.team for later in late[index:]]
+            await turn.finish(unfinished)
+            turn.acknowledged(unfinished)
             raise
     on_time = [part for part in parts if part not in late]
     outcome = await _ingest_parts(pipeline, on_time, turn)
@@ -118,9 +121,11 @@ async def _late_parts(parts: list[_Part], turn: Turn, patience: float) -> list[_
 
 async def _ingest_alone(pipeline: EventPipeline, part: _Part, turn: Turn) -> BatchOutcome:
     try:
-        return await _ingest_parts(pipeline, [part], turn)
+        outcome = await _ingest_parts(pipeline, [part], turn)
     finally:
         await turn.finish([part.team])
+    await turn.wait_to_acknowledge([part.team])
+    return outcome
 
 
 async def _ingest_parts(pipeline: EventPipeline, parts: Sequence[_Part], turn: Turn) -> BatchOutcome:

@@ -8,6 +8,12 @@ earlier batches with those teams are finished with them. A batch may finish its 
 times: a team whose plugins are slow is set aside and finished later (see batches.py), and only the
 later batches of that same team wait for it. A batch decides which of its teams it sets aside after
 the earlier batches with those teams decided theirs, so that it knows whether it is behind one.
+
+Acknowledgements keep the same order per team, apart from the person step: a batch hands the person
+turn on once its person step is done, and acknowledges its teams only after the earlier batches with
+those teams acknowledged theirs (or gave up). So if a worker dies, what it acknowledged of a team is
+always everything up to some batch, and what comes back is redelivered after it: a redelivered batch
+never runs its person step again after a later batch's that was already acknowledged.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class _Hold:
         return False
 
 
+_ACKNOWLEDGED = object()  # the turnstile key of a team's acknowledgements: (_ACKNOWLEDGED, team)
+
+
 class Turnstile:
     """Issues tickets in claim order and keeps, per team, which batch holds it last."""
 
@@ -93,6 +102,7 @@ class Turn:
         self._previous = previous
         self._declared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._holds: dict[Hashable, _Hold] = {}
+        self._acknowledgements: dict[Hashable, _Hold] = {}
         self._aside: set[Hashable] = set()
 
     async def declare(self, keys: Iterable[Hashable]) -> None:
@@ -102,6 +112,7 @@ class Turn:
             await asyncio.shield(self._previous)
         if not self._declared.done():
             self._holds = {key: self._turnstile._hold(key) for key in dict.fromkeys(keys)}
+            self._acknowledgements = {key: self._turnstile._hold((_ACKNOWLEDGED, key)) for key in self._holds}
             self._declared.set_result(None)
 
     def behind_late(self, key: Hashable) -> bool:
@@ -130,8 +141,24 @@ class Turn:
             hold.decide()
 
     async def wait(self, keys: Iterable[Hashable] | None = None) -> None:
-        holds = [hold for key, hold in self._holds.items() if key in self._keys(keys)]
-        earlier = [hold.previous.done for hold in holds if hold.previous is not None]
+        await self._after_earlier(self._holds, keys)
+
+    async def wait_to_acknowledge(self, keys: Iterable[Hashable] | None = None) -> None:
+        """Wait until the earlier batches with these keys acknowledged them (or gave up on it)."""
+        await self._after_earlier(self._acknowledgements, keys)
+
+    def acknowledged(self, keys: Iterable[Hashable] | None = None) -> None:
+        """Let the next batches with these keys acknowledge theirs (call it whatever the outcome)."""
+        for key in self._keys(keys):
+            hold = self._acknowledgements.get(key)
+            if hold is not None:
+                hold.release()
+
+    async def _after_earlier(self, holds: dict[Hashable, _Hold], keys: Iterable[Hashable] | None) -> None:
+        wanted = self._keys(keys)
+        earlier = [
+            hold.previous.done for key, hold in holds.items() if key in wanted and hold.previous is not None
+        ]
         if earlier:
             await asyncio.gather(*(asyncio.shield(done) for done in earlier))
 
