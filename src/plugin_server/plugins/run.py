@@ -55,7 +55,10 @@ class PluginRunner:
             for team_id in by_team
             if isinstance(team_id, int) and (vms := self.registry.for_team(team_id))
         }
-        hung = await self._hung.of_many(vm.plugin_config_id for vms in chains.values() for vm in vms)
+        # Hung marks (a Redis round trip) only of the plugins that may have processEvent (see `lacks`).
+        hung = await self._hung.of_many(
+            vm.plugin_config_id for vms in chains.values() for vm in vms if not vm.lacks("processEvent")
+        )
         # Teams' chains run at the same time: a plugin config belongs to one team (its own isolate), so
         # one team's slow plugin does not hold up the others' (each chain writes only its own indexes).
         # A chain that fails (e.g. Redis is down) fails the call once every chain is over, not before.
@@ -83,7 +86,8 @@ class PluginRunner:
                     continue
                 alive = [index for index in indexes if results[index] is not None]
                 if "processEvent" in instance.methods and alive:
-                    await self._process_with(vm, instance, alive, results, tallies, hung[vm.plugin_config_id])
+                    marks = hung.get(vm.plugin_config_id, frozenset())
+                    await self._process_with(vm, instance, alive, results, tallies, marks)
                 if instance.methods & DEFERRED_METHODS:
                     deferred.append(vm.name)
         for index, tally in tallies.items():
@@ -143,9 +147,13 @@ class PluginRunner:
         ]
         if not work:
             return
-        hung = await self._hung.of_many(vm.plugin_config_id for vm, _ in work)
+        # As for processEvent: a team of processEvent-only plugins makes no Redis round trip here.
+        hung = await self._hung.of_many(vm.plugin_config_id for vm, _ in work if not vm.lacks("onEvent"))
         await asyncio.gather(
-            *(self._on_events_of(vm, team_events, hung[vm.plugin_config_id]) for vm, team_events in work)
+            *(
+                self._on_events_of(vm, team_events, hung.get(vm.plugin_config_id, frozenset()))
+                for vm, team_events in work
+            )
         )
 
     async def _on_events_of(self, vm: PluginVM, events: list[RawEvent], hung: frozenset[str]) -> None:

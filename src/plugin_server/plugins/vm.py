@@ -93,6 +93,12 @@ class PluginVM:
         """Whether the instance is set up now (not waiting for a first use or a reload after unloading)."""
         return self._instance is not None
 
+    def lacks(self, method: str) -> bool:
+        """Whether the set-up instance has no `method` (False while none is set up: not known yet). Every
+        instance of a VM runs the same code (a changed plugin or config gets a new VM), so it holds for
+        the VM's next instances too."""
+        return self._instance is not None and method not in self._instance.methods
+
     async def get(self) -> PluginInstance | None:
         """The set-up instance, or None while it cannot be had (failed setup, waiting to retry).
 

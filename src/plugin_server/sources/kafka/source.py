@@ -146,7 +146,9 @@ class KafkaSource:
             for message in received:
                 partition = self._partition_of(message)
                 offset = message.offset() or 0
-                progress = self._progress.setdefault(partition, _Progress(self._next_generation()))
+                progress = self._progress.get(partition)
+                if progress is None:  # books are made on assignment; one per partition, not per message
+                    progress = self._progress[partition] = _Progress(self._next_generation())
                 progress.claimed.append(offset)
                 batch.messages.append(message.value() or b"")
                 batch.keys.append(message.key())
