@@ -170,6 +170,7 @@ async def test_refusals_queue_nothing(
                 "invalid_payload",
             ),
             (await client.post("/capture", content=b""), 400, "no_data"),
+            (await client.post("/batch", json={"batch": [], "api_key": "phc_nope"}), 401, "invalid_api_key"),
             (
                 await client.post(
                     "/batch", json={"batch": [event("ok"), {"distinct_id": "x"}], "api_key": token}

@@ -274,7 +274,8 @@ return replayed
 @dataclass(slots=True)
 class ClaimedBatch:
     """A claimed batch: its list in Redis and the messages claimed into it, oldest first. `held` is what
-    that list holds now (the messages less those split off), `parts` how many parts were split off."""
+    that list holds now (the messages less those split off; replaced on a split, never changed in
+    place, so it starts as `messages` itself), `parts` how many parts were split off."""
 
     key: str
     messages: list[bytes]
@@ -282,7 +283,7 @@ class ClaimedBatch:
     parts: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
-        self.held = list(self.messages)
+        self.held = self.messages
 
 
 class ReliableQueue:
@@ -443,18 +444,7 @@ async def replay_dead_letters(redis: aioredis.Redis, queue: str, limit: int | No
 
 def _positions(held: list[bytes], messages: list[bytes]) -> tuple[list[int], list[bytes]]:
     """The positions (1-based) in `held` of `messages`, one for each of them, and the messages left."""
-    positions, kept = [], []
-    wanted = iter(messages)  # usually in the order of the batch (each team's share is): one walk
-    next_wanted = next(wanted, None)
-    for position, message in enumerate(held, 1):
-        if message == next_wanted:
-            positions.append(position)
-            next_wanted = next(wanted, None)
-        else:
-            kept.append(message)
-    if next_wanted is None:
-        return positions, kept
-    counts = Counter(messages)  # in another order
+    counts = Counter(messages)
     positions, kept = [], []
     for position, message in enumerate(held, 1):
         if counts[message] > 0:
