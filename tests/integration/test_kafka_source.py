@@ -174,6 +174,20 @@ async def test_offsets_are_committed_up_to_the_contiguous_acknowledged_prefix(
     await until(lambda: committed(kafka, group, source.topic) == 6, timeout=10)
 
 
+async def test_an_acknowledgement_made_while_a_claim_waits_is_committed_at_once(
+    kafka: str, source: KafkaSource
+) -> None:
+    produce(kafka, source.topic, [message(f"p{i}", "e", team_id=1) for i in range(2)])
+    [batch] = await claim_all(source, 2, 2)
+    waiting = asyncio.create_task(source.claim(10, 30))  # nothing more comes: it waits the 30 s
+    await asyncio.sleep(0.5)  # the claim's thread is polling
+    await source.ack(batch)
+    # before: only once the claim's 30 s wait was over
+    await until(lambda: committed(kafka, source.group_id, source.topic) == 2, timeout=15)
+    assert not waiting.done()
+    waiting.cancel()  # closing the source ends the wait
+
+
 async def test_consumer_lag_is_sampled_per_assigned_partition(kafka: str, source: KafkaSource) -> None:
     for i in range(5):  # one record batch each: tansu's end offset counts record batches
         produce(kafka, source.topic, [message(f"p{i}", "e", team_id=1)])

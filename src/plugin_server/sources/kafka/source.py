@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,8 @@ PREFETCH_KBYTES = 16 * 1024
 PAUSE_AFTER_SECONDS = 0.5
 PAUSED_POLL_SECONDS = 0.1
 STATISTICS_INTERVAL_MS = 1000
+# The longest a claim waiting for messages leaves an acknowledged batch's offsets uncommitted.
+COMMIT_WAIT_SECONDS = 0.05
 
 Partition = tuple[str, int]
 T = TypeVar("T")
@@ -218,12 +221,19 @@ class KafkaSource:
         return await asyncio.get_running_loop().run_in_executor(self._client, work, *args)
 
     def _receive(self, max_count: int, block_timeout: float) -> list[Message]:
-        """Commit what waits, then up to `max_count` messages, waiting up to `block_timeout` s for the
-        first (so a commit waits at most for one poll)."""
-        self._commit()
-        first = self._consumer.poll(block_timeout)
-        if first is None:
-            return []
+        """Up to `max_count` messages, waiting up to `block_timeout` s for the first. The wait is polled
+        in slices of COMMIT_WAIT_SECONDS with what waits committed before each, so that an
+        acknowledgement made meanwhile is committed within a slice, not after the whole wait (the last
+        batch before an idle spell would otherwise stay uncommitted, and be redelivered after a crash,
+        for as long as the claim waits)."""
+        deadline = time.monotonic() + block_timeout
+        while True:
+            self._commit()
+            first = self._consumer.poll(min(COMMIT_WAIT_SECONDS, max(0.0, deadline - time.monotonic())))
+            if first is not None:
+                break
+            if self._closed or time.monotonic() >= deadline:
+                return []
         received = [first, *(self._consumer.consume(max_count - 1, 0) if max_count > 1 else [])]
         return [message for message in received if not _failed(message)]
 
