@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,10 +45,14 @@ PROFILE_DELAY = 1.0  # seconds into the run
 PROFILE_SECONDS = 3
 
 
-def event_data(index: int, captured: datetime) -> tuple[str, dict[str, Any]]:
-    """The distinct id and `data` of the benchmark's event number `index` (100 persons), captured at
-    `captured`; each event has a timestamp of its own, a millisecond apart, as a client's events do."""
-    person = index % 100
+PEOPLE = tuple(f"person-{person}" for person in range(100))
+
+
+def event_data(index: int, captured: datetime, people: Sequence[str] = PEOPLE) -> tuple[str, dict[str, Any]]:
+    """The distinct id and `data` of the benchmark's event number `index` (of one of `people`, 100
+    distinct ids), captured at `captured`; each event has a timestamp of its own, a millisecond apart,
+    as a client's events do."""
+    person = index % len(people)
     data = {
         "event": "$pageview" if index % 3 else "clicked button",
         # as posthog-js writes it (toISOString: milliseconds, 'Z')
@@ -68,15 +72,15 @@ def event_data(index: int, captured: datetime) -> tuple[str, dict[str, Any]]:
             "$set": {"email": f"person{person}@example.com"},
         },
     }
-    return f"person-{person}", data
+    return people[person], data
 
 
-def make_messages(count: int) -> list[bytes]:
+def make_messages(count: int, people: Sequence[str] = PEOPLE) -> list[bytes]:
     captured = datetime.now(UTC)
     now = captured.isoformat()
     messages = []
     for index in range(count):
-        distinct_id, data = event_data(index, captured)
+        distinct_id, data = event_data(index, captured, people)
         args = [distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now]
         messages.append(encode_task(PROCESS_EVENT_TASK, args, queue=QUEUE))
     return messages

@@ -2,8 +2,10 @@
 
 The events are the Celery benchmark's (100 persons, team 2, ~10 properties, a `$set` each), put on
 KAFKA_CONSUMPTION_TOPIC as the capture API does (its format, keys and partitioner), one partition per
-worker, on a tansu broker. Each run gets a fresh Postgres database, topic, consumer group and topic
-prefix; the clock starts at the first produce, once every worker has its partitions, and stops when
+worker, on a tansu broker; the persons' distinct ids split evenly over the partitions (see
+`kafka_to_postgres.py`). Each run gets a fresh Postgres database, topic, consumer group and topic
+prefix; the clock starts at the first produce (by a producer already connected), once every worker
+has its partitions, and stops when
 the consumer group has committed every message: the server commits a batch only after ClickHouse (or
 Kafka, for ClickHouse's Kafka engine) took its records.
 
@@ -34,13 +36,21 @@ from typing import Any
 
 import psycopg
 import redis
+from confluent_kafka import Producer
 from tests.clickhouse_kafka_engine import copy_topics
 from tests.e2e.server import RunningServer, running_server
-from tests.kafka_broker import KafkaBroker, committed, create_topic, produce_captured, unique_topic
+from tests.kafka_broker import (
+    KafkaBroker,
+    captured_producer,
+    committed,
+    create_topic,
+    produce_captured,
+    unique_topic,
+)
 
 from benchmarks.celery_to_postgres import service_pids
 from benchmarks.cpu import CpuMeter
-from benchmarks.kafka_to_postgres import make_events
+from benchmarks.kafka_to_postgres import evenly_partitioned_people, make_events, partition_count
 from benchmarks.profiling import profiled
 from benchmarks.services import benchmark_services, fresh_database
 from plugin_server.config import Settings, load_settings
@@ -94,6 +104,7 @@ def run_once(
     database_url: str,
     redis_url: str,
     broker: KafkaBroker,
+    producer: Producer,
     events: list[CapturedEvent],
     options: argparse.Namespace,
 ) -> Run:
@@ -103,7 +114,7 @@ def run_once(
         direct = options.store == "direct"
         workers = 1 if direct else load_settings({}).worker_count
         topic, group = unique_topic("bench"), unique_topic("bench-group")
-        create_topic(bootstrap, topic, max(2, workers))
+        create_topic(bootstrap, topic, partition_count())
         env = {
             "DATABASE_URL": fresh_database(database_url, options.plugin or None),
             "REDIS_URL": redis_url,
@@ -122,7 +133,7 @@ def run_once(
         }
 
         def done() -> bool:
-            return committed(bootstrap, group, topic, max(2, workers)) >= len(events)
+            return committed(bootstrap, group, topic, partition_count()) >= len(events)
 
         with running_server(Path(folder), env) as server:
             server.wait_for_web()
@@ -138,7 +149,7 @@ def run_once(
             with profiling(server, options, len(events)):
                 begin = time.perf_counter()
                 meter.start()
-                produce_captured(bootstrap, topic, events)
+                produce_captured(bootstrap, topic, events, producer)
                 wait_for(done, "not every event committed", 600)
                 elapsed, use = time.perf_counter() - begin, meter.stop()
             assert server.stop() == 0
@@ -201,11 +212,13 @@ def main() -> None:
         "--profile", help="a folder for flame graphs (native frames) of each worker (first run)"
     )
     options = parser.parse_args()
-    events = make_events(options.events)
     runs: list[Run] = []
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
+        producer = captured_producer(broker.bootstrap)
+        people = evenly_partitioned_people(producer, broker.bootstrap, partition_count())
+        events = make_events(options.events, people)
         for number in range(options.runs):
-            runs.append(run_once(database_url, redis_url, broker, events, options))
+            runs.append(run_once(database_url, redis_url, broker, producer, events, options))
             options.profile = None  # the first run only
             copy = (
                 f", stand-in copy into chDB {runs[-1].copy_rate:,.0f} events/s" if runs[-1].copy_rate else ""

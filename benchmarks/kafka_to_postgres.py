@@ -2,9 +2,12 @@
 events through the Celery list (`celery_to_postgres.py`), run alternately in one sitting.
 
 The events are the Celery benchmark's (100 persons, team 2, ~10 properties), as the capture API puts
-them on KAFKA_CONSUMPTION_TOPIC: its message format, keys and partitioner. Each Kafka run gets a new
-topic and consumer group on one tansu broker; the clock starts at the first produce, once every worker
-has its partitions, and stops when all rows are in posthog_event. Default settings otherwise
+them on KAFKA_CONSUMPTION_TOPIC: its message format, keys and partitioner. A person's events all go to
+one partition, so the 100 persons' distinct ids are picked to split evenly over the partitions (as the
+many persons of a real topic do; by chance, 100 persons split 46/54 and more, and one worker waits for
+the other at the end). Each Kafka run gets a new topic and consumer group on one tansu broker; the
+clock starts at the first produce (by a producer already connected), once every worker has its
+partitions, and stops when all rows are in posthog_event. Default settings otherwise
 (one consumer per worker, WORKER_CONCURRENCY workers).
 
     .venv/bin/python -m benchmarks.kafka_to_postgres [--events 100000] [--runs 3] [--plugin js-benchmark]
@@ -17,28 +20,38 @@ import argparse
 import os
 import statistics
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
-from tests.kafka_broker import KafkaBroker, create_topic, produce_captured, unique_topic
+from confluent_kafka import Producer
+from tests.kafka_broker import (
+    KafkaBroker,
+    captured_producer,
+    create_topic,
+    partitions_of,
+    produce_captured,
+    unique_topic,
+)
 
-from benchmarks.celery_to_postgres import Run, event_data, make_messages, run_once, timed_run
+from benchmarks.celery_to_postgres import PEOPLE, Run, event_data, make_messages, run_once, timed_run
 from benchmarks.profiling import py_spy
 from benchmarks.services import TEAM_ID, benchmark_services
 from plugin_server.config import load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
+from plugin_server.ingestion.kafka_producer import capture_key
 
 # tansu gives a new group its first assignment after about half the session timeout
 SESSION_TIMEOUT_MS = 6000
 
 
-def make_events(count: int) -> list[CapturedEvent]:
+def make_events(count: int, people: Sequence[str] = PEOPLE) -> list[CapturedEvent]:
     captured = datetime.now(UTC)
     now = captured.isoformat()
     events = []
     for index in range(count):
-        distinct_id, data = event_data(index, captured)
+        distinct_id, data = event_data(index, captured, people)
         events.append(
             CapturedEvent(
                 distinct_id, "127.0.0.1", "https://example.com", data, TEAM_ID, now, now, str(uuid.uuid4())
@@ -47,10 +60,34 @@ def make_events(count: int) -> list[CapturedEvent]:
     return events
 
 
+def partition_count() -> int:
+    """The benchmark topic's partitions: one per worker, at least two."""
+    return max(2, load_settings({}).worker_count)
+
+
+def evenly_partitioned_people(producer: Producer, bootstrap: str, partitions: int) -> list[str]:
+    """As many distinct ids as PEOPLE, `person-<n>`, whose capture keys give each of `partitions`
+    partitions the same number of them (to one apart)."""
+    topic = unique_topic("people")
+    create_topic(bootstrap, topic, partitions)
+    candidates = [f"person-{n}" for n in range(len(PEOPLE) * partitions * 4)]
+    found = partitions_of(producer, topic, [capture_key(TEAM_ID, name) for name in candidates])
+    share = -(-len(PEOPLE) // partitions)
+    taken = [0] * partitions
+    people: list[str] = []
+    for name, partition in zip(candidates, found, strict=True):
+        if taken[partition] < share and len(people) < len(PEOPLE):
+            taken[partition] += 1
+            people.append(name)
+    assert len(people) == len(PEOPLE), "too few candidates for an even split"
+    return people
+
+
 def kafka_run(
     database_url: str,
     redis_url: str,
     broker: KafkaBroker,
+    producer: Producer,
     events: list[CapturedEvent],
     plugin: str | None,
     profile: Path | None = None,
@@ -58,7 +95,7 @@ def kafka_run(
     bootstrap = broker.bootstrap
     topic = unique_topic("bench")
     workers = load_settings({}).worker_count
-    create_topic(bootstrap, topic, max(2, workers))
+    create_topic(bootstrap, topic, partition_count())
     env = {
         "KAFKA_ENABLED": "true",
         "KAFKA_HOSTS": bootstrap,
@@ -77,7 +114,7 @@ def kafka_run(
             owners[line.rsplit("process=", 1)[-1]] = "assigned partitions [" in line and "[]" not in line
         return len(owners) == workers and all(owners.values())
 
-    push = partial(produce_captured, bootstrap, topic, events)
+    push = partial(produce_captured, bootstrap, topic, events, producer)
     return timed_run(
         database_url, redis_url, push, len(events), plugin, env, assigned, {"tansu": broker.pid}, profile
     )
@@ -99,14 +136,20 @@ def main() -> None:
     plugin = options.plugin or None
     if options.profile:
         py_spy()
-    messages, events = make_messages(options.events), make_events(options.events)
     celery: list[float] = []
     kafka: list[float] = []
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
+        producer = captured_producer(broker.bootstrap)
+        people = evenly_partitioned_people(producer, broker.bootstrap, partition_count())
+        messages, events = make_messages(options.events, people), make_events(options.events, people)
         for _ in range(options.runs):
             for name, rates, run in (
                 ("celery", celery, partial(run_once, database_url, redis_url, messages, plugin)),
-                ("kafka", kafka, partial(kafka_run, database_url, redis_url, broker, events, plugin)),
+                (
+                    "kafka",
+                    kafka,
+                    partial(kafka_run, database_url, redis_url, broker, producer, events, plugin),
+                ),
             ):
                 profile = options.profile / name if options.profile and len(rates) == 0 else None
                 if profile:

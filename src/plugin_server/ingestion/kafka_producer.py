@@ -89,7 +89,7 @@ def capture_message(event: CapturedEvent) -> tuple[bytes, bytes]:
     person go to one partition and keep their order. The value is the JSON the ingestion consumer reads
     (reference section 3.2), with `data` as a JSON string and a missing sent_at as "".
     """
-    key = hashlib.sha256(f"{event.team_id}:{event.distinct_id}".encode()).hexdigest().encode("ascii")
+    key = capture_key(event.team_id, event.distinct_id)
     value = orjson.dumps(
         {
             "uuid": event.uuid,
@@ -103,6 +103,11 @@ def capture_message(event: CapturedEvent) -> tuple[bytes, bytes]:
         }
     )
     return key, value
+
+
+def capture_key(team_id: int, distinct_id: str) -> bytes:
+    """The key of a captured event's message: the SHA-256 (hex) of "<team_id>:<distinct_id>"."""
+    return hashlib.sha256(f"{team_id}:{distinct_id}".encode()).hexdigest().encode("ascii")
 
 
 def producer_config(settings: Settings, delivery_timeout: float) -> KafkaConfig:
