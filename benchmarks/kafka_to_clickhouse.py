@@ -40,9 +40,9 @@ from confluent_kafka import Producer
 from tests.clickhouse_kafka_engine import copy_topics
 from tests.e2e.server import RunningServer, running_server
 from tests.kafka_broker import (
+    CommittedOffsets,
     KafkaBroker,
     captured_producer,
-    committed,
     create_topic,
     produce_captured,
     unique_topic,
@@ -132,9 +132,6 @@ def run_once(
             **({"WORKER_CONCURRENCY": "1"} if direct else {}),
         }
 
-        def done() -> bool:
-            return committed(bootstrap, group, topic, partition_count()) >= len(events)
-
         with running_server(Path(folder), env) as server:
             server.wait_for_web()
             wait_for(lambda: every_worker_assigned(server, workers), "no assignment of every worker", 60)
@@ -146,12 +143,14 @@ def run_once(
             services.pop("pg poll", None)  # closed: the benchmark polls the broker, not Postgres
             kinds = {"workers": server.worker_pids(), "tansu": [broker.pid], **services}
             meter = CpuMeter(kinds, own="benchmark")
+            offsets = CommittedOffsets(bootstrap, group, topic, partition_count())
             with profiling(server, options, len(events)):
                 begin = time.perf_counter()
                 meter.start()
                 produce_captured(bootstrap, topic, events, producer)
-                wait_for(done, "not every event committed", 600)
+                wait_for(lambda: offsets.read() >= len(events), "not every event committed", 600)
                 elapsed, use = time.perf_counter() - begin, meter.stop()
+            offsets.close()
             assert server.stop() == 0
         copy_rate = None
         if not direct:

@@ -111,12 +111,26 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> int:
     """The offsets `group` committed on `topic`, summed over its partitions (0 where none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    offsets = CommittedOffsets(bootstrap, group, topic, partitions)
     try:
-        wanted = [TopicPartition(topic, partition) for partition in range(partitions)]
-        return sum(max(0, position.offset) for position in consumer.committed(wanted, timeout=10))
+        return offsets.read()
     finally:
-        consumer.close()
+        offsets.close()
+
+
+class CommittedOffsets:
+    """`committed` read again and again over one client (a client made for every look costs the broker
+    and the caller more than the look itself)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int = 1) -> None:
+        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+        self._wanted = [TopicPartition(topic, partition) for partition in range(partitions)]
+
+    def read(self) -> int:
+        return sum(max(0, position.offset) for position in self._consumer.committed(self._wanted, timeout=10))
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
 def read_topic(
