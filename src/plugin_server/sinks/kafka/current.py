@@ -38,14 +38,34 @@ def personless_uuid(team_id: int, distinct_id: str) -> str:
 class _PersonColumns(NamedTuple):
     person_id: str
     properties: dict[str, Any]
+    properties_json: str
     created_at: str  # to the second
+
+
+# Values whose equality means the same JSON (not floats: 0.0 == -0.0), checked with their type.
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def _sets_nothing_new(properties: Mapping[str, Any], to_set: Mapping[str, Any]) -> bool:
+    """Whether `{**properties, **to_set}` is `properties` as it is, key order included: every value
+    to set is there already, of the same plain type. (The person step applied the events' $set, so
+    this is what most events with a $set find.)"""
+    for key, value in to_set.items():
+        kind = type(value)
+        if kind not in _PLAIN_TYPES or key not in properties:
+            return False
+        present = properties[key]
+        if type(present) is not kind or present != value:
+            return False
+    return True
 
 
 class _EventRecords:
     """The records of one batch's events: each event with its person as the person step left it (plus
     the event's own $set). What events share is formatted once per batch: the ingestion time, and each
     distinct id's person columns (a person's time, from Postgres with a time zone, costs a conversion
-    each time; a personless id's uuid is a uuid5)."""
+    each time; a personless id's uuid is a uuid5; its properties as JSON, for the events whose $set
+    changes nothing in them)."""
 
     __slots__ = ("_columns", "_created_at", "_now", "_persons", "_topic")
 
@@ -67,7 +87,10 @@ class _EventRecords:
         if event.elements:
             chain = elements_to_chain(event.elements)
         to_set = properties.get("$set")
-        person_properties = {**person.properties, **to_set} if isinstance(to_set, dict) else person.properties
+        if isinstance(to_set, dict) and not _sets_nothing_new(person.properties, to_set):
+            person_properties = json_text({**person.properties, **to_set})
+        else:
+            person_properties = person.properties_json
         value = {
             "uuid": event.uuid,
             "event": event.event,
@@ -80,7 +103,7 @@ class _EventRecords:
             "created_at": self._created_at,
             "captured_at": clickhouse_ms(event.now),
             "person_id": person.person_id,
-            "person_properties": json_text(person_properties),
+            "person_properties": person_properties,
             "person_created_at": person.created_at,
             "person_mode": "full",
         }
@@ -90,8 +113,13 @@ class _EventRecords:
     def _person_columns(self, key: Key) -> _PersonColumns:
         person = self._persons.get(key)
         if person is None:
-            return _PersonColumns(personless_uuid(*key), {}, clickhouse_seconds(self._now))
-        return _PersonColumns(person.uuid, person.properties, clickhouse_seconds(person.created_at))
+            return _PersonColumns(personless_uuid(*key), {}, "{}", clickhouse_seconds(self._now))
+        return _PersonColumns(
+            person.uuid,
+            person.properties,
+            json_text(person.properties),
+            clickhouse_seconds(person.created_at),
+        )
 
 
 class CurrentFormat:
