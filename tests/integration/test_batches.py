@@ -49,12 +49,12 @@ def failing_writes(
     write = built.sink.write
     left = [times]
 
-    async def sometimes_failing(events: Any) -> None:
+    async def sometimes_failing(events: Any, *persons: Any) -> None:
         poisoned = when is not None and any(event.event == when for event in events)
         if poisoned or (when is None and left[0] > 0):
             left[0] -= 1
             raise failure
-        await write(events)
+        await write(events, *persons)
 
     built.sink.write = sometimes_failing  # type: ignore[method-assign]
 

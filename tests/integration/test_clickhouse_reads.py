@@ -6,7 +6,7 @@ Kafka log writer produces (as ClickHouse's Kafka engine would insert them)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,11 +18,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.config import Settings, load_settings
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
+from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.plugins.admin import AdminError
 from plugin_server.plugins.meta.logs import LogSource, LogType, PluginLogEntry, PluginLogWriter
 from plugin_server.reads import LogQuery, ReadFailed, Reads
-from plugin_server.sinks import EventSink
+from plugin_server.sinks import NO_PERSONS, EventSink
 from plugin_server.sinks.clickhouse.client import AsyncClickHouse
 from plugin_server.sinks.clickhouse.topics import ClickHouseTopicWriter
 from plugin_server.sinks.kafka.records import log_entry_record
@@ -41,10 +42,12 @@ class BothStores:
     postgres: EventSink
     clickhouse: EventSink
 
-    async def write(self, events: Sequence[PreparedEvent]) -> None:
-        await self.postgres.write(events)
-        await self.clickhouse.write(events)
-        await self.clickhouse.write(events)
+    async def write(
+        self, events: Sequence[PreparedEvent], persons: Mapping[Key, PersonRow] = NO_PERSONS
+    ) -> None:
+        await self.postgres.write(events, persons)
+        await self.clickhouse.write(events, persons)
+        await self.clickhouse.write(events, persons)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
@@ -23,12 +23,12 @@ from plugin_server.ingestion.groups import GroupRow
 from plugin_server.ingestion.kafka_producer import KafkaProducer, KafkaUnavailableError, Record
 from plugin_server.ingestion.ordering import Turnstile
 from plugin_server.ingestion.person_outbox import PersonOutbox
-from plugin_server.ingestion.persons import persons_of
+from plugin_server.ingestion.persons import Key, PersonRow, persons_of
 from plugin_server.ingestion.uuidt import uuidt
 from plugin_server.plugins.meta.logs import BufferedLogWriter, LogSource, LogType, PluginLogEntry
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
-from plugin_server.sinks.kafka.current import personless_uuid
+from plugin_server.sinks.kafka.current import CurrentFormat, personless_uuid
 from plugin_server.sinks.kafka.original import OriginalFormat
 from plugin_server.sinks.kafka.protobuf import Event
 from plugin_server.topology import Sinks, open_log_writer, open_producer, open_sinks
@@ -245,6 +245,33 @@ async def test_a_pipeline_run_stores_into_todays_topics(
     }
     [group] = await topic(settings, "clickhouse_groups", 1)
     assert (group["group_key"], group["version"], group["group_properties"]) == ("ph", 0, '{"n":1}')
+
+
+async def test_todays_event_records_take_the_persons_the_person_step_left(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, kafka: str
+) -> None:
+    """Only a distinct id that the person step did not load (seen recently, its event sets nothing) is
+    read again for its event's person columns."""
+    settings = kafka_settings(kafka)
+    producer = KafkaProducer(settings)
+    asked: list[set[Key]] = []
+
+    async def lookup(keys: Iterable[Key]) -> dict[Key, PersonRow]:
+        asked.append(set(keys))
+        return await persons_of(pool, keys)
+
+    format = CurrentFormat(settings.KAFKA_PREFIX)
+    built = pipeline(pool, KafkaEventSink(producer, format, lookup), KafkaPersonSink(producer, format))
+    try:
+        await built.run([message(team.team_id, "a", "first", {"$set": {"x": 1}}, task_id="1")])
+        assert asked == []
+        await built.run([message(team.team_id, "a", "again", {}, task_id="2")])
+        assert asked == [{(team.team_id, "a")}]
+    finally:
+        await producer.close()
+    records = {row["event"]: row for row in await topic(settings, "clickhouse_events_json", 2)}
+    assert records["first"]["person_properties"] == records["again"]["person_properties"] == '{"x":1}'
+    assert records["first"]["person_id"] == records["again"]["person_id"]
 
 
 def test_an_event_without_a_person_gets_posthogs_personless_uuid() -> None:

@@ -88,7 +88,7 @@ async def test_the_turn_is_handed_on_after_the_person_step_and_a_retried_store_d
     waited: list[bool] = []
     write = built.sink.write
 
-    async def store(events: Any) -> None:
+    async def store(events: Any, *persons: Any) -> None:
         if not waited and any(event.event == "first" for event in events):
             try:
                 await asyncio.wait_for(second_done.wait(), 10)
@@ -96,7 +96,7 @@ async def test_the_turn_is_handed_on_after_the_person_step_and_a_retried_store_d
             except TimeoutError:
                 waited.append(False)
             raise psycopg.OperationalError("the server closed the connection")
-        await write(events)
+        await write(events, *persons)
 
     built.sink.write = store  # type: ignore[method-assign]
     turnstile = Turnstile()

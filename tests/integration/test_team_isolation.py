@@ -214,9 +214,9 @@ async def test_without_slow_teams_a_batch_is_ingested_together(
     writes: list[int] = []
     write = built.sink.write
 
-    async def counting(events: Any) -> None:
+    async def counting(events: Any, *persons: Any) -> None:
         writes.append(len(events))
-        await write(events)
+        await write(events, *persons)
 
     built.sink.write = counting  # type: ignore[method-assign]
     lane = AsideLane()

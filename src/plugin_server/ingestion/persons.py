@@ -97,14 +97,18 @@ PersonChange = PersonRow | DistinctIdRow
 
 @dataclass
 class PersonChanges:
-    """The rows a `process_batch` call wrote, in commit order, and their outbox entries (if any)."""
+    """The rows a `process_batch` call wrote, in commit order, and their outbox entries (if any); and
+    `persons`, the persons of the distinct ids it loaded as it left them (written, or as read), which
+    the event records of its batch can take without reading them again."""
 
     rows: list[PersonChange] = field(default_factory=list)
     outbox_ids: list[int] = field(default_factory=list)
+    persons: dict[Key, PersonRow] = field(default_factory=dict)
 
     def extend(self, other: PersonChanges) -> None:
         self.rows.extend(other.rows)
         self.outbox_ids.extend(other.outbox_ids)
+        self.persons.update(other.persons)
 
 
 class ChangeOutbox(Protocol):
@@ -441,12 +445,38 @@ class _Person:
     properties: dict[str, Any]
     is_identified: bool = False
     id: int | None = None  # None while its creation is pending
+    version: int = 0
     set_once: dict[str, Any] = field(default_factory=dict)
     set: dict[str, Any] = field(default_factory=dict)
+    # Changes were dropped (its distinct ids went elsewhere): `properties` is not what was written.
+    dropped: bool = False
 
     @classmethod
     def from_row(cls, key: Key, row: PersonRow) -> _Person:
-        return cls(key[0], key[1], row.uuid, row.created_at, dict(row.properties), row.is_identified, row.id)
+        return cls(
+            key[0],
+            key[1],
+            row.uuid,
+            row.created_at,
+            dict(row.properties),
+            row.is_identified,
+            row.id,
+            row.version,
+        )
+
+    def row(self) -> PersonRow | None:
+        """The person as written (None while it is not, or when its last changes were dropped)."""
+        if self.id is None or self.dropped or self.pending:
+            return None
+        return PersonRow(
+            self.id,
+            self.uuid,
+            self.team_id,
+            self.created_at,
+            self.properties,
+            self.is_identified,
+            self.version,
+        )
 
     @property
     def pending(self) -> bool:
@@ -464,7 +494,7 @@ class _Person:
     def refresh(self, row: PersonRow) -> None:
         """Take the row's state, with the pending changes still applied over it."""
         self.id, self.uuid, self.created_at = row.id, row.uuid, row.created_at
-        self.is_identified = row.is_identified
+        self.is_identified, self.version = row.is_identified, row.version
         self.properties = {**self.set_once, **row.properties, **self.set}
 
     def clear_pending(self) -> None:
@@ -553,6 +583,15 @@ class _BatchRun:
             yield written
             ids = await outbox.add(self.conn, written)
         self.changes.extend(PersonChanges(written, ids))
+
+    def persons(self) -> dict[Key, PersonRow]:
+        """The persons of the distinct ids this run knows, as written or as read (see `_Person.row`)."""
+        found = {}
+        for key, person in self.known.items():
+            row = None if person is None else person.row()
+            if row is not None:
+                found[key] = row
+        return found
 
     async def load(self, keys: Iterable[Key]) -> None:
         keys = list(keys)
@@ -701,6 +740,7 @@ class _BatchRun:
             log.warning("dropped the property changes of %d persons whose distinct ids are gone", len(left))
             for person in left:
                 person.clear_pending()
+                person.dropped = True
 
 
 async def _insert_new_persons(conn: Connection, persons: list[_Person]) -> dict[str, int]:
@@ -778,6 +818,7 @@ class PersonManager:
         answered by the next call, ahead of its own rows.
         """
         changes, self._unanswered = self._unanswered, PersonChanges()
+        changes.persons = {}  # of an earlier call: not what this one leaves
         updates = [update for update in updates if self._storable(update)]
         if not updates:
             return changes
@@ -800,6 +841,7 @@ class PersonManager:
                 raise
         self._remember(unseen)
         changes.extend(run.changes)
+        changes.persons = run.persons()
         return changes
 
     def hand_back(self, changes: PersonChanges) -> None:

@@ -33,7 +33,7 @@ from plugin_server.ingestion.groups import (
     identified_group,
 )
 from plugin_server.ingestion.message_fields import MalformedMessage, parse_now
-from plugin_server.ingestion.persons import PersonManager, PersonUpdate
+from plugin_server.ingestion.persons import Key, PersonManager, PersonRow, PersonUpdate
 from plugin_server.ingestion.rules import add_campaign_and_initial_properties, apply_ip, prepare_event
 from plugin_server.ingestion.teams import TeamManager
 from plugin_server.ingestion.types import InvalidEvent, PreparedEvent, RawEvent, Team
@@ -104,14 +104,16 @@ class _Item:
 
 @dataclass
 class PersonsApplied:
-    """A batch whose person step is done: its events, ready to store, and the outcome so far."""
+    """A batch whose person step is done: its events, ready to store, the outcome so far, and the
+    persons the step left (see PersonChanges.persons)."""
 
     items: list[_Item]
     outcome: BatchOutcome
+    persons: dict[Key, PersonRow] = field(default_factory=dict)
 
     def one_by_one(self) -> list[tuple[bytes, PersonsApplied]]:
         """Each event as a batch of its own, with the message it came from (and none of the outcome)."""
-        return [(item.message, PersonsApplied([item], BatchOutcome())) for item in self.items]
+        return [(item.message, PersonsApplied([item], BatchOutcome(), self.persons)) for item in self.items]
 
 
 class EventPipeline:
@@ -188,13 +190,13 @@ class EventPipeline:
             self.persons.hand_back(changes)
             raise
         await self.persons.delivered(changes)
-        return PersonsApplied(items, outcome)
+        return PersonsApplied(items, outcome, changes.persons)
 
     async def store(self, applied: PersonsApplied) -> BatchOutcome:
         """Store the events of a batch whose person step is done, then match actions, mark first events
         and call the plugins' onEvent. Repeatable, without running the person step again."""
         items = applied.items
-        await self.sink.write([item.event for item in items])
+        await self.sink.write([item.event for item in items], applied.persons)
         if self.actions is not None:
             await self.actions.on_stored([item.event for item in items])
         outcome = replace(applied.outcome, dead_letters=list(applied.outcome.dead_letters))

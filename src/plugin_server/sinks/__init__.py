@@ -19,23 +19,29 @@ redelivered batch finds its persons written and writes (and answers) nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Protocol
 
 from plugin_server.ingestion.groups import GroupRow
-from plugin_server.ingestion.persons import DistinctIdRow, PersonRow
+from plugin_server.ingestion.persons import DistinctIdRow, Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
 
 # One row a PersonSink mirrors: a person, a distinct id's owner, or a group.
 PersonSinkRow = PersonRow | DistinctIdRow | GroupRow
+NO_PERSONS: Mapping[Key, PersonRow] = MappingProxyType({})
 
 
 class EventSink(Protocol):
     """Stores a micro-batch of processed events. Writes are idempotent on (team, uuid): a batch
     delivered again stores nothing twice. Raises when the batch could not be stored (the batch is
-    then retried or split; see ingestion/batches.py)."""
+    then retried or split; see ingestion/batches.py). `persons`: persons of some of the events'
+    distinct ids, as the batch's person step left them, for a sink that stores them with the events
+    (it reads the others)."""
 
-    async def write(self, events: Sequence[PreparedEvent]) -> None: ...
+    async def write(
+        self, events: Sequence[PreparedEvent], persons: Mapping[Key, PersonRow] = NO_PERSONS
+    ) -> None: ...
 
 
 class PersonSink(Protocol):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
-from plugin_server.sinks import PersonSinkRow
+from plugin_server.sinks import NO_PERSONS, PersonSinkRow
 
 
 class ListEventSink:
@@ -14,7 +15,9 @@ class ListEventSink:
     def __init__(self) -> None:
         self.events: dict[tuple[int, str], PreparedEvent] = {}
 
-    async def write(self, events: Sequence[PreparedEvent]) -> None:
+    async def write(
+        self, events: Sequence[PreparedEvent], persons: Mapping[Key, PersonRow] = NO_PERSONS
+    ) -> None:
         for event in events:
             self.events.setdefault((event.team_id, event.uuid), event)
 

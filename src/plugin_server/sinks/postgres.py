@@ -11,7 +11,7 @@ events is one COPY, one round trip, and a failed COPY stored none of its rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +19,10 @@ from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.ingestion.elements import elements_hash
+from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import Element, PreparedEvent
 from plugin_server.jsvalues import js_string, json_text
-from plugin_server.sinks import PersonSinkRow
+from plugin_server.sinks import NO_PERSONS, PersonSinkRow
 
 _EVENT_COLUMNS = (
     "uuid, event, distinct_id, properties, team_id, timestamp, created_at, elements, elements_hash, site_url"
@@ -74,8 +75,11 @@ class PostgresEventSink:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
 
-    async def write(self, events: Sequence[PreparedEvent]) -> None:
-        """Store the batch; recordings ($snapshot) go to their own table, as in the original.
+    async def write(
+        self, events: Sequence[PreparedEvent], persons: Mapping[Key, PersonRow] = NO_PERSONS
+    ) -> None:
+        """Store the batch; recordings ($snapshot) go to their own table, as in the original (the
+        persons are Postgres's own: nothing to store with the events).
 
         No transaction around the whole: each write is idempotent on its own (uuid, element hash), so a
         write that fails after another succeeded is completed by the retry. A plain batch is then one

@@ -7,14 +7,14 @@ batch, so the source acknowledges the batch only after that.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
 from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import PreparedEvent
-from plugin_server.sinks import PersonSinkRow
+from plugin_server.sinks import NO_PERSONS, PersonSinkRow
 from plugin_server.sinks.kafka.records import KafkaFormat, recording_record
 
 PersonLookup = Callable[[Iterable[Key]], Awaitable[dict[Key, PersonRow]]]
@@ -31,8 +31,8 @@ class RecordSender(Protocol):
 class KafkaEventSink:
     """Events to the events topic, `$snapshot` events to the session recording topic.
 
-    A format that puts the person in the event record (today's) reads the persons of the batch's
-    distinct ids with `persons`, after the person step committed them.
+    A format that puts the person in the event record (today's) takes the persons the batch's person
+    step left, and reads those of the other distinct ids with `persons` (after the step committed them).
     """
 
     def __init__(self, producer: RecordSender, format: KafkaFormat, persons: PersonLookup) -> None:
@@ -40,14 +40,21 @@ class KafkaEventSink:
         self._format = format
         self._persons = persons
 
-    async def write(self, events: Sequence[PreparedEvent]) -> None:
+    async def write(
+        self, events: Sequence[PreparedEvent], persons: Mapping[Key, PersonRow] = NO_PERSONS
+    ) -> None:
         if not events:
             return
         found: dict[Key, PersonRow] = {}
         if self._format.needs_persons:
-            found = await self._persons(
-                {(event.team_id, event.distinct_id) for event in events if not event.is_snapshot}
-            )
+            found = {**persons}
+            unknown = {
+                key
+                for event in events
+                if not event.is_snapshot and (key := (event.team_id, event.distinct_id)) not in found
+            }
+            if unknown:
+                found.update(await self._persons(unknown))
         record = self._format.event_records(found, datetime.now(UTC))
         prefix = self._format.prefix
         await self._producer.send(
