@@ -4,9 +4,9 @@ The events are the Celery benchmark's (100 persons, team 2, ~10 properties, a `$
 KAFKA_CONSUMPTION_TOPIC as the capture API does (its format, keys and partitioner), one partition per
 worker, on a tansu broker; the persons' distinct ids split evenly over the partitions (see
 `kafka_to_postgres.py`). Each run gets a fresh Postgres database, topic, consumer group and topic
-prefix; the clock starts at the first produce (by a producer already connected), once every worker
-has its partitions, and stops when
-the consumer group has committed every message: the server commits a batch only after ClickHouse (or
+prefix; the clock starts at the first produce (by a producer already connected, of messages encoded
+beforehand, as the Celery benchmark's are), once every worker has its partitions, and stops when the
+consumer group has committed every message: the server commits a batch only after ClickHouse (or
 Kafka, for ClickHouse's Kafka engine) took its records.
 
 - `--store kafka` (default): EVENT_STORE=clickhouse-kafka with default settings (WORKER_CONCURRENCY
@@ -44,17 +44,16 @@ from tests.kafka_broker import (
     KafkaBroker,
     captured_producer,
     create_topic,
-    produce_captured,
+    produce_messages,
     unique_topic,
 )
 
 from benchmarks.celery_to_postgres import service_pids
 from benchmarks.cpu import CpuMeter
-from benchmarks.kafka_to_postgres import evenly_partitioned_people, make_events, partition_count
+from benchmarks.kafka_to_postgres import evenly_partitioned_people, make_captured_messages, partition_count
 from benchmarks.profiling import profiled
 from benchmarks.services import benchmark_services, fresh_database
 from plugin_server.config import Settings, load_settings
-from plugin_server.ingestion.enqueue import CapturedEvent
 from plugin_server.sinks.clickhouse.client import open_client
 from plugin_server.sinks.clickhouse.migrate import open_migrated
 
@@ -105,7 +104,7 @@ def run_once(
     redis_url: str,
     broker: KafkaBroker,
     producer: Producer,
-    events: list[CapturedEvent],
+    events: list[tuple[bytes, bytes]],
     options: argparse.Namespace,
 ) -> Run:
     bootstrap = broker.bootstrap
@@ -147,7 +146,7 @@ def run_once(
             with profiling(server, options, len(events)):
                 begin = time.perf_counter()
                 meter.start()
-                produce_captured(bootstrap, topic, events, producer)
+                produce_messages(producer, topic, events)
                 wait_for(lambda: offsets.read() >= len(events), "not every event committed", 600)
                 elapsed, use = time.perf_counter() - begin, meter.stop()
             offsets.close()
@@ -215,7 +214,7 @@ def main() -> None:
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
         producer = captured_producer(broker.bootstrap)
         people = evenly_partitioned_people(producer, broker.bootstrap, partition_count())
-        events = make_events(options.events, people)
+        events = make_captured_messages(options.events, people)
         for number in range(options.runs):
             runs.append(run_once(database_url, redis_url, broker, producer, events, options))
             options.profile = None  # the first run only

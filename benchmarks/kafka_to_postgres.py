@@ -6,8 +6,9 @@ them on KAFKA_CONSUMPTION_TOPIC: its message format, keys and partitioner. A per
 one partition, so the 100 persons' distinct ids are picked to split evenly over the partitions (as the
 many persons of a real topic do; by chance, 100 persons split 46/54 and more, and one worker waits for
 the other at the end). Each Kafka run gets a new topic and consumer group on one tansu broker; the
-clock starts at the first produce (by a producer already connected), once every worker has its
-partitions, and stops when all rows are in posthog_event. Default settings otherwise
+clock starts at the first produce (by a producer already connected, of messages encoded beforehand, as
+the Celery messages are), once every worker has its partitions, and stops when all rows are in
+posthog_event. Default settings otherwise
 (one consumer per worker, WORKER_CONCURRENCY workers).
 
     .venv/bin/python -m benchmarks.kafka_to_postgres [--events 100000] [--runs 3] [--plugin js-benchmark]
@@ -31,7 +32,7 @@ from tests.kafka_broker import (
     captured_producer,
     create_topic,
     partitions_of,
-    produce_captured,
+    produce_messages,
     unique_topic,
 )
 
@@ -40,7 +41,7 @@ from benchmarks.profiling import py_spy
 from benchmarks.services import TEAM_ID, benchmark_services
 from plugin_server.config import load_settings
 from plugin_server.ingestion.enqueue import CapturedEvent
-from plugin_server.ingestion.kafka_producer import capture_key
+from plugin_server.ingestion.kafka_producer import capture_key, capture_message
 
 # tansu gives a new group its first assignment after about half the session timeout
 SESSION_TIMEOUT_MS = 6000
@@ -58,6 +59,12 @@ def make_events(count: int, people: Sequence[str] = PEOPLE) -> list[CapturedEven
             )
         )
     return events
+
+
+def make_captured_messages(count: int, people: Sequence[str] = PEOPLE) -> list[tuple[bytes, bytes]]:
+    """`make_events` as the capture API puts them on Kafka: (key, value), encoded before the clock
+    starts, as the Celery benchmark's messages are."""
+    return [capture_message(event) for event in make_events(count, people)]
 
 
 def partition_count() -> int:
@@ -88,7 +95,7 @@ def kafka_run(
     redis_url: str,
     broker: KafkaBroker,
     producer: Producer,
-    events: list[CapturedEvent],
+    captured: list[tuple[bytes, bytes]],
     plugin: str | None,
     profile: Path | None = None,
 ) -> Run:
@@ -114,9 +121,9 @@ def kafka_run(
             owners[line.rsplit("process=", 1)[-1]] = "assigned partitions [" in line and "[]" not in line
         return len(owners) == workers and all(owners.values())
 
-    push = partial(produce_captured, bootstrap, topic, events, producer)
+    push = partial(produce_messages, producer, topic, captured)
     return timed_run(
-        database_url, redis_url, push, len(events), plugin, env, assigned, {"tansu": broker.pid}, profile
+        database_url, redis_url, push, len(captured), plugin, env, assigned, {"tansu": broker.pid}, profile
     )
 
 
@@ -141,14 +148,15 @@ def main() -> None:
     with benchmark_services() as (database_url, redis_url), KafkaBroker() as broker:
         producer = captured_producer(broker.bootstrap)
         people = evenly_partitioned_people(producer, broker.bootstrap, partition_count())
-        messages, events = make_messages(options.events, people), make_events(options.events, people)
+        messages = make_messages(options.events, people)
+        captured = make_captured_messages(options.events, people)
         for _ in range(options.runs):
             for name, rates, run in (
                 ("celery", celery, partial(run_once, database_url, redis_url, messages, plugin)),
                 (
                     "kafka",
                     kafka,
-                    partial(kafka_run, database_url, redis_url, broker, producer, events, plugin),
+                    partial(kafka_run, database_url, redis_url, broker, producer, captured, plugin),
                 ),
             ):
                 profile = options.profile / name if options.profile and len(rates) == 0 else None

@@ -192,9 +192,12 @@ def produce_captured(
     """Put `events` on `topic` as the capture API does: its message format, its keys (team and
     distinct id) and its partitioner, so each person's events share a partition. `producer`: one of
     `captured_producer` (else a new one)."""
-    producer = producer or _capture_producer(bootstrap)
-    for event in events:
-        key, value = capture_message(event)
+    produce_messages(producer or _capture_producer(bootstrap), topic, [capture_message(e) for e in events])
+
+
+def produce_messages(producer: Producer, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
+    """Put these (key, value) messages on `topic` and wait until the broker has them all."""
+    for key, value in messages:
         while True:
             try:
                 producer.produce(topic, value, key)
