@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from plugin_server.db.teams import CreatedTeam
-from tests.e2e.test_plugins_cli import PLUGINS, Db, ok
+from tests.e2e.test_plugins_cli import PLUGINS, Db, ok, sigint_as_in_a_terminal
 
 LINES_BEFORE_INTERRUPT = 300
 
@@ -47,7 +47,11 @@ class Follower:
     def __init__(self, env: dict[str, str], config_id: int) -> None:
         command = [sys.executable, "-m", "plugin_server.cli", "plugins", "logs", str(config_id), "-f"]
         self.process = subprocess.Popen(
-            [*command, "--limit", "20"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [*command, "--limit", "20"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=sigint_as_in_a_terminal,
         )
         self.lines = 0
         threading.Thread(target=self._count, daemon=True).start()

@@ -27,6 +27,13 @@ Db = psycopg.Connection[Any]
 PLUGINS = Path(__file__).parent.parent / "assets" / "plugins"
 
 
+def sigint_as_in_a_terminal() -> None:
+    """Popen's preexec_fn for a command the test stops with Ctrl-C: SIGINT's default action, as a
+    terminal's foreground command has it, whatever this test run inherited (a shell starts a
+    background job with SIGINT ignored, and an ignored signal stays ignored in the programs it runs)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def env(database_url: str, redis_url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url}
@@ -230,6 +237,7 @@ def test_logs_prints_the_newest_entries_and_follows_new_ones(
         [sys.executable, "-m", "plugin_server.cli", "plugins", "logs", str(config_id), "--follow"],
         env=env,
         stdout=subprocess.PIPE,
+        preexec_fn=sigint_as_in_a_terminal,
     )
     try:
         pending = bytearray()
