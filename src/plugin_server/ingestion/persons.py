@@ -106,9 +106,9 @@ class PersonChanges:
     persons: dict[Key, PersonRow] = field(default_factory=dict)
 
     def extend(self, other: PersonChanges) -> None:
+        """Add `other`'s rows and outbox entries (its persons are its call's, not these rows')."""
         self.rows.extend(other.rows)
         self.outbox_ids.extend(other.outbox_ids)
-        self.persons.update(other.persons)
 
 
 class ChangeOutbox(Protocol):

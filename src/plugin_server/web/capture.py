@@ -116,14 +116,17 @@ def request_token(received: CaptureInput) -> str | None:
     return _first_token(candidates)
 
 
+_EVENT_TOKEN_FIELDS = ("$token", "token", "api_key")
+
+
 def event_token(event: Mapping[str, Any]) -> str | None:
-    """The first token of `$token`, `token`, `api_key`, `properties.token`. posthog-js sends only
-    the last: an event without any of the first three is read at once from its properties."""
+    """The first token of `$token`, `token`, `api_key`, `properties.token`. (posthog-js sends only
+    the last: the fields an event lacks cost a membership test each.)"""
+    for name in _EVENT_TOKEN_FIELDS:
+        if name in event and (token := _token_text(event[name])) is not None:
+            return token
     properties = event.get("properties")
-    in_properties = properties.get("token") if isinstance(properties, dict) else None
-    if "$token" not in event and "token" not in event and "api_key" not in event:
-        return _token_text(in_properties)
-    return _first_token([event.get("$token"), event.get("token"), event.get("api_key"), in_properties])
+    return _token_text(properties.get("token")) if isinstance(properties, dict) else None
 
 
 def sent_at_of(received: CaptureInput) -> str | None:
