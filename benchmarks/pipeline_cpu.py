@@ -1,0 +1,120 @@
+"""The worker's pipeline in one process: its CPU per event, with no broker and no other process on the
+clock, for A/B comparisons of the shared steps (decoding, plugins, rules, persons, records).
+
+One worker's share of the Kafka benchmarks (`kafka_to_clickhouse.py`, `kafka_to_postgres.py`): the
+events of 50 of their 100 persons as the capture API puts them on Kafka, decoded by the Kafka source's
+codec, through the team's plugin (`js-benchmark` by default) and every ingestion rule against real
+Postgres, into today's ClickHouse event records (handed to a sender that counts them: what the
+producer costs is left out) or into Postgres (`--store postgres`). Batches of INGESTION_BATCH_SIZE run
+one after another, so the figure is the CPU of the steps, not of the concurrency around them.
+
+The end-to-end benchmarks move with the machine's speed by up to 30 % within minutes; this one runs
+for seconds, so two trees can be alternated closely:
+
+    .venv/bin/python -m benchmarks.pipeline_cpu [--events 20000] [--rounds 5] [--plugin js-benchmark]
+        [--store clickhouse|postgres]
+
+Prints this process's CPU per event (every thread, V8's included) of each round, and their minimum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import uvloop
+
+from benchmarks.kafka_to_postgres import make_captured_messages
+from benchmarks.services import benchmark_services, fresh_database, running_plugins
+from plugin_server.ingestion.definitions import DefinitionsManager
+from plugin_server.ingestion.groups import GroupTypeManager
+from plugin_server.ingestion.kafka_producer import Record
+from plugin_server.ingestion.persons import PersonManager, persons_of
+from plugin_server.ingestion.pipeline import EventPipeline
+from plugin_server.plugins.run import PluginRunner
+from plugin_server.services.gc_tuning import tune_garbage_collector
+from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
+from plugin_server.sinks.kafka.current import CurrentFormat
+from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
+from plugin_server.sources.kafka.codec import KafkaCodec
+from plugin_server.topology import Sinks
+
+PEOPLE = tuple(f"person-{n}" for n in range(50))
+
+
+class CountingSender:
+    """Takes the records as the producer would, and keeps only their number."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    async def send(self, records: Sequence[Record]) -> None:
+        self.records += len(records)
+
+
+def _sinks(store: str, pool: Any) -> tuple[Sinks, CountingSender]:
+    sender = CountingSender()
+    if store == "postgres":
+        return Sinks(PostgresEventSink(pool), PostgresPersonSink()), sender
+    format = CurrentFormat()
+    events = KafkaEventSink(sender, format, lambda keys: persons_of(pool, keys))
+    return Sinks(events, KafkaPersonSink(sender, format)), sender
+
+
+async def _run(database_url: str, redis_url: str, options: argparse.Namespace) -> list[float]:
+    messages = [value for _, value in make_captured_messages(options.events, PEOPLE)]
+    batches = [messages[at : at + options.batch_size] for at in range(0, len(messages), options.batch_size)]
+    async with running_plugins(database_url, redis_url) as running:
+        pool = running.services.pool
+        sinks, sender = _sinks(options.store, pool)
+        pipeline = EventPipeline(
+            teams=running.services.teams,
+            definitions=DefinitionsManager(pool),
+            groups=GroupTypeManager(pool),
+            persons=PersonManager(pool, lru_size=running.settings.DISTINCT_ID_LRU_SIZE),
+            sink=sinks.events,
+            person_sink=sinks.persons,
+            plugins=PluginRunner(running.plugins.registry, running.services.hung),
+            codec=KafkaCodec(running.services.teams),
+        )
+        await pipeline.run(batches[0])  # warm-up: plugin loaded, persons made, caches filled
+        tune_garbage_collector()  # as a worker does once started
+        rounds = []
+        for _ in range(options.rounds):
+            started = time.process_time()
+            for batch in batches:
+                outcome = await pipeline.run(batch)
+                assert outcome.stored == len(batch), outcome
+            rounds.append((time.process_time() - started) / len(messages))
+    if options.store == "clickhouse":
+        assert sender.records >= len(messages) * options.rounds, "every event's record was sent"
+    return rounds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=20_000, help="events per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--plugin", default="js-benchmark", help="a plugin under benchmarks/plugins ('' for none)"
+    )
+    parser.add_argument("--store", choices=["clickhouse", "postgres"], default="clickhouse")
+    options = parser.parse_args()
+    with benchmark_services() as (server_url, redis_url):
+        database_url = fresh_database(server_url, options.plugin or None)
+        rounds = uvloop.run(_run(database_url, redis_url, options))  # as a worker runs
+    plugin = options.plugin or "no plugins"
+    print(
+        f"pipeline CPU, {options.events} events a round, {plugin}, {options.store}, batches of {options.batch_size}"
+    )
+    print("rounds (µs/event): " + " · ".join(f"{value * 1e6:.1f}" for value in rounds))
+    print(f"minimum: {min(rounds) * 1e6:.1f} µs/event")
+
+
+if __name__ == "__main__":
+    main()
