@@ -6,13 +6,14 @@ events of 50 of their 100 persons as the capture API puts them on Kafka, decoded
 codec, through the team's plugin (`js-benchmark` by default) and every ingestion rule against real
 Postgres, into today's ClickHouse event records (handed to a sender that counts them: what the
 producer costs is left out) or into Postgres (`--store postgres`). Batches of INGESTION_BATCH_SIZE run
-one after another, so the figure is the CPU of the steps, not of the concurrency around them.
+one after another, so the figure is the CPU of the steps; with `--in-flight N`, N at a time in claim
+order, as a worker runs TASKS_PER_WORKER (each takes its turn per team, batches.process_until_done).
 
 The end-to-end benchmarks move with the machine's speed by up to 30 % within minutes; this one runs
 for seconds, so two trees can be alternated closely:
 
     .venv/bin/python -m benchmarks.pipeline_cpu [--events 20000] [--rounds 5] [--plugin js-benchmark]
-        [--store clickhouse|postgres]
+        [--store clickhouse|postgres] [--in-flight 1]
 
 Prints this process's CPU per event (every thread, V8's included) of each round, and their minimum.
 """
@@ -20,6 +21,7 @@ Prints this process's CPU per event (every thread, V8's included) of each round,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,9 +30,11 @@ import uvloop
 
 from benchmarks.kafka_to_postgres import make_captured_messages
 from benchmarks.services import benchmark_services, fresh_database, running_plugins
+from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.kafka_producer import Record
+from plugin_server.ingestion.ordering import Turn, Turnstile
 from plugin_server.ingestion.persons import PersonManager, persons_of
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.plugins.run import PluginRunner
@@ -63,6 +67,31 @@ def _sinks(store: str, pool: Any) -> tuple[Sinks, CountingSender]:
     return Sinks(events, KafkaPersonSink(sender, format)), sender
 
 
+async def _run_batches(pipeline: EventPipeline, batches: list[list[bytes]], in_flight: int) -> None:
+    if in_flight == 1:
+        for batch in batches:
+            outcome = await pipeline.run(batch)
+            assert outcome.stored == len(batch), outcome
+        return
+    room, turnstile = asyncio.Semaphore(in_flight), Turnstile()
+
+    async def handle(batch: list[bytes], turn: Turn) -> None:
+        try:
+            outcome = await process_until_done(pipeline, batch, turn)
+            assert outcome.stored == len(batch), outcome
+            await turn.wait_to_acknowledge()
+        finally:
+            turn.acknowledged()
+            await turn.finish()
+            room.release()
+
+    handling = []
+    for batch in batches:
+        await room.acquire()
+        handling.append(asyncio.create_task(handle(batch, turnstile.ticket())))
+    await asyncio.gather(*handling)
+
+
 async def _run(database_url: str, redis_url: str, options: argparse.Namespace) -> list[float]:
     messages = [value for _, value in make_captured_messages(options.events, PEOPLE)]
     batches = [messages[at : at + options.batch_size] for at in range(0, len(messages), options.batch_size)]
@@ -84,9 +113,7 @@ async def _run(database_url: str, redis_url: str, options: argparse.Namespace) -
         rounds = []
         for _ in range(options.rounds):
             started = time.process_time()
-            for batch in batches:
-                outcome = await pipeline.run(batch)
-                assert outcome.stored == len(batch), outcome
+            await _run_batches(pipeline, batches, options.in_flight)
             rounds.append((time.process_time() - started) / len(messages))
     if options.store == "clickhouse":
         assert sender.records >= len(messages) * options.rounds, "every event's record was sent"
@@ -103,6 +130,7 @@ def main() -> None:
     parser.add_argument(
         "--plugin", default="js-benchmark", help="a plugin under benchmarks/plugins ('' for none)"
     )
+    parser.add_argument("--in-flight", type=int, default=1, help="batches at once (TASKS_PER_WORKER)")
     parser.add_argument("--store", choices=["clickhouse", "postgres"], default="clickhouse")
     options = parser.parse_args()
     with benchmark_services() as (server_url, redis_url):
@@ -110,7 +138,7 @@ def main() -> None:
         rounds = uvloop.run(_run(database_url, redis_url, options))  # as a worker runs
     plugin = options.plugin or "no plugins"
     print(
-        f"pipeline CPU, {options.events} events a round, {plugin}, {options.store}, batches of {options.batch_size}"
+        f"pipeline CPU, {options.events} events a round, {plugin}, {options.store}, batches of {options.batch_size}, {options.in_flight} in flight"
     )
     print("rounds (µs/event): " + " · ".join(f"{value * 1e6:.1f}" for value in rounds))
     print(f"minimum: {min(rounds) * 1e6:.1f} µs/event")
