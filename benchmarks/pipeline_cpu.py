@@ -30,6 +30,7 @@ import uvloop
 
 from benchmarks.kafka_to_postgres import make_captured_messages
 from benchmarks.services import benchmark_services, fresh_database, running_plugins
+from plugin_server.config import load_settings
 from plugin_server.ingestion.batches import process_until_done
 from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
@@ -126,7 +127,7 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=20_000, help="events per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=load_settings({}).INGESTION_BATCH_SIZE)
     parser.add_argument(
         "--plugin", default="js-benchmark", help="a plugin under benchmarks/plugins ('' for none)"
     )

@@ -70,7 +70,7 @@ class Settings(BaseModel):
     )
     TASKS_PER_WORKER: int = Field(10, ge=1, description="micro-batches each worker keeps in flight at once")
     INGESTION_BATCH_SIZE: int = Field(
-        500, ge=1, description="most events a worker takes from the queue at once"
+        1000, ge=1, description="most events a worker takes from the queue at once"
     )
     TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
     SLOW_PLUGIN_PATIENCE_MS: float = Field(
