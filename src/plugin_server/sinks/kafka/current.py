@@ -20,7 +20,7 @@ from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.sinks import PersonSinkRow
 from plugin_server.sinks.kafka.original import GROUPS, PERSONS, group_key, group_value, person_value
 from plugin_server.sinks.kafka.records import EventRecords
-from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds
+from plugin_server.sinks.kafka.timestamps import clickhouse_ms, clickhouse_seconds, shared_clickhouse_ms
 
 EVENTS = "clickhouse_events_json"
 DISTINCT_IDS = "clickhouse_person_distinct_id"
@@ -81,9 +81,11 @@ class _EventRecords:
         person = self._columns.get(key)
         if person is None:
             person = self._columns[key] = self._person_columns(key)
-        properties = dict(event.properties)
-        chain = properties.pop("$elements_chain", None)
-        properties.pop("$elements", None)
+        properties, chain = event.properties, None
+        if "$elements_chain" in properties or "$elements" in properties:  # rare: copied only then
+            properties = dict(properties)
+            chain = properties.pop("$elements_chain", None)
+            properties.pop("$elements", None)
         if event.elements:
             chain = elements_to_chain(event.elements)
         to_set = properties.get("$set")
@@ -101,7 +103,7 @@ class _EventRecords:
             "distinct_id": event.distinct_id,
             "elements_chain": js_string(chain) if chain else "",
             "created_at": self._created_at,
-            "captured_at": clickhouse_ms(event.now),
+            "captured_at": shared_clickhouse_ms(event.now),
             "person_id": person.person_id,
             "person_properties": person_properties,
             "person_created_at": person.created_at,
