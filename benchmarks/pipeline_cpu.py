@@ -3,7 +3,7 @@ clock, for A/B comparisons of the shared steps (decoding, plugins, rules, person
 
 One worker's share of the Kafka benchmarks (`kafka_to_clickhouse.py`, `kafka_to_postgres.py`): the
 events of 50 of their 100 persons as the capture API puts them on Kafka, decoded by the Kafka source's
-codec, through the team's plugin (`js-benchmark` by default) and every ingestion rule against real
+codec (or, `--source celery`, as Celery messages on the Redis list, the Celery benchmark's), through the team's plugin (`js-benchmark` by default) and every ingestion rule against real
 Postgres, into today's ClickHouse event records (handed to a sender that counts them: what the
 producer costs is left out) or into Postgres (`--store postgres`). Batches of INGESTION_BATCH_SIZE run
 one after another, so the figure is the CPU of the steps; with `--in-flight N`, N at a time in claim
@@ -13,7 +13,7 @@ The end-to-end benchmarks move with the machine's speed by up to 30 % within min
 for seconds, so two trees can be alternated closely:
 
     .venv/bin/python -m benchmarks.pipeline_cpu [--events 20000] [--rounds 5] [--plugin js-benchmark]
-        [--store clickhouse|postgres] [--in-flight 1]
+        [--store clickhouse|postgres] [--source kafka|celery] [--in-flight 1]
 
 Prints this process's CPU per event (every thread, V8's included) of each round, and their minimum.
 """
@@ -28,6 +28,7 @@ from typing import Any
 
 import uvloop
 
+from benchmarks.celery_to_postgres import make_messages
 from benchmarks.kafka_to_postgres import make_captured_messages
 from benchmarks.services import benchmark_services, fresh_database, running_plugins
 from plugin_server.config import load_settings
@@ -43,6 +44,7 @@ from plugin_server.services.gc_tuning import tune_garbage_collector
 from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
 from plugin_server.sinks.kafka.current import CurrentFormat
 from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
+from plugin_server.sources.celery_redis import CeleryCodec
 from plugin_server.sources.kafka.codec import KafkaCodec
 from plugin_server.topology import Sinks
 
@@ -96,7 +98,10 @@ async def _run_batches(pipeline: EventPipeline, batches: list[list[bytes]], in_f
 def _batches(options: argparse.Namespace) -> list[list[bytes]]:
     """A round's messages in batches: new events each time (new uuids), so that every round stores
     its events as new ones, not as redeliveries."""
-    messages = [value for _, value in make_captured_messages(options.events, PEOPLE)]
+    if options.source == "celery":
+        messages = make_messages(options.events, PEOPLE)
+    else:
+        messages = [value for _, value in make_captured_messages(options.events, PEOPLE)]
     return [messages[at : at + options.batch_size] for at in range(0, len(messages), options.batch_size)]
 
 
@@ -112,7 +117,7 @@ async def _run(database_url: str, redis_url: str, options: argparse.Namespace) -
             sink=sinks.events,
             person_sink=sinks.persons,
             plugins=PluginRunner(running.plugins.registry, running.services.hung),
-            codec=KafkaCodec(running.services.teams),
+            codec=CeleryCodec() if options.source == "celery" else KafkaCodec(running.services.teams),
         )
         await pipeline.run(_batches(options)[0])  # warm-up: plugin loaded, persons made, caches filled
         tune_garbage_collector()  # as a worker does once started
@@ -139,13 +144,14 @@ def main() -> None:
     )
     parser.add_argument("--in-flight", type=int, default=1, help="batches at once (TASKS_PER_WORKER)")
     parser.add_argument("--store", choices=["clickhouse", "postgres"], default="clickhouse")
+    parser.add_argument("--source", choices=["kafka", "celery"], default="kafka")
     options = parser.parse_args()
     with benchmark_services() as (server_url, redis_url):
         database_url = fresh_database(server_url, options.plugin or None)
         rounds = uvloop.run(_run(database_url, redis_url, options))  # as a worker runs
     plugin = options.plugin or "no plugins"
     print(
-        f"pipeline CPU, {options.events} events a round, {plugin}, {options.store}, batches of {options.batch_size}, {options.in_flight} in flight"
+        f"pipeline CPU, {options.events} events a round, {options.source} messages, {plugin}, {options.store}, batches of {options.batch_size}, {options.in_flight} in flight"
     )
     print("rounds (µs/event): " + " · ".join(f"{value * 1e6:.1f}" for value in rounds))
     print(f"minimum: {min(rounds) * 1e6:.1f} µs/event")
