@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import math
 import os
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from hypothesis import given
+from hypothesis import strategies as st
 from kombu.connection import Connection
 
 from plugin_server.ingestion.celery import (
@@ -243,6 +246,11 @@ def test_missing_headers_mean_protocol1() -> None:
         (envelope([[], {}, {}], body=123), "'body' is not a string"),
         (envelope([[], {}, {}], body="not*base64"), "not valid base64"),
         (envelope([[], {}, {}], body="YQ"), "not valid base64"),
+        (envelope([[], {}, {}], body="W10=\n"), "not valid base64"),  # kombu writes no line breaks
+        (envelope([[], {}, {}], body="W1 0="), "not valid base64"),
+        (envelope([[], {}, {}], body="W10=="), "not valid base64"),  # excess padding
+        (envelope([[], {}, {}], body="W10é"), "not valid base64"),
+        (envelope([[], {}, {}], body="W10\u0000"), "not valid base64"),
         (envelope(b"{broken"), "body is not valid JSON"),
         (
             envelope({"task": "t", "args": []}, {"task": "t"}),
@@ -260,6 +268,17 @@ def test_missing_headers_mean_protocol1() -> None:
 def test_malformed_envelopes(raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedMessage, match=reason):
         decode_message(raw)
+
+
+@given(st.text(max_size=64))
+def test_any_body_text_decodes_or_is_malformed(body: str) -> None:
+    """Whatever text a body holds, decoding gives a task or a MalformedMessage, never another error; and
+    what decodes is what Python's strict base64 reads."""
+    try:
+        decode_message(envelope([[], {}, {}], {"task": "t"}, body=body))
+    except MalformedMessage:
+        return
+    assert json.loads(binascii.a2b_base64(body, strict_mode=True)) == [[], {}, {}]
 
 
 # --- events ---
