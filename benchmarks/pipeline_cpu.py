@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import uvloop
 
@@ -37,18 +36,19 @@ from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.groups import GroupTypeManager
 from plugin_server.ingestion.kafka_producer import Record
 from plugin_server.ingestion.ordering import Turn, Turnstile
-from plugin_server.ingestion.persons import PersonManager, persons_of
+from plugin_server.ingestion.persons import PersonManager
 from plugin_server.ingestion.pipeline import EventPipeline
 from plugin_server.plugins.run import PluginRunner
 from plugin_server.services.gc_tuning import tune_garbage_collector
-from plugin_server.sinks.kafka import KafkaEventSink, KafkaPersonSink
-from plugin_server.sinks.kafka.current import CurrentFormat
-from plugin_server.sinks.postgres import PostgresEventSink, PostgresPersonSink
 from plugin_server.sources.celery_redis import CeleryCodec
 from plugin_server.sources.kafka.codec import KafkaCodec
-from plugin_server.topology import Sinks
+from plugin_server.topology import open_sinks
 
 PEOPLE = tuple(f"person-{n}" for n in range(50))
+_STORES = {
+    "clickhouse": {"EVENT_STORE": "clickhouse-kafka", "CLICKHOUSE_KAFKA_FORMAT": "current"},
+    "postgres": {"EVENT_STORE": "postgres"},
+}
 
 
 class CountingSender:
@@ -59,15 +59,6 @@ class CountingSender:
 
     async def send(self, records: Sequence[Record]) -> None:
         self.records += len(records)
-
-
-def _sinks(store: str, pool: Any) -> tuple[Sinks, CountingSender]:
-    sender = CountingSender()
-    if store == "postgres":
-        return Sinks(PostgresEventSink(pool), PostgresPersonSink()), sender
-    format = CurrentFormat()
-    events = KafkaEventSink(sender, format, lambda keys: persons_of(pool, keys))
-    return Sinks(events, KafkaPersonSink(sender, format)), sender
 
 
 async def _run_batches(pipeline: EventPipeline, batches: list[list[bytes]], in_flight: int) -> None:
@@ -106,14 +97,20 @@ def _batches(options: argparse.Namespace) -> list[list[bytes]]:
 
 
 async def _run(database_url: str, redis_url: str, options: argparse.Namespace) -> list[float]:
-    async with running_plugins(database_url, redis_url) as running:
+    sender = CountingSender()
+    async with (
+        running_plugins(database_url, redis_url) as running,
+        # the worker's own choice of sinks; the counting sender stands in for its Kafka producer
+        open_sinks(
+            running.settings.model_copy(update=_STORES[options.store]), running.services.pool, sender
+        ) as sinks,
+    ):
         pool = running.services.pool
-        sinks, sender = _sinks(options.store, pool)
         pipeline = EventPipeline(
             teams=running.services.teams,
             definitions=DefinitionsManager(pool),
             groups=GroupTypeManager(pool),
-            persons=PersonManager(pool, lru_size=running.settings.DISTINCT_ID_LRU_SIZE),
+            persons=PersonManager(pool, lru_size=running.settings.DISTINCT_ID_LRU_SIZE, outbox=sinks.outbox),
             sink=sinks.events,
             person_sink=sinks.persons,
             plugins=PluginRunner(running.plugins.registry, running.services.hung),
