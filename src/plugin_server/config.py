@@ -255,6 +255,9 @@ class Settings(BaseModel):
     KAFKA_MAX_MESSAGE_BATCH_SIZE: int = Field(
         900000, ge=1, description="Kafka producer batch max size in bytes before flushing"
     )
+    KAFKA_COMPRESSION_CODEC: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="compression of the batches the Kafka producer sends"
+    )
 
     # --- web, logs, metrics
     DISABLE_WEB: bool = Field(False, description="whether to disable web server")

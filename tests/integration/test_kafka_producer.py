@@ -24,6 +24,7 @@ from plugin_server.ingestion.kafka_producer import (
     KafkaEnqueuer,
     Record,
     kafka_ready,
+    producer_config,
 )
 from tests.kafka_broker import KafkaBroker, free_port, read_topic, unique_topic
 
@@ -251,3 +252,31 @@ async def test_a_failed_record_is_handed_back_whole_to_be_produced_again() -> No
     await asyncio.wait_for(reports.done, 5)
     assert sorted(record for record, _ in reports.failed) == sorted(records)
     assert {error.code() for _, error in reports.failed} == {KafkaError._MSG_TIMED_OUT}
+
+
+def _bytes_sent(settings: Settings, topic: str, values: list[bytes]) -> int:
+    """Produce `values` with the server's producer settings; the bytes librdkafka sent to the broker."""
+    reports: list[dict[str, Any]] = []
+    config = {**producer_config(settings, 10.0), "statistics.interval.ms": 50}
+    producer = Producer({**config, "stats_cb": lambda text: reports.append(json.loads(text))})
+    for number, value in enumerate(values):
+        producer.produce(topic, value, str(number).encode())
+    assert producer.flush(10) == 0
+    reports.clear()
+    while not reports:
+        producer.poll(0.1)
+    return sum(broker["txbytes"] for broker in reports[-1]["brokers"].values())
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_records_arrive_whole_with_every_compression_codec(kafka: str, codec: str) -> None:
+    settings = kafka_settings(kafka, KAFKA_COMPRESSION_CODEC=codec)
+    topic = unique_topic("compressed")
+    values = [
+        json.dumps({"event": "$pageview", "n": n, "url": f"https://example.com/{n % 7}"}).encode()
+        for n in range(300)
+    ]
+    sent = _bytes_sent(settings, topic, values)
+    assert sorted(message.value() for message in read_topic(kafka, topic, len(values))) == sorted(values)
+    if codec != "none":  # the same records in fewer bytes on the wire than uncompressed
+        assert sent < _bytes_sent(kafka_settings(kafka, KAFKA_COMPRESSION_CODEC="none"), topic, values) / 2

@@ -76,3 +76,10 @@ def test_producer_settings_come_from_the_original_kafka_producer_settings() -> N
     assert config["bootstrap.servers"] == "kafka-1:9092,kafka-2:9092"
     assert (config["linger.ms"], config["batch.num.messages"], config["batch.size"]) == (20, 1, 5000)
     assert config["message.timeout.ms"] == 3000
+
+
+def test_producer_batches_are_compressed_with_lz4_unless_set_otherwise() -> None:
+    assert producer_config(settings(), 3.0)["compression.codec"] == "lz4"
+    assert producer_config(settings(KAFKA_COMPRESSION_CODEC="zstd"), 3.0)["compression.codec"] == "zstd"
+    with pytest.raises(SettingsError, match="KAFKA_COMPRESSION_CODEC"):
+        load_settings({"KAFKA_COMPRESSION_CODEC": "brotli"})
