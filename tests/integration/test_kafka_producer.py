@@ -263,8 +263,10 @@ def _bytes_sent(settings: Settings, topic: str, values: list[bytes]) -> int:
         producer.produce(topic, value, str(number).encode())
     assert producer.flush(10) == 0
     reports.clear()
-    while not reports:
+    deadline = time.monotonic() + 10
+    while not reports and time.monotonic() < deadline:
         producer.poll(0.1)
+    assert reports, "librdkafka sent no statistics"
     return sum(broker["txbytes"] for broker in reports[-1]["brokers"].values())
 
 
