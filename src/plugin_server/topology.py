@@ -220,6 +220,7 @@ async def open_plugins(settings: Settings, services: PluginServices) -> AsyncIte
         services.pool,
         VMFactory(services.pool, services.logs, services.hung, create),
         idle_unload_seconds=settings.PLUGIN_IDLE_UNLOAD_SECONDS,
+        prepare_code=create.prepare,
     )
     try:
         yield WorkerPlugins(

@@ -1,5 +1,5 @@
 """What every plugin runtime (Python, JavaScript) provides for one loaded plugin config, and what
-its loader is given (runtimes.py has the table of loaders)."""
+its loader is given (runtimes.py has the table of runtimes)."""
 
 from __future__ import annotations
 
@@ -92,3 +92,16 @@ class LoadRequest:
 
 # A runtime's loader: the instance of a plugin config's code, not set up yet (`setup()` is next).
 Loader = Callable[[LoadRequest, RuntimeServices], Awaitable[PluginInstance]]
+# What a runtime can do with a plugin's code ahead of its first load (compile it into a cache), so
+# that loading it later is quick; a failure here is found again, and reported, by the load.
+Preparer = Callable[[PluginCode], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    load: Loader
+    prepare: Preparer
+
+
+async def nothing_to_prepare(code: PluginCode) -> None:
+    """A runtime's `prepare` when loading has nothing to do ahead."""

@@ -43,13 +43,18 @@ class InstanceFactory:
         meta = await self.meta(config, vm.logger)
         timer_errors = partial(vm.record_error, function="timers", outcome="its calls go on")
         request = LoadRequest(code, meta, plugin_config_id=config.id, record_error=timer_errors)
-        instance = await RUNTIMES[code.language](request, self.runtimes)
+        instance = await RUNTIMES[code.language].load(request, self.runtimes)
         if vm.metrics is None:  # kept when the instance is set up again (after unloading when idle)
             vm.metrics = PluginMetrics(declared_metrics(instance.metrics, instance.methods))
         meta.metrics = vm.metrics
         if "exportEvents" in instance.methods:
             await self._attach_export(vm, instance, meta)
         return instance
+
+    async def prepare(self, config: PluginConfigInForce) -> None:
+        """What the config's runtime can do ahead of its first load (JS: transpile its code)."""
+        code = resolve_plugin_code(config.plugin, self.base_dir)
+        await RUNTIMES[code.language].prepare(code)
 
     async def _attach_export(self, vm: PluginVM, instance: PluginInstance, meta: Meta) -> None:
         """The export buffer (exportEvents in batches, retried as durable jobs) and the historical export."""

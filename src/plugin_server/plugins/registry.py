@@ -2,7 +2,10 @@
 
 `reload()` reads the configs in force and keeps every VM whose config and plugin are unchanged
 (same updated_at on both); new or changed configs get a new (lazy) VM, and the VMs of changed or
-removed configs are torn down in the background.
+removed configs are torn down in the background. Before it returns, the code of each new VM's plugin
+is prepared (`prepare_code`: a JS plugin's modules transpiled into the worker's cache), so that the
+first events of a plugin do not wait for TypeScript's compiler to start; the VM is still set up at
+its first use.
 
 With `idle_unload_seconds` > 0, a sweep every `idle_unload_seconds / 2` (at most every minute)
 unloads the instances not used for that long (PluginVM.unload_if_idle); they are set up again on
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -32,9 +35,11 @@ class PluginRegistry:
         create_vm: Callable[[PluginConfigInForce], PluginVM],
         *,
         idle_unload_seconds: float = 0,
+        prepare_code: Callable[[PluginConfigInForce], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
         self._create_vm = create_vm
+        self._prepare_code = prepare_code
         self._vms: dict[int, PluginVM] = {}
         self._by_team: dict[int, list[PluginVM]] = {}
         self._teardowns: set[asyncio.Task[Any]] = set()
@@ -56,6 +61,7 @@ class PluginRegistry:
         async with self._reload_lock:
             configs = await load_configs_in_force(self._pool)
             old, self._vms = self._vms, {}
+            new: list[PluginConfigInForce] = []
             for config in configs:
                 previous = old.pop(config.id, None)
                 if previous is not None and previous.config.version_key == config.version_key:
@@ -64,6 +70,7 @@ class PluginRegistry:
                     if previous is not None:
                         self._teardown_later(previous)
                     self._vms[config.id] = self._create_vm(config)
+                    new.append(config)
             for stale in old.values():
                 self._teardown_later(stale)
             self._by_team = {
@@ -71,8 +78,21 @@ class PluginRegistry:
                 for team_id, team_configs in group_by_team(configs).items()
             }
         log.info("plugins loaded: %d configs for %d teams", len(self._vms), len(self._by_team))
+        await self._prepare(new)
         if self._idle_unload_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_regularly())
+
+    async def _prepare(self, configs: list[PluginConfigInForce]) -> None:
+        """Prepare the code of each plugin of `configs` once; a plugin whose code fails here fails again
+        at its setup, which records the error where its users look."""
+        if self._prepare_code is None:
+            return
+        plugins = {(config.plugin.id, config.plugin.updated_at): config for config in configs}
+        for config in plugins.values():
+            try:
+                await self._prepare_code(config)
+            except Exception as error:
+                log.debug("preparing the code of plugin %d failed: %s", config.plugin.id, error)
 
     def unload_idle(self, idle_seconds: float | None = None) -> int:
         """Start unloading (in the background) every instance idle for `idle_seconds` (default:
