@@ -5,7 +5,9 @@ reported by that setup, as before."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +21,7 @@ from plugin_server.plugins.js.transpile import get_transpiler
 from plugin_server.plugins.models import PluginConfigInForce
 from plugin_server.plugins.registry import PluginRegistry
 from plugin_server.plugins.run import PluginRunner
+from tests.conftest import wait_until
 from tests.plugin_hosts import RunningPlugins, install_files
 
 Db = psycopg.Connection[Any]
@@ -113,5 +116,33 @@ async def test_a_plugin_enabled_many_times_is_prepared_once_and_only_when_new(
         assert len(list(registry.all())) == 3 and prepared == [plugin.id]
         await registry.reload()  # nothing new: nothing to prepare
         assert prepared == [plugin.id]
+    finally:
+        await registry.close()
+
+
+async def test_a_reload_waits_for_slow_code_only_so_long_and_prepares_it_in_the_background(
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running: RunningPlugins
+) -> None:
+    """A plugin whose code takes long to compile cannot hold up a worker's start (and so every team)."""
+    install_files(clean_db, tmp_path, team, plugin_files(uuid.uuid4().hex), {})
+    release = asyncio.Event()
+    prepared: list[int] = []
+
+    async def slow_prepare(config: PluginConfigInForce) -> None:
+        await release.wait()
+        prepared.append(config.plugin.id)
+
+    registry = PluginRegistry(
+        running.services.pool,
+        running.plugins.registry._create_vm,
+        prepare_code=slow_prepare,
+        prepare_patience=0.2,
+    )
+    try:
+        started = time.monotonic()
+        await asyncio.wait_for(registry.reload(), 5)
+        assert time.monotonic() - started >= 0.2 and prepared == []
+        release.set()
+        await wait_until(lambda: len(prepared) == 1)
     finally:
         await registry.close()

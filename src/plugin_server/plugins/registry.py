@@ -2,10 +2,12 @@
 
 `reload()` reads the configs in force and keeps every VM whose config and plugin are unchanged
 (same updated_at on both); new or changed configs get a new (lazy) VM, and the VMs of changed or
-removed configs are torn down in the background. Before it returns, the code of each new VM's plugin
-is prepared (`prepare_code`: a JS plugin's modules transpiled into the worker's cache), so that the
-first events of a plugin do not wait for TypeScript's compiler to start; the VM is still set up at
-its first use.
+removed configs are torn down in the background. Then the code of each new VM's plugin is prepared
+(`prepare_code`: a JS plugin's modules transpiled into the worker's cache), so that the first events
+of a plugin do not wait for TypeScript's compiler to start; the VM is still set up at its first use.
+`reload()` waits for that at most `prepare_patience` seconds (a worker starts consuming after it), and
+leaves the rest to go on in the background: a plugin whose code takes long to compile cannot hold up
+a worker's start, and so every other team's events.
 
 With `idle_unload_seconds` > 0, a sweep every `idle_unload_seconds / 2` (at most every minute)
 unloads the instances not used for that long (PluginVM.unload_if_idle); they are set up again on
@@ -27,6 +29,8 @@ from plugin_server.plugins.vm import PluginVM
 
 log = logging.getLogger(__name__)
 
+PREPARE_PATIENCE_SECONDS = 5.0
+
 
 class PluginRegistry:
     def __init__(
@@ -36,10 +40,13 @@ class PluginRegistry:
         *,
         idle_unload_seconds: float = 0,
         prepare_code: Callable[[PluginConfigInForce], Awaitable[None]] | None = None,
+        prepare_patience: float = PREPARE_PATIENCE_SECONDS,
     ) -> None:
         self._pool = pool
         self._create_vm = create_vm
         self._prepare_code = prepare_code
+        self._prepare_patience = prepare_patience
+        self._preparing: set[asyncio.Task[None]] = set()
         self._vms: dict[int, PluginVM] = {}
         self._by_team: dict[int, list[PluginVM]] = {}
         self._teardowns: set[asyncio.Task[Any]] = set()
@@ -78,21 +85,19 @@ class PluginRegistry:
                 for team_id, team_configs in group_by_team(configs).items()
             }
         log.info("plugins loaded: %d configs for %d teams", len(self._vms), len(self._by_team))
-        await self._prepare(new)
+        await self._prepare_for_a_while(new)
         if self._idle_unload_seconds > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_regularly())
 
-    async def _prepare(self, configs: list[PluginConfigInForce]) -> None:
-        """Prepare the code of each plugin of `configs` once; a plugin whose code fails here fails again
-        at its setup, which records the error where its users look."""
-        if self._prepare_code is None:
+    async def _prepare_for_a_while(self, configs: list[PluginConfigInForce]) -> None:
+        """Prepare the code of the plugins of `configs`, waiting `prepare_patience` seconds at most: the
+        rest goes on in the background."""
+        if not configs or self._prepare_code is None:
             return
-        plugins = {(config.plugin.id, config.plugin.updated_at): config for config in configs}
-        for config in plugins.values():
-            try:
-                await self._prepare_code(config)
-            except Exception as error:
-                log.debug("preparing the code of plugin %d failed: %s", config.plugin.id, error)
+        preparing = asyncio.create_task(_prepare_each(self._prepare_code, configs))
+        self._preparing.add(preparing)
+        preparing.add_done_callback(self._preparing.discard)
+        await asyncio.wait({preparing}, timeout=self._prepare_patience)
 
     def unload_idle(self, idle_seconds: float | None = None) -> int:
         """Start unloading (in the background) every instance idle for `idle_seconds` (default:
@@ -124,6 +129,8 @@ class PluginRegistry:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        for preparing in self._preparing:
+            preparing.cancel()
         for vm in self._vms.values():
             self._teardown_later(vm)
         self._vms, self._by_team = {}, {}
@@ -137,3 +144,16 @@ class PluginRegistry:
         task = asyncio.create_task(work)
         self._teardowns.add(task)
         task.add_done_callback(self._teardowns.discard)
+
+
+async def _prepare_each(
+    prepare_code: Callable[[PluginConfigInForce], Awaitable[None]], configs: list[PluginConfigInForce]
+) -> None:
+    """Prepare the code of each plugin of `configs` once; a plugin whose code fails here fails again at
+    its setup, which records the error where its users look."""
+    plugins = {(config.plugin.id, config.plugin.updated_at): config for config in configs}
+    for config in plugins.values():
+        try:
+            await prepare_code(config)
+        except Exception as error:
+            log.debug("preparing the code of plugin %d failed: %s", config.plugin.id, error)
