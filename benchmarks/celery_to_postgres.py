@@ -37,6 +37,7 @@ from tests.kafka_broker import free_port
 from benchmarks.cpu import CpuMeter, CpuUse
 from benchmarks.limit import measure_limit
 from benchmarks.profiling import profiled, py_spy
+from benchmarks.progress import Progress
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
 
@@ -91,6 +92,7 @@ class Run:
     rate: float  # events/s
     cpu: CpuUse  # of every process taking part, over the timed interval
     database_url: str  # the run's database, with its rows (until the next run)
+    pace: str  # events stored in each half second (benchmarks/progress.py)
 
 
 def run_once(
@@ -162,8 +164,9 @@ def timed_run(
                 with profiled(targets, PROFILE_SECONDS, PROFILE_DELAY):
                     meter.start()
                     begin = time.perf_counter()
+                    progress = Progress()
                     push()
-                    _wait_for_rows(counter, count)
+                    _wait_for_rows(counter, count, progress)
                     elapsed = time.perf_counter() - begin
                     cpu = meter.stop()
             if plugin:
@@ -171,7 +174,7 @@ def timed_run(
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(60)
-    return Run(count / elapsed, cpu, database_url)
+    return Run(count / elapsed, cpu, database_url, progress.summary())
 
 
 def service_pids(connection: psycopg.Connection[Any], client: redis.Redis) -> dict[str, list[int]]:
@@ -202,14 +205,16 @@ def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:
     time.sleep(1.0)  # workers connect after the first ping
 
 
-def _wait_for_rows(connection: psycopg.Connection[Any], expected: int, timeout: float = 300) -> None:
-    """Until `expected` rows are in posthog_event. Polled by the largest id (an index lookup), counted
-    only once that is reached: a COUNT(*) every 20 ms cost Postgres about a seventh of the CPU of a
-    50,000-event run, more the longer the run."""
+def _wait_for_rows(
+    connection: psycopg.Connection[Any], expected: int, progress: Progress, timeout: float = 300
+) -> None:
+    """Until `expected` rows are in posthog_event (`progress` sees the largest id at each look). Polled
+    by the largest id (an index lookup), counted only once that is reached: a COUNT(*) every 20 ms cost
+    Postgres about a seventh of the CPU of a 50,000-event run, more the longer the run."""
     deadline = time.monotonic() + timeout
     while True:
         row = connection.execute("SELECT max(id) FROM posthog_event").fetchone()
-        if row and (row[0] or 0) >= expected:
+        if row and progress.saw(row[0] or 0) >= expected:
             # ids of rolled-back inserts are never used: count what is there
             row = connection.execute("SELECT COUNT(*) FROM posthog_event").fetchone()
             if row and row[0] >= expected:
@@ -253,6 +258,7 @@ def main() -> None:
             runs.append(run_once(database_url, redis_url, messages, options.plugin, options.profile))
             options.profile = None  # the first run only
             print(f"run {number + 1}: {runs[-1].rate:,.0f} events/s; {runs[-1].cpu.summary(options.events)}")
+            print(f"  {runs[-1].pace}")
         limit = measure_limit(database_url, runs[-1].database_url, messages) if options.limit else None
     plugin = f"plugin {options.plugin}" if options.plugin else "no plugins"
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())

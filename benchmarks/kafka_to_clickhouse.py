@@ -52,6 +52,7 @@ from benchmarks.celery_to_postgres import service_pids
 from benchmarks.cpu import CpuMeter
 from benchmarks.kafka_to_postgres import evenly_partitioned_people, make_captured_messages, partition_count
 from benchmarks.profiling import profiled
+from benchmarks.progress import Progress
 from benchmarks.services import benchmark_services, fresh_database
 from plugin_server.config import Settings, load_settings
 from plugin_server.sinks.clickhouse.client import open_client
@@ -69,6 +70,7 @@ class Run:
     worker_cpu: float
     cpu: str  # every process's CPU µs per event (benchmarks/cpu.py), one line
     copy_rate: float | None  # events/s of the stand-in's copy into chDB (--store kafka)
+    pace: str  # events committed in each half second (benchmarks/progress.py)
 
 
 def clickhouse_settings(folder: Path, bootstrap: str, formats: str) -> Settings:
@@ -146,8 +148,11 @@ def run_once(
             with profiling(server, options, len(events)):
                 begin = time.perf_counter()
                 meter.start()
+                progress = Progress()
                 produce_messages(producer, topic, events)
-                wait_for(lambda: offsets.read() >= len(events), "not every event committed", 600)
+                wait_for(
+                    lambda: progress.saw(offsets.read()) >= len(events), "not every event committed", 600
+                )
                 elapsed, use = time.perf_counter() - begin, meter.stop()
             offsets.close()
             assert server.stop() == 0
@@ -164,7 +169,7 @@ def run_once(
         finally:
             client.close()
     cpu = use.per_event(len(events))["workers"]
-    return Run(len(events) / elapsed, cpu, use.summary(len(events)), copy_rate)
+    return Run(len(events) / elapsed, cpu, use.summary(len(events)), copy_rate, progress.summary())
 
 
 @contextlib.contextmanager
@@ -227,6 +232,7 @@ def main() -> None:
                 flush=True,
             )
             print(f"  {runs[-1].cpu}", flush=True)
+            print(f"  {runs[-1].pace}", flush=True)
             print(f"  load average: {' '.join(f'{load:.1f}' for load in os.getloadavg())}", flush=True)
     rates = [run.server_rate for run in runs]
     plugin = options.plugin or "no plugins"

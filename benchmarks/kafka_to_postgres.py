@@ -165,6 +165,7 @@ def main() -> None:
                 result = run(profile=profile)
                 rates.append(result.rate)
                 print(f"{name} {result.rate:,.0f} events/s; {result.cpu.summary(options.events)}", flush=True)
+                print(f"  {result.pace}", flush=True)
     load = os.getloadavg()
     print(f"{options.events} events, {plugin or 'no plugins'}, default settings, {os.cpu_count()} cores")
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
