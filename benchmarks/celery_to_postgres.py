@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -165,8 +166,10 @@ def timed_run(
                     meter.start()
                     begin = time.perf_counter()
                     progress = Progress()
-                    push()
-                    _wait_for_rows(counter, count, progress)
+                    with ThreadPoolExecutor(1) as poller:  # the pace from the start, not after the push
+                        stored = poller.submit(_wait_for_rows, counter, count, progress)
+                        push()
+                        stored.result()
                     elapsed = time.perf_counter() - begin
                     cpu = meter.stop()
             if plugin:
