@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from plugin_server.ingestion.elements import elements_hash
 from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import Element, PreparedEvent
-from plugin_server.jsvalues import js_string, json_text
+from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.sinks import NO_PERSONS, PersonSinkRow
 
 _EVENT_COLUMNS = (
@@ -177,34 +177,36 @@ class PostgresEventSink:
 
 
 def copy_rows(events: Sequence[PreparedEvent], hashes: list[str], created_at: datetime) -> bytes:
-    """The events' rows of posthog_event (`_EVENT_COLUMNS`) in COPY's text format."""
-    created = created_at.isoformat()
+    """The events' rows of posthog_event (`_EVENT_COLUMNS`) in COPY's text format, made as bytes: the
+    properties JSON, most of a row, stays the bytes orjson wrote (as text it was decoded and encoded
+    again, 15 % of the rows' cost)."""
+    created = created_at.isoformat().encode()
     lines = [
-        "\t".join(
+        b"\t".join(
             (
-                event.uuid,
+                event.uuid.encode(),
                 _copy_text(event.event),
                 _copy_text(event.distinct_id),
-                json_text(event.properties).replace("\\", "\\\\"),  # JSON escapes every control character
-                str(event.team_id),
-                event.timestamp.isoformat(),
+                json_bytes(event.properties).replace(b"\\", b"\\\\"),  # JSON escapes every control character
+                b"%d" % event.team_id,
+                event.timestamp.isoformat().encode(),
                 created,
-                json_text(event.elements).replace("\\", "\\\\") if event.elements else "[]",
+                json_bytes(event.elements).replace(b"\\", b"\\\\") if event.elements else b"[]",
                 _copy_text(digest),
-                "\\N" if event.site_url is None else _copy_text(event.site_url),
+                b"\\N" if event.site_url is None else _copy_text(event.site_url),
             )
         )
         for event, digest in zip(events, hashes, strict=True)
     ]
-    lines.append("")
-    return "\n".join(lines).encode()
+    lines.append(b"")
+    return b"\n".join(lines)
 
 
-def _copy_text(value: str) -> str:
+def _copy_text(value: str) -> bytes:
     """A text column in COPY's text format: backslash, tab, newline and carriage return escaped."""
     if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return value
+        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return value.encode()
 
 
 class PostgresPersonSink:
