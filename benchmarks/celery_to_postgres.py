@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -166,10 +166,11 @@ def timed_run(
                     meter.start()
                     begin = time.perf_counter()
                     progress = Progress()
-                    with ThreadPoolExecutor(1) as poller:  # the pace from the start, not after the push
-                        stored = poller.submit(_wait_for_rows, counter, count, progress)
-                        push()
-                        stored.result()
+                    with ThreadPoolExecutor(
+                        1
+                    ) as pusher:  # the pace polled from the start, not after the push
+                        pushed = pusher.submit(push)
+                        _wait_for_rows(counter, count, progress, pushed)
                     elapsed = time.perf_counter() - begin
                     cpu = meter.stop()
             if plugin:
@@ -209,13 +210,20 @@ def _wait_for_ping(client: redis.Redis, timeout: float = 60) -> None:
 
 
 def _wait_for_rows(
-    connection: psycopg.Connection[Any], expected: int, progress: Progress, timeout: float = 300
+    connection: psycopg.Connection[Any],
+    expected: int,
+    progress: Progress,
+    pushed: Future[None],
+    timeout: float = 300,
 ) -> None:
-    """Until `expected` rows are in posthog_event (`progress` sees the largest id at each look). Polled
-    by the largest id (an index lookup), counted only once that is reached: a COUNT(*) every 20 ms cost
-    Postgres about a seventh of the CPU of a 50,000-event run, more the longer the run."""
+    """Until `expected` rows are in posthog_event (`progress` sees the largest id at each look), or
+    raise what the push (`pushed`) raised. Polled by the largest id (an index lookup), counted only once
+    that is reached: a COUNT(*) every 20 ms cost Postgres about a seventh of the CPU of a 50,000-event
+    run, more the longer the run."""
     deadline = time.monotonic() + timeout
     while True:
+        if pushed.done():
+            pushed.result()
         row = connection.execute("SELECT max(id) FROM posthog_event").fetchone()
         if row and progress.saw(row[0] or 0) >= expected:
             # ids of rolled-back inserts are never used: count what is there

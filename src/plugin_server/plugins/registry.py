@@ -125,17 +125,17 @@ class PluginRegistry:
                 log.exception("unloading idle plugins failed")
 
     async def close(self) -> None:
-        """Tear down every VM (on shutdown) and wait for teardowns still running."""
+        """Tear down every VM (on shutdown) and wait for teardowns still running; stop preparing code."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for preparing in self._preparing:
-            preparing.cancel()
+        preparing = list(self._preparing)
+        for task in preparing:
+            task.cancel()
         for vm in self._vms.values():
             self._teardown_later(vm)
         self._vms, self._by_team = {}, {}
-        if self._teardowns:
-            await asyncio.gather(*self._teardowns, return_exceptions=True)
+        await asyncio.gather(*preparing, *self._teardowns, return_exceptions=True)
 
     def _teardown_later(self, vm: PluginVM) -> None:
         self._track(vm.teardown())
