@@ -38,5 +38,7 @@ def test_embedded_default_creates_a_team_ingests_and_keeps_data(tmp_path: Path) 
             assert connection.execute("SELECT COUNT(*) FROM posthog_event").fetchone() == (1,)
             assert connection.execute("SELECT COUNT(*) FROM posthog_team").fetchone() == (1,)
         with redis.Redis.from_url(urls["redis_url"]) as client:
-            assert client.ping()
+            assert client.config_get("appendonly") == {"appendonly": "yes"}
+            rewrite = client.config_get("auto-aof-rewrite-min-size")
+            assert rewrite == {"auto-aof-rewrite-min-size": str(512 * 1024 * 1024)}
         assert server.stop() == 0

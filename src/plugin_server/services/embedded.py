@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 DATABASE_NAME = "posthog"
 STATE_FILE = "embedded.json"
+# Valkey rewrites its append-only file (a fork that writes out everything it holds) when the file has
+# doubled and is past this size. A queue's file grows with the events that pass through it (about 2 KB
+# each: pushed, then claimed), not with what it holds: at Valkey's default of 64mb a busy server's was
+# rewritten every second or two, 3 µs of Valkey's CPU per event (benchmarks/README.md).
+AOF_REWRITE_MIN_SIZE = "512mb"
 
 
 @dataclass
@@ -132,7 +137,13 @@ def _start_valkey(folder: Path) -> tuple[Any, str]:
             if client.ping() and client.config_get("dir").get("dir") == str(folder.resolve()):
                 log.info("reusing embedded Valkey at %s", url)
                 return _RunningValkey(url), url
-    server = ValkeyServer(data_dir=folder, persist=True, appendonly="yes", appendfsync="everysec")
+    server = ValkeyServer(
+        data_dir=folder,
+        persist=True,
+        appendonly="yes",
+        appendfsync="everysec",
+        **{"auto-aof-rewrite-min-size": AOF_REWRITE_MIN_SIZE},
+    )
     with sigint_blocked():  # Valkey outlives the workers' drain on Ctrl-C
         server.start(timeout=15)
     url = server.connection_url
