@@ -4,10 +4,12 @@ events stored already (a redelivery) stores only the others, once."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.teams import CreatedTeam
@@ -74,6 +76,52 @@ async def test_every_column_is_stored_as_the_event_held_it(
         {"attr__href": "/\t"},
     )
     assert rows[with_elements.uuid]["elements_hash"] != ""
+
+
+async def test_times_uuids_and_numbers_are_stored_as_the_event_held_them(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    """The binary rows' own encodings: a time in any zone, naive (UTC), before 2000 or far ahead, to the
+    microsecond; a uuid in capitals; text of every width of UTF-8."""
+    moments = [
+        datetime(2026, 12, 3, 10, 0, 0, 123456, tzinfo=UTC),
+        datetime(2026, 12, 3, 15, 30, 0, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-8))),
+        datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999),  # naive: UTC
+        datetime(2000, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+    ]
+    events = [
+        event(team.team_id, f"time {n} ✓ 𝄞", timestamp=moment, uuid=str(uuid.uuid4()).upper())
+        for n, moment in enumerate(moments)
+    ]
+    await PostgresEventSink(pool).write(events)
+
+    rows = stored(clean_db)
+    for item, moment in zip(events, moments, strict=True):
+        row = rows[item.uuid.lower()]
+        expected = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        assert row["timestamp"] == expected
+        assert (row["event"], row["distinct_id"], row["team_id"]) == (
+            item.event,
+            item.distinct_id,
+            team.team_id,
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [("uuid", "not-a-uuid", ValueError), ("uuid", "0" * 36, ValueError), ("team_id", 2**40, OverflowError)],
+)
+async def test_an_event_that_cannot_be_packed_stores_nothing_of_its_batch(
+    pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, field: str, value: Any, error: type
+) -> None:
+    bad = replace(event(team.team_id, "bad"), **{field: value})
+    with pytest.raises(error):
+        await PostgresEventSink(pool).write([event(team.team_id), bad])
+    assert stored(clean_db) == {}
 
 
 async def test_a_batch_meeting_stored_events_stores_the_rest_once(

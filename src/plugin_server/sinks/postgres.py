@@ -1,7 +1,8 @@
 """Writes a micro-batch of processed events to Postgres: events, element groups, session recordings.
 Persons and distinct ids are already in Postgres when the sinks run, so its PersonSink does nothing.
 
-Each table gets one statement per batch: events by COPY (Postgres's cheapest way in), the others by
+Each table gets one statement per batch: events by binary COPY (Postgres's cheapest way in; the rows
+are packed in C, `_copy_binary.c`), the others by
 `INSERT ... SELECT FROM unnest(...)`. Events and recordings carry their uuid, and a unique (team_id, uuid)
 index keeps an event from being stored twice: a batch whose COPY meets an event already stored (a
 redelivered message) is written again by an INSERT that skips those, so it stores nothing twice. The
@@ -12,7 +13,7 @@ events is one COPY, one round trip, and a failed COPY stored none of its rows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.errors import UniqueViolation
@@ -23,11 +24,14 @@ from plugin_server.ingestion.persons import Key, PersonRow
 from plugin_server.ingestion.types import Element, PreparedEvent
 from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.sinks import NO_PERSONS, PersonSinkRow
+from plugin_server.sinks._copy_binary import event_rows
 
 _EVENT_COLUMNS = (
     "uuid, event, distinct_id, properties, team_id, timestamp, created_at, elements, elements_hash, site_url"
 )
-_COPY_EVENTS = f"COPY posthog_event ({_EVENT_COLUMNS}) FROM STDIN"
+_COPY_EVENTS = f"COPY posthog_event ({_EVENT_COLUMNS}) FROM STDIN (FORMAT binary)"
+_POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 # The fallback for a batch with events stored already. The batch travels as one JSON document (serialised by orjson in C, parsed by Postgres in C): much
 # cheaper than one array parameter per column, which the driver escapes item by item in Python.
@@ -177,36 +181,10 @@ class PostgresEventSink:
 
 
 def copy_rows(events: Sequence[PreparedEvent], hashes: list[str], created_at: datetime) -> bytes:
-    """The events' rows of posthog_event (`_EVENT_COLUMNS`) in COPY's text format, made as bytes: the
-    properties JSON, most of a row, stays the bytes orjson wrote (as text it was decoded and encoded
-    again, 15 % of the rows' cost)."""
-    created = created_at.isoformat().encode()
-    lines = [
-        b"\t".join(
-            (
-                event.uuid.encode(),
-                _copy_text(event.event),
-                _copy_text(event.distinct_id),
-                json_bytes(event.properties).replace(b"\\", b"\\\\"),  # JSON escapes every control character
-                b"%d" % event.team_id,
-                event.timestamp.isoformat().encode(),
-                created,
-                json_bytes(event.elements).replace(b"\\", b"\\\\") if event.elements else b"[]",
-                _copy_text(digest),
-                b"\\N" if event.site_url is None else _copy_text(event.site_url),
-            )
-        )
-        for event, digest in zip(events, hashes, strict=True)
-    ]
-    lines.append(b"")
-    return b"\n".join(lines)
-
-
-def _copy_text(value: str) -> bytes:
-    """A text column in COPY's text format: backslash, tab, newline and carriage return escaped."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        value = value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return value.encode()
+    """The events' rows of posthog_event (`_EVENT_COLUMNS`) as a binary COPY payload. Binary, because
+    Postgres then takes uuids, integers and times as they are stored rather than parsing text (1.3-2.1
+    µs less of its CPU per row), and packed in C, where Python took longer than that to pack them."""
+    return event_rows(events, hashes, (created_at - _POSTGRES_EPOCH) // _MICROSECOND, json_bytes)
 
 
 class PostgresPersonSink:
