@@ -1,7 +1,11 @@
 """Time-ordered event uuids, and the uuid derived from a queue message's id."""
 
+import random
 import uuid
 
+import pytest
+
+from plugin_server.ingestion._uuid_text import uuidt_text
 from plugin_server.ingestion.uuidt import random_id, uuidt, uuidt_for_message
 
 
@@ -29,3 +33,26 @@ def test_a_random_id_is_a_version_4_uuid() -> None:
         parsed = uuid.UUID(text)
         assert str(parsed) == text
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+
+
+def _reference_text(unix_ms: int, tail: bytes) -> str:
+    """The uuid's text by the uuid module: 48 bits of time, 80 of the tail, version 7, RFC 4122."""
+    value = ((unix_ms & 0xFFFF_FFFF_FFFF) << 80) | int.from_bytes(tail[:10], "big")
+    value = (value & ~(0xF << 76) & ~(0x3 << 62)) | (0x7 << 76) | (0x2 << 62)  # version 7, RFC 4122
+    return str(uuid.UUID(int=value))
+
+
+def test_the_compiled_text_matches_the_uuid_module() -> None:
+    rng = random.Random(15)
+    times = [0, 1, 2**48 - 1, 2**48, -1, -(2**60), 2**64 + 5, 2**100 + 3, 1638093600000]
+    times += [rng.randrange(-(2**70), 2**70) for _ in range(2_000)]
+    for unix_ms in times:
+        tail = rng.randbytes(rng.choice([10, 16, 32]))
+        assert uuidt_text(unix_ms, tail) == _reference_text(unix_ms, tail), (unix_ms, tail)
+
+
+def test_the_compiled_text_refuses_what_it_cannot_make() -> None:
+    with pytest.raises(ValueError):
+        uuidt_text(1, b"short")
+    with pytest.raises(TypeError):
+        uuidt_text("1", b"0123456789")  # type: ignore[arg-type]
