@@ -2,13 +2,14 @@
 
    `read_envelope(message, task)` answers (task id or None, body) for a kombu Redis envelope of
    Celery task protocol 2 that carries the task named `task`: valid JSON, every field the checked
-   path requires, the body base64 in its strict form, decoded here. For anything else, valid or not,
-   it answers None and the caller takes the checked path, which also words the errors. So this
+   path requires, the body's base64 decoded by the checked path's own decoder (pybase64, strict).
+   For anything else, valid or not, it answers None and the caller takes the checked path, which
+   also words the errors. So this
    reader may refuse more than the checked path, never accept more: it refuses non-ASCII bytes,
    escapes in the strings it reads, a key it reads twice, nesting deeper than MAX_DEPTH.
 
    Its input is written by capture (ours or PostHog's): a client's bytes reach it only inside the
-   base64 body, which is read with the alphabet's table and never past its end.
+   base64 body, which pybase64 decodes.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -164,16 +165,18 @@ static int read_array(Cursor *c, int depth) {
     }
 }
 
-/* The keys an object's reader wants, and what it found under them. */
-typedef struct {
+/* The keys an object's reader wants, what it found under them, and for a key whose value is an
+   object read for keys of its own, those (`inner`, NULL for the others). */
+typedef struct Wanted {
     const char *const *names;
     Value *found;
+    const struct Wanted *const *inner;
     int count;
 } Wanted;
 
-/* An object at c->at; the values of the `wanted` keys (escape-free strings, null, or objects whose
-   span is kept) into wanted->found. 0 when not valid, or when a wanted key comes twice or has a
-   value this reader does not read. */
+/* An object at c->at; the values of the `wanted` keys (escape-free strings, null, or objects read for
+   their own wanted keys) into wanted->found, in the one pass. 0 when not valid, or when a wanted key
+   comes twice or has a value this reader does not read. */
 static int read_object(Cursor *c, int depth, const Wanted *wanted) {
     Value key, value;
     int escaped;
@@ -210,12 +213,10 @@ static int read_object(Cursor *c, int depth, const Wanted *wanted) {
                     return 0;
                 wanted->found[slot].start = c->at;
                 wanted->found[slot].kind = VALUE_NULL;
-            } else if (c->at < c->end && *c->at == '{') {
-                const unsigned char *start = c->at;
-                if (!read_value(c, &value, depth))
+            } else if (c->at < c->end && *c->at == '{' && wanted->inner[slot] != NULL) {
+                wanted->found[slot].start = c->at;
+                if (depth + 1 >= MAX_DEPTH || !read_object(c, depth + 1, wanted->inner[slot]))
                     return 0;
-                wanted->found[slot].start = start;
-                wanted->found[slot].length = c->at - start;
                 wanted->found[slot].kind = VALUE_OBJECT;
             } else {
                 return 0;
@@ -259,58 +260,20 @@ static int equals(const Value *value, const char *text) {
            memcmp(value->start, text, (size_t)value->length) == 0;
 }
 
-/* An object value found by read_object, read again for its own wanted keys. */
-static int read_found_object(const Value *value, const Wanted *wanted) {
-    Cursor c = {value->start, value->start + value->length};
-    return value->kind == VALUE_OBJECT && read_object(&c, 1, wanted);
-}
+static PyObject *b64decode; /* pybase64.b64decode, the checked path's decoder */
 
-static signed char BASE64[256];
-
-static void fill_base64_table(void) {
-    const char *alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    memset(BASE64, -1, sizeof(BASE64));
-    for (int i = 0; i < 64; i++)
-        BASE64[(unsigned char)alphabet[i]] = (signed char)i;
-}
-
-/* The bytes of strict base64 (only the alphabet, whole quads, '=' only as the last quad's padding);
-   NULL without an exception when the text is not in that form. */
-static PyObject *decode_base64(const unsigned char *text, Py_ssize_t length) {
-    if (length % 4 != 0)
+/* The bytes of the body's base64, decoded as the checked path decodes it (strict: validate=True);
+   NULL without an exception when it is not valid base64, so that the checked path words the error. */
+static PyObject *decode_body(const Value *body) {
+    PyObject *text = PyMemoryView_FromMemory((char *)body->start, body->length, PyBUF_READ);
+    if (text == NULL)
         return NULL;
-    Py_ssize_t padding = 0;
-    if (length > 0 && text[length - 1] == '=')
-        padding = (length > 1 && text[length - 2] == '=') ? 2 : 1;
-    PyObject *decoded = PyBytes_FromStringAndSize(NULL, length / 4 * 3 - padding);
-    if (decoded == NULL)
-        return NULL;
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(decoded);
-    Py_ssize_t full = length - (padding ? 4 : 0);
-    int invalid = 0; /* negative once a byte outside the alphabet was met */
-    for (Py_ssize_t i = 0; i < full; i += 4) {
-        int a = BASE64[text[i]], b = BASE64[text[i + 1]], c = BASE64[text[i + 2]], d = BASE64[text[i + 3]];
-        invalid |= a | b | c | d;
-        *out++ = (unsigned char)(a << 2 | b >> 4);
-        *out++ = (unsigned char)(b << 4 | c >> 2);
-        *out++ = (unsigned char)(c << 6 | d);
-    }
-    if (invalid < 0)
-        goto refused;
-    if (padding) {
-        const unsigned char *last = text + full;
-        int a = BASE64[last[0]], b = BASE64[last[1]];
-        int c = padding == 1 ? BASE64[last[2]] : 0;
-        if ((a | b | c) < 0)
-            goto refused;
-        *out++ = (unsigned char)(a << 2 | b >> 4);
-        if (padding == 1)
-            *out++ = (unsigned char)(b << 4 | c >> 2);
-    }
+    PyObject *call[] = {text, Py_None, Py_True};
+    PyObject *decoded = PyObject_Vectorcall(b64decode, call, 3, NULL);
+    Py_DECREF(text);
+    if (decoded == NULL && PyErr_ExceptionMatches(PyExc_ValueError))
+        PyErr_Clear(); /* binascii.Error */
     return decoded;
-refused:
-    Py_DECREF(decoded);
-    return NULL;
 }
 
 static const char *const ENVELOPE_KEYS[] = {"body", "content-type", "content-encoding", "headers", "properties"};
@@ -333,17 +296,18 @@ static PyObject *read_envelope(PyObject *Py_UNUSED(module), PyObject *const *arg
         return NULL;
     }
     Value envelope[5] = {{0}}, headers[3] = {{0}}, properties[1] = {{0}};
-    Wanted envelope_keys = {ENVELOPE_KEYS, envelope, 5};
-    Wanted header_keys = {HEADER_KEYS, headers, 3};
-    Wanted property_keys = {PROPERTY_KEYS, properties, 1};
+    const Wanted *no_inner[3] = {NULL, NULL, NULL};
+    const Wanted header_keys = {HEADER_KEYS, headers, no_inner, 3};
+    const Wanted property_keys = {PROPERTY_KEYS, properties, no_inner, 1};
+    const Wanted *envelope_inner[5] = {[HEADERS] = &header_keys, [PROPERTIES] = &property_keys};
+    const Wanted envelope_keys = {ENVELOPE_KEYS, envelope, envelope_inner, 5};
     Cursor c = {message.buf, (const unsigned char *)message.buf + message.len};
     skip_space(&c);
     int readable = c.at < c.end && *c.at == '{' && read_object(&c, 1, &envelope_keys);
     skip_space(&c);
     readable = readable && c.at == c.end && equals(&envelope[CONTENT_TYPE], "application/json") &&
                equals(&envelope[CONTENT_ENCODING], "utf-8") && envelope[BODY].kind == VALUE_STRING &&
-               read_found_object(&envelope[HEADERS], &header_keys) &&
-               read_found_object(&envelope[PROPERTIES], &property_keys) &&
+               envelope[HEADERS].kind == VALUE_OBJECT && envelope[PROPERTIES].kind == VALUE_OBJECT &&
                equals(&properties[0], "base64") && headers[TASK].kind == VALUE_STRING &&
                headers[TASK].length == task.len &&
                memcmp(headers[TASK].start, task.buf, (size_t)task.len) == 0 &&
@@ -353,7 +317,7 @@ static PyObject *read_envelope(PyObject *Py_UNUSED(module), PyObject *const *arg
         answer = Py_NewRef(Py_None);
         goto done;
     }
-    PyObject *body = decode_base64(envelope[BODY].start, envelope[BODY].length);
+    PyObject *body = decode_body(&envelope[BODY]);
     if (body == NULL) {
         answer = PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
         goto done;
@@ -386,6 +350,10 @@ static struct PyModuleDef MODULE = {
 };
 
 PyMODINIT_FUNC PyInit__celery_envelope(void) {
-    fill_base64_table();
-    return PyModule_Create(&MODULE);
+    PyObject *pybase64 = PyImport_ImportModule("pybase64");
+    if (pybase64 == NULL)
+        return NULL;
+    b64decode = PyObject_GetAttrString(pybase64, "b64decode");
+    Py_DECREF(pybase64);
+    return b64decode == NULL ? NULL : PyModule_Create(&MODULE);
 }

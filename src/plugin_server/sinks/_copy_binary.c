@@ -47,33 +47,31 @@ static int put(Buffer *buffer, const void *bytes, Py_ssize_t length) {
     return 0;
 }
 
-static int put_int16(Buffer *buffer, int16_t value) {
-    uint16_t big = (uint16_t)((uint16_t)value << 8 | (uint16_t)value >> 8);
-    return put(buffer, &big, 2);
-}
-
-static int put_int32(Buffer *buffer, int32_t value) {
-    uint32_t v = (uint32_t)value;
-    unsigned char big[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8),
-                            (unsigned char)v};
-    return put(buffer, big, 4);
-}
-
-static int put_int64(Buffer *buffer, int64_t value) {
+/* An integer of `size` bytes in network order (two's complement for negative ones). */
+static int put_integer(Buffer *buffer, int64_t value, int size) {
     uint64_t v = (uint64_t)value;
     unsigned char big[8];
-    for (int i = 7; i >= 0; i--, v >>= 8)
+    for (int i = size - 1; i >= 0; i--, v >>= 8)
         big[i] = (unsigned char)v;
-    return put(buffer, big, 8);
+    return put(buffer, big, size);
 }
 
-/* A field: its length, then its bytes. */
-static int put_field(Buffer *buffer, const void *bytes, Py_ssize_t length) {
+static int put_int16(Buffer *buffer, int16_t value) { return put_integer(buffer, value, 2); }
+static int put_int32(Buffer *buffer, int32_t value) { return put_integer(buffer, value, 4); }
+static int put_int64(Buffer *buffer, int64_t value) { return put_integer(buffer, value, 8); }
+
+/* A field's length, which COPY takes as a 32-bit integer. */
+static int put_length(Buffer *buffer, Py_ssize_t length) {
     if (length > INT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "a field of more than 2 GB cannot be copied");
         return -1;
     }
-    return put_int32(buffer, (int32_t)length) < 0 ? -1 : put(buffer, bytes, length);
+    return put_int32(buffer, (int32_t)length);
+}
+
+/* A field: its length, then its bytes. */
+static int put_field(Buffer *buffer, const void *bytes, Py_ssize_t length) {
+    return put_length(buffer, length) < 0 ? -1 : put(buffer, bytes, length);
 }
 
 static int put_text(Buffer *buffer, PyObject *text) {
@@ -86,7 +84,7 @@ static int put_text(Buffer *buffer, PyObject *text) {
 
 /* jsonb: its format version (1), then the JSON text. */
 static int put_jsonb(Buffer *buffer, const char *json, Py_ssize_t length) {
-    if (put_int32(buffer, (int32_t)(length + 1)) < 0 || put(buffer, "\1", 1) < 0)
+    if (put_length(buffer, length + 1) < 0 || put(buffer, "\1", 1) < 0)
         return -1;
     return put(buffer, json, length);
 }
