@@ -4,9 +4,10 @@ is done, in CPU per event.
 
 - Postgres: the rows the pipeline stored in its last run (events, and its 100 persons and their
   distinct ids first) are dumped with COPY TO and COPYed into a fresh database with the same
-  migrations (the same indexes), one COPY in one transaction, in text and in binary format; the
-  CPU of every Postgres process over each COPY, per row. The rows Python encodes (below) are COPYed
-  the same way, which also checks them.
+  migrations (the same indexes), one COPY in one transaction (the team key checked once, as the sink
+  does: sinks/team_references.py), in text and in binary format; the CPU of every Postgres process
+  over each COPY, per row. The rows Python encodes (below) are COPYed the same way, which also checks
+  them.
 - Python, in this process alone: a minimal decoder (orjson, base64; nothing checked, the task id as
   the event's uuid), then the event's row in COPY text format (its properties with `$ip`, by orjson);
   process CPU time per event of each half, the garbage collector off. The project's own `decode_message` + `event_from_task`
@@ -29,8 +30,9 @@ import psutil
 import psycopg
 
 from benchmarks.cpu import CpuMeter
-from benchmarks.services import fresh_database
+from benchmarks.services import TEAM_ID, fresh_database
 from plugin_server.ingestion.celery import decode_message, event_from_task
+from plugin_server.sinks.team_references import LOCK_TEAMS_AND_SKIP_ROW_CHECKS
 
 LIMIT_DATABASE = "plugin_server_limit"
 CORES = 2  # the machine the limit is for: the benchmark's, where everything shares two cores
@@ -188,6 +190,9 @@ def copy_events(server_url: str, persons: Mapping[str, bytes], events: bytes, fo
         assert row is not None
         meter = CpuMeter({"postgres": [psutil.Process(row[0]).ppid()]})
         meter.start()
+        skipped = connection.execute(LOCK_TEAMS_AND_SKIP_ROW_CHECKS, {"teams": [TEAM_ID], "count": 1})
+        if skipped.fetchone() is None:
+            raise RuntimeError("the team key would be checked row by row (sinks/team_references.py)")
         with connection.cursor().copy(
             f"COPY posthog_event ({EVENT_COLUMNS}) FROM STDIN (FORMAT {form})"
         ) as copy:

@@ -5,9 +5,10 @@ Each table gets one statement per batch: events by binary COPY (Postgres's cheap
 are packed in C, `_copy_binary.c`), the others by
 `INSERT ... SELECT FROM unnest(...)`. Events and recordings carry their uuid, and a unique (team_id, uuid)
 index keeps an event from being stored twice: a batch whose COPY meets an event already stored (a
-redelivered message) is written again by an INSERT that skips those, so it stores nothing twice. The
-statements autocommit (only an element group and its elements share a transaction): a batch of plain
-events is one COPY, one round trip, and a failed COPY stored none of its rows.
+redelivered message) is written again by an INSERT that skips those, so it stores nothing twice. No
+transaction spans two writes: an element group shares one with its elements, and the events' COPY has
+one of its own where their team key is checked once per batch (`team_references`), else it
+autocommits. A failed COPY stored none of its rows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from plugin_server.ingestion.types import Element, PreparedEvent
 from plugin_server.jsvalues import js_string, json_bytes, json_text
 from plugin_server.sinks import NO_PERSONS, PersonSinkRow
 from plugin_server.sinks._copy_binary import event_rows
+from plugin_server.sinks.team_references import TeamReferences
 
 _EVENT_COLUMNS = (
     "uuid, event, distinct_id, properties, team_id, timestamp, created_at, elements, elements_hash, site_url"
@@ -78,6 +80,7 @@ class PostgresEventSink:
 
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self._pool = pool
+        self._team_references = TeamReferences()
 
     async def write(
         self, events: Sequence[PreparedEvent], persons: Mapping[Key, PersonRow] = NO_PERSONS
@@ -86,8 +89,7 @@ class PostgresEventSink:
         persons are Postgres's own: nothing to store with the events).
 
         No transaction around the whole: each write is idempotent on its own (uuid, element hash), so a
-        write that fails after another succeeded is completed by the retry. A plain batch is then one
-        COPY, one round trip."""
+        write that fails after another succeeded is completed by the retry."""
         recordings = [event for event in events if event.is_snapshot]
         regular = [event for event in events if not event.is_snapshot]
         async with self._pool.connection() as connection:
@@ -140,11 +142,16 @@ class PostgresEventSink:
         self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str]
     ) -> None:
         created_at = datetime.now(UTC)
-        try:  # autocommit: all of the COPY or none of it is stored
-            async with connection.cursor().copy(_COPY_EVENTS) as copy:
+        teams = {event.team_id for event in events}
+        try:  # all of the COPY or none of it is stored
+            async with (
+                self._team_references.writing_events(connection, teams),
+                connection.cursor().copy(_COPY_EVENTS) as copy,
+            ):
                 await copy.write(copy_rows(events, hashes, created_at))
         except UniqueViolation:
-            await self._insert_events(connection, events, hashes, created_at)
+            async with self._team_references.writing_events(connection, teams):
+                await self._insert_events(connection, events, hashes, created_at)
 
     async def _insert_events(
         self, connection: Any, events: Sequence[PreparedEvent], hashes: list[str], created_at: datetime
