@@ -104,7 +104,16 @@ class TestValidation:
             prepare_event(raw_event(uuid="this is not an uuid"))
         with pytest.raises(InvalidEvent, match=r'^Not a valid UUID: "null"$'):
             prepare_event(raw_event(uuid=None))
-        for bad in [UUID + "\n", UUID.replace("-", ""), UUID[:-1], UUID + "0", "{" + UUID + "}", ""]:
+        fullwidth_zero = "\uff10" + UUID[1:]  # a digit to Unicode, not to the pattern
+        for bad in [
+            UUID + "\n",
+            UUID.replace("-", ""),
+            UUID[:-1],
+            UUID + "0",
+            "{" + UUID + "}",
+            "",
+            fullwidth_zero,
+        ]:
             with pytest.raises(InvalidEvent, match="Not a valid UUID"):
                 prepare_event(raw_event(uuid=bad))
 
