@@ -18,6 +18,7 @@ import orjson
 import pybase64
 
 from plugin_server.ingestion._celery_envelope import read_envelope
+from plugin_server.ingestion._task_event import raw_event_of_body
 from plugin_server.ingestion.message_fields import (
     MalformedMessage,
     distinct_id_text,
@@ -47,12 +48,35 @@ class CeleryTask(NamedTuple):
 
 def decode_message(raw: bytes | str) -> CeleryTask:
     """The task carried by one kombu Redis envelope (Celery task protocol 1 or 2)."""
+    common = _common_body(raw)
+    if common is None:
+        return decode_checked(raw)
+    task_id, body = common
+    return _protocol_2_task(PROCESS_EVENT_TASK, task_id, body)
+
+
+def event_or_task(raw: bytes | str) -> RawEvent | CeleryTask:
+    """The raw event of a common `process_event_with_plugins` message, as `event_from_task` makes it
+    but in C (_task_event.c: the same checks, the same event); the task of any other message."""
+    common = _common_body(raw)
+    if common is None:
+        return decode_checked(raw)
+    task_id, body = common
+    event = raw_event_of_body(body)
+    if event is None:
+        return _protocol_2_task(PROCESS_EVENT_TASK, task_id, body)
+    return _with_uuid(event, task_id)
+
+
+def _common_body(raw: bytes | str) -> tuple[str | None, Any] | None:
+    """The task id and parsed body of the common envelope, read in C (_celery_envelope.c) with the
+    checked path's checks; None for any other envelope."""
     if isinstance(raw, bytes):
         read = read_envelope(raw, _PROCESS_EVENT_TASK_BYTES)
-        if read is not None:  # the common envelope, read in C (_celery_envelope.c) with the same checks
+        if read is not None:
             task_id, body = read
-            return _protocol_2_task(PROCESS_EVENT_TASK, task_id, read_json(body, "body"))
-    return decode_checked(raw)
+            return task_id, read_json(body, "body")
+    return None
 
 
 def decode_checked(raw: bytes | str) -> CeleryTask:
@@ -135,11 +159,15 @@ def event_from_task(task: CeleryTask) -> RawEvent:
     team_id = event["team_id"]
     if not isinstance(team_id, int) or isinstance(team_id, bool):
         raise MalformedMessage(f"team_id {team_id!r} is not an integer")
+    return _with_uuid(event, task.id)
+
+
+def _with_uuid(event: RawEvent, task_id: str | None) -> RawEvent:
     if not event["uuid"]:  # a null or empty uuid in data is no uuid
-        if task.id is None:
+        if task_id is None:
             event["uuid"] = uuidt()
         else:
-            event["uuid"] = uuidt_for_message(unix_ms(arguments["now"]), task.id)
+            event["uuid"] = uuidt_for_message(unix_ms(event["now"]), task_id)
     return event
 
 

@@ -11,8 +11,9 @@ import redis.asyncio as aioredis
 from plugin_server.ingestion.celery import (
     PLUGIN_JOB_TASK,
     PROCESS_EVENT_TASK,
-    decode_message,
+    CeleryTask,
     event_from_task,
+    event_or_task,
 )
 from plugin_server.ingestion.message_fields import MalformedMessage
 from plugin_server.ingestion.redis_queue import ClaimedBatch, ReliableQueue
@@ -28,7 +29,9 @@ class CeleryCodec:
     """`process_event_with_plugins` tasks are events, `plugin_job` tasks are plugin jobs."""
 
     async def decode(self, message: bytes) -> RawEvent | PluginJob:
-        task = decode_message(message)
+        task = event_or_task(message)
+        if not isinstance(task, CeleryTask):
+            return task  # the common event message's, made at once
         if task.name == PLUGIN_JOB_TASK:
             return job_from_celery_task(task.args)
         if task.name == PROCESS_EVENT_TASK:
@@ -37,7 +40,8 @@ class CeleryCodec:
 
     def peek(self, message: bytes) -> RawEvent | None:
         try:
-            return event_from_task(decode_message(message))
+            task = event_or_task(message)
+            return task if not isinstance(task, CeleryTask) else event_from_task(task)
         except (MalformedMessage, ValueError, TypeError):
             return None
 

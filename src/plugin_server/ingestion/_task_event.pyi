@@ -1,0 +1,3 @@
+from typing import Any
+
+def raw_event_of_body(body: Any) -> dict[str, Any] | None: ...
