@@ -10,8 +10,9 @@ is done, in CPU per event.
   them.
 - Python, in this process alone: a minimal decoder (orjson, base64; nothing checked, the task id as
   the event's uuid), then the event's row in COPY text format (its properties with `$ip`, by orjson);
-  process CPU time per event of each half, the garbage collector off. The project's own `decode_message` + `event_from_task`
-  (which check everything and derive a time-ordered uuid) are timed too, for comparison.
+  process CPU time per event of each half, the garbage collector off. The project's own decoding,
+  `event_or_task` (which checks everything and derives a time-ordered uuid), is timed too, for
+  comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import psycopg
 
 from benchmarks.cpu import CpuMeter
 from benchmarks.services import TEAM_ID, fresh_database
-from plugin_server.ingestion.celery import decode_message, event_from_task
+from plugin_server.ingestion.celery import event_or_task
 from plugin_server.sinks.team_references import LOCK_TEAMS_AND_SKIP_ROW_CHECKS
 
 LIMIT_DATABASE = "plugin_server_limit"
@@ -53,7 +54,7 @@ class Copy:
 class Limit:
     decode: float  # seconds of Python CPU per event, minimal decoder
     encode: float
-    project_decode: float  # the project's decode_message + event_from_task
+    project_decode: float  # the project's event_or_task
     text: Copy  # the pipeline's rows, COPY text
     binary: Copy  # the pipeline's rows, COPY binary
     python_rows: Copy  # the rows Python encoded, COPY text
@@ -82,7 +83,7 @@ class Limit:
 
         return (
             f"limit, python (one process): decode {self.decode * 1e6:.2f} + encode {self.encode * 1e6:.2f}"
-            f" µs/event (the project's decode_message + event_from_task: {self.project_decode * 1e6:.2f});"
+            f" µs/event (the project's event_or_task: {self.project_decode * 1e6:.2f});"
             f" postgres COPY, CPU of all its processes: {copy('text', self.text)}, "
             f"{copy('binary', self.binary)}, {copy('python-encoded text', self.python_rows)}"
         )
@@ -127,7 +128,7 @@ def _timed_python_cost(messages: list[bytes], created_at: bytes) -> tuple[float,
     rows = b"".join([copy_row(task_id, args, created_at) for task_id, args in tasks])
     encoded = time.process_time()
     for message in messages:
-        event_from_task(decode_message(message))
+        event_or_task(message)
     project = time.process_time()
     count = len(messages)
     return (decoded - begin) / count, (encoded - decoded) / count, (project - encoded) / count, rows
