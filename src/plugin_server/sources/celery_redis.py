@@ -29,19 +29,19 @@ class CeleryCodec:
     """`process_event_with_plugins` tasks are events, `plugin_job` tasks are plugin jobs."""
 
     async def decode(self, message: bytes) -> RawEvent | PluginJob:
-        task = event_or_task(message)
-        if not isinstance(task, CeleryTask):
-            return task  # the common event message's, made at once
-        if task.name == PLUGIN_JOB_TASK:
-            return job_from_celery_task(task.args)
-        if task.name == PROCESS_EVENT_TASK:
-            return event_from_task(task)
-        raise MalformedMessage(f"no handler for Celery task {task.name!r}")
+        carried = event_or_task(message)
+        if not isinstance(carried, CeleryTask):
+            return carried  # the raw event of a common event message, made at once
+        if carried.name == PLUGIN_JOB_TASK:
+            return job_from_celery_task(carried.args)
+        if carried.name == PROCESS_EVENT_TASK:
+            return event_from_task(carried)
+        raise MalformedMessage(f"no handler for Celery task {carried.name!r}")
 
     def peek(self, message: bytes) -> RawEvent | None:
         try:
-            task = event_or_task(message)
-            return task if not isinstance(task, CeleryTask) else event_from_task(task)
+            carried = event_or_task(message)
+            return event_from_task(carried) if isinstance(carried, CeleryTask) else carried
         except (MalformedMessage, ValueError, TypeError):
             return None
 
