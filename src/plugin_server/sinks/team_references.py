@@ -33,7 +33,7 @@ _MAY_LOCK_TEAMS = "SELECT FROM ONLY posthog_team WHERE false FOR KEY SHARE"
 # TRIGGER_TYPE_INSERT is bit 2 of tgtype; `%%` is a `%` for the driver.
 LOCK_TEAMS_AND_SKIP_ROW_CHECKS = f"""
 {_SKIP_ROW_CHECKS}
-WHERE (
+WHERE (  -- posthog_event's INSERT triggers are the team key's one
     SELECT array_agg(tgconstraint) FROM pg_trigger
     WHERE tgrelid = 'posthog_event'::regclass AND tgtype & 4 <> 0
 ) = (
@@ -41,8 +41,8 @@ WHERE (
     WHERE conrelid = 'posthog_event'::regclass AND contype = 'f' AND confrelid = 'posthog_team'::regclass
         AND pg_get_constraintdef(oid) LIKE 'FOREIGN KEY (team_id) REFERENCES %%posthog_team(id)%%'
 )
-AND NOT EXISTS (SELECT FROM pg_rewrite WHERE ev_class = 'posthog_event'::regclass)
-AND (
+AND NOT EXISTS (SELECT FROM pg_rewrite WHERE ev_class = 'posthog_event'::regclass)  -- no rules
+AND (  -- every team is there, locked as the key's own check locks it
     SELECT count(*) FROM (SELECT FROM ONLY posthog_team WHERE id = ANY(%(teams)s) FOR KEY SHARE) AS locked
 ) = %(count)s
 """
@@ -53,7 +53,7 @@ class TeamReferences:
     database allows it (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._permitted: bool | None = None  # whether the role may set session_replication_role
+        self._permitted: bool | None = None  # whether the role may set the parameter and lock teams
 
     @contextlib.asynccontextmanager
     async def writing_events(self, connection: Any, team_ids: Iterable[int]) -> AsyncIterator[bool]:
