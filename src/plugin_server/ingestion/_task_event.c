@@ -24,37 +24,29 @@ static const int SERVER_FIELD_ARGUMENTS[] = {DISTINCT_ID, IP, SITE_URL, TEAM_ID,
 
 static PyObject *server_field_names[SERVER_FIELD_COUNT];
 static PyObject *server_field_set;
-static PyObject *uuid_key, *properties_key, *ip_property_key;
+static PyObject *uuid_key, *properties_key, *ip_property_key, *ip_property_set;
 
-/* The properties without `$ip`, in order (a new reference). */
-static PyObject *without_ip_property(PyObject *properties) {
-    PyObject *kept = PyDict_New();
-    if (kept == NULL)
+/* A new dict of `source`'s items in order, without those whose key is in the set `skipped`. */
+static PyObject *copy_without(PyObject *source, PyObject *skipped) {
+    PyObject *copy = PyDict_New();
+    if (copy == NULL)
         return NULL;
     Py_ssize_t position = 0;
     PyObject *key, *value;
-    while (PyDict_Next(properties, &position, &key, &value)) {
-        int is_ip = PyUnicode_Check(key) ? PyUnicode_Compare(key, ip_property_key) == 0 : 0;
-        if (!is_ip && PyDict_SetItem(kept, key, value) < 0) {
-            Py_DECREF(kept);
+    while (PyDict_Next(source, &position, &key, &value)) {
+        int skip = PySet_Contains(skipped, key);
+        if (skip < 0 || (!skip && PyDict_SetItem(copy, key, value) < 0)) {
+            Py_DECREF(copy);
             return NULL;
         }
     }
-    return kept;
+    return copy;
 }
 
 static PyObject *event_of(PyObject *const *arguments) {
-    PyObject *data = arguments[DATA];
-    PyObject *event = PyDict_New();
+    PyObject *event = copy_without(arguments[DATA], server_field_set);
     if (event == NULL)
         return NULL;
-    Py_ssize_t position = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(data, &position, &key, &value)) {
-        int server_field = PySet_Contains(server_field_set, key);
-        if (server_field < 0 || (!server_field && PyDict_SetItem(event, key, value) < 0))
-            goto failed;
-    }
     int has_uuid = PyDict_Contains(event, uuid_key);
     if (has_uuid < 0 || (!has_uuid && PyDict_SetItem(event, uuid_key, Py_None) < 0))
         goto failed;
@@ -71,7 +63,7 @@ static PyObject *event_of(PyObject *const *arguments) {
         if (holds_ip < 0)
             goto failed;
         if (holds_ip) {
-            PyObject *kept = without_ip_property(properties);
+            PyObject *kept = copy_without(properties, ip_property_set);
             if (kept == NULL || PyDict_SetItem(event, properties_key, kept) < 0) {
                 Py_XDECREF(kept);
                 goto failed;
@@ -125,6 +117,9 @@ PyMODINIT_FUNC PyInit__task_event(void) {
     properties_key = PyUnicode_InternFromString("properties");
     ip_property_key = PyUnicode_InternFromString("$ip");
     if (uuid_key == NULL || properties_key == NULL || ip_property_key == NULL)
+        return NULL;
+    ip_property_set = PySet_New(NULL);
+    if (ip_property_set == NULL || PySet_Add(ip_property_set, ip_property_key) < 0)
         return NULL;
     return PyModule_Create(&MODULE);
 }

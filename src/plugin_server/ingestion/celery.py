@@ -49,10 +49,7 @@ class CeleryTask(NamedTuple):
 def decode_message(raw: bytes | str) -> CeleryTask:
     """The task carried by one kombu Redis envelope (Celery task protocol 1 or 2)."""
     common = _common_body(raw)
-    if common is None:
-        return decode_checked(raw)
-    task_id, body = common
-    return _protocol_2_task(PROCESS_EVENT_TASK, task_id, body)
+    return decode_checked(raw) if common is None else _protocol_2_task(PROCESS_EVENT_TASK, *common)
 
 
 def event_or_task(raw: bytes | str) -> RawEvent | CeleryTask:
@@ -61,11 +58,8 @@ def event_or_task(raw: bytes | str) -> RawEvent | CeleryTask:
     common = _common_body(raw)
     if common is None:
         return decode_checked(raw)
-    task_id, body = common
-    event = raw_event_of_body(body)
-    if event is None:
-        return _protocol_2_task(PROCESS_EVENT_TASK, task_id, body)
-    return _with_uuid(event, task_id)
+    event = raw_event_of_body(common[1])
+    return _protocol_2_task(PROCESS_EVENT_TASK, *common) if event is None else _with_uuid(event, common[0])
 
 
 def _common_body(raw: bytes | str) -> tuple[str | None, Any] | None:
