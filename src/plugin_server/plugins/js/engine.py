@@ -15,9 +15,17 @@ from py_mini_racer import MiniRacer, init_mini_racer
 V8_FLAGS = ("--single-threaded", "--expose-gc")
 
 
+# V8 starts when this module is imported (on the main thread, which imports it before any thread of
+# ours starts). On a CPU with memory protection keys (x86 `pku`) V8 guards its code pages with a key
+# that only the thread that started V8, and the threads it starts afterwards, may use: started from
+# another thread (the TypeScript compiler's, see transpile.py), every later isolate the main thread
+# made crashed the process with a segmentation fault.
+init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=True)
+
+
 def new_racer() -> MiniRacer:
-    """A new isolate (the V8 flags are set by the first call in the process)."""
-    init_mini_racer(flags=V8_FLAGS, ignore_duplicate_init=True)
+    """A new isolate, with the process's V8 flags; made on the main thread or a thread started after
+    this module was imported (see above)."""
     return MiniRacer()
 
 
