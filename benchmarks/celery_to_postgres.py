@@ -170,7 +170,12 @@ def timed_run(
                         1
                     ) as pusher:  # the pace polled from the start, not after the push
                         pushed = pusher.submit(push)
-                        _wait_for_rows(counter, count, progress, pushed)
+                        try:
+                            _wait_for_rows(counter, count, progress, pushed)
+                        except RuntimeError as error:
+                            raise RuntimeError(
+                                f"{error}; the server's log ends:\n{log.read_text()[-4000:]}"
+                            ) from error
                     elapsed = time.perf_counter() - begin
                     cpu = meter.stop()
             if plugin:
