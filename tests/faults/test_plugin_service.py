@@ -106,7 +106,7 @@ def test_exports_buffered_in_a_killed_worker_are_made_from_their_held_jobs(
     service = HangingService()
     sent = 200
     with LoopbackService(service.answer) as loopback:
-        enable_exporter(clean_db, team, tmp_path, loopback.url, buffer_seconds=20)
+        enable_exporter(clean_db, team, tmp_path, loopback.url, buffer_seconds=10)
         with running_server(tmp_path, _env(database_url, redis_url, workers=1)) as server:
             server.wait_for_log("All systems go")
             with Load(celery_sender(redis_url, team.team_id), rate=200, limit=sent) as load:
