@@ -112,14 +112,15 @@ class PluginRunner:
     ) -> None:
         given = [results[index] for index in alive]
         errors: list[tuple[BaseException, RawEvent]] = []
+        name = vm.name  # a property that formats the name: once per batch, not per event
         with get_metrics().plugin_call(vm.labels, PROCESS_EVENT, len(given)) as call:
             outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
             for index, before, outcome in zip(alive, given, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
-                    tallies[index].failed.append(vm.name)
+                    tallies[index].failed.append(name)
                     errors.append((outcome, before))  # type: ignore[arg-type]
                 else:
-                    tallies[index].succeeded.append(vm.name)
+                    tallies[index].succeeded.append(name)
                     results[index] = outcome
             call.errors = len(errors)
         if errors:
