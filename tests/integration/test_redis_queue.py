@@ -62,6 +62,30 @@ async def test_claim_takes_oldest_first_up_to_max_count(aredis: aioredis.Redis) 
     assert await aredis.zrange(f"{QUEUE}:batches:c1", 0, -1) == [first.key.encode(), second.key.encode()]
 
 
+async def test_a_user_that_may_not_sort_claims_through_lua(aredis: aioredis.Redis, redis_url: str) -> None:
+    """The claim copies messages with SORT ... STORE, in ACL category @dangerous: a Valkey user
+    without it still claims (the script moves the messages through Lua instead), in the same order."""
+    await aredis.acl_setuser(
+        "no-sort", enabled=True, passwords=["+secret"], keys=["~*"], channels=["&*"],
+        categories=["+@all", "-@dangerous"],
+    )  # fmt: skip
+    limited = aioredis.Redis.from_url(redis_url, username="no-sort", password="secret")
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await limited.sort(QUEUE, store="elsewhere")
+        queue = consumer(limited, "c1")
+        await produce(aredis, messages(10))
+        first, second = await queue.claim(4, 0), await queue.claim(100, 0)
+        assert first is not None and second is not None
+        assert (first.messages, second.messages) == (messages(4), messages(6, start=4))
+        assert await aredis.lrange(first.key, 0, -1) == messages(4)
+        assert await queue.ack(first) and await queue.ack(second)
+        assert await aredis.llen(QUEUE) == 0
+    finally:
+        await limited.aclose()
+        await aredis.acl_deluser("no-sort")
+
+
 async def test_ack_removes_the_batch(aredis: aioredis.Redis) -> None:
     queue = consumer(aredis, "c1")
     await produce(aredis, messages(3))
