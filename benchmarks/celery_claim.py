@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 
-import psutil
 import redis
 import redis.asyncio as aioredis
 
-from benchmarks.celery_to_postgres import make_messages
+from benchmarks.celery_to_postgres import make_messages, push_messages
+from benchmarks.cpu import CpuMeter
 from benchmarks.services import benchmark_services
 from plugin_server.ingestion.redis_queue import ReliableQueue
 
 QUEUE = "celery-claim-benchmark"
-
-
-def fill(client: redis.Redis, messages: list[bytes]) -> None:
-    """The messages on the queue, the first one oldest (producers LPUSH)."""
-    client.delete(QUEUE)
-    for start in range(0, len(messages), 1000):
-        client.lpush(QUEUE, *messages[start : start + 1000])
 
 
 async def drain(redis_url: str, batch: int) -> list[bytes]:
@@ -48,11 +40,6 @@ async def drain(redis_url: str, batch: int) -> list[bytes]:
     return taken
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -64,20 +51,20 @@ def main() -> None:
     messages = make_messages(options.messages)
     with benchmark_services() as (_, redis_url):
         client = redis.Redis.from_url(redis_url)
-        valkey = psutil.Process(int(client.info("server")["process_id"]))
-        own = psutil.Process()
+        valkey = int(client.info("server")["process_id"])
         print(f"celery claim, {options.messages} messages of ~1 KB, batches of {options.batch}")
         for round_number in range(1, options.rounds + 1):
-            fill(client, messages)
-            valkey_before, own_before, started = cpu_seconds(valkey), cpu_seconds(own), time.perf_counter()
+            client.delete(QUEUE)
+            push_messages(client, QUEUE, messages)
+            meter = CpuMeter({"valkey": [valkey]}, own="this process")
+            meter.start()
             taken = asyncio.run(drain(redis_url, options.batch))
-            elapsed = time.perf_counter() - started
-            valkey_cpu, own_cpu = cpu_seconds(valkey) - valkey_before, cpu_seconds(own) - own_before
+            use = meter.stop()
             assert taken == messages, "every message once, oldest first"
-            per_message = 1e6 / len(messages)
+            per_message = use.per_event(len(messages))
             print(
-                f"round {round_number}: {len(messages) / elapsed:,.0f} messages/s; CPU µs/message: "
-                f"valkey {valkey_cpu * per_message:.2f}, this process {own_cpu * per_message:.2f}"
+                f"round {round_number}: {len(messages) / use.wall:,.0f} messages/s; CPU µs/message: "
+                f"valkey {per_message['valkey']:.2f}, this process {per_message['this process']:.2f}"
             )
 
 

@@ -96,17 +96,25 @@ class Run:
     pace: str  # events stored in each half second (benchmarks/progress.py)
 
 
+def push_messages(client: redis.Redis, queue: str, messages: list[bytes]) -> None:
+    """The messages onto `queue` as producers push them (LPUSH), 1,000 a command: the first is oldest."""
+    for offset in range(0, len(messages), 1000):
+        client.lpush(queue, *messages[offset : offset + 1000])
+
+
 def run_once(
     database_url: str, redis_url: str, messages: list[bytes], plugin: str | None, profile: Path | None = None
 ) -> Run:
     client = redis.Redis.from_url(redis_url)
     client.delete(QUEUE)
-
-    def push() -> None:
-        for offset in range(0, len(messages), 1000):
-            client.lpush(QUEUE, *messages[offset : offset + 1000])
-
-    return timed_run(database_url, redis_url, push, len(messages), plugin, profile=profile)
+    return timed_run(
+        database_url,
+        redis_url,
+        lambda: push_messages(client, QUEUE, messages),
+        len(messages),
+        plugin,
+        profile=profile,
+    )
 
 
 def timed_run(

@@ -58,8 +58,11 @@ def event_or_task(raw: bytes | str) -> RawEvent | CeleryTask:
     common = _common_body(raw)
     if common is None:
         return decode_checked(raw)
-    event = raw_event_of_body(common[1])
-    return _protocol_2_task(PROCESS_EVENT_TASK, *common) if event is None else _with_uuid(event, common[0])
+    task_id, body = common
+    event = raw_event_of_body(body)
+    return (
+        _protocol_2_task(PROCESS_EVENT_TASK, task_id, body) if event is None else _with_uuid(event, task_id)
+    )
 
 
 def _common_body(raw: bytes | str) -> tuple[str | None, Any] | None:

@@ -53,7 +53,7 @@ end
 """
 
 # KEYS: queue, batch, batches, consumers. ARGV: max count, consumer id, grace in seconds ('0': none).
-# Returns how many messages moved; the consumer reads them from the batch list (LRANGE).
+# Returns how many messages the batch list holds now; the consumer reads them from it (LRANGE).
 # The batch is registered in the same step as the move, so no claimed message is ever out of sight.
 # A claim that found nothing but is about to block (grace > 0) registers its empty batch list with a
 # deadline instead of a claim time: until then, its blocking move may still deliver into it.
@@ -74,10 +74,11 @@ local function move_through_lua()
   end
   return 0
 end
+local held = redis.call('LLEN', KEYS[2])  -- a blocking move's message, or nothing
 local moved = 0
 if wanted > 0 then
   local stored = false
-  if redis.call('EXISTS', KEYS[2]) == 0 then
+  if held == 0 then
     -- pcall: a user whose ACL leaves out @dangerous (SORT's category) may not SORT
     stored = redis.pcall('SORT', KEYS[1], 'BY', 'nosort', 'LIMIT', 0, wanted, 'DESC', 'STORE', KEYS[2])
   end
@@ -92,7 +93,8 @@ if wanted > 0 then
 end
 local now = server_now()
 local score = now
-if moved == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+held = held + moved
+if held == 0 then
   local grace = tonumber(ARGV[3])
   if grace <= 0 then
     return 0
@@ -101,7 +103,7 @@ if moved == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
 end
 redis.call('ZADD', KEYS[4], 'NX', as_score(now), ARGV[2])
 redis.call('ZADD', KEYS[3], as_score(score), KEYS[2])
-return moved
+return held
 """
 )
 
@@ -442,8 +444,8 @@ class ReliableQueue:
     async def _claim_into(self, key: str, max_count: int, grace: float) -> list[bytes]:
         """What the batch list `key` holds once up to `max_count` more messages moved into it."""
         keys = [self.queue, key, self._batches_key, self._consumers_key]
-        await self._claim(keys=keys, args=[max_count, self.consumer_id, grace])
-        return cast(list[bytes], await self._redis.lrange(key, 0, -1))
+        held = await self._claim(keys=keys, args=[max_count, self.consumer_id, grace])
+        return cast(list[bytes], await self._redis.lrange(key, 0, -1)) if held else []
 
 
 async def dead_letter_count(redis: aioredis.Redis, queue: str) -> int:
