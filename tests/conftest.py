@@ -1,7 +1,9 @@
 """Real services for the whole suite: a Postgres and a Valkey started once per test session.
 
 When DATABASE_URL / REDIS_URL are set, those servers are used instead (a fresh database
-`plugin_server_test` is created on the given Postgres, and Redis db 15 is used).
+`plugin_server_test` is created on the given Postgres, and Redis db 15 is used). Under pytest-xdist
+each worker process has its own: embedded servers of its own, or on given servers the database
+`plugin_server_test_gw<N>` and Redis db 15 - N.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ from plugin_server.sinks.clickhouse.client import open_client
 from plugin_server.sinks.clickhouse.migrate import open_migrated
 from tests.kafka_broker import KafkaBroker
 
-TEST_DATABASE = "plugin_server_test"
+# pytest-xdist names its worker processes gw0, gw1, ...; without it there is one process and no name.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_DATABASE = f"plugin_server_test_{XDIST_WORKER}" if XDIST_WORKER else "plugin_server_test"
+REDIS_TEST_DB = 15 - int(XDIST_WORKER.removeprefix("gw") or 0)
 TEAM_ID = 2
 
 # Tables emptied before each test that asks for a clean database, children first (and the job queue,
@@ -87,7 +92,7 @@ def services() -> Iterator[tuple[str, str]]:
         database_url = recreate_database(base_db, TEST_DATABASE)
         migrate(database_url)
         if given_redis:
-            redis_url = redis_url.rstrip("/") + "/15"
+            redis_url = f"{redis_url.rstrip('/')}/{REDIS_TEST_DB}"
         try:
             yield database_url, redis_url
         finally:

@@ -314,7 +314,7 @@ async def test_health_answers_at_once_while_a_large_body_decodes(
     pool: AsyncConnectionPool[Any], aredis: aioredis.Redis, team: CreatedTeam
 ) -> None:
     """Decoding happens in a thread: the event loop goes on answering while it runs."""
-    events = [{**event("e", n=i), "api_key": team.api_token} for i in range(3000)]
+    events = [{**event("e", n=i), "api_key": team.api_token} for i in range(10_000)]
     body = lz64_literals(json.dumps(events))  # slow to decode for its size
     # Time enough to decode on a busy machine: this is about the event loop, not the decode limit.
     async with api(pool, aredis, CAPTURE_DECODE_TIMEOUT=60) as client:
@@ -329,7 +329,7 @@ async def test_health_answers_at_once_while_a_large_body_decodes(
         assert answer.status_code == 200, answer.text
     assert len(latencies) >= 5, "the decoding was too quick to watch"
     assert max(latencies) < 0.1, latencies
-    assert await aredis.llen(QUEUE) == 3000
+    assert await aredis.llen(QUEUE) == 10_000
 
 
 async def test_the_fastapi_app_serves_capture_with_the_same_endpoint(

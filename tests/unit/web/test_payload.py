@@ -66,7 +66,7 @@ def test_nan_and_infinity_become_null() -> None:
     [
         (b"{not json", "", "Invalid JSON"),
         (b"not gzip at all", "gzip", "Failed to decompress"),
-        (gzip.compress(b'{"a": 1}')[:-12], "gzip", "truncated"),
+        (gzip.compress(b'{"a": 1}', mtime=0)[:-12], "gzip", "truncated"),
         (b"undefined", "gzip-js", "'undefined'"),
         (b"!!!not lz!!!", "lz64", "Failed to decompress"),
     ],
