@@ -319,6 +319,7 @@ async def test_health_answers_at_once_while_a_large_body_decodes(
     # Time enough to decode on a busy machine: this is about the event loop, not the decode limit.
     async with api(pool, aredis, CAPTURE_DECODE_TIMEOUT=60) as client:
         capture = asyncio.create_task(client.post("/e?compression=lz64", content=body))
+        began = time.monotonic()
         latencies = []
         while not capture.done():
             started = time.monotonic()
@@ -327,8 +328,11 @@ async def test_health_answers_at_once_while_a_large_body_decodes(
             await asyncio.sleep(0.01)
         answer = await capture
         assert answer.status_code == 200, answer.text
+        decoding = time.monotonic() - began
     assert len(latencies) >= 5, "the decoding was too quick to watch"
-    assert max(latencies) < 0.1, latencies
+    # A blocked event loop would answer once, after the whole decode; other processes on a busy
+    # machine may still delay one answer now and then.
+    assert max(latencies) < decoding / 3, (decoding, latencies)
     assert await aredis.llen(QUEUE) == 10_000
 
 
