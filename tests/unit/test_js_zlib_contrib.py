@@ -99,7 +99,7 @@ def test_strings_are_utf8_and_crc32_matches(racer: MiniRacer) -> None:
         ("inflateSync", zlib.compress(b"data")[:-1], "unexpected end of file"),
         ("inflateSync", zlib.compress(b"data")[:-4] + b"\0\0\0\0", "incorrect data check"),
         ("inflateSync", b"\x00\x01", "incorrect header check"),
-        ("gunzipSync", gzip.compress(b"data")[:-8] + b"\0" * 8, "incorrect data check"),
+        ("gunzipSync", gzip.compress(b"data", mtime=0)[:-8] + b"\0" * 8, "incorrect data check"),
         ("gunzipSync", zlib.compress(b"data"), "incorrect header check"),
         ("inflateRawSync", b"\x07", "invalid block type"),
     ],
