@@ -1,8 +1,10 @@
 """PostgresEventSink on real Postgres: what COPY stores is what the event held, and a batch that meets
-events stored already (a redelivery) stores only the others, once."""
+events stored already (a redelivery) stores only the others, once; the rows' JSON is in the key order
+Postgres keeps."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,11 +12,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.ingestion.types import Element, PreparedEvent
-from plugin_server.sinks.postgres import PostgresEventSink
+from plugin_server.jsvalues import json_bytes
+from plugin_server.sinks._copy_binary import event_rows
+from plugin_server.sinks.postgres import _COPY_EVENTS, PostgresEventSink
+from tests.strategies import on_services
 
 Db = psycopg.Connection[Any]
 AWKWARD = 'tab\there, newline\nthere, return\r, backslash \\ and \\N, quote " and ünïcödé ☃'
@@ -156,3 +163,39 @@ async def test_a_redelivered_batch_with_elements_stores_its_events_and_element_g
         "SELECT (SELECT count(*) FROM posthog_elementgroup), (SELECT count(*) FROM posthog_element)"
     ).fetchone()
     assert counts == (2, 2)
+
+
+KEY = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=6)
+NESTED = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), KEY),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(KEY, children, max_size=8),
+    max_leaves=30,
+)
+
+
+def key_order(json_text: str | bytes) -> Any:
+    """The keys of every object of a JSON text, in the text's order (values apart)."""
+    return json.loads(json_text, object_pairs_hook=lambda pairs: [(key, value) for key, value in pairs])
+
+
+@on_services(max_examples=60)
+@given(properties=st.dictionaries(KEY, NESTED, max_size=12))
+def test_postgres_keeps_the_key_order_the_rows_are_written_in(
+    properties: dict[str, Any], team: CreatedTeam, clean_db: Db
+) -> None:
+    """The rows' JSON is written in jsonb's own key order (what spares Postgres its sort): what Postgres
+    hands back has every object's keys in the order they were written."""
+    written: list[bytes] = []
+
+    def writer(value: Any) -> bytes:
+        written.append(json_bytes(value))
+        return written[-1]
+
+    stored_event = event(team.team_id, properties=properties)
+    with clean_db.cursor().copy(_COPY_EVENTS) as copy:
+        copy.write(event_rows([stored_event], [""], 0, writer))
+    row = clean_db.execute(
+        "DELETE FROM posthog_event WHERE uuid = %s RETURNING properties::text", (stored_event.uuid,)
+    ).fetchone()
+    assert row is not None
+    assert key_order(row[0]) == key_order(written[0])

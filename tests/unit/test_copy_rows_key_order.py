@@ -1,0 +1,87 @@
+"""The event rows' JSON columns are written with their objects' keys in jsonb's order (shorter first, then
+by their UTF-8 bytes), so that Postgres need not sort them; the event itself keeps its own order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.jsvalues import json_bytes
+from plugin_server.sinks._copy_binary import event_rows
+
+
+def event(properties: Any) -> PreparedEvent:
+    moment = datetime(2026, 12, 5, tzinfo=UTC)
+    return PreparedEvent(
+        uuid="0190a7c6-1234-7abc-8def-0123456789ab",
+        team_id=2,
+        distinct_id="person",
+        ip=None,
+        site_url=None,
+        event="e",
+        properties=properties,
+        timestamp=moment,
+        now=moment,
+        sent_at=None,
+    )
+
+
+def handed_to_json(properties: Any) -> Any:
+    """What the row's properties column was written from."""
+    seen: list[Any] = []
+
+    def spy(value: Any) -> bytes:
+        seen.append(value)
+        return json_bytes(value)
+
+    event_rows([event(properties)], [""], 0, spy)
+    return seen[0]
+
+
+def jsonb_order(keys: list[str]) -> list[str]:
+    return sorted(keys, key=lambda key: (len(key.encode()), key.encode()))
+
+
+def test_keys_are_in_jsonbs_order_at_every_level_and_the_event_keeps_its_own() -> None:
+    properties = {"zz": 1, "a": {"cc": 1, "b": 2}, "list": [{"yy": 1, "x": 2}, 3], "ü": 1, "z": 0}
+    ordered = handed_to_json(properties)
+    assert ordered == properties
+    assert list(ordered) == ["a", "z", "zz", "ü", "list"]  # "ü" is two bytes, 0xc3 0xbc: after "zz"
+    assert list(ordered["a"]) == ["b", "cc"]
+    assert list(ordered["list"][0]) == ["x", "yy"]
+    assert list(properties) == ["zz", "a", "list", "ü", "z"]
+    assert list(properties["a"]) == ["cc", "b"] and list(properties["list"][0]) == ["yy", "x"]
+
+
+def test_objects_in_order_already_are_handed_on_as_they_are() -> None:
+    properties = {"a": [{"b": 1}], "$ip": "127.0.0.1", "$lib": "web", "$set": {"email": "e"}}
+    assert handed_to_json(properties) is properties
+
+
+def test_many_keys_are_ordered() -> None:
+    properties = {f"key {n}": n for n in reversed(range(1000))}
+    assert list(handed_to_json(properties)) == jsonb_order(list(properties))
+
+
+def test_keys_that_are_not_text_are_left_to_the_json_writer() -> None:
+    properties = {2: "two", "b": 1}
+    assert handed_to_json(properties) is properties
+    rows = event_rows([event(properties)], [""], 0, json_bytes)
+    assert b'{"2":"two","b":1}' in rows
+
+
+def test_objects_nested_past_the_ordering_depth_are_left_as_they_are() -> None:
+    deep: dict[str, Any] = {"zz": 1, "a": 2}
+    for _ in range(40):
+        deep = {"zz": deep, "a": 0}
+    ordered = handed_to_json(deep)
+    assert ordered == deep
+    level = ordered
+    for _ in range(31):
+        assert list(level) == ["a", "zz"]
+        level = level["zz"]
+    inner = level
+    for _ in range(8):
+        inner = inner["zz"]
+    assert list(inner) == ["zz", "a"]  # past the depth: as the event held it (Postgres orders it)
