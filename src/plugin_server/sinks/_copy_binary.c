@@ -236,7 +236,7 @@ static PyObject *jsonb_ordered_dict(PyObject *dict, int depth) {
         ordered = Py_NewRef(dict);
     } else {
         sort_members(members, filled);
-        ordered = _PyDict_NewPresized(filled);
+        ordered = PyDict_New();
         for (Py_ssize_t i = 0; ordered != NULL && i < filled; i++) {
             if (PyDict_SetItem(ordered, members[i].key, members[i].value) < 0)
                 Py_CLEAR(ordered);
