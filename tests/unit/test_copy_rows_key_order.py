@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from plugin_server.ingestion.types import PreparedEvent
 from plugin_server.jsvalues import json_bytes
 from plugin_server.sinks._copy_binary import event_rows
@@ -85,3 +87,24 @@ def test_objects_nested_past_the_ordering_depth_are_left_as_they_are() -> None:
     for _ in range(8):
         inner = inner["zz"]
     assert list(inner) == ["zz", "a"]  # past the depth: as the event held it (Postgres orders it)
+
+
+def test_a_key_that_is_not_utf8_leaves_its_object_to_the_json_writer() -> None:
+    """A lone surrogate (which the pipeline scrubs before this) has no UTF-8: nothing is reordered and
+    the writer refuses it as it did before."""
+    properties = {"zz": 1, "\ud800": 2}
+    seen: list[Any] = []
+
+    def spy(value: Any) -> bytes:
+        seen.append(value)
+        return json_bytes(value)
+
+    with pytest.raises(TypeError):
+        event_rows([event(properties)], [""], 0, spy)
+    assert seen[0] is properties
+
+
+def test_empty_objects_and_lists_of_ordered_objects_are_handed_on_as_they_are() -> None:
+    properties = {"a": {}, "b": [{"x": 1, "yy": 2}, [], "text"]}
+    ordered = handed_to_json(properties)
+    assert ordered is properties and ordered["b"] is properties["b"]

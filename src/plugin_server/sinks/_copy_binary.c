@@ -217,7 +217,8 @@ static PyObject *jsonb_ordered_dict(PyObject *dict, int depth) {
     PyObject *key, *value;
     while (PyDict_Next(dict, &position, &key, &value)) {
         Member *member = &members[filled];
-        if (!PyUnicode_CheckExact(key) || (member->utf8 = PyUnicode_AsUTF8AndSize(key, &member->length)) == NULL) {
+        member->utf8 = PyUnicode_CheckExact(key) ? PyUnicode_AsUTF8AndSize(key, &member->length) : NULL;
+        if (member->utf8 == NULL) {
             PyErr_Clear(); /* not text, or not UTF-8 (a lone surrogate): json_bytes decides */
             release_members(members, filled);
             return Py_NewRef(dict);
@@ -256,9 +257,11 @@ static PyObject *jsonb_ordered_list(PyObject *list, int depth) {
             Py_XDECREF(ordered);
             return NULL;
         }
-        if (ordered_item != item && ordered == NULL && (ordered = PyList_GetSlice(list, 0, PyList_GET_SIZE(list))) == NULL) {
-            Py_DECREF(ordered_item);
-            return NULL;
+        if (ordered_item != item && ordered == NULL) { /* the first item that changed: copy the list */
+            if ((ordered = PyList_GetSlice(list, 0, PyList_GET_SIZE(list))) == NULL) {
+                Py_DECREF(ordered_item);
+                return NULL;
+            }
         }
         if (ordered != NULL)
             PyList_SetItem(ordered, i, ordered_item); /* steals the reference */
