@@ -1,14 +1,17 @@
 """The event rows' JSON columns are written with their objects' keys in jsonb's order (shorter first, then
-by their UTF-8 bytes), so that Postgres need not sort them; the event itself keeps its own order."""
+by their UTF-8 bytes), so that Postgres need not sort them; the event itself keeps its own order, and an
+autocapture element's fields are declared in that order."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
-from plugin_server.ingestion.types import PreparedEvent
+from plugin_server.ingestion.types import Element, PreparedEvent
 from plugin_server.jsvalues import json_bytes
 from plugin_server.sinks._copy_binary import event_rows
 
@@ -108,3 +111,9 @@ def test_empty_objects_and_lists_of_ordered_objects_are_handed_on_as_they_are() 
     properties = {"a": {}, "b": [{"x": 1, "yy": 2}, [], "text"]}
     ordered = handed_to_json(properties)
     assert ordered is properties and ordered["b"] is properties["b"]
+
+
+def test_an_elements_fields_are_written_in_jsonbs_order() -> None:
+    written = orjson.loads(json_bytes(Element(tag_name="a", attributes={"attr__href": "/"})))
+    assert list(written) == jsonb_order(list(written))
+    assert set(written) == {field.name for field in dataclasses.fields(Element)}
