@@ -17,31 +17,15 @@ from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
 from plugin_server.db.teams import CreatedTeam
-from plugin_server.ingestion.types import Element, PreparedEvent
+from plugin_server.ingestion.types import Element
 from plugin_server.jsvalues import json_bytes
 from plugin_server.sinks._copy_binary import event_rows
 from plugin_server.sinks.postgres import _COPY_EVENTS, PostgresEventSink
+from tests.pipelines import WrittenFrom, prepared_event
 from tests.strategies import on_services
 
 Db = psycopg.Connection[Any]
 AWKWARD = 'tab\there, newline\nthere, return\r, backslash \\ and \\N, quote " and ünïcödé ☃'
-
-
-def event(team_id: int, text: str = "plain", **fields: Any) -> PreparedEvent:
-    moment = datetime(2026, 12, 3, 10, 0, 0, 123000, tzinfo=UTC)
-    values: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
-        "team_id": team_id,
-        "distinct_id": f"person {text}",
-        "ip": None,
-        "site_url": "https://example.com",
-        "event": f"event {text}",
-        "properties": {"text": text, "nested": {"list": [text, 1, 2.5, None, True]}},
-        "timestamp": moment,
-        "now": moment,
-        "sent_at": None,
-    }
-    return PreparedEvent(**{**values, **fields})
 
 
 def stored(db: Db) -> dict[str, dict[str, Any]]:
@@ -56,9 +40,9 @@ def stored(db: Db) -> dict[str, dict[str, Any]]:
 async def test_every_column_is_stored_as_the_event_held_it(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
 ) -> None:
-    awkward = event(team.team_id, AWKWARD, site_url=AWKWARD)
-    no_site = event(team.team_id, site_url=None)
-    with_elements = event(
+    awkward = prepared_event(team.team_id, AWKWARD, site_url=AWKWARD)
+    no_site = prepared_event(team.team_id, site_url=None)
+    with_elements = prepared_event(
         team.team_id,
         elements=[Element(tag_name="a", text=AWKWARD, attr_class=["x\\y"], attributes={"attr__href": "/\t"})],
     )
@@ -101,7 +85,7 @@ async def test_times_uuids_and_numbers_are_stored_as_the_event_held_them(
         datetime(1, 1, 1, tzinfo=UTC),
     ]
     events = [
-        event(team.team_id, f"time {n} ✓ 𝄞", timestamp=moment, uuid=str(uuid.uuid4()).upper())
+        prepared_event(team.team_id, f"time {n} ✓ 𝄞", timestamp=moment, uuid=str(uuid.uuid4()).upper())
         for n, moment in enumerate(moments)
     ]
     await PostgresEventSink(pool).write(events)
@@ -125,9 +109,9 @@ async def test_times_uuids_and_numbers_are_stored_as_the_event_held_them(
 async def test_an_event_that_cannot_be_packed_stores_nothing_of_its_batch(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, field: str, value: Any, error: type
 ) -> None:
-    bad = replace(event(team.team_id, "bad"), **{field: value})
+    bad = replace(prepared_event(team.team_id, "bad"), **{field: value})
     with pytest.raises(error):
-        await PostgresEventSink(pool).write([event(team.team_id), bad])
+        await PostgresEventSink(pool).write([prepared_event(team.team_id), bad])
     assert stored(clean_db) == {}
 
 
@@ -135,9 +119,9 @@ async def test_a_batch_meeting_stored_events_stores_the_rest_once(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db
 ) -> None:
     sink = PostgresEventSink(pool)
-    first = [event(team.team_id, f"first {n}") for n in range(3)]
+    first = [prepared_event(team.team_id, f"first {n}") for n in range(3)]
     await sink.write(first)
-    new = [event(team.team_id, f"new {n}") for n in range(3)]
+    new = [prepared_event(team.team_id, f"new {n}") for n in range(3)]
     repeated = new[0]
 
     await sink.write([*first, *new, repeated])  # COPY fails on the stored ones: the INSERT takes over
@@ -152,7 +136,8 @@ async def test_a_redelivered_batch_with_elements_stores_its_events_and_element_g
 ) -> None:
     sink = PostgresEventSink(pool)
     clicks = [
-        event(team.team_id, f"click {n}", elements=[Element(tag_name="a", text=f"{n % 2}")]) for n in range(4)
+        prepared_event(team.team_id, f"click {n}", elements=[Element(tag_name="a", text=f"{n % 2}")])
+        for n in range(4)
     ]
     await sink.write(clicks[:2])
 
@@ -185,17 +170,12 @@ def test_postgres_keeps_the_key_order_the_rows_are_written_in(
 ) -> None:
     """The rows' JSON is written in jsonb's own key order (what spares Postgres its sort): what Postgres
     hands back has every object's keys in the order they were written."""
-    written: list[bytes] = []
-
-    def writer(value: Any) -> bytes:
-        written.append(json_bytes(value))
-        return written[-1]
-
-    stored_event = event(team.team_id, properties=properties)
+    writer = WrittenFrom()
+    stored_event = prepared_event(team.team_id, properties=properties)
     with clean_db.cursor().copy(_COPY_EVENTS) as copy:
         copy.write(event_rows([stored_event], [""], 0, writer))
     row = clean_db.execute(
         "DELETE FROM posthog_event WHERE uuid = %s RETURNING properties::text", (stored_event.uuid,)
     ).fetchone()
     assert row is not None
-    assert key_order(row[0]) == key_order(written[0])
+    assert key_order(row[0]) == key_order(json_bytes(writer.values[0]))

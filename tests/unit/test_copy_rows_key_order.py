@@ -5,43 +5,26 @@ autocapture element's fields are declared in that order."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
 
-from plugin_server.ingestion.types import Element, PreparedEvent
+from plugin_server.ingestion.types import Element
 from plugin_server.jsvalues import json_bytes
 from plugin_server.sinks._copy_binary import event_rows
+from tests.pipelines import WrittenFrom, prepared_event
 
 
-def event(properties: Any) -> PreparedEvent:
-    moment = datetime(2026, 12, 5, tzinfo=UTC)
-    return PreparedEvent(
-        uuid="0190a7c6-1234-7abc-8def-0123456789ab",
-        team_id=2,
-        distinct_id="person",
-        ip=None,
-        site_url=None,
-        event="e",
-        properties=properties,
-        timestamp=moment,
-        now=moment,
-        sent_at=None,
-    )
+def rows_of(properties: Any, writer: Any = json_bytes) -> bytes:
+    return event_rows([prepared_event(2, properties=properties)], [""], 0, writer)
 
 
 def handed_to_json(properties: Any) -> Any:
     """What the row's properties column was written from."""
-    seen: list[Any] = []
-
-    def spy(value: Any) -> bytes:
-        seen.append(value)
-        return json_bytes(value)
-
-    event_rows([event(properties)], [""], 0, spy)
-    return seen[0]
+    writer = WrittenFrom()
+    rows_of(properties, writer)
+    return writer.values[0]
 
 
 def jsonb_order(keys: list[str]) -> list[str]:
@@ -72,8 +55,7 @@ def test_many_keys_are_ordered() -> None:
 def test_keys_that_are_not_text_are_left_to_the_json_writer() -> None:
     properties = {2: "two", "b": 1}
     assert handed_to_json(properties) is properties
-    rows = event_rows([event(properties)], [""], 0, json_bytes)
-    assert b'{"2":"two","b":1}' in rows
+    assert b'{"2":"two","b":1}' in rows_of(properties)
 
 
 def test_objects_nested_past_the_ordering_depth_are_left_as_they_are() -> None:
@@ -96,15 +78,10 @@ def test_a_key_that_is_not_utf8_leaves_its_object_to_the_json_writer() -> None:
     """A lone surrogate (which the pipeline scrubs before this) has no UTF-8: nothing is reordered and
     the writer refuses it as it did before."""
     properties = {"zz": 1, "\ud800": 2}
-    seen: list[Any] = []
-
-    def spy(value: Any) -> bytes:
-        seen.append(value)
-        return json_bytes(value)
-
+    writer = WrittenFrom()
     with pytest.raises(TypeError):
-        event_rows([event(properties)], [""], 0, spy)
-    assert seen[0] is properties
+        rows_of(properties, writer)
+    assert writer.values[0] is properties
 
 
 def test_empty_objects_and_lists_of_ordered_objects_are_handed_on_as_they_are() -> None:

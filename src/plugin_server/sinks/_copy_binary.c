@@ -274,9 +274,11 @@ static PyObject *jsonb_ordered_list(PyObject *list, int depth) {
 /* `value` with its objects' keys in jsonb's order (a new reference); anything but plain dicts and lists as
    it is. */
 static PyObject *jsonb_ordered(PyObject *value, int depth) {
-    if (depth < ORDERED_DEPTH && PyDict_CheckExact(value))
+    if (depth >= ORDERED_DEPTH)
+        return Py_NewRef(value);
+    if (PyDict_CheckExact(value))
         return jsonb_ordered_dict(value, depth);
-    if (depth < ORDERED_DEPTH && PyList_CheckExact(value))
+    if (PyList_CheckExact(value))
         return jsonb_ordered_list(value, depth);
     return Py_NewRef(value);
 }
