@@ -18,7 +18,8 @@ from plugin_server.db.postgres import open_pool
 from plugin_server.db.teams import CreatedTeam
 from plugin_server.sinks.postgres import PostgresEventSink
 from plugin_server.sinks.team_references import TeamReferences
-from tests.integration.test_postgres_event_sink import event, stored
+from tests.integration.test_postgres_event_sink import stored
+from tests.pipelines import prepared_event
 
 Db = psycopg.Connection[Any]
 PLAIN_ROLE = "plugin_server_plain_writer"
@@ -70,7 +71,7 @@ async def test_events_of_a_missing_team_are_refused_by_postgres_as_before(
 ) -> None:
     assert not await skipped_row_checks(pool, [team.team_id, MISSING_TEAM])
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        await PostgresEventSink(pool).write([event(team.team_id), event(MISSING_TEAM)])
+        await PostgresEventSink(pool).write([prepared_event(team.team_id), prepared_event(MISSING_TEAM)])
     assert stored(clean_db) == {}
 
 
@@ -99,7 +100,7 @@ async def test_an_operators_trigger_on_the_events_still_fires(
     pool: AsyncConnectionPool[Any], team: CreatedTeam, clean_db: Db, operator_trigger: None
 ) -> None:
     assert not await skipped_row_checks(pool, [team.team_id])
-    await PostgresEventSink(pool).write([event(team.team_id) for _ in range(3)])
+    await PostgresEventSink(pool).write([prepared_event(team.team_id) for _ in range(3)])
     assert clean_db.execute("SELECT count(*) FROM test_inserted").fetchone() == (3,)
 
 
@@ -123,7 +124,9 @@ async def test_another_foreign_key_on_the_events_is_still_checked(
 ) -> None:
     assert not await skipped_row_checks(pool, [team.team_id])
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        await PostgresEventSink(pool).write([event(team.team_id, site_url="https://unknown.example")])
+        await PostgresEventSink(pool).write(
+            [prepared_event(team.team_id, site_url="https://unknown.example")]
+        )
     assert stored(clean_db) == {}
 
 
@@ -166,8 +169,8 @@ async def test_a_role_checks_the_teams_once_per_batch_only_when_it_may_set_the_p
         assert await skipped_row_checks(plain_pool, [team.team_id]) is skipped
     assert ("checked row by row" in caplog.text) is not skipped
     sink = PostgresEventSink(plain_pool)
-    events = [event(team.team_id) for _ in range(3)]
+    events = [prepared_event(team.team_id) for _ in range(3)]
     await sink.write(events)
     assert sorted(stored(clean_db)) == sorted(item.uuid for item in events)
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        await sink.write([event(MISSING_TEAM)])
+        await sink.write([prepared_event(MISSING_TEAM)])
