@@ -27,16 +27,6 @@ SNAPSHOT_EVENT = "$snapshot"
 DEFERRED_METHODS = frozenset({"onEvent", "exportEvents"})
 
 
-class _Tally:
-    """Which plugins succeeded and failed on one event."""
-
-    __slots__ = ("failed", "succeeded")
-
-    def __init__(self) -> None:
-        self.succeeded: list[str] = []
-        self.failed: list[str] = []
-
-
 class PluginRunner:
     def __init__(self, registry: PluginRegistry, hung: HungMarks, *, on_event_concurrency: int = 10) -> None:
         self.registry = registry
@@ -78,7 +68,9 @@ class PluginRunner:
         results: list[RawEvent | None],
         hung: dict[int, frozenset[str]],
     ) -> None:
-        tallies = {index: _Tally() for index in indexes}
+        ran: list[str] = []  # the plugins whose processEvent ran, in order
+        failed: dict[int, list[str]] = defaultdict(list)  # of an event, those that failed on it
+        replaced: set[int] = set()  # events that are a plugin's result, not the caller's
         deferred: list[str] = []
         for vm in vms:
             async with vm.use() as instance:
@@ -87,19 +79,12 @@ class PluginRunner:
                 alive = [index for index in indexes if results[index] is not None]
                 if "processEvent" in instance.methods and alive:
                     marks = hung.get(vm.plugin_config_id, frozenset())
-                    await self._process_with(vm, instance, alive, results, tallies, marks)
+                    await self._process_with(vm, instance, alive, results, failed, replaced, marks)
+                    ran.append(vm.name)
                 if instance.methods & DEFERRED_METHODS:
                     deferred.append(vm.name)
-        for index, tally in tallies.items():
-            event = results[index]
-            if event is not None and (tally.succeeded or tally.failed or deferred):
-                properties = event.get("properties")
-                event["properties"] = {
-                    **(properties if isinstance(properties, dict) else {}),
-                    "$plugins_succeeded": tally.succeeded,
-                    "$plugins_failed": tally.failed,
-                    "$plugins_deferred": deferred,
-                }
+        if ran or deferred:
+            _tag(indexes, results, ran, failed, replaced, deferred)
 
     async def _process_with(
         self,
@@ -107,7 +92,8 @@ class PluginRunner:
         instance: PluginInstance,
         alive: list[int],
         results: list[RawEvent | None],
-        tallies: dict[int, _Tally],
+        failed: dict[int, list[str]],
+        replaced: set[int],
         hung: frozenset[str],
     ) -> None:
         given = [results[index] for index in alive]
@@ -117,11 +103,11 @@ class PluginRunner:
             outcomes = await instance.process_events(given, hung)  # type: ignore[arg-type]
             for index, before, outcome in zip(alive, given, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
-                    tallies[index].failed.append(name)
+                    failed[index].append(name)
                     errors.append((outcome, before))  # type: ignore[arg-type]
                 else:
-                    tallies[index].succeeded.append(name)
                     results[index] = outcome
+                    replaced.add(index)
             call.errors = len(errors)
         if errors:
             with bound_contextvars(**vm.labels.log_context()):
@@ -185,3 +171,34 @@ class PluginRunner:
                             await vm.record_error(error, event, function="onEvent", outcome="not retried")
 
             await asyncio.gather(*(one(event) for event in events))
+
+
+def _tag(
+    indexes: list[int],
+    results: list[RawEvent | None],
+    ran: list[str],
+    failed: dict[int, list[str]],
+    replaced: set[int],
+    deferred: list[str],
+) -> None:
+    """$plugins_succeeded, $plugins_failed and $plugins_deferred on each event still there. An event
+    still there went through every plugin that ran (a dropped one stays dropped). A plugin's result
+    is tagged in place; an event that no plugin replaced is the caller's: a copy is tagged."""
+    for index in indexes:
+        event = results[index]
+        if event is None:
+            continue
+        properties = event.get("properties")
+        if index not in replaced:
+            properties = dict(properties) if isinstance(properties, dict) else {}
+            results[index] = event = {**event, "properties": properties}
+        elif not isinstance(properties, dict):
+            properties = event["properties"] = {}
+        failures = failed.get(index)
+        if failures is None:
+            properties["$plugins_succeeded"] = ran.copy()
+            properties["$plugins_failed"] = []
+        else:
+            properties["$plugins_succeeded"] = [name for name in ran if name not in failures]
+            properties["$plugins_failed"] = failures.copy()
+        properties["$plugins_deferred"] = deferred.copy()
