@@ -16,7 +16,7 @@ import asyncio
 import redis
 import redis.asyncio as aioredis
 
-from benchmarks.celery_to_postgres import make_messages, push_messages
+from benchmarks.celery_to_postgres import make_messages, message_pusher
 from benchmarks.cpu import CpuMeter
 from benchmarks.services import benchmark_services
 from plugin_server.ingestion.redis_queue import ReliableQueue
@@ -55,7 +55,7 @@ def main() -> None:
         print(f"celery claim, {options.messages} messages of ~1 KB, batches of {options.batch}")
         for round_number in range(1, options.rounds + 1):
             client.delete(QUEUE)
-            push_messages(client, QUEUE, messages)
+            message_pusher(client, QUEUE, messages)()
             meter = CpuMeter({"valkey": [valkey]}, own="this process")
             meter.start()
             taken = asyncio.run(drain(redis_url, options.batch))

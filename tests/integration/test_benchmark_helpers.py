@@ -1,4 +1,5 @@
-"""The benchmarks' CPU accounting and the limit benchmark's COPY rows, on real processes and Postgres."""
+"""The benchmarks' CPU accounting, the limit benchmark's COPY rows and the Celery benchmark's message pusher,
+on real processes, Postgres and Valkey."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pytest
+import redis
+from benchmarks.celery_to_postgres import message_pusher
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.limit import EVENT_COLUMNS, copy_row, minimal_decode
 
@@ -78,3 +82,15 @@ def test_copy_rows_store_awkward_text(team: CreatedTeam, clean_db: psycopg.Conne
         "",
         awkward,
     )
+
+
+def test_the_message_pusher_pushes_every_message_oldest_first(redis_client: redis.Redis) -> None:
+    messages = [b"message %d" % number for number in range(2_500)]  # three LPUSH commands
+    push = message_pusher(redis_client, "bench-queue", messages)
+    assert redis_client.llen("bench-queue") == 0  # encoded, not sent, until the push
+    push()
+    assert [redis_client.rpop("bench-queue") for _ in messages] == messages
+    push = message_pusher(redis_client, "bench-queue", messages)
+    redis_client.set("bench-queue", "not a list")
+    with pytest.raises(redis.ResponseError):
+        push()
