@@ -50,6 +50,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tests.kafka_broker import KafkaBroker, free_port, read_topic
 
+from benchmarks import machine
 from benchmarks.cpu import tree_cpu_seconds
 from benchmarks.profiling import profiled, py_spy
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
@@ -404,7 +405,7 @@ def run_queue(
     return rows
 
 
-def machine() -> str:
+def machine_and_load() -> str:
     model = next(
         (
             line.split(":", 1)[1].strip()
@@ -414,7 +415,7 @@ def machine() -> str:
         "unknown CPU",
     )
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{os.cpu_count()} cores ({model}), load average before the run {load}"
+    return f"{machine.machine()}, {model}, load average before the run {load}"
 
 
 @contextlib.contextmanager
@@ -475,7 +476,7 @@ def main() -> None:
     if options.profile:
         py_spy()
         options.profile.mkdir(parents=True, exist_ok=True)
-    header = machine()
+    header = machine_and_load()
     rows = []
     with (
         benchmark_services() as (server_url, redis_url),

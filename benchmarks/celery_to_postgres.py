@@ -37,6 +37,7 @@ from tests.kafka_broker import free_port
 
 from benchmarks.cpu import CpuMeter, CpuUse
 from benchmarks.limit import measure_limit
+from benchmarks.machine import machine
 from benchmarks.profiling import profiled, py_spy
 from benchmarks.progress import Progress
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
@@ -302,7 +303,7 @@ def main() -> None:
         limit = measure_limit(database_url, runs[-1].database_url, messages) if options.limit else None
     plugin = f"plugin {options.plugin}" if options.plugin else "no plugins"
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"celery -> postgres, {options.events} events, {plugin}, default settings, {os.cpu_count()} cores")
+    print(f"celery -> postgres, {options.events} events, {plugin}, default settings, {machine()}")
     print(f"load average at the end: {load}")
     print("runs (events/s): " + ", ".join(f"{run.rate:,.0f}" for run in runs))
     median = statistics.median(run.rate for run in runs)

@@ -51,6 +51,7 @@ from tests.kafka_broker import (
 from benchmarks.celery_to_postgres import service_pids
 from benchmarks.cpu import CpuMeter
 from benchmarks.kafka_to_postgres import evenly_partitioned_people, make_captured_messages, partition_count
+from benchmarks.machine import machine
 from benchmarks.profiling import profiled
 from benchmarks.progress import Progress
 from benchmarks.services import benchmark_services, fresh_database
@@ -237,7 +238,7 @@ def main() -> None:
     rates = [run.server_rate for run in runs]
     plugin = options.plugin or "no plugins"
     print(
-        f"kafka -> clickhouse ({options.store}, {options.format} format), {options.events} events, {plugin}, {os.cpu_count()} cores"
+        f"kafka -> clickhouse ({options.store}, {options.format} format), {options.events} events, {plugin}, {machine()}"
     )
     print("runs (events/s): " + ", ".join(f"{rate:,.0f}" for rate in rates))
     print(f"median: {statistics.median(rates):,.0f} events/s")

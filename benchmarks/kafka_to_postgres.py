@@ -37,6 +37,7 @@ from tests.kafka_broker import (
 )
 
 from benchmarks.celery_to_postgres import PEOPLE, Run, event_data, make_messages, run_once, timed_run
+from benchmarks.machine import machine
 from benchmarks.profiling import py_spy
 from benchmarks.services import TEAM_ID, benchmark_services
 from plugin_server.config import load_settings
@@ -167,7 +168,7 @@ def main() -> None:
                 print(f"{name} {result.rate:,.0f} events/s; {result.cpu.summary(options.events)}", flush=True)
                 print(f"  {result.pace}", flush=True)
     load = os.getloadavg()
-    print(f"{options.events} events, {plugin or 'no plugins'}, default settings, {os.cpu_count()} cores")
+    print(f"{options.events} events, {plugin or 'no plugins'}, default settings, {machine()}")
     print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     for name, rates in (("celery -> postgres", celery), ("kafka -> postgres", kafka)):
         runs = ", ".join(f"{rate:,.0f}" for rate in rates)

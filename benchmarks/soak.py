@@ -42,6 +42,7 @@ from tests.kafka_broker import free_port
 from tests.loopback import LoopbackService
 from tests.tcp_proxy import TcpProxy
 
+from benchmarks.machine import machine
 from benchmarks.services import PLUGINS
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 from plugin_server.plugins.export import EXPORT_RETRY_JOB
@@ -474,7 +475,7 @@ def main() -> None:
     print(
         f"soak: {result.sent:,} events sent in {options.minutes:g} min ({options.batch} per request), "
         f"{len(result.faults)} faults, all stored after {result.seconds / 60:.1f} min, "
-        f"{os.cpu_count()} cores"
+        f"{machine()}"
     )
     print(
         f"lost {result.tally.lost}, doubled {result.tally.doubled}, both plugins' changes on {result.plugins_ran:,} rows, "

@@ -29,6 +29,7 @@ import redis
 from tests.kafka_broker import free_port
 
 from benchmarks.celery_to_postgres import QUEUE, _wait_for_ping
+from benchmarks.machine import machine
 from benchmarks.services import PLUGINS, TEAM_ID, benchmark_services, fresh_database, wait_for_health
 from plugin_server.db.teams import create_organization_and_team
 from plugin_server.ingestion.celery import PROCESS_EVENT_TASK, encode_task
@@ -141,7 +142,7 @@ def run(database_url: str, redis_url: str, options: argparse.Namespace) -> None:
     print(
         f"team {TEAM_ID}: {len(latencies)} events at {options.rate:g}/s; team {SLOW_TEAM_ID} (looping plugin): "
         f"{slow_sent} events at {options.slow_rate:g}/s, {slow_stored} stored by the end; "
-        f"TASK_TIMEOUT={options.task_timeout:g}, {os.cpu_count()} cores"
+        f"TASK_TIMEOUT={options.task_timeout:g}, {machine()}"
     )
     print(
         f"team {TEAM_ID} queue-to-row latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
