@@ -224,9 +224,17 @@ async def test_set_wins_over_set_once_in_one_event(manager: PersonManager, clean
 
 
 async def test_set_is_strict_about_types(manager: PersonManager, clean_db: SyncConnection) -> None:
-    create_person(clean_db, 2, ["d"], {"flag": True, "n": 1})
-    await manager.process_batch([event("d", properties={"$set": {"flag": 1, "n": 1.0}})])
-    assert person_of(clean_db, "d")["properties"] == {"flag": 1, "n": 1}
+    create_person(clean_db, 2, ["d"], {"flag": True, "n": 1, "text": "1", "number": 1, "same": "x"})
+    await manager.process_batch(
+        [event("d", properties={"$set": {"flag": 1, "n": 1.0, "text": 1, "number": "1", "same": "x"}})]
+    )
+    assert person_of(clean_db, "d")["properties"] == {
+        "flag": 1,
+        "n": 1,
+        "text": 1,
+        "number": "1",
+        "same": "x",
+    }
 
 
 async def test_nested_values_are_compared_deeply(

@@ -249,6 +249,9 @@ def _storable(distinct_id: str) -> bool:
     return len(distinct_id) <= MAX_DISTINCT_ID_LENGTH and "\x00" not in distinct_id
 
 
+_ABSENT = object()  # a property the person does not have
+
+
 def _same_json(a: Any, b: Any) -> bool:
     """Deep equality of JSON values where true is not 1, as the original's `!==` plus deep-equal."""
     if type(a) is str:  # most property values: decided without the checks below
@@ -484,11 +487,18 @@ class _Person:
 
     def apply(self, to_set: dict[str, Any], to_set_once: dict[str, Any]) -> None:
         """Rule 29: $set_once for keys the person lacks, then $set for values that differ."""
-        for key, value in to_set_once.items():
-            if key not in self.properties:
-                self.properties[key] = self.set_once[key] = value
+        if not to_set_once.keys() <= self.properties.keys():  # most events: it has them all already
+            for key, value in to_set_once.items():
+                if key not in self.properties:
+                    self.properties[key] = self.set_once[key] = value
         for key, value in to_set.items():
-            if key not in self.properties or not _same_json(self.properties[key], value):
+            current = self.properties.get(key, _ABSENT)
+            if current is _ABSENT or not (
+                # text, the most common value, compared here (as _same_json would): a call costs more
+                (type(value) is str and current == value)
+                if type(current) is str
+                else _same_json(current, value)
+            ):
                 self.properties[key] = self.set[key] = value
 
     def refresh(self, row: PersonRow) -> None:
