@@ -314,11 +314,7 @@ def message_context(message: bytes, codec: MessageCodec) -> dict[str, Any]:
 
 
 def _person_update(event: PreparedEvent) -> PersonUpdate:
-    return PersonUpdate(
-        team_id=event.team_id,
-        distinct_id=event.distinct_id,
-        event=event.event,
-        properties=event.properties,
-        # A recording's person is created "now", a capture's at sent_at (as in the original).
-        created_at=event.now if event.is_snapshot else event.sent_at or event.now,
-    )
+    # A recording's person is created "now", a capture's at sent_at (as in the original). Positional:
+    # a call with keywords costs more, and this runs for every event.
+    created_at = event.now if event.is_snapshot else event.sent_at or event.now
+    return PersonUpdate(event.team_id, event.distinct_id, event.event, event.properties, created_at)
