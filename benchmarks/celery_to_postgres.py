@@ -2,7 +2,8 @@
 
 10,000 `process_event_with_plugins` messages (100 distinct persons, team 2, ~10 properties each) are
 pushed to the Celery list of a running server (the LPUSH commands encoded before the clock starts);
-the clock runs from the first push until all 10,000 rows are in posthog_event. Uses DATABASE_URL / REDIS_URL when set, otherwise starts embedded servers.
+the clock runs from the first push until all 10,000 rows are in posthog_event. Uses DATABASE_URL /
+REDIS_URL when set, otherwise starts embedded servers.
 Each run prints the CPU time per event of every process taking part (benchmarks/cpu.py); `--limit`
 then measures what Postgres and Python alone would need (benchmarks/limit.py), `--profile FOLDER`
 records flame graphs of the workers and the web process during the first run.

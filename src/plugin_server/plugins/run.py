@@ -53,7 +53,10 @@ class PluginRunner:
         # one team's slow plugin does not hold up the others' (each chain writes only its own indexes).
         # A chain that fails (e.g. Redis is down) fails the call once every chain is over, not before.
         ends = await asyncio.gather(
-            *(self._run_chain(vms, by_team[team_id], results, hung) for team_id, vms in chains.items()),
+            *(
+                self._run_chain(vms, by_team[team_id], events, results, hung)
+                for team_id, vms in chains.items()
+            ),
             return_exceptions=True,
         )
         for end in ends:
@@ -65,12 +68,12 @@ class PluginRunner:
         self,
         vms: list[PluginVM],
         indexes: list[int],
+        events: Sequence[RawEvent],
         results: list[RawEvent | None],
         hung: dict[int, frozenset[str]],
     ) -> None:
         ran: list[str] = []  # the plugins whose processEvent ran, in order
         failed: dict[int, list[str]] = defaultdict(list)  # of an event, those that failed on it
-        replaced: set[int] = set()  # events that are a plugin's result, not the caller's
         deferred: list[str] = []
         for vm in vms:
             async with vm.use() as instance:
@@ -79,12 +82,12 @@ class PluginRunner:
                 alive = [index for index in indexes if results[index] is not None]
                 if "processEvent" in instance.methods and alive:
                     marks = hung.get(vm.plugin_config_id, frozenset())
-                    await self._process_with(vm, instance, alive, results, failed, replaced, marks)
+                    await self._process_with(vm, instance, alive, results, failed, marks)
                     ran.append(vm.name)
                 if instance.methods & DEFERRED_METHODS:
                     deferred.append(vm.name)
         if ran or deferred:
-            _tag(indexes, results, ran, failed, replaced, deferred)
+            _tag(indexes, events, results, ran, failed, deferred)
 
     async def _process_with(
         self,
@@ -93,7 +96,6 @@ class PluginRunner:
         alive: list[int],
         results: list[RawEvent | None],
         failed: dict[int, list[str]],
-        replaced: set[int],
         hung: frozenset[str],
     ) -> None:
         given = [results[index] for index in alive]
@@ -107,7 +109,6 @@ class PluginRunner:
                     errors.append((outcome, before))  # type: ignore[arg-type]
                 else:
                     results[index] = outcome
-                    replaced.add(index)
             call.errors = len(errors)
         if errors:
             with bound_contextvars(**vm.labels.log_context()):
@@ -175,21 +176,22 @@ class PluginRunner:
 
 def _tag(
     indexes: list[int],
+    events: Sequence[RawEvent],
     results: list[RawEvent | None],
     ran: list[str],
     failed: dict[int, list[str]],
-    replaced: set[int],
     deferred: list[str],
 ) -> None:
     """$plugins_succeeded, $plugins_failed and $plugins_deferred on each event still there. An event
     still there went through every plugin that ran (a dropped one stays dropped). A plugin's result
-    is tagged in place; an event that no plugin replaced is the caller's: a copy is tagged."""
+    is tagged in place; an event that is still the caller's (`events`: no plugin replaced it) is
+    tagged on a copy."""
     for index in indexes:
         event = results[index]
         if event is None:
             continue
         properties = event.get("properties")
-        if index not in replaced:
+        if event is events[index]:
             properties = dict(properties) if isinstance(properties, dict) else {}
             results[index] = event = {**event, "properties": properties}
         elif not isinstance(properties, dict):
