@@ -90,3 +90,18 @@ async def test_an_event_no_plugin_replaced_is_tagged_on_a_copy(
         "$plugins_deferred": [],
     }
     assert marked == before
+
+
+async def test_properties_a_plugin_made_not_an_object_become_the_tags_alone(
+    clean_db: Db, tmp_path: Path, team: CreatedTeam, running: RunningPlugins
+) -> None:
+    source = "function processEvent(event) { event.properties = 'text'; return event }\nmodule.exports = { processEvent }"
+    name = install(clean_db, tmp_path, team, "flattens", source)
+    await running.plugins.registry.reload()
+    runner = PluginRunner(running.plugins.registry, running.services.hung)
+    [processed] = await runner.process_events([event(team, kept="yes")])
+    assert processed is not None and processed["properties"] == {
+        "$plugins_succeeded": [name],
+        "$plugins_failed": [],
+        "$plugins_deferred": [],
+    }
