@@ -9,7 +9,8 @@ import psycopg
 import pytest
 
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
-from plugin_server.ingestion.definitions import DefinitionsManager, is_number
+from plugin_server.ingestion._event_properties import collect_names
+from plugin_server.ingestion.definitions import DefinitionsManager
 from plugin_server.ingestion.uuidt import uuidt
 from tests.conftest import Counted, FakeClock
 
@@ -100,8 +101,10 @@ async def test_a_batch_with_known_names_of_an_uncached_team_only_loads(
 
 
 async def test_is_numerical_means_a_number_and_never_a_bool() -> None:
-    assert [is_number(value) for value in (1, 1.5, -0.0, 10**30)] == [True] * 4
-    assert [is_number(value) for value in (True, False, "5", None, [1], {"a": 1})] == [False] * 6
+    numbers = {"int": 1, "float": 1.5, "negative zero": -0.0, "big": 10**30}
+    others = {"true": True, "false": False, "text": "5", "null": None, "list": [1], "object": {"a": 1}}
+    _, keys, numerical = collect_names([(1, "e", numbers | others)])[1]
+    assert (keys, numerical) == (set(numbers) | set(others), set(numbers))
 
 
 async def test_a_property_becomes_numerical_once_a_number_is_seen_and_stays_so(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from plugin_server.ingestion._event_properties import campaign_and_initial
 from plugin_server.ingestion.elements import elements_from_properties
 from plugin_server.ingestion.short_text_cache import cache_short_texts
 from plugin_server.ingestion.storable import MAX_DISTINCT_ID_LENGTH
@@ -44,8 +45,8 @@ _ILLEGAL_IDS_EXACT = frozenset({"[object Object]", "NaN", "None", "none", "null"
 
 # Rules 25-26: campaign keys go to $set; these and the browser keys go to $set_once as $initial_<key>.
 _CAMPAIGN_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term", "gclid")
-_INITIAL_KEYS = {
-    key: "$initial_" + key.replace("$", "", 1)
+_INITIAL_KEYS = tuple(
+    (key, "$initial_" + key.replace("$", "", 1))
     for key in (
         *_CAMPAIGN_KEYS,
         "$browser",
@@ -56,7 +57,7 @@ _INITIAL_KEYS = {
         "$referring_domain",
         "$referrer",
     )
-}
+)
 
 
 def _to_utc_ms(value: datetime) -> datetime | None:
@@ -249,15 +250,9 @@ def apply_ip(properties: dict[str, Any], ip: str | None, anonymize_ips: bool) ->
 
 def add_campaign_and_initial_properties(properties: dict[str, Any]) -> None:
     """Rules 25-26: campaign keys into `$set`, campaign and browser keys into `$set_once` as
-    `$initial_<key>`, both overriding what the event set. The `$set` dicts are replaced, not changed."""
-    campaign = {key: properties[key] for key in _CAMPAIGN_KEYS if key in properties}
-    if campaign:
-        current = properties.get("$set")
-        properties["$set"] = {**current, **campaign} if isinstance(current, dict) else campaign
-    initial = {name: properties[key] for key, name in _INITIAL_KEYS.items() if key in properties}
-    if initial:
-        current = properties.get("$set_once")
-        properties["$set_once"] = {**current, **initial} if isinstance(current, dict) else initial
+    `$initial_<key>`, both overriding what the event set. The `$set` dicts are replaced, not changed.
+    In C (_event_properties.c): in Python, looking at the 20 keys cost 1.25 µs per event."""
+    campaign_and_initial(properties, _CAMPAIGN_KEYS, _INITIAL_KEYS)
 
 
 def is_illegal_distinct_id(distinct_id: str) -> bool:
