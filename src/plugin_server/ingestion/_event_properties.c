@@ -85,9 +85,11 @@ static int merge_into(PyObject *properties, PyObject *target, PyObject *found) {
     PyObject *merged = PyDict_New();
     if (merged == NULL)
         return -1;
+    Py_INCREF(current); /* a dict subclass's own methods may run in the update and change properties */
     int stored = PyDict_Update(merged, current) < 0 || PyDict_Update(merged, found) < 0
                      ? -1
                      : PyDict_SetItem(properties, target, merged);
+    Py_DECREF(current);
     Py_DECREF(merged);
     return stored;
 }
