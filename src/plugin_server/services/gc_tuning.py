@@ -4,15 +4,22 @@ A micro-batch allocates hundreds of thousands of short-lived containers (decoded
 dicts, rows). With CPython's default threshold (700 allocations) the collector runs hundreds of times a
 batch, and each full collection walks every object the process imported at start-up. Profiles put 15-20 %
 of a worker's CPU there. So: once start-up is done, the objects alive are moved out of the collector's
-sight (`gc.freeze`), and the youngest generation is collected every 50,000 allocations instead.
-Reference cycles are still collected; only less often, which bounds the garbage they can hold.
+sight (`gc.freeze`), and the youngest generation is collected every 200,000 allocations instead.
+
+The count is of containers allocated and not yet freed, so a worker's own working set, ten micro-batches
+of a thousand events in flight, crossed a lower threshold again and again, each collection walking
+objects that were all alive: at 50,000, the two workers of a server storing 100,000 Celery events with
+a JavaScript plugin made 5 collections (93 ms, 0.9 µs per event), the pipeline in one process 13 (1.7
+µs per event); at 200,000 neither made any (benchmarks/README.md, "2026-12-05, late"). Reference
+cycles are still collected, once 200,000 containers more than were freed have been made: that bounds
+the garbage they can hold (trusted Python plugins that make a cycle per event hold that many at most).
 """
 
 from __future__ import annotations
 
 import gc
 
-YOUNG_GENERATION_THRESHOLD = 50_000
+YOUNG_GENERATION_THRESHOLD = 200_000
 
 
 def tune_garbage_collector() -> None:
