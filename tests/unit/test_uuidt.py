@@ -1,11 +1,14 @@
 """Time-ordered event uuids, and the uuid derived from a queue message's id."""
 
 import random
+import re
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from plugin_server.ingestion._uuid_text import uuidt_text
+from plugin_server.ingestion._uuid_text import is_uuid_text, uuidt_text
 from plugin_server.ingestion.uuidt import random_id, uuidt, uuidt_for_message
 
 
@@ -56,3 +59,33 @@ def test_the_compiled_text_refuses_what_it_cannot_make() -> None:
         uuidt_text(1, b"short")
     with pytest.raises(TypeError):
         uuidt_text("1", b"0123456789")  # type: ignore[arg-type]
+
+
+UUID_PATTERN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+HEX_DIGITS = "0123456789abcdefABCDEF"
+DASHES = (8, 13, 18, 23)
+
+
+@st.composite
+def uuid_like(draw: st.DrawFn) -> str:
+    """8-4-4-4-12 hex digits of either case, then maybe one character changed (to a dash, a letter past
+    f, a non-ASCII digit or letter, a space), one cut off or one more."""
+    chars = ["-" if at in DASHES else draw(st.sampled_from(HEX_DIGITS)) for at in range(36)]
+    change = draw(st.sampled_from(["none", "replace", "cut", "add"]))
+    if change == "replace":
+        chars[draw(st.integers(0, 35))] = draw(st.sampled_from(["-", "g", "G", "\u00e9", "\u0660", " ", "x"]))
+    elif change == "cut":
+        del chars[draw(st.integers(0, 35))]
+    elif change == "add":
+        chars.insert(draw(st.integers(0, 36)), draw(st.sampled_from(HEX_DIGITS + "-")))
+    return "".join(chars)
+
+
+@given(st.one_of(uuid_like(), st.text(max_size=40)))
+def test_is_uuid_text_is_the_pattern(text: str) -> None:
+    assert is_uuid_text(text) is (UUID_PATTERN.fullmatch(text) is not None)
+
+
+@pytest.mark.parametrize("value", [None, 5, b"01a2471c-7bdb-7fb8-8efe-4916e6faff10", ["x"]])
+def test_is_uuid_text_of_what_is_not_text_is_false(value: object) -> None:
+    assert is_uuid_text(value) is False

@@ -4,6 +4,9 @@
 
    `uuidt_text(unix_ms, tail)`: 48 bits of `unix_ms` (its low 48), then the first 10 bytes of `tail`,
    with the version (7) and the RFC 4122 variant set, as 8-4-4-4-12 lower-case hex.
+
+   `is_uuid_text(value)`: whether `value` is a uuid's text, 8-4-4-4-12 hex digits of either case (what
+   a regular expression checked in 0.31 µs, for every event).
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,9 +47,24 @@ static PyObject *uuidt_text(PyObject *Py_UNUSED(module), PyObject *const *args, 
     return text;
 }
 
+static PyObject *is_uuid_text(PyObject *Py_UNUSED(module), PyObject *value) {
+    if (!PyUnicode_Check(value) || PyUnicode_GET_LENGTH(value) != 36 || PyUnicode_KIND(value) != PyUnicode_1BYTE_KIND)
+        Py_RETURN_FALSE;
+    const Py_UCS1 *text = PyUnicode_1BYTE_DATA(value);
+    for (int i = 0; i < 36; i++) {
+        Py_UCS1 c = text[i], lower = (Py_UCS1)(c | 0x20);
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (lower >= 'a' && lower <= 'f')))
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef METHODS[] = {
     {"uuidt_text", (PyCFunction)(void (*)(void))uuidt_text, METH_FASTCALL,
      "uuidt_text(unix_ms, tail) -> str\n\nA time-ordered uuid's text (see uuidt.py)."},
+    {"is_uuid_text", is_uuid_text, METH_O,
+     "is_uuid_text(value) -> bool\n\nWhether value is a uuid's text, hex digits of either case."},
     {NULL, NULL, 0, NULL},
 };
 
