@@ -241,10 +241,6 @@ def _jsonb(value: Any) -> Jsonb:
     return Jsonb(value, dumps=json_text)
 
 
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 def _storable(distinct_id: str) -> bool:
     return len(distinct_id) <= MAX_DISTINCT_ID_LENGTH and "\x00" not in distinct_id
 
@@ -522,15 +518,10 @@ class _Step:
     identify: bool
     to_set: dict[str, Any]
     to_set_once: dict[str, Any]
-
-    @property
-    def sets_properties(self) -> bool:
-        return bool(self.to_set or self.to_set_once)
+    sets_properties: bool  # to_set or to_set_once has something
 
 
-def _dict_property(properties: dict[str, Any], name: str) -> dict[str, Any]:
-    value = properties.get(name)
-    return value if isinstance(value, dict) else {}
+_ALIASING_EVENTS = frozenset({"$create_alias", "$identify"})
 
 
 def _alias_of(update: PersonUpdate) -> tuple[str | None, bool]:
@@ -555,15 +546,26 @@ def _alias_of(update: PersonUpdate) -> tuple[str | None, bool]:
 
 
 def _step(update: PersonUpdate) -> _Step:
-    properties = update.properties
-    if update.event in EVENTS_WITHOUT_PERSON_PROPERTIES:
-        to_set, to_set_once = {}, {}
-    else:
-        to_set, to_set_once = _dict_property(properties, "$set"), _dict_property(properties, "$set_once")
+    """The event's step. This runs for every event, so its common case (no alias) calls no helpers."""
+    to_set: dict[str, Any] = {}
+    to_set_once: dict[str, Any] = {}
+    if update.event not in EVENTS_WITHOUT_PERSON_PROPERTIES:
+        properties = update.properties
+        if isinstance(given := properties.get("$set"), dict):
+            to_set = given
+        if isinstance(given := properties.get("$set_once"), dict):
+            to_set_once = given
     illegal = is_illegal_distinct_id(update.distinct_id)
-    alias_of, identify = (None, False) if illegal else _alias_of(update)
+    alias_of, identify = (
+        _alias_of(update) if update.event in _ALIASING_EVENTS and not illegal else (None, False)
+    )
+    created_at = update.created_at
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
     key = (update.team_id, update.distinct_id)
-    return _Step(key, _aware(update.created_at), illegal, alias_of, identify, to_set, to_set_once)
+    return _Step(
+        key, created_at, illegal, alias_of, identify, to_set, to_set_once, bool(to_set or to_set_once)
+    )
 
 
 class _BatchRun:
@@ -829,7 +831,7 @@ class PersonManager:
         """
         changes, self._unanswered = self._unanswered, PersonChanges()
         changes.persons = {}  # of an earlier call: not what this one leaves
-        updates = [update for update in updates if self._storable(update)]
+        updates = [update for update in updates if _storable(update.distinct_id) or self._refused(update)]
         if not updates:
             return changes
         steps = [_step(update) for update in updates]
@@ -864,9 +866,8 @@ class PersonManager:
         if self.outbox is not None:
             await self.outbox.remove(self._pool, changes.outbox_ids)
 
-    def _storable(self, update: PersonUpdate) -> bool:
-        if _storable(update.distinct_id):
-            return True
+    def _refused(self, update: PersonUpdate) -> bool:
+        """Count and log an event whose distinct id cannot be stored; False, to leave it out."""
         self.unstorable_distinct_ids += 1
         log.warning("no person for distinct id %.50r...: too long or has a NUL character", update.distinct_id)
         return False
