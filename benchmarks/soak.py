@@ -296,6 +296,8 @@ def soak(
         for number in range(sys.maxsize):
             if load.wait(max(0.0, started + fault_every * (number + 1) - time.monotonic())):
                 break
+            if not faults_in_turn:  # `--faults ''`: a steady stream only, for memory and latency
+                continue
             name, fault = FAULTS[faults_in_turn[number % len(faults_in_turn)]]
             faults.append((time.monotonic() - started, name))
             fault(stack)
@@ -436,7 +438,7 @@ def main() -> None:
     parser.add_argument(
         "--faults",
         default=",".join(FAULTS),
-        help=f"the faults to take in turn, comma-separated, of: {', '.join(FAULTS)}",
+        help=f"the faults to take in turn, comma-separated, of: {', '.join(FAULTS)} ('' for none)",
     )
     parser.add_argument("--keep-logs", type=Path, help="a folder to copy the server's logs to")
     parser.add_argument(
