@@ -50,8 +50,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from tests.kafka_broker import KafkaBroker, free_port, read_topic
 
-from benchmarks import machine
 from benchmarks.cpu import tree_cpu_seconds
+from benchmarks.machine import machine
 from benchmarks.profiling import profiled, py_spy
 from benchmarks.services import TEAM_ID, benchmark_services, fresh_database, wait_for_health
 
@@ -415,7 +415,7 @@ def machine_and_load() -> str:
         "unknown CPU",
     )
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    return f"{machine.machine()}, {model}, load average before the run {load}"
+    return f"{machine()}, {model}, load average before the run {load}"
 
 
 @contextlib.contextmanager

@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from plugin_server.ingestion._event_properties import campaign_and_initial, collect_names
-from plugin_server.ingestion.rules import _CAMPAIGN_KEYS, _INITIAL_KEYS, add_campaign_and_initial_properties
+from plugin_server.ingestion.rules import (
+    _CAMPAIGN_KEYS,
+    _CAMPAIGN_PAIRS,
+    _INITIAL_KEYS,
+    add_campaign_and_initial_properties,
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
@@ -88,9 +93,10 @@ def test_collect_names_refuses_what_is_not_a_triple_with_a_dict(events: Any) -> 
 @pytest.mark.parametrize(
     "arguments",
     [
-        ([("utm_source", 1)], _CAMPAIGN_KEYS, _INITIAL_KEYS),
-        ({}, list(_CAMPAIGN_KEYS), _INITIAL_KEYS),
-        ({"$os": "Linux"}, _CAMPAIGN_KEYS, ("$os",)),
+        ([("utm_source", 1)], _CAMPAIGN_PAIRS, _INITIAL_KEYS),
+        ({}, list(_CAMPAIGN_PAIRS), _INITIAL_KEYS),
+        ({"$os": "Linux"}, _CAMPAIGN_PAIRS, ("$os",)),
+        ({"utm_source": "news"}, _CAMPAIGN_KEYS, _INITIAL_KEYS),
     ],
 )
 def test_campaign_and_initial_refuses_other_arguments(arguments: tuple[Any, Any, Any]) -> None:

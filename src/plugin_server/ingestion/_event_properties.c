@@ -5,11 +5,11 @@
    triples, by team: {team_id: (event names, property keys, keys holding a number)}. A number is an
    int or a float exactly, as `typeof value === 'number'` sees JSON values (a bool is not one).
 
-   `campaign_and_initial(properties, campaign_keys, initial_keys)`: rules 25-26 (rules.py). The
-   campaign keys the properties hold, in `campaign_keys`' order, go into `$set`; the keys of
-   `initial_keys` ((key, name) pairs) they hold go into `$set_once` under their names. Both override
-   what the event set, and both dicts are replaced, not changed: {**current, **found}, or `found`
-   alone when the current value is not a dict.
+   `campaign_and_initial(properties, campaign, initial)`: rules 25-26 (rules.py). Each is a tuple of
+   (key, name) pairs: the keys of `campaign` the properties hold go into `$set`, those of `initial`
+   into `$set_once`, each under its name, in the pairs' order. Both override what the event set, and
+   both dicts are replaced, not changed: {**current, **found}, or `found` alone when the current value
+   is not a dict.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -94,31 +94,28 @@ static int merge_into(PyObject *properties, PyObject *target, PyObject *found) {
     return stored;
 }
 
-/* The keys (each item of `keys`, or its first when `pairs`) that `properties` holds, under their own
-   names (or the pair's second): a new dict, maybe empty. */
-static PyObject *found_in(PyObject *properties, PyObject *keys, int pairs) {
+/* The values of the pairs' keys that `properties` holds, under the pairs' names: a new dict, maybe
+   empty. */
+static PyObject *found_in(PyObject *properties, PyObject *pairs) {
     PyObject *found = PyDict_New();
-    for (Py_ssize_t i = 0; found != NULL && i < PyTuple_GET_SIZE(keys); i++) {
-        PyObject *key = PyTuple_GET_ITEM(keys, i), *name = key;
-        if (pairs) {
-            if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 2) {
-                PyErr_SetString(PyExc_TypeError, "initial_keys holds (key, name) pairs");
-                Py_CLEAR(found);
-                break;
-            }
-            name = PyTuple_GET_ITEM(key, 1);
-            key = PyTuple_GET_ITEM(key, 0);
+    for (Py_ssize_t i = 0; found != NULL && i < PyTuple_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "campaign_and_initial takes tuples of (key, name) pairs");
+            Py_CLEAR(found);
+            break;
         }
-        PyObject *value = PyDict_GetItemWithError(properties, key);
-        if ((value == NULL && PyErr_Occurred()) || (value != NULL && PyDict_SetItem(found, name, value) < 0))
+        PyObject *value = PyDict_GetItemWithError(properties, PyTuple_GET_ITEM(pair, 0));
+        if ((value == NULL && PyErr_Occurred()) ||
+            (value != NULL && PyDict_SetItem(found, PyTuple_GET_ITEM(pair, 1), value) < 0))
             Py_CLEAR(found);
     }
     return found;
 }
 
 /* found_in, then merged into properties[target] if it found any; -1 on an error. */
-static int move_found(PyObject *properties, PyObject *keys, int pairs, PyObject *target) {
-    PyObject *found = found_in(properties, keys, pairs);
+static int move_found(PyObject *properties, PyObject *pairs, PyObject *target) {
+    PyObject *found = found_in(properties, pairs);
     if (found == NULL)
         return -1;
     int moved = PyDict_GET_SIZE(found) ? merge_into(properties, target, found) : 0;
@@ -129,10 +126,10 @@ static int move_found(PyObject *properties, PyObject *keys, int pairs, PyObject 
 static PyObject *campaign_and_initial(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 3 || !PyDict_Check(args[0]) || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
-                        "campaign_and_initial(properties: dict, campaign_keys: tuple, initial_keys: tuple)");
+                        "campaign_and_initial(properties: dict, campaign: tuple, initial: tuple)");
         return NULL;
     }
-    if (move_found(args[0], args[1], 0, set_key) < 0 || move_found(args[0], args[2], 1, set_once_key) < 0)
+    if (move_found(args[0], args[1], set_key) < 0 || move_found(args[0], args[2], set_once_key) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -142,7 +139,7 @@ static PyMethodDef METHODS[] = {
      "collect_names(events) -> dict\n\nEvent names, property keys and numerical keys by team (see "
      "_event_properties.c)."},
     {"campaign_and_initial", (PyCFunction)(void (*)(void))campaign_and_initial, METH_FASTCALL,
-     "campaign_and_initial(properties, campaign_keys, initial_keys) -> None\n\nRules 25-26 (see "
+     "campaign_and_initial(properties, campaign, initial) -> None\n\nRules 25-26 (see "
      "_event_properties.c)."},
     {NULL, NULL, 0, NULL},
 };

@@ -5,5 +5,5 @@ def collect_names(
     events: Iterable[tuple[int, str, dict[str, Any]]],
 ) -> dict[int, tuple[set[str], set[str], set[str]]]: ...
 def campaign_and_initial(
-    properties: dict[str, Any], campaign_keys: tuple[str, ...], initial_keys: tuple[tuple[str, str], ...]
+    properties: dict[str, Any], campaign: tuple[tuple[str, str], ...], initial: tuple[tuple[str, str], ...]
 ) -> None: ...

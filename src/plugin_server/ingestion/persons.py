@@ -518,7 +518,10 @@ class _Step:
     identify: bool
     to_set: dict[str, Any]
     to_set_once: dict[str, Any]
-    sets_properties: bool  # to_set or to_set_once has something
+
+    @property
+    def sets_properties(self) -> bool:
+        return bool(self.to_set or self.to_set_once)
 
 
 _ALIASING_EVENTS = frozenset({"$create_alias", "$identify"})
@@ -563,9 +566,7 @@ def _step(update: PersonUpdate) -> _Step:
     if created_at.tzinfo is None:
         created_at = created_at.replace(tzinfo=UTC)
     key = (update.team_id, update.distinct_id)
-    return _Step(
-        key, created_at, illegal, alias_of, identify, to_set, to_set_once, bool(to_set or to_set_once)
-    )
+    return _Step(key, created_at, illegal, alias_of, identify, to_set, to_set_once)
 
 
 class _BatchRun:
