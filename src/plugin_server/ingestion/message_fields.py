@@ -115,5 +115,10 @@ def _parse_now_text(now: str) -> datetime | None:
 
 def unix_ms(now: Any) -> int:
     """`now` in unix milliseconds, 0 when it cannot be read."""
-    moment = parse_now(now)
+    return _unix_ms_text(now) if isinstance(now, str) else 0
+
+
+@cache_short_texts  # derived uuids need it for every event; the arithmetic cost more than the parse
+def _unix_ms_text(now: str) -> int:
+    moment = _parse_now_text(now)
     return 0 if moment is None else (moment - _EPOCH) // _MILLISECOND
