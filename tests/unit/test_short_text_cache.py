@@ -29,3 +29,16 @@ def test_the_cache_holds_a_bounded_number_of_texts() -> None:
         parse(str(number))
     parse("0")  # the oldest was dropped to make room
     assert calls.count("0") == 2
+
+
+def test_values_other_than_text_are_parsed_every_time() -> None:
+    calls: list[object] = []
+
+    @cache_short_texts
+    def parse(value: object) -> str:
+        calls.append(value)
+        return repr(value)
+
+    values: list[object] = [None, 1_638_000_000_000, 2.5, None]
+    assert [parse(value) for value in values] == ["None", "1638000000000", "2.5", "None"]
+    assert calls == values

@@ -99,13 +99,11 @@ def distinct_id_text(value: Any) -> str:
     raise MalformedMessage(f"distinct_id {value!r} is not a string or a number")
 
 
+@cache_short_texts  # the events of one request share their `now`
 def parse_now(now: Any) -> datetime | None:
     """The task's `now` argument (ISO 8601, naive means UTC) as an aware time; None when unreadable."""
-    return _parse_now_text(now) if isinstance(now, str) else None
-
-
-@cache_short_texts  # the events of one request share their `now`
-def _parse_now_text(now: str) -> datetime | None:
+    if not isinstance(now, str):
+        return None
     try:
         moment = datetime.fromisoformat(now)
     except ValueError:
@@ -113,12 +111,8 @@ def _parse_now_text(now: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+@cache_short_texts  # derived uuids need it for every event; the arithmetic cost more than the parse
 def unix_ms(now: Any) -> int:
     """`now` in unix milliseconds, 0 when it cannot be read."""
-    return _unix_ms_text(now) if isinstance(now, str) else 0
-
-
-@cache_short_texts  # derived uuids need it for every event; the arithmetic cost more than the parse
-def _unix_ms_text(now: str) -> int:
-    moment = _parse_now_text(now)
+    moment = parse_now(now)
     return 0 if moment is None else (moment - _EPOCH) // _MILLISECOND

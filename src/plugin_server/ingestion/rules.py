@@ -98,14 +98,6 @@ def parse_timestamp(value: object) -> datetime | None:
     return _parse_other(value)
 
 
-def _parse_shared(value: object) -> datetime | None:
-    """`parse_timestamp` for the times that the events of one request share (`now`, `sent_at`): their
-    texts are parsed once. (An event's own timestamp is seldom another's: caching it would only cost.)"""
-    if isinstance(value, str):
-        return _parse_text_once(value)
-    return _parse_other(value)
-
-
 def _parse_other(value: object) -> datetime | None:
     if isinstance(value, datetime):
         return _to_utc_ms(value)
@@ -129,7 +121,9 @@ def _parse_text(text: str) -> datetime | None:
     return _to_utc_ms(parsed)
 
 
-_parse_text_once = cache_short_texts(_parse_text)
+# `parse_timestamp` for the times that the events of one request share (`now`, `sent_at`): their texts
+# are parsed once. (An event's own timestamp is seldom another's: caching it would only cost.)
+_parse_shared = cache_short_texts(parse_timestamp)
 
 
 def _current_time() -> datetime:
@@ -196,7 +190,9 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
     uuid = raw.get("uuid")
     if not is_uuid_text(uuid):  # 8-4-4-4-12 hex digits of either case
         raise InvalidEvent(f'Not a valid UUID: "{js_string(uuid)}"')
-    team_id = _team_id(raw.get("team_id"))
+    team_id = raw.get("team_id")
+    if type(team_id) is not int:  # the common case tested here: a call less for every event
+        team_id = _team_id(team_id)
     distinct_id = raw.get("distinct_id")
     if distinct_id is None:
         raise InvalidEvent("The event has no distinct_id")
@@ -225,15 +221,19 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
     sent_at = _parse_shared(raw.get("sent_at"))
     ip = raw.get("ip")
     site_url = raw.get("site_url")
+    name = raw["event"]
+    # Text, the common case, is taken here rather than by the helpers: a call less each for every event.
+    if type(distinct_id) is not str:
+        distinct_id = js_string(distinct_id)
     # Positional, in the fields' order: a call with keywords costs more, and this runs for every event.
     return PreparedEvent(
         uuid,
         team_id,
         # Cut to their columns, as PostHog's capture cut them (a message may come from elsewhere).
-        js_string(distinct_id)[:MAX_DISTINCT_ID_LENGTH],  # distinct_id
+        distinct_id[:MAX_DISTINCT_ID_LENGTH],  # distinct_id
         ip if isinstance(ip, str) and ip else None,  # ip
         site_url[:SITE_URL_LIMIT] if isinstance(site_url, str) else None,  # site_url
-        _event_name(raw["event"]),  # event
+        name[:EVENT_NAME_LIMIT] if type(name) is str else _event_name(name),  # event
         properties,
         _event_timestamp(raw, now, sent_at),  # timestamp
         now,
