@@ -91,7 +91,7 @@ class PostgresEventSink:
         No transaction around the whole: each write is idempotent on its own (uuid, element hash), so a
         write that fails after another succeeded is completed by the retry."""
         recordings = [event for event in events if event.is_snapshot]
-        regular = [event for event in events if not event.is_snapshot]
+        regular = [event for event in events if not event.is_snapshot] if recordings else events
         async with self._pool.connection() as connection:
             hashes = await self._write_element_groups(connection, regular)
             if regular:
