@@ -152,19 +152,16 @@ def _event_timestamp(raw: RawEvent, now: datetime, sent_at: datetime | None) -> 
     return now
 
 
-def _event_name(name: object) -> str:
-    """Rule 4: a non-string name is written as JSON (JSON.stringify), then cut to 200 characters."""
-    if not isinstance(name, str):
-        try:
-            name = json.dumps(name, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError):
-            name = js_string(name)
-    return name[:EVENT_NAME_LIMIT]
+def _name_text(name: object) -> str:
+    """Rule 4: a name that is not a string is written as JSON (JSON.stringify); prepare_event cuts it."""
+    try:
+        return json.dumps(name, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):
+        return js_string(name)
 
 
-def _team_id(value: object) -> int:
-    if type(value) is int:
-        return value
+def _team_id_of(value: object) -> int:
+    """A team id that did not come as an int: the digits of a string, or InvalidEvent."""
     if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     raise InvalidEvent(f"Not a valid team id: {value!r}")
@@ -192,7 +189,7 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
         raise InvalidEvent(f'Not a valid UUID: "{js_string(uuid)}"')
     team_id = raw.get("team_id")
     if type(team_id) is not int:  # the common case tested here: a call less for every event
-        team_id = _team_id(team_id)
+        team_id = _team_id_of(team_id)
     distinct_id = raw.get("distinct_id")
     if distinct_id is None:
         raise InvalidEvent("The event has no distinct_id")
@@ -222,8 +219,9 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
     ip = raw.get("ip")
     site_url = raw.get("site_url")
     name = raw["event"]
-    # Text, the common case, is taken here rather than by the helpers: a call less each for every event.
-    if type(distinct_id) is not str:
+    if not isinstance(name, str):
+        name = _name_text(name)
+    if type(distinct_id) is not str:  # text, the common case, tested here: a call less for every event
         distinct_id = js_string(distinct_id)
     # Positional, in the fields' order: a call with keywords costs more, and this runs for every event.
     return PreparedEvent(
@@ -233,7 +231,7 @@ def prepare_event(raw: RawEvent) -> PreparedEvent:
         distinct_id[:MAX_DISTINCT_ID_LENGTH],  # distinct_id
         ip if isinstance(ip, str) and ip else None,  # ip
         site_url[:SITE_URL_LIMIT] if isinstance(site_url, str) else None,  # site_url
-        name[:EVENT_NAME_LIMIT] if type(name) is str else _event_name(name),  # event
+        name[:EVENT_NAME_LIMIT],  # event (rule 4: cut to 200 characters)
         properties,
         _event_timestamp(raw, now, sent_at),  # timestamp
         now,
