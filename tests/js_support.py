@@ -49,10 +49,12 @@ async def loaded_plugin(
     guards_name: str = "__guards",
     timeout: float = 1.0,
     guard: ConnectGuard = resolve_addresses,
+    heap_mb: float = 32,
     **meta: Any,
 ) -> AsyncIterator[JSPlugin]:
     """A JSPlugin of `source` (run as given) or of modules transpiled with guards named `guards_name`,
-    with empty config and attachments unless given in `meta`, torn down afterwards."""
+    with a heap limit of `heap_mb`, empty config and attachments unless given in `meta`, torn down
+    afterwards."""
     modules = (
         PluginModules.single(source, requires=literal_requires(source)) if isinstance(source, str) else source
     )
@@ -62,7 +64,7 @@ async def loaded_plugin(
             SimpleNamespace(**{"config": {}, "attachments": {}, **meta}),
             plugin_config_id=1,
             timeout=timeout,
-            memory=MemoryLimits(32, 64),
+            memory=MemoryLimits(heap_mb, 64),
             http=http,
             guards_name=guards_name,
             guard=guard,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from plugin_server.plugins.instance import PluginError
-from plugin_server.plugins.js.runtime import JSError, JSHeapLimitError
+from plugin_server.plugins.js.runtime import MAX_REQUEST_BYTES, JSError, JSHeapLimitError
 from tests.js_support import loaded_plugin
 
 ECHO = """
@@ -89,11 +89,26 @@ async def test_request_text_is_garbage_that_v8_collects() -> None:
             assert isinstance(outcome, dict) and outcome["properties"]["length"] == len(text), outcome
 
 
-async def test_a_request_larger_than_the_heap_limit_costs_the_isolate_only() -> None:
+async def test_an_event_larger_than_the_heap_limit_costs_the_isolate_and_that_event_only() -> None:
+    """The large event goes in a request of its own (see the next test), so the small one is run by
+    the isolate made again after the loss."""
     async with loaded_plugin(ECHO) as plugin:
-        outcomes = await plugin.process_events(
+        large, small = await plugin.process_events(
             [event(1, text="x" * (48 * 1024 * 1024)), event(2, text="small")], frozenset()
         )
-        assert all(isinstance(outcome, JSHeapLimitError) for outcome in outcomes), outcomes
+        assert isinstance(large, JSHeapLimitError), large
+        assert isinstance(small, dict) and small["properties"]["length"] == 5
         (after,) = await plugin.process_events([event(3, text="small")], frozenset())
     assert isinstance(after, dict) and after["properties"]["length"] == 5
+
+
+async def test_a_batch_goes_in_requests_that_the_heap_can_hold() -> None:
+    """Forty events of 1 MB under the default 64 MB heap limit: as one request, its text, its events and
+    their results would pass the limit; in requests of at most MAX_REQUEST_BYTES (with what each left
+    collected before the next) every event gets its result, in order, batch after batch."""
+    text = "x" * (1024 * 1024)
+    assert 40 * len(text) > 64 * 1024 * 1024 // 2 > MAX_REQUEST_BYTES
+    async with loaded_plugin(ECHO, heap_mb=64) as plugin:
+        for _ in range(2):
+            outcomes = await plugin.process_events([event(n, text=text, n=n) for n in range(40)], frozenset())
+            assert [outcome["properties"]["n"] for outcome in outcomes] == list(range(40)), outcomes  # type: ignore[index]

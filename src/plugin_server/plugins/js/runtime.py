@@ -84,6 +84,9 @@ PROBE_SECONDS = 1.0
 IDLE_COMPACT_SECONDS = 5.0
 # A call whose isolate shows no sign of life for TASK_TIMEOUT plus this long is given up.
 BACKSTOP_SECONDS = 5.0
+# The most JSON a processEvent request carries (unless one event alone is larger): the isolate holds the
+# request's text, its events and their results at once, within JS_HEAP_LIMIT_MB, whatever the batch size.
+MAX_REQUEST_BYTES = 4 * MIB
 # The scheduled tasks a plugin may export (any other runEvery* function is ignored, as in the original).
 SCHEDULED_TASKS = ("runEveryMinute", "runEveryHour", "runEveryDay")
 # Names a plugin without exports may define at its top level (the original read them from its global).
@@ -1036,7 +1039,7 @@ class JSPlugin:
 
     async def process_events(self, events: list[RawEvent], hung: frozenset[str]) -> list[EventOutcome]:
         if not hung and "processEvent" in self.methods:  # the common case: every event goes to the plugin
-            return list(await self._batch(events))
+            return await self._batch(events)
         outcomes: list[EventOutcome] = [None] * len(events)
         given: list[int] = []
         for index, event in enumerate(events):
@@ -1054,10 +1057,24 @@ class JSPlugin:
                 outcomes[index] = outcome
         return outcomes
 
-    async def _batch(self, events: list[RawEvent]) -> Iterable[EventOutcome]:
+    async def _batch(self, events: list[RawEvent]) -> list[EventOutcome]:
+        try:
+            requests = _requests(events)
+        except TypeError as error:  # something Python cannot write as JSON (a lone surrogate)
+            return [error] * len(events)
+        outcomes: list[EventOutcome] = []
+        for number, (part, request) in enumerate(requests):
+            outcomes += await self._request_outcomes(part, request, collect_first=number > 0)
+        return outcomes
+
+    async def _request_outcomes(
+        self, events: list[RawEvent], request: bytes, *, collect_first: bool
+    ) -> list[EventOutcome]:
         try:
             isolate = await self._ready()
-            values, thrown = await isolate.batch(_json(events))
+            if collect_first:  # what the request before left: V8 may not collect it before the heap limit
+                await isolate.collect_garbage()
+            values, thrown = await isolate.batch(request)
             if len(values) != len(events):
                 raise PluginError("the JavaScript runtime returned a result per event of another batch")
         except Exception as error:
@@ -1125,6 +1142,16 @@ def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
     lines = _json(line_map(module.mappings)).decode() if module.mappings else "null"
     references = f"{_json(module.requires).decode()}, {_json(module.links).decode()}"
     return f"{js_string(module.path)}, {references}, {function}, {text}, {lines}"
+
+
+def _requests(events: list[RawEvent]) -> list[tuple[list[RawEvent], bytes]]:
+    """The events in parts of at most MAX_REQUEST_BYTES of JSON (halved until they fit), each with
+    its JSON; in one part, as almost always, when they fit."""
+    request = _json(events)
+    if len(request) <= MAX_REQUEST_BYTES or len(events) == 1:
+        return [(events, request)]
+    half = len(events) // 2
+    return _requests(events[:half]) + _requests(events[half:])
 
 
 def _event_outcomes(events: list[RawEvent], values: list[Any], thrown: dict[int, Any]) -> list[EventOutcome]:
