@@ -68,9 +68,9 @@ class Settings(BaseModel):
     WORKER_CONCURRENCY: int = Field(
         0, ge=0, description="number of worker processes; 0 means one per CPU core"
     )
-    TASKS_PER_WORKER: int = Field(10, ge=1, description="micro-batches each worker keeps in flight at once")
+    TASKS_PER_WORKER: int = Field(4, ge=1, description="micro-batches each worker keeps in flight at once")
     INGESTION_BATCH_SIZE: int = Field(
-        1000, ge=1, description="most events a worker takes from the queue at once"
+        2000, ge=1, description="most events a worker takes from the queue at once"
     )
     TASK_TIMEOUT: float = Field(30, gt=0, description="seconds a plugin call may run")
     SLOW_PLUGIN_PATIENCE_MS: float = Field(
