@@ -1,5 +1,6 @@
 """Time-ordered event uuids, and the uuid derived from a queue message's id."""
 
+import hashlib
 import random
 import re
 import uuid
@@ -27,6 +28,29 @@ def test_a_message_id_always_gives_the_same_uuid() -> None:
     assert uuidt_for_message(1638093600000, "task-1") == "017d65fc-b500-7259-9bdb-5b7908e547b7"
     assert uuidt_for_message(1638093600000, "task-2") != uuidt_for_message(1638093600000, "task-1")
     assert uuid.UUID(uuidt_for_message(1638093600001, "task-1")).int >> 80 == 1638093600001
+
+
+@given(st.text(max_size=600), st.integers(-(2**70), 2**70))
+def test_a_message_uuid_is_blake2b_of_its_id(message_id: str, unix_ms: int) -> None:
+    """BLAKE2b in C (one block or several, any UTF-8) gives hashlib's digest, so uuids stay as they were."""
+    expected = uuidt_text(unix_ms, hashlib.blake2b(message_id.encode(), digest_size=10).digest())
+    assert uuidt_for_message(unix_ms, message_id) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 129, 255, 256, 257, 1000])
+def test_a_message_uuid_at_block_edges(size: int) -> None:
+    message_id = "é" * (size // 2) + "x" * (size % 2)  # `size` bytes of UTF-8
+    expected = uuidt_text(7, hashlib.blake2b(message_id.encode(), digest_size=10).digest())
+    assert uuidt_for_message(7, message_id) == expected
+
+
+def test_a_message_uuid_refuses_what_encode_refuses() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        uuidt_for_message(1, "lone \ud800")
+    with pytest.raises(TypeError):
+        uuidt_for_message(1, b"task-1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        uuidt_for_message("1", "task-1")  # type: ignore[arg-type]
 
 
 def test_a_random_id_is_a_version_4_uuid() -> None:

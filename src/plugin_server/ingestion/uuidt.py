@@ -7,12 +7,11 @@ stored once.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import time
 
-from plugin_server.ingestion._uuid_text import uuidt_text
+from plugin_server.ingestion._uuid_text import uuidt_of_message, uuidt_text
 
 _VERSION_4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _VERSION_4_SET = (0x4000 << 64) | (0x8000 << 48)
@@ -34,6 +33,7 @@ def uuidt(unix_ms: int | None = None) -> str:
     return uuidt_text(int(time.time() * 1000) if unix_ms is None else unix_ms, os.urandom(10))
 
 
-def uuidt_for_message(unix_ms: int, message_id: str) -> str:
-    """A time-ordered uuid that is always the same for the same message id and time."""
-    return uuidt_text(unix_ms, hashlib.blake2b(message_id.encode(), digest_size=10).digest())
+# uuidt_for_message(unix_ms, message_id): a time-ordered uuid that is always the same for the same message
+# id and time: `uuidt_text(unix_ms, hashlib.blake2b(message_id.encode(), digest_size=10).digest())`,
+# computed in C (_uuid_text.c; hashlib's object took 0.5 µs of the 0.6 for every Celery event).
+uuidt_for_message = uuidt_of_message
