@@ -5,7 +5,7 @@
    `uuidt_text(unix_ms, tail)`: 48 bits of `unix_ms` (its low 48), then the first 10 bytes of `tail`,
    with the version (7) and the RFC 4122 variant set, as 8-4-4-4-12 lower-case hex.
 
-   `uuidt_of_message(unix_ms, message_id)`: `uuidt_text(unix_ms, blake2b(message_id in UTF-8,
+   `uuidt_for_message(unix_ms, message_id)`: `uuidt_text(unix_ms, blake2b(message_id in UTF-8,
    digest_size=10))`, the uuid of an event that arrived without one (uuidt.py). hashlib's blake2b took
    0.5 µs for it (its object, its lock, the keyword); BLAKE2b (RFC 7693, unkeyed, 10-byte digest) is
    computed here, and tests check it against hashlib.
@@ -169,9 +169,9 @@ static void blake2b(uint8_t *digest, size_t digest_size, const uint8_t *data, si
         digest[i] = (uint8_t)(h[i / 8] >> (8 * (i % 8)));
 }
 
-static PyObject *uuidt_of_message(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *uuidt_for_message(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 || !PyUnicode_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "uuidt_of_message(unix_ms: int, message_id: str)");
+        PyErr_SetString(PyExc_TypeError, "uuidt_for_message(unix_ms: int, message_id: str)");
         return NULL;
     }
     uint64_t ms = unix_ms_of(args[0]);
@@ -202,8 +202,8 @@ static PyObject *is_uuid_text(PyObject *Py_UNUSED(module), PyObject *value) {
 static PyMethodDef METHODS[] = {
     {"uuidt_text", (PyCFunction)(void (*)(void))uuidt_text, METH_FASTCALL,
      "uuidt_text(unix_ms, tail) -> str\n\nA time-ordered uuid's text (see uuidt.py)."},
-    {"uuidt_of_message", (PyCFunction)(void (*)(void))uuidt_of_message, METH_FASTCALL,
-     "uuidt_of_message(unix_ms, message_id) -> str\n\nThe uuid of a message's event (see uuidt.py)."},
+    {"uuidt_for_message", (PyCFunction)(void (*)(void))uuidt_for_message, METH_FASTCALL,
+     "uuidt_for_message(unix_ms, message_id) -> str\n\nThe uuid of a message's event (see uuidt.py)."},
     {"is_uuid_text", is_uuid_text, METH_O,
      "is_uuid_text(value) -> bool\n\nWhether value is a uuid's text, hex digits of either case."},
     {NULL, NULL, 0, NULL},

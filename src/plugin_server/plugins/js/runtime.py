@@ -1145,13 +1145,25 @@ def _define_arguments(module: JSModule, guards_name: str, main: bool) -> str:
 
 
 def _requests(events: list[RawEvent]) -> list[tuple[list[RawEvent], bytes]]:
-    """The events in parts of at most MAX_REQUEST_BYTES of JSON (halved until they fit), each with
-    its JSON; in one part, as almost always, when they fit."""
-    request = _json(events)
-    if len(request) <= MAX_REQUEST_BYTES or len(events) == 1:
-        return [(events, request)]
-    half = len(events) // 2
-    return _requests(events[:half]) + _requests(events[half:])
+    """The events with their JSON array: in one request, as almost always, when it fits in
+    MAX_REQUEST_BYTES; else in consecutive parts filled up to it (an event larger alone goes alone),
+    each event written once more."""
+    whole = _json(events)
+    if len(whole) <= MAX_REQUEST_BYTES:
+        return [(events, whole)]
+    parts: list[tuple[list[RawEvent], bytes]] = []
+    texts: list[bytes] = []
+    start = size = 0
+    for index, event in enumerate(events):
+        text = _json(event)
+        if texts and size + len(text) + 1 > MAX_REQUEST_BYTES:
+            parts.append((events[start:index], b"[%s]" % b",".join(texts)))
+            start, size = index, 0
+            texts = []
+        texts.append(text)
+        size += len(text) + 1
+    parts.append((events[start:], b"[%s]" % b",".join(texts)))
+    return parts
 
 
 def _event_outcomes(events: list[RawEvent], values: list[Any], thrown: dict[int, Any]) -> list[EventOutcome]:
