@@ -34,6 +34,8 @@ from plugin_server.sinks.clickhouse.client import open_client
 from plugin_server.sinks.clickhouse.migrate import open_migrated
 from tests.kafka_broker import KafkaBroker
 
+pytest_plugins = ["tests.worker_stderr"]
+
 # pytest-xdist names its worker processes gw0, gw1, ...; without it there is one process and no name.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 TEST_DATABASE = f"plugin_server_test_{XDIST_WORKER}" if XDIST_WORKER else "plugin_server_test"
