@@ -1,10 +1,11 @@
 """One worker process: claims micro-batches from its source, runs the pipeline, acknowledges.
 
 A message leaves its source (the Celery list on Redis, or the Kafka topic) only when its batch is
-acknowledged, after its events are stored or it was recorded as a dead letter. Up to TASKS_PER_WORKER batches are in flight at once; their person steps
-run in claim order. A batch that fails on a database outage is retried as it is; a batch that fails
-for any other reason is split into single messages, and a message that fails alone becomes a dead
-letter with the error, so one bad event never stops the queue.
+acknowledged, after its events are stored or it was recorded as a dead letter. Up to TASKS_PER_WORKER
+batches are in flight at once, and the next one is claimed while they are; their person steps run in
+claim order. A batch that fails on a database outage is retried as it is; a batch that fails for any
+other reason is split into single messages, and a message that fails alone becomes a dead letter with
+the error, so one bad event never stops the queue.
 """
 
 from __future__ import annotations
@@ -261,22 +262,23 @@ class Worker:
             await asyncio.sleep(GAUGE_INTERVAL_SECONDS)
 
     async def _consume(self, source: Source, pipeline: EventPipeline) -> None:
+        """Claim a batch, then wait for one of the TASKS_PER_WORKER places in flight: the next batch is
+        claimed while they are all taken, so a place that frees starts work at once rather than after
+        a claim (a claim's answer waits its turn on a busy event loop: 10-110 ms for a Kafka claim)."""
         slots = asyncio.Semaphore(self.settings.TASKS_PER_WORKER)
         while not self._stopping.is_set():
-            # a full pipeline: the source stops fetching ahead until a batch is done
-            await (source.paused_until(slots.acquire()) if slots.locked() else slots.acquire())
             await self._room_aside.wait()
             self.stats.touch()
             try:
                 batch = await source.claim(self.settings.INGESTION_BATCH_SIZE, CLAIM_BLOCK_SECONDS)
             except TRANSIENT_ERRORS as error:
-                slots.release()
                 log.error("cannot read the queue: %s; retrying", error)
                 await self._sleep(1.0)
                 continue
             if batch is None:
-                slots.release()
                 continue
+            # a full pipeline: the source stops fetching ahead until a batch is done
+            await (source.paused_until(slots.acquire()) if slots.locked() else slots.acquire())
             get_metrics().events_received(source.name, len(batch.messages))
             task = self._spawn(self._handle(source, pipeline, batch, self._turnstile.ticket()))
             task.add_done_callback(lambda _: slots.release())

@@ -1,7 +1,8 @@
 """One team's misbehaving JavaScript plugin does not stall the other teams, in the real server (Celery list
 -> worker -> Postgres, one worker): a plugin that loops on every event, and one that asks for 20,000
 zero-delay intervals. The other team's events are stored within a second, while the first team's
-still wait for their plugin; those are stored later, exactly once, with the plugin's failure noted."""
+still wait for their plugin; those are stored later, exactly once, with the plugin's failure noted.
+And behind a slow batch, a worker claims one batch ahead and no more."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import time
 from typing import Any
 
 import httpx
+import redis
 
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
+from plugin_server.ingestion.celery import encode_task
 from plugin_server.plugins.admin import enable_plugin, install_plugin
 
 from .plugin_stack import Stack, write_plugin
-from .server import send_event, wait_until
+from .server import PROCESS_EVENT_TASK, send_event, wait_until
 
 TASK_TIMEOUT = 2.0
 SLOW_EVENTS = 3
@@ -155,3 +158,49 @@ def test_a_full_backlog_of_slow_events_pauses_the_worker_and_loses_nothing(stack
     assert ids["slow0"] < ids["waits"]  # claimed only once the looping team's event was stored
     counted = stack.db.execute("SELECT COUNT(*), COUNT(DISTINCT uuid) FROM posthog_event").fetchone()
     assert counted == (4, 4)
+
+
+SLOW_FIRST = """
+export function processEvent(event) {
+    if (event.event === 'slow') { const end = Date.now() + 3000; while (Date.now() < end) {} }
+    return event
+}
+"""
+
+
+def test_behind_a_slow_batch_the_worker_claims_one_batch_ahead_and_no_more(
+    stack: Stack, redis_client: redis.Redis
+) -> None:
+    """With its one place in flight taken by a slow batch (and slow batches never set aside), the worker
+    claims the next batch, to start it as soon as the place frees, and leaves the rest in the queue."""
+    enable(stack, stack.team, "slow-first", SLOW_FIRST)
+    server_env = {"TASKS_PER_WORKER": "1", "INGESTION_BATCH_SIZE": "5", "SLOW_PLUGIN_PATIENCE_MS": "60000"}
+    with stack.server(**server_env):
+        warm_up(stack, stack.team)
+        now = "2021-11-28T10:00:00.000000+00:00"
+        names = ["slow", *(f"e{index}" for index in range(14))]
+        messages = [
+            encode_task(
+                PROCESS_EVENT_TASK,
+                [
+                    "d",
+                    "127.0.0.1",
+                    "http://localhost",
+                    {"event": name, "properties": {}},
+                    stack.team.team_id,
+                    now,
+                    now,
+                ],
+                queue="posthog-plugins",
+            )
+            for name in names
+        ]
+        redis_client.lpush("posthog-plugins", *messages)  # at once: batches of 5 in this order
+
+        def claimed() -> int:
+            return sum(redis_client.llen(key) for key in redis_client.keys("posthog-plugins:unacked:*"))
+
+        wait_until(lambda: claimed() == 10, timeout=2.5)
+        time.sleep(0.3)  # the slow batch holds its place for 3 s: nothing more is claimed meanwhile
+        assert (claimed(), redis_client.llen("posthog-plugins")) == (10, 5)
+        wait_until(lambda: set(names) <= set(stored(stack, stack.team.team_id)), timeout=30)
