@@ -25,8 +25,8 @@ from plugin_server.ingestion.celery import encode_task
 from tests.e2e.server import PROCESS_EVENT_TASK
 
 # A worker's resident memory must stay below this during every fault: the pipeline holds at most
-# TASKS_PER_WORKER batches and the next one, whatever piles up in the queue. (A worker takes about 100 MB, 200 MB with a
-# JavaScript plugin's isolate.)
+# TASKS_PER_WORKER batches and the next one, whatever piles up in the queue. (A worker takes about
+# 100 MB, 200 MB with a JavaScript plugin's isolate.)
 WORKER_RSS_BOUND_MB = 300
 NOW = "2021-11-28T10:00:00.000000+00:00"
 TALLY = """SELECT COUNT(*), COUNT(DISTINCT properties->>'n') FROM posthog_event

@@ -11,11 +11,12 @@ them by team and distinct id), and a partition's messages are claimed in order.
 This source does not split batches: a team whose plugins are slow holds up its batch (the batch's
 offsets could not be committed before the slow part anyway).
 
-Backpressure: while all TASKS_PER_WORKER batches are in flight the worker claims one more batch
-and then nothing, and librdkafka's prefetch is bounded (queued.max.messages.kbytes). When the pipeline stays full for
-PAUSE_AFTER_SECONDS (slow plugins, a database outage), `paused_until` pauses every assigned partition,
-which also drops librdkafka's prefetched messages (they are fetched again on resume), and keeps
-polling, so the consumer stays in its group however long the pipeline takes (max.poll.interval.ms).
+Backpressure: while all TASKS_PER_WORKER batches are in flight the worker claims one more batch and
+then nothing, and librdkafka's prefetch is bounded (queued.max.messages.kbytes). When the pipeline
+stays full for PAUSE_AFTER_SECONDS (slow plugins, a database outage), `paused_until` pauses every
+assigned partition, which also drops librdkafka's prefetched messages (they are fetched again on
+resume), and keeps polling, so the consumer stays in its group however long the pipeline takes
+(max.poll.interval.ms).
 """
 
 from __future__ import annotations
