@@ -9,7 +9,6 @@ message if there is one, else its end).
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ def _worker_id(config: pytest.Config) -> str | None:
     return None if workerinput is None else str(workerinput["workerid"])
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest's faulthandler plugin copies fd 2
+@pytest.hookimpl(tryfirst=True)  # before pytest's faulthandler plugin copies fd 2 to write its stacks to
 def pytest_configure(config: pytest.Config) -> None:
     worker = _worker_id(config)
     if worker is None:
@@ -40,7 +39,6 @@ def pytest_configure(config: pytest.Config) -> None:
     log = open(Path(directory) / f"{worker}.log", "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
     log.write(f"--- worker {worker}, pid {os.getpid()}\n")
     os.dup2(log.fileno(), 2)
-    faulthandler.enable(log, all_threads=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:

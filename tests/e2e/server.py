@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import httpx
 import psycopg
+import redis
 from celery import Celery
 
 from plugin_server.config import parse_bool
@@ -145,6 +146,11 @@ def send_event(
     app.send_task(
         PROCESS_EVENT_TASK, args=[distinct_id, ip, "http://localhost", data, team_id, now, now], queue=queue
     )
+
+
+def claimed(redis_client: redis.Redis, queue: str = "posthog-plugins") -> int:
+    """Messages of `queue` the workers hold: claimed, not acknowledged yet."""
+    return sum(redis_client.llen(key) for key in redis_client.keys(f"{queue}:unacked:*"))
 
 
 def wait_for_count(database_url: str, sql: str, expected: int, timeout: float = 60) -> int:

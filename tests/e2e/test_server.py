@@ -15,7 +15,7 @@ import redis
 
 from plugin_server.db.teams import CreatedTeam
 
-from .server import celery_app, running_server, send_event, wait_for_count
+from .server import celery_app, claimed, running_server, send_event, wait_for_count
 
 COUNT_EVENTS = "SELECT COUNT(*) FROM posthog_event"
 
@@ -107,7 +107,7 @@ def test_a_killed_worker_loses_nothing(
         wait_for_count(database_url, COUNT_EVENTS, 200)
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)
-        in_flight = sum(redis_client.llen(key) for key in redis_client.keys("posthog-plugins:unacked:*"))
+        in_flight = claimed(redis_client)
         with psycopg.connect(database_url) as connection:
             stored_at_kill = connection.execute(COUNT_EVENTS).fetchone()[0]  # type: ignore[index]
         for pid in workers:

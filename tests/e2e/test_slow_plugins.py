@@ -13,11 +13,11 @@ import httpx
 import redis
 
 from plugin_server.db.teams import CreatedTeam, create_organization_and_team
-from plugin_server.ingestion.celery import encode_task
 from plugin_server.plugins.admin import enable_plugin, install_plugin
+from tests.pipelines import message
 
 from .plugin_stack import Stack, write_plugin
-from .server import PROCESS_EVENT_TASK, send_event, wait_until
+from .server import claimed, send_event, wait_until
 
 TASK_TIMEOUT = 2.0
 SLOW_EVENTS = 3
@@ -177,30 +177,10 @@ def test_behind_a_slow_batch_the_worker_claims_one_batch_ahead_and_no_more(
     server_env = {"TASKS_PER_WORKER": "1", "INGESTION_BATCH_SIZE": "5", "SLOW_PLUGIN_PATIENCE_MS": "60000"}
     with stack.server(**server_env):
         warm_up(stack, stack.team)
-        now = "2021-11-28T10:00:00.000000+00:00"
         names = ["slow", *(f"e{index}" for index in range(14))]
-        messages = [
-            encode_task(
-                PROCESS_EVENT_TASK,
-                [
-                    "d",
-                    "127.0.0.1",
-                    "http://localhost",
-                    {"event": name, "properties": {}},
-                    stack.team.team_id,
-                    now,
-                    now,
-                ],
-                queue="posthog-plugins",
-            )
-            for name in names
-        ]
+        messages = [message(stack.team.team_id, "d", name, {}) for name in names]
         redis_client.lpush("posthog-plugins", *messages)  # at once: batches of 5 in this order
-
-        def claimed() -> int:
-            return sum(redis_client.llen(key) for key in redis_client.keys("posthog-plugins:unacked:*"))
-
-        wait_until(lambda: claimed() == 10, timeout=2.5)
+        wait_until(lambda: claimed(redis_client) == 10, timeout=2.5)
         time.sleep(0.3)  # the slow batch holds its place for 3 s: nothing more is claimed meanwhile
-        assert (claimed(), redis_client.llen("posthog-plugins")) == (10, 5)
+        assert (claimed(redis_client), redis_client.llen("posthog-plugins")) == (10, 5)
         wait_until(lambda: set(names) <= set(stored(stack, stack.team.team_id)), timeout=30)

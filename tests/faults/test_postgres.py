@@ -10,7 +10,7 @@ import psycopg
 import redis
 
 from plugin_server.db.teams import CreatedTeam
-from tests.e2e.server import running_server, wait_until
+from tests.e2e.server import claimed, running_server, wait_until
 from tests.faults.harness import Load, Report, RssWatch, celery_sender, recovery_seconds, stored_count, tally
 from tests.faults.services import TEAM_ID, PrivatePostgres, postgres_address
 from tests.tcp_proxy import TcpProxy
@@ -29,11 +29,6 @@ def _env(database_url: str, redis_url: str) -> dict[str, str]:
         "INGESTION_BATCH_SIZE": str(BATCH_SIZE),
         "DISABLE_WEB": "true",
     }
-
-
-def claimed(redis_client: redis.Redis) -> int:
-    """Events the workers hold (claimed, not acknowledged)."""
-    return sum(redis_client.llen(key) for key in redis_client.keys("posthog-plugins:unacked:*"))
 
 
 def test_postgres_stopped_fast_and_immediate_then_started_again(
